@@ -1,0 +1,22 @@
+"""liqstress: Monte Carlo stress tests of leveraged crypto-derivatives markets in JAX.
+
+Python API (the CLI is a thin shell over it):
+
+    import engine
+    cfg = engine.load_config()                 # the default scenario (10 Oct 2025)
+    ds = engine.simulate(cfg)                  # xarray Dataset of loss distributions
+    engine.summary_table(ds)                   # the key figures as text
+"""
+
+from engine.config import Config, Policy, Scenario
+from engine.configfile import default_config_path, load_config
+from engine.errors import ConfigError, SimulationError
+from engine.simulate import Progress, simulate
+from engine.summary import summary_table
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config", "ConfigError", "Policy", "Progress", "Scenario", "SimulationError",
+    "default_config_path", "load_config", "simulate", "summary_table", "__version__",
+]

@@ -1,0 +1,134 @@
+"""Book of cohorts: open interest split by side, leverage, entry price and position size.
+
+A cohort is a group of identical isolated-margin positions. Its state is two numbers per
+cohort, the quantity held `q` (asset units) and the bankruptcy price `b` (USD), because the
+equity of an isolated position is linear in the mark price `p`:
+
+    equity = s * q * (p - b)          s = +1 long, -1 short
+    maintenance = mmr * q * p - q * a (a = maintenance amount per unit, USD)
+
+It is liquidated when equity <= maintenance, i.e. at the liquidation price
+
+    p_liq = (b - s * a) / (1 - s * mmr).
+
+At entry price `e` with leverage `l`, `b = e * (1 - s / l)`. The tier of a cohort (its `mmr`
+and maintenance amount) is fixed by its representative position size at entry.
+
+The book is built once per scenario on the host with NumPy; `engine.params` moves it to the
+device. Arrays are `[assets, cohorts]`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from scipy.stats import norm
+
+from engine.config import Config, Tier
+
+
+class Cohorts(NamedTuple):
+    """Static description and initial state of every cohort, `[assets, cohorts]` each.
+
+    side: +1 long / -1 short. leverage: initial leverage (x). entry: entry price (USD).
+    quantity: asset units held. bankrupt: bankruptcy price (USD). mmr: maintenance margin
+    rate (fraction). maint_amount: maintenance amount per unit held (USD).
+    """
+
+    side: np.ndarray
+    leverage: np.ndarray
+    entry: np.ndarray
+    quantity: np.ndarray
+    bankrupt: np.ndarray
+    mmr: np.ndarray
+    maint_amount: np.ndarray
+
+
+def maintenance_amounts(tiers: tuple[Tier, ...]) -> np.ndarray:
+    """Maintenance amount (USD) of each bracket, making `notional * rate - amount` continuous.
+
+    amount_i = amount_{i-1} + floor_i * (rate_i - rate_{i-1}), floor_i = the upper bound of the
+    bracket below (../shared/DATA.md).
+    """
+    amounts = np.zeros(len(tiers))
+    for i in range(1, len(tiers)):
+        floor = tiers[i - 1].max_notional_usd
+        amounts[i] = amounts[i - 1] + floor * (tiers[i].mmr - tiers[i - 1].mmr)
+    return amounts
+
+
+def tier_index(tiers: tuple[Tier, ...], notional: np.ndarray) -> np.ndarray:
+    """Bracket of each position notional (USD); sizes above the table use the last bracket."""
+    caps = np.array([t.max_notional_usd for t in tiers])
+    return np.minimum(np.searchsorted(caps, notional, side="left"), len(tiers) - 1)
+
+
+def liquidation_price(side, bankrupt, mmr, maint_amount):
+    """Price (USD) at which equity meets maintenance margin; works on NumPy or JAX arrays."""
+    return (bankrupt - side * maint_amount) / (1.0 - side * mmr)
+
+
+def build_cohorts(cfg: Config) -> Cohorts:
+    """Cohorts of every asset, `[assets, 2 * levels * entry_points * sizes]`.
+
+    Weights: side share x leverage weight x entry quantile (equal) x size weight. A size whose
+    bracket forbids the leverage gets no weight (its share moves to allowed sizes of that
+    leverage); cohorts that would already be liquidated at the starting price are dropped
+    and the side's open interest is spread over the rest, so the book matches the configured
+    open interest and long share exactly.
+    """
+    book, tiers = cfg.book, cfg.exchange.tiers
+    lev = np.asarray(book.leverage, float)
+    w_lev = np.asarray(book.leverage_weights, float)
+    sizes = np.asarray(book.position_sizes_usd, float)
+    w_size = np.asarray(book.size_weights, float)
+    n_e = book.entry_points
+    probs = (np.arange(n_e) + 0.5) / n_e
+    offsets = book.entry_log_mean + book.entry_log_std * norm.ppf(probs)
+
+    tier = tier_index(tiers, sizes)
+    mmr_of_size = np.array([tiers[j].mmr for j in tier])
+    amount_of_size = maintenance_amounts(tiers)[tier]
+    max_lev_of_size = np.array([tiers[j].max_leverage for j in tier])
+
+    # [levels, sizes]: allowed combinations, size weights renormalised per leverage level.
+    allowed = lev[:, None] <= max_lev_of_size[None, :] + 1e-9
+    ws = w_size[None, :] * allowed
+    row = ws.sum(axis=1, keepdims=True)
+    ws = np.divide(ws, row, out=np.zeros_like(ws), where=row > 0)
+    wl = w_lev * (row[:, 0] > 0)
+    if wl.sum() <= 0:
+        raise ValueError("book: no leverage level is allowed by any tier of the exchange table")
+    wl = wl / wl.sum()
+
+    shape = (2, len(lev), n_e, len(sizes))
+    side = np.broadcast_to(np.array([1.0, -1.0])[:, None, None, None], shape)
+    L = np.broadcast_to(lev[None, :, None, None], shape)
+    off = np.broadcast_to(offsets[None, None, :, None], shape)
+    w = wl[None, :, None, None] * ws[None, :, None, :] / n_e * np.ones(shape)
+    mmr = np.broadcast_to(mmr_of_size[None, None, None, :], shape)
+    amt_pos = np.broadcast_to(amount_of_size[None, None, None, :], shape)
+    size_pos = np.broadcast_to(sizes[None, None, None, :], shape)
+
+    out = {k: [] for k in Cohorts._fields}
+    for asset in cfg.market.assets.values():
+        entry = asset.price * np.exp(off)
+        bankrupt = entry * (1.0 - side / L)
+        a_unit = amt_pos * entry / size_pos  # maintenance amount per unit held
+        p_liq = liquidation_price(side, bankrupt, mmr, a_unit)
+        distance = np.where(side * (asset.price - p_liq) > 0, np.abs(np.log(asset.price / p_liq)), 0.0)
+        alive = np.minimum(distance / book.barrier_ramp, 1.0) if book.barrier_ramp > 0 else (distance > 0) * 1.0
+        notional = np.zeros(shape)
+        for i, share in enumerate([asset.long_share, 1.0 - asset.long_share]):
+            wi = w[i] * alive[i]
+            total = wi.sum()
+            if total > 0:
+                notional[i] = asset.open_interest_usd * share * wi / total
+        for name, arr in [
+            ("side", side), ("leverage", L), ("entry", entry),
+            ("quantity", notional / entry), ("bankrupt", bankrupt), ("mmr", mmr),
+            ("maint_amount", a_unit),
+        ]:
+            out[name].append(np.asarray(arr, float).reshape(-1))
+    return Cohorts(**{k: np.stack(v) for k, v in out.items()})

@@ -1,0 +1,161 @@
+"""The in-step liquidation cascade: forced orders move the mark, the moved mark liquidates more.
+
+Within one step the cascade is a fixed point, found by a fixed number of rounds with masking
+(no per-lane while loop). In round r, with cumulative market flow Q_r `[assets]`:
+
+    x_r    = clip(x_base + impact(Q_r), lo, hi)          the mark before this round's orders
+    hit    = cohorts alive with s * (p_r - p_liq) <= 0    p_liq from `engine.book`
+    dq     = q (full) or f * q (partial, when the remainder stays solvent at p_r)
+    F      = sum_k s * dq * p_r                           USD, + sells
+    Q_r+1  = Q_r + (1 - phi) * F                          phi = share taken by the backstop
+    fill   = phi * p_r * (1 - s * discount) + (1 - phi) * p_r+1
+
+Accounting per liquidation event (it conserves money exactly):
+
+    trader loss  = margin given up             full: s q (e - b)        partial: s dq (e - fill) + fee
+    counterparty = s dq (e - fill)             what the other side of the fills gains vs entry
+    fund inflow  = full: max(E, 0), E = s q (fill - b);  partial: the fee
+    shortfall    = full: max(-E, 0)            paid by the fund, then ADL, then bad debt
+
+so that trader loss = counterparty + fund inflow - shortfall. After a partial close the
+remaining position keeps the equity (less the fee), so its bankruptcy price moves to
+b' = fill - s (E - fee) / q'.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from engine.book import liquidation_price
+from engine.impact import impact
+from engine.params import BookParams, MarketParams, PolicyParams
+
+
+class Cascade(NamedTuple):
+    """Result of one step's cascade for one path.
+
+    quantity, bankrupt: `[assets, cohorts]` after liquidations. flow: cumulative market flow
+    `[assets]` (USD, + sells). liquidated: `[assets, 2]` notional at fill (USD; long, short).
+    shortfall: `[assets, 2]` USD. trader_loss, counterparty, fund_inflow: `[]` USD.
+    backstop_left: `[]` USD; backstop_qty: `[assets]` units; backstop_cash: `[]` USD.
+    rounds: `[]` rounds with a liquidation. residual: `[]` USD notional still crossing when
+    the rounds ran out (it carries to the next step).
+    """
+
+    quantity: jnp.ndarray
+    bankrupt: jnp.ndarray
+    flow: jnp.ndarray
+    liquidated: jnp.ndarray
+    shortfall: jnp.ndarray
+    trader_loss: jnp.ndarray
+    counterparty: jnp.ndarray
+    fund_inflow: jnp.ndarray
+    backstop_left: jnp.ndarray
+    backstop_qty: jnp.ndarray
+    backstop_cash: jnp.ndarray
+    rounds: jnp.ndarray
+    residual: jnp.ndarray
+
+
+def by_side(x: jnp.ndarray, side: jnp.ndarray) -> jnp.ndarray:
+    """Sum `[assets, cohorts]` into `[assets, 2]` (long, short)."""
+    long = jnp.sum(jnp.where(side > 0, x, 0.0), -1)
+    short = jnp.sum(jnp.where(side < 0, x, 0.0), -1)
+    return jnp.stack([long, short], -1)
+
+
+def run_cascade(
+    quantity, bankrupt, flow0, x_base, lo, hi, sigma, mmr, active, backstop_left,
+    book: BookParams, mp: MarketParams, pol: PolicyParams, rounds: int, early_exit: bool = True,
+) -> Cascade:
+    """Run `rounds` cascade rounds for one path.
+
+    quantity, bankrupt, mmr: `[assets, cohorts]`. flow0: exogenous flow `[assets]` (USD).
+    x_base: log mark (relative to price0) before any flow `[assets]`; lo, hi: limits on the
+    log mark `[assets]`; sigma: per-step volatility `[assets]`; active: `[assets]` bool,
+    False for halted assets (nothing liquidates there). backstop_left: `[]` USD.
+    early_exit: stop after the first round without liquidations (same result, faster; off
+    where reverse-mode gradients are needed).
+    """
+    s, e, a = book.side, book.entry, book.maint_amount
+    zero_a = jnp.zeros_like(flow0)
+    zero = jnp.zeros((), flow0.dtype)
+
+    def mark(flow):
+        return jnp.clip(x_base + impact(flow, sigma, mp), lo, hi)
+
+    def one_round(_, c: Cascade) -> Cascade:
+        q, b = c.quantity, c.bankrupt
+        p_r = (mp.price0 * jnp.exp(mark(c.flow)))[:, None]
+        p_liq = liquidation_price(s, b, mmr, a)
+        hit = active[:, None] & (q > 0) & (s * (p_r - p_liq) <= 0)
+        f = pol.partial_fraction
+        solvent_rest = s * q * (p_r - b) - mp.clearance_fee * f * q * p_r > 0
+        partial = hit & (f < 1) & solvent_rest
+        dq = jnp.where(hit, jnp.where(partial, f * q, q), 0.0)
+
+        orders = jnp.sum(s * dq * p_r, -1)
+        gross = jnp.sum(jnp.abs(orders))
+        absorbed = jnp.minimum(gross, c.backstop_left)
+        phi = jnp.where(gross > 0, absorbed / jnp.where(gross > 0, gross, 1.0), 0.0)
+        flow = c.flow + (1.0 - phi) * orders
+        p_next = (mp.price0 * jnp.exp(mark(flow)))[:, None]
+        p_backstop = p_r * (1.0 - s * pol.backstop_discount)
+        fill = phi * p_backstop + (1.0 - phi) * p_next
+
+        full = hit & ~partial
+        equity = s * q * (fill - b)
+        fee = mp.clearance_fee * dq * fill
+        loss = jnp.where(full, s * q * (e - b), jnp.where(partial, s * dq * (e - fill) + fee, 0.0))
+        gain = jnp.where(hit, s * dq * (e - fill), 0.0)
+        inflow = jnp.where(full, jnp.maximum(equity, 0.0), jnp.where(partial, fee, 0.0))
+        short = jnp.where(full, jnp.maximum(-equity, 0.0), 0.0)
+
+        q_new = q - dq
+        b_partial = fill - s * (equity - fee) / jnp.where(q_new > 0, q_new, 1.0)
+        return Cascade(
+            quantity=jnp.where(full, 0.0, q_new),
+            bankrupt=jnp.where(partial, b_partial, b),
+            flow=flow,
+            liquidated=c.liquidated + by_side(dq * fill, s),
+            shortfall=c.shortfall + by_side(short, s),
+            trader_loss=c.trader_loss + jnp.sum(loss),
+            counterparty=c.counterparty + jnp.sum(gain),
+            fund_inflow=c.fund_inflow + jnp.sum(inflow),
+            backstop_left=c.backstop_left - absorbed,
+            backstop_qty=c.backstop_qty + phi * jnp.sum(s * dq, -1),
+            backstop_cash=c.backstop_cash - phi * jnp.sum(s * dq * p_backstop),
+            rounds=c.rounds + jnp.any(hit).astype(c.rounds.dtype),
+            residual=zero,
+        )
+
+    start = Cascade(
+        quantity=quantity, bankrupt=bankrupt, flow=flow0,
+        liquidated=jnp.zeros(quantity.shape[:1] + (2,), flow0.dtype),
+        shortfall=jnp.zeros(quantity.shape[:1] + (2,), flow0.dtype),
+        trader_loss=zero, counterparty=zero, fund_inflow=zero,
+        backstop_left=backstop_left, backstop_qty=zero_a, backstop_cash=zero,
+        rounds=jnp.zeros((), jnp.int32), residual=zero,
+    )
+    if early_exit:
+        # A round without hits leaves the state unchanged, so stopping there gives the same
+        # numbers as running all rounds. Under vmap the loop runs while any path has hits.
+        def more(carry):
+            i, c = carry
+            return (i < rounds) & (c.rounds == i)
+
+        def go(carry):
+            i, c = carry
+            return i + 1, one_round(i, c)
+
+        _, end = jax.lax.while_loop(more, go, (jnp.zeros((), jnp.int32), start))
+    else:
+        end = jax.lax.fori_loop(0, rounds, one_round, start)
+    p_end = (mp.price0 * jnp.exp(mark(end.flow)))[:, None]
+    left = active[:, None] & (end.quantity > 0) & (
+        s * (p_end - liquidation_price(s, end.bankrupt, mmr, a)) <= 0
+    )
+    return end._replace(residual=jnp.sum(jnp.where(left, end.quantity * p_end, 0.0)))

@@ -1,0 +1,379 @@
+"""Validated configuration: scenario (market, book, exchange, shocks), policy and run settings.
+
+Every model forbids unknown keys, so a typo is an error that names its dotted path. Values are
+checked where they are declared (ranges) and across fields (a correlation matrix must be
+positive semi-definite and match the assets, a tier table must be increasing, ...). The
+validated objects are plain data: `engine.params` turns them into JAX pytrees.
+
+Units: prices in USD, notionals in USD, volatilities annualised (fraction per sqrt(year)),
+steps are simulation time steps of `run.dt_minutes` minutes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class Strict(BaseModel):
+    """Base model: unknown keys are errors, NaN and infinity are rejected, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# --------------------------------------------------------------------------------------
+# Exchange rules
+# --------------------------------------------------------------------------------------
+
+
+class Tier(Strict):
+    """One maintenance-margin bracket: positions with notional up to `max_notional_usd`."""
+
+    max_notional_usd: PositiveFloat
+    max_leverage: Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)]
+    mmr: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+
+
+# Binance USD(S)-M BTCUSDT brackets, 2021 snapshot (../shared/DATA.md; they change over time).
+BINANCE_BTC_TIERS: tuple[Tier, ...] = tuple(
+    Tier(max_notional_usd=n, max_leverage=lev, mmr=m)
+    for n, lev, m in [
+        (50e3, 125, 0.004),
+        (250e3, 100, 0.005),
+        (1e6, 50, 0.010),
+        (10e6, 20, 0.025),
+        (20e6, 10, 0.050),
+        (50e6, 5, 0.100),
+        (100e6, 4, 0.125),
+        (200e6, 3, 0.150),
+        (300e6, 2, 0.250),
+        (500e6, 1, 0.500),
+    ]
+)
+
+
+class Exchange(Strict):
+    """Margin rules shared by every asset of the venue."""
+
+    tiers: tuple[Tier, ...] = BINANCE_BTC_TIERS
+    # Clearance (liquidation) fee, fraction of notional, paid to the insurance fund;
+    # about 0.3-0.5% publicly reported (../shared/DATA.md).
+    clearance_fee: Annotated[float, Field(ge=0, lt=0.1, allow_inf_nan=False)] = 0.005
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_increasing(cls, tiers: tuple[Tier, ...]) -> tuple[Tier, ...]:
+        if not tiers:
+            raise ValueError("the tier table is empty: give at least one bracket")
+        for i in range(1, len(tiers)):
+            lo, hi = tiers[i - 1], tiers[i]
+            if not hi.max_notional_usd > lo.max_notional_usd:
+                raise ValueError(
+                    f"tier {i}: max_notional_usd must increase ({hi.max_notional_usd} after "
+                    f"{lo.max_notional_usd})"
+                )
+            if not hi.mmr >= lo.mmr:
+                raise ValueError(f"tier {i}: mmr must not decrease ({hi.mmr} after {lo.mmr})")
+            if not hi.max_leverage <= lo.max_leverage:
+                raise ValueError(
+                    f"tier {i}: max_leverage must not increase ({hi.max_leverage} after "
+                    f"{lo.max_leverage})"
+                )
+        return tiers
+
+
+# --------------------------------------------------------------------------------------
+# Market
+# --------------------------------------------------------------------------------------
+
+
+class Asset(Strict):
+    """One perpetual market: price process, liquidity and open interest."""
+
+    price: PositiveFloat
+    vol_annual: Annotated[float, Field(gt=0, le=20, allow_inf_nan=False)]
+    # Volatility at t0 as a multiple of vol_annual (a stressed market starts hot).
+    init_vol_mult: Annotated[float, Field(gt=0, le=50, allow_inf_nan=False)] = 1.0
+    drift_annual: Finite = 0.0
+    jump_mean: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] = 0.0
+    jump_std: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
+    # Exposure of this asset to the scenario's headline shock (1 = the shock as stated).
+    shock_beta: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 1.0
+    impact_law: Literal["sqrt", "linear"] = "sqrt"
+    # Square-root law: dx = Y * sigma_daily * sqrt(Q / V_daily).
+    impact_y: NonNegFloat = 1.0
+    daily_volume_usd: PositiveFloat = 50e9
+    # Linear law: dx = Q / depth_usd (USD of flow per unit of log price).
+    depth_usd: PositiveFloat = 20e9
+    # Depth withdrawal: depth scales as (sigma0 / sigma_t) ** depth_kappa.
+    depth_kappa: Annotated[float, Field(ge=0, le=5, allow_inf_nan=False)] = 1.0
+    # Share of impact that is permanent; the rest decays with the resilience half-life.
+    impact_permanent: Fraction = 0.5
+    resilience_halflife_steps: PositiveFloat = 6.0
+    open_interest_usd: NonNegFloat = 10e9
+    long_share: Fraction = 0.5
+
+
+class Market(Strict):
+    """Joint price dynamics of all assets."""
+
+    assets: dict[str, Asset]
+    # Correlation of the diffusive shocks (assets in the order of `assets`); identity if absent.
+    correlation: tuple[tuple[Finite, ...], ...] | None = None
+    # Student-t degrees of freedom of the shocks (multivariate t, unit variance); 0 = Gaussian.
+    tail_dof: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 4.0
+    garch_alpha: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.08
+    garch_beta: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.90
+    # Market-wide jump arrivals per day (compound Poisson; sizes per asset).
+    jump_intensity_per_day: NonNegFloat = 0.0
+
+    @field_validator("assets")
+    @classmethod
+    def _some_assets(cls, assets: dict[str, Asset]) -> dict[str, Asset]:
+        if not assets:
+            raise ValueError("at least one asset is required")
+        return assets
+
+    @field_validator("tail_dof")
+    @classmethod
+    def _dof(cls, v: float) -> float:
+        if 0 < v <= 2:
+            raise ValueError("tail_dof must be 0 (Gaussian) or greater than 2 (finite variance)")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Market:
+        if self.garch_alpha + self.garch_beta >= 1:
+            raise ValueError(
+                f"garch_alpha + garch_beta must be < 1 for a stationary variance "
+                f"(got {self.garch_alpha} + {self.garch_beta})"
+            )
+        if self.correlation is not None:
+            c = np.asarray(self.correlation, dtype=float)
+            n = len(self.assets)
+            if c.shape != (n, n):
+                raise ValueError(f"correlation must be {n}x{n} (one row per asset), got {c.shape}")
+            if not np.allclose(c, c.T, atol=1e-12):
+                raise ValueError("correlation must be symmetric")
+            if not np.allclose(np.diag(c), 1.0, atol=1e-12) or np.any(np.abs(c) > 1):
+                raise ValueError("correlation must have ones on the diagonal and entries in [-1, 1]")
+            lowest = float(np.linalg.eigvalsh(c).min())
+            if lowest < -1e-10:
+                raise ValueError(
+                    f"correlation is not positive semi-definite (smallest eigenvalue {lowest:.3g})"
+                )
+        return self
+
+    def correlation_matrix(self) -> np.ndarray:
+        """Correlation `[assets, assets]`; identity when none is given."""
+        n = len(self.assets)
+        return np.eye(n) if self.correlation is None else np.asarray(self.correlation, float)
+
+
+# --------------------------------------------------------------------------------------
+# Book of positions
+# --------------------------------------------------------------------------------------
+
+
+class Book(Strict):
+    """How open interest splits into cohorts: leverage x entry price x position size x side.
+
+    Each asset gets `2 * len(leverage) * entry_points * len(position_sizes_usd)` cohorts.
+    """
+
+    leverage: tuple[Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)], ...] = (
+        2, 3, 5, 10, 20, 25, 50, 75, 100, 125,
+    )
+    # Share of open interest at each leverage level (normalised); need not sum to one.
+    leverage_weights: tuple[NonNegFloat, ...] = (4, 5, 10, 18, 20, 12, 16, 6, 6, 3)
+    # Entry prices: log(entry / price) ~ Normal(entry_log_mean, entry_log_std), taken at
+    # `entry_points` equal-probability quantiles.
+    entry_log_mean: Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)] = 0.0
+    entry_log_std: Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)] = 0.03
+    entry_points: Annotated[int, Field(ge=1, le=256)] = 5
+    # Surviving positions thin out towards their liquidation price, as the density of a
+    # diffusion does near an absorbing barrier: a cohort's weight is scaled by
+    # min(1, distance / barrier_ramp), distance = |log(price / liquidation price)|.
+    barrier_ramp: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.05
+    # Representative position sizes (USD notional): they decide each cohort's tier.
+    position_sizes_usd: tuple[PositiveFloat, ...] = (5e3, 100e3, 800e3, 5e6)
+    size_weights: tuple[NonNegFloat, ...] = (30, 30, 25, 15)
+
+    @model_validator(mode="after")
+    def _check(self) -> Book:
+        if len(self.leverage) == 0:
+            raise ValueError("leverage needs at least one level")
+        if len(self.leverage_weights) != len(self.leverage):
+            raise ValueError(
+                f"leverage_weights has {len(self.leverage_weights)} entries for "
+                f"{len(self.leverage)} leverage levels"
+            )
+        if len(self.size_weights) != len(self.position_sizes_usd) or not self.size_weights:
+            raise ValueError(
+                f"size_weights has {len(self.size_weights)} entries for "
+                f"{len(self.position_sizes_usd)} position sizes"
+            )
+        if sum(self.leverage_weights) <= 0 or sum(self.size_weights) <= 0:
+            raise ValueError("leverage_weights and size_weights must not all be zero")
+        return self
+
+    @property
+    def cohorts_per_asset(self) -> int:
+        return 2 * len(self.leverage) * self.entry_points * len(self.position_sizes_usd)
+
+
+# --------------------------------------------------------------------------------------
+# Scenario: shocks and flows
+# --------------------------------------------------------------------------------------
+
+
+class Shock(Strict):
+    """A scheduled log-price shock, spread evenly over `steps` steps from `start_step`.
+
+    Each asset receives `size * shock_beta[asset]` unless `assets` restricts it.
+    """
+
+    size: Annotated[float, Field(ge=-3, le=3, allow_inf_nan=False)]
+    start_step: Annotated[int, Field(ge=0)]
+    steps: Annotated[int, Field(ge=1)] = 1
+    assets: tuple[str, ...] | None = None
+
+
+class Flow(Strict):
+    """Scheduled exogenous flow in USD (positive sells, negative buys), spread over `steps`."""
+
+    usd: Finite
+    asset: str
+    start_step: Annotated[int, Field(ge=0)]
+    steps: Annotated[int, Field(ge=1)] = 1
+
+
+class Scenario(Strict):
+    """The headline shock plus optional extra shocks and flows."""
+
+    # The headline shock, as a log return, spread over `shock_steps` from `shock_start`.
+    shock: Annotated[float, Field(ge=-3, le=3, allow_inf_nan=False)] = 0.0
+    shock_start: Annotated[int, Field(ge=0)] = 0
+    shock_steps: Annotated[int, Field(ge=1)] = 1
+    shocks: tuple[Shock, ...] = ()
+    flows: tuple[Flow, ...] = ()
+
+    def all_shocks(self) -> tuple[Shock, ...]:
+        head = () if self.shock == 0 else (
+            Shock(size=self.shock, start_step=self.shock_start, steps=self.shock_steps),
+        )
+        return head + self.shocks
+
+
+# --------------------------------------------------------------------------------------
+# Policy
+# --------------------------------------------------------------------------------------
+
+
+class Breaker(Strict):
+    """Circuit breaker. `halt`: a move beyond `threshold` (log) against the mark of `window`
+    steps ago halts trading for `duration` steps; liquidations queue while the underlying keeps
+    moving. `band`: the mark moves at most `band` (log) per step; the rest carries over."""
+
+    kind: Literal["none", "halt", "band"] = "none"
+    threshold: Annotated[float, Field(gt=0, le=2, allow_inf_nan=False)] = 0.05
+    window: Annotated[int, Field(ge=1, le=1024)] = 12
+    duration: Annotated[int, Field(ge=1, le=100_000)] = 3
+    band: Annotated[float, Field(gt=0, le=2, allow_inf_nan=False)] = 0.02
+
+
+class Policy(Strict):
+    """Exchange rules under test. Every field can be a sweep axis."""
+
+    # Maximum leverage; cohorts above it are brought to it at t0.
+    leverage_cap: Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)] = 125.0
+    leverage_cap_mode: Literal["reduce_size", "add_margin"] = "reduce_size"
+    breaker: Breaker = Breaker()
+    # One venue's shared BTC/ETH/BNB fund was about $1.23 B before 10 Oct 2025 (DATA.md).
+    insurance_fund_usd: NonNegFloat = 1.23e9
+    backstop_capacity_usd: NonNegFloat = 0.0
+    # Price concession the backstop vault takes on what it absorbs (fraction of the mark).
+    backstop_discount: Annotated[float, Field(ge=0, lt=0.5, allow_inf_nan=False)] = 0.01
+    adl_rule: Literal["queue", "pro_rata", "off"] = "queue"
+    # Fraction of a cohort closed per liquidation event (1 = full liquidation).
+    partial_liquidation: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 1.0
+    # Maintenance margin multiplier: mmr * (1 + dynamic_margin * max(0, sigma/sigma0 - 1)).
+    dynamic_margin: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Run settings and the whole scenario
+# --------------------------------------------------------------------------------------
+
+
+class Run(Strict):
+    """Size and numerics of a simulation."""
+
+    n_paths: Annotated[int, Field(ge=1, le=10**10)] = 10_000
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    steps: Annotated[int, Field(ge=1, le=10**7)] = 288
+    dt_minutes: Annotated[float, Field(gt=0, le=10_080, allow_inf_nan=False)] = 5.0
+    cascade_rounds: Annotated[int, Field(ge=1, le=256)] = 8
+    # Longest breaker window the compiled kernel supports (the ring buffer of marks).
+    max_window: Annotated[int, Field(ge=2, le=4096)] = 64
+    # Paths per compiled call; 0 chooses it from memory_budget_mb.
+    chunk_size: Annotated[int, Field(ge=0)] = 0
+    memory_budget_mb: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 2048.0
+    # Number of time points kept for fan charts (per-step quantile bands).
+    fan_points: Annotated[int, Field(ge=1, le=100_000)] = 96
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+class Config(Strict):
+    """A complete simulation: what to simulate, under which policy, at what size."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")] = "scenario"
+    description: str = ""
+    run: Run = Run()
+    market: Market
+    book: Book = Book()
+    exchange: Exchange = Exchange()
+    scenario: Scenario = Scenario()
+    policy: Policy = Policy()
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Config:
+        names = list(self.market.assets)
+        for i, s in enumerate(self.scenario.shocks):
+            for a in s.assets or ():
+                if a not in names:
+                    raise ValueError(f"scenario.shocks.{i}.assets: unknown asset {a!r}; assets are {names}")
+        for i, f in enumerate(self.scenario.flows):
+            if f.asset not in names:
+                raise ValueError(f"scenario.flows.{i}.asset: unknown asset {f.asset!r}; assets are {names}")
+        if self.policy.breaker.window >= self.run.max_window:
+            raise ValueError(
+                f"policy.breaker.window ({self.policy.breaker.window}) must be below "
+                f"run.max_window ({self.run.max_window})"
+            )
+        return self
+
+    @property
+    def asset_names(self) -> list[str]:
+        return list(self.market.assets)
+
+    @property
+    def steps_per_year(self) -> float:
+        return 365.0 * 24.0 * 60.0 / self.run.dt_minutes
+
+    @property
+    def steps_per_day(self) -> float:
+        return 24.0 * 60.0 / self.run.dt_minutes
+
+
+def sigma_step(vol_annual: float, steps_per_year: float) -> float:
+    """Per-step volatility (log units) from an annualised one."""
+    return vol_annual / math.sqrt(steps_per_year)

@@ -1,0 +1,190 @@
+"""The simulation kernel: path state, the pure step, and the chunk rollout.
+
+One step of one path (`step`), in order:
+
+1. volatility sigma = sqrt(h); exogenous return (`engine.market`) moves the fair log price;
+   transient impact decays by the resilience factor;
+2. breaker limits for the mark (`engine.policies.mark_limits`); a halted asset is frozen and
+   its exogenous flow queues;
+3. the in-step cascade (`engine.cascade`) at the dynamic maintenance rate;
+4. impact splits into a permanent part (fair price) and a transient part; the new mark is
+   the fair plus transient price clipped to the limits; a move beyond the halt threshold
+   starts a halt;
+5. GARCH variance update from the realised mark return, drawdown and counters;
+6. the waterfall (`engine.waterfall`): fund, then ADL, then bad debt.
+
+Prices are carried as log marks relative to `price0` (`x`), cohorts in USD. `rollout` runs a
+chunk of paths through `lax.scan` over time with the step `vmap`ped over paths inside; the
+ADL stage runs under `lax.cond` only when some path of the chunk has a deficit, and fan-chart
+histograms across the chunk's paths are accumulated in the carry, so nothing of size
+`[paths, steps]` is ever built.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from engine import market, policies
+from engine.cascade import run_cascade
+from engine.impact import impact
+from engine.params import Params, Static
+from engine.waterfall import auto_deleverage, pay_from_fund
+
+
+class Totals(NamedTuple):
+    """Running per-path totals, USD unless stated."""
+
+    liquidated: jnp.ndarray  # [assets, 2] (long, short)
+    trader_loss: jnp.ndarray
+    counterparty: jnp.ndarray  # gain of the fills' other side vs liquidated entries
+    fund_inflow: jnp.ndarray
+    shortfall: jnp.ndarray
+    fund_draw: jnp.ndarray
+    adl_absorbed: jnp.ndarray
+    adl_notional: jnp.ndarray
+    bad_debt: jnp.ndarray
+    halted_steps: jnp.ndarray  # [assets] steps
+    max_rounds: jnp.ndarray  # [] int
+    max_residual: jnp.ndarray  # [] USD
+    max_drawdown: jnp.ndarray  # [assets] fraction
+    nonfinite: jnp.ndarray  # [] bool: a NaN or infinity appeared
+
+
+class SimState(NamedTuple):
+    """State of one path. Log prices are relative to `price0`; `[assets]` unless stated."""
+
+    x_fair: jnp.ndarray  # permanent log price
+    x_trans: jnp.ndarray  # transient impact (log)
+    x_mark: jnp.ndarray  # log mark
+    peak: jnp.ndarray  # running max of the log mark
+    variance: jnp.ndarray  # GARCH variance per step
+    ring: jnp.ndarray  # [assets, max_window] past log marks (slot t mod max_window)
+    halt_left: jnp.ndarray  # int steps of halt remaining
+    queue: jnp.ndarray  # exogenous flow queued during a halt (USD)
+    quantity: jnp.ndarray  # [assets, cohorts]
+    bankrupt: jnp.ndarray  # [assets, cohorts] USD
+    fund: jnp.ndarray  # [] insurance fund (USD)
+    deficit: jnp.ndarray  # [assets, 2] USD waiting for ADL in this step
+    backstop_left: jnp.ndarray  # [] USD capacity
+    backstop_qty: jnp.ndarray  # units held by the backstop
+    backstop_cash: jnp.ndarray  # [] USD
+    totals: Totals
+
+
+def init_state(params: Params, static: Static) -> SimState:
+    """State at t0 of one path (identical for all paths of a policy point)."""
+    mp, pol = params.market, params.policy
+    dtype = mp.price0.dtype
+    za = jnp.zeros(static.n_assets, dtype)
+    z = jnp.zeros((), dtype)
+    quantity, bankrupt = policies.cap_leverage(params.book, pol)
+    totals = Totals(
+        liquidated=jnp.zeros((static.n_assets, 2), dtype), trader_loss=z, counterparty=z,
+        fund_inflow=z, shortfall=z, fund_draw=z, adl_absorbed=z, adl_notional=z, bad_debt=z,
+        halted_steps=za, max_rounds=jnp.zeros((), jnp.int32), max_residual=z,
+        max_drawdown=za, nonfinite=jnp.zeros((), bool),
+    )
+    return SimState(
+        x_fair=za, x_trans=za, x_mark=za, peak=za, variance=mp.sigma_init**2,
+        ring=jnp.zeros((static.n_assets, static.max_window), dtype),
+        halt_left=jnp.zeros(static.n_assets, jnp.int32), queue=za,
+        quantity=quantity, bankrupt=bankrupt, fund=pol.insurance_fund.astype(dtype),
+        deficit=jnp.zeros((static.n_assets, 2), dtype),
+        backstop_left=pol.backstop_capacity.astype(dtype), backstop_qty=za, backstop_cash=z,
+        totals=totals,
+    )
+
+
+def market_step(state: SimState, draws: market.Draws, t, shock, flow, params: Params, static: Static):
+    """Stages 1-5 and the fund of stage 6 for one path; leaves `state.deficit` for ADL.
+
+    t: `[]` int step; shock: `[assets]` scheduled log shock; flow: `[assets]` USD.
+    """
+    mp, pol, book = params.market, params.policy, params.book
+    sigma = jnp.sqrt(state.variance)
+    x_fair = state.x_fair + market.exogenous_return(draws, sigma, shock, mp)
+    x_trans = state.x_trans * mp.resilience
+    halted = state.halt_left > 0
+    slot = jnp.mod(t - pol.halt_window, static.max_window)
+    x_ref = state.ring[:, slot]
+    lo, hi = policies.mark_limits(state.x_mark, x_ref, halted, pol)
+    flow0 = jnp.where(halted, 0.0, flow + state.queue)
+    queue = jnp.where(halted, state.queue + flow, 0.0)
+    mmr = policies.maintenance_rate(book.mmr, sigma, mp.sigma0, pol)
+
+    c = run_cascade(
+        state.quantity, state.bankrupt, flow0, x_fair + x_trans, lo, hi, sigma, mmr, ~halted,
+        state.backstop_left, book, mp, pol, static.rounds,
+    )
+    dx = jnp.where(halted, 0.0, impact(c.flow, sigma, mp))
+    x_fair = x_fair + mp.permanent * dx
+    x_trans = x_trans + (1.0 - mp.permanent) * dx
+    target = x_fair + x_trans
+    x_mark = jnp.clip(target, lo, hi)
+    trig = policies.halt_triggered(target, x_ref, halted, pol)
+    halt_left = jnp.where(trig, pol.halt_duration, jnp.maximum(state.halt_left - 1, 0))
+
+    variance = market.garch_variance(state.variance, x_mark - state.x_mark, mp)
+    ring = state.ring.at[:, jnp.mod(t, static.max_window)].set(x_mark)
+    peak = jnp.maximum(state.peak, x_mark)
+    f = pay_from_fund(state.fund, c.fund_inflow, c.shortfall)
+
+    tot = state.totals
+    finite = jnp.all(jnp.isfinite(x_mark)) & jnp.isfinite(f.fund) & jnp.all(jnp.isfinite(c.quantity))
+    totals = tot._replace(
+        liquidated=tot.liquidated + c.liquidated,
+        trader_loss=tot.trader_loss + c.trader_loss,
+        counterparty=tot.counterparty + c.counterparty,
+        fund_inflow=tot.fund_inflow + c.fund_inflow,
+        shortfall=tot.shortfall + jnp.sum(c.shortfall),
+        fund_draw=tot.fund_draw + f.draw,
+        halted_steps=tot.halted_steps + halted.astype(tot.halted_steps.dtype),
+        max_rounds=jnp.maximum(tot.max_rounds, c.rounds),
+        max_residual=jnp.maximum(tot.max_residual, c.residual),
+        max_drawdown=jnp.maximum(tot.max_drawdown, 1.0 - jnp.exp(x_mark - peak)),
+        nonfinite=tot.nonfinite | ~finite,
+    )
+    return SimState(
+        x_fair=x_fair, x_trans=x_trans, x_mark=x_mark, peak=peak, variance=variance,
+        ring=ring, halt_left=halt_left, queue=queue, quantity=c.quantity,
+        bankrupt=c.bankrupt, fund=f.fund, deficit=f.deficit, backstop_left=c.backstop_left,
+        backstop_qty=state.backstop_qty + c.backstop_qty,
+        backstop_cash=state.backstop_cash + c.backstop_cash, totals=totals,
+    )
+
+
+def adl_step(state: SimState, params: Params) -> SimState:
+    """Stage 6 after the fund: ADL the step's deficit, the rest is bad debt."""
+    price = params.market.price0 * jnp.exp(state.x_mark)
+    r = auto_deleverage(state.quantity, state.bankrupt, price, state.deficit, params.book, params.policy)
+    tot = state.totals
+    return state._replace(
+        quantity=r.quantity,
+        deficit=jnp.zeros_like(state.deficit),
+        totals=tot._replace(
+            adl_absorbed=tot.adl_absorbed + r.absorbed,
+            adl_notional=tot.adl_notional + r.notional,
+            bad_debt=tot.bad_debt + r.bad_debt,
+        ),
+    )
+
+
+def step(state: SimState, draws: market.Draws, t, shock, flow, params: Params, static: Static) -> SimState:
+    """One full step of one path (all six stages)."""
+    return adl_step(market_step(state, draws, t, shock, flow, params, static), params)
+
+
+def path_keys(seed: int, start: int, n: int) -> jax.Array:
+    """Keys of global paths `start .. start+n-1`: fold_in of the path index into the seed key,
+    so a path's numbers do not depend on chunking or devices."""
+    base = jax.random.key(seed)
+    idx = jnp.asarray(start, jnp.uint32) + jnp.arange(n, dtype=jnp.uint32)
+    return jax.vmap(jax.random.fold_in, (None, 0))(base, idx)
+
+
+def step_keys(keys: jax.Array, t) -> jax.Array:
+    """Per-path keys `[paths]` of step t."""
+    return jax.vmap(jax.random.fold_in, (0, None))(keys, t)

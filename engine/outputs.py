@@ -1,0 +1,76 @@
+"""What each path reports, with units and bins: the single list the reductions and cube use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import jax.numpy as jnp
+
+from engine import bins as B
+from engine.book import liquidation_price
+from engine.kernel import SimState
+from engine.params import Params, Static
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    dims: tuple[str, ...]  # trailing dims after the path axis
+    units: str
+    long_name: str
+    bins: Callable[[Static], B.Bins]
+    loss: bool = False  # gets es99_<name>
+
+
+OUTPUTS: tuple[Output, ...] = (
+    Output("liquidated_notional", ("asset", "side"), "USD", "notional liquidated at fill price", lambda s: B.usd(), True),
+    Output("liquidated_total", (), "USD", "notional liquidated, all assets and sides", lambda s: B.usd(), True),
+    Output("max_drawdown", ("asset",), "1", "maximum peak-to-trough fall of the mark price", lambda s: B.fraction()),
+    Output("insurance_fund_draw", (), "USD", "insurance fund paid out for shortfalls", lambda s: B.usd(), True),
+    Output("adl_notional", (), "USD", "notional of positions closed by auto-deleveraging", lambda s: B.usd(), True),
+    Output("adl_absorbed", (), "USD", "profit given up by auto-deleveraged positions", lambda s: B.usd(), True),
+    Output("bad_debt", (), "USD", "deficit left after fund and ADL", lambda s: B.usd(), True),
+    Output("trader_loss", (), "USD", "margin lost by liquidated traders", lambda s: B.usd(), True),
+    Output("shortfall", (), "USD", "liquidation losses beyond posted margin", lambda s: B.usd(), True),
+    Output("fund_inflow", (), "USD", "leftover margin and fees paid into the insurance fund", lambda s: B.usd()),
+    Output("counterparty_gain", (), "USD", "gain of the fills' other side relative to liquidated entries", lambda s: B.usd()),
+    Output("backstop_pnl", (), "USD", "backstop vault profit, marked at the final price", lambda s: B.usd()),
+    Output("halted_steps", ("asset",), "1", "steps with trading halted", lambda s: B.count(s.steps)),
+    Output("cascade_rounds", (), "1", "most cascade rounds with liquidations in one step", lambda s: B.count(s.rounds)),
+    Output("residual_notional", (), "USD", "largest notional left crossing when the cascade rounds ran out", lambda s: B.usd()),
+    Output("deferred_notional", (), "USD", "notional beyond its liquidation price at the end (queued, not executed)", lambda s: B.usd()),
+    Output("open_interest_decline", ("asset",), "1", "1 - final open interest (USD) / initial", lambda s: B.ratio()),
+)
+BY_NAME = {o.name: o for o in OUTPUTS}
+
+
+def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.ndarray]:
+    """Per-path outputs of one path's final state (shapes as in `OUTPUTS`)."""
+    t, mp, book = state.totals, params.market, params.book
+    price = mp.price0 * jnp.exp(state.x_mark)
+    oi0 = jnp.sum(book.quantity, -1) * mp.price0
+    oi = jnp.sum(state.quantity, -1) * price
+    fair = (mp.price0 * jnp.exp(state.x_fair + state.x_trans))[:, None]
+    p_liq = liquidation_price(book.side, state.bankrupt, book.mmr, book.maint_amount)
+    deferred = (state.quantity > 0) & (book.side * (fair - p_liq) <= 0)
+    return {
+        "liquidated_notional": t.liquidated,
+        "liquidated_total": jnp.sum(t.liquidated),
+        "max_drawdown": t.max_drawdown,
+        "insurance_fund_draw": t.fund_draw,
+        "adl_notional": t.adl_notional,
+        "adl_absorbed": t.adl_absorbed,
+        "bad_debt": t.bad_debt,
+        "trader_loss": t.trader_loss,
+        "shortfall": t.shortfall,
+        "fund_inflow": t.fund_inflow,
+        "counterparty_gain": t.counterparty,
+        "backstop_pnl": jnp.sum(state.backstop_qty * price) + state.backstop_cash,
+        "halted_steps": t.halted_steps,
+        "cascade_rounds": t.max_rounds.astype(price.dtype),
+        "residual_notional": t.max_residual,
+        "deferred_notional": jnp.sum(jnp.where(deferred, state.quantity * fair, 0.0)),
+        "open_interest_decline": 1.0 - oi / jnp.where(oi0 > 0, oi0, 1.0),
+        "nonfinite": t.nonfinite,
+    }

@@ -1,0 +1,156 @@
+"""Run a set of parameter points over many paths and reduce them to loss distributions.
+
+`simulate(config, points)` is the public entry: every point is a complete `Config` of the
+same shape (a policy or scenario variant of `config`); all points see the same paths
+(common random numbers), point `baseline` is the reference of the paired differences.
+
+Paths are processed in chunks of whole `ATOM`s chosen from `run.memory_budget_mb`; the last
+chunk is padded so that a single compiled kernel serves every chunk and every point. The loop
+is chunk-outer, point-inner so that paired differences are formed chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+import xarray as xr
+
+from engine import params as P
+from engine.config import Config
+from engine.errors import SimulationError, validated
+from engine.outputs import OUTPUTS
+from engine.reduce import ATOM, BAND_QUANTILES, QUANTILES, PointAccumulator
+from engine.rollout import rollout
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What `simulate` reports after each chunk of each point."""
+
+    paths_done: int  # path-points finished
+    paths_total: int
+    elapsed_s: float
+
+
+def bytes_per_path(static: P.Static, itemsize: int) -> int:
+    """Estimated device memory of one path in a chunk: cohort state and the cascade's
+    temporaries (about 16 arrays of `[assets, cohorts]`), the mark ring buffer, outputs."""
+    cohort = static.n_assets * static.n_cohorts
+    return itemsize * (16 * cohort + static.n_assets * static.max_window + 256)
+
+
+def chunk_size(cfg: Config, static: P.Static) -> int:
+    """Paths per compiled call: `run.chunk_size`, or what fits the memory budget; whole atoms."""
+    if cfg.run.chunk_size:
+        size = cfg.run.chunk_size
+    else:
+        itemsize = 8 if cfg.run.dtype == "float64" else 4
+        size = int(cfg.run.memory_budget_mb * 2**20 // bytes_per_path(static, itemsize))
+    size = max(ATOM, size // ATOM * ATOM)
+    return min(size, math.ceil(cfg.run.n_paths / ATOM) * ATOM)
+
+
+def _shapes_match(a: Config, b: Config) -> bool:
+    return P.static_of(a) == P.static_of(b) and a.run.dtype == b.run.dtype
+
+
+def simulate(
+    config: Config | dict,
+    points: Sequence[Config | dict] | None = None,
+    *,
+    baseline: int = 0,
+    progress: Callable[[Progress], None] | None = None,
+) -> xr.Dataset:
+    """Simulate `config.run.n_paths` paths under each point and return their statistics.
+
+    config: the base configuration (a `Config` or a dict of the same fields). points: the
+    variants to run, each a complete configuration of the same shape; default `[config]`.
+    Run size and seed come from `config.run`.
+
+    Returns a Dataset over `point` (and `asset`, `side`, `quantile`, `band_quantile`, `time`):
+    for each output of `engine.outputs.OUTPUTS` its quantiles, `_mean`, `_mc_se`, paired
+    `_diff_mean`/`_diff_se` against point `baseline`, `p_<name>_positive`, `es99_<name>`
+    for losses, plus `p_bad_debt` and fan-chart bands `mark_price_band` and
+    `cum_liquidations_band` `[point, time, asset, band_quantile]` (USD).
+    """
+    cfg = validated(config)
+    pts = [validated(p) for p in (points if points is not None else [cfg])]
+    if not pts:
+        raise SimulationError("no points to simulate")
+    if not 0 <= baseline < len(pts):
+        raise SimulationError(f"baseline must index a point (0..{len(pts) - 1}), got {baseline}")
+    for i, p in enumerate(pts):
+        if not _shapes_match(cfg, p):
+            raise SimulationError(
+                f"point {i} changes a shape-deciding setting (assets, cohorts, steps, rounds, "
+                "max_window, fan_points, dtype): run it separately"
+            )
+    if cfg.run.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+
+    built = [P.build(p) for p in pts]
+    static = built[0][1]
+    size = chunk_size(cfg, static)
+    n_paths, seed = cfg.run.n_paths, cfg.run.seed
+    accs = [PointAccumulator(static) for _ in pts]
+    order = [baseline] + [i for i in range(len(pts)) if i != baseline]
+    t0, done = time.perf_counter(), 0
+    for start in range(0, n_paths, size):
+        valid = min(size, n_paths - start)
+        base_out = None
+        for i in order:
+            out, fan = jax.device_get(
+                rollout(built[i][0], seed, start, valid, static=static, n_paths=size)
+            )
+            if i == baseline:
+                base_out = out
+            accs[i].add(out, fan, valid, base_out)
+            done += valid
+            if progress:
+                progress(Progress(done, n_paths * len(pts), time.perf_counter() - t0))
+    bad = [i for i, a in enumerate(accs) if a.nonfinite]
+    if bad:
+        raise SimulationError(
+            f"non-finite values (NaN or infinity) on some paths at point(s) {bad}: the parameters "
+            "drive prices or balances out of range; check volatility, impact and leverage inputs"
+        )
+    return to_dataset(cfg, [a.result(np.asarray(b[0].market.price0, float)) for a, b in zip(accs, built)], static)
+
+
+def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset:
+    """Stack per-point results into a Dataset with units and long names."""
+    assets = cfg.asset_names
+    data = {}
+    for o in OUTPUTS:
+        d = o.dims
+        attrs = {"units": o.units, "long_name": o.long_name}
+        stack = lambda key: np.stack([r[key] for r in results])  # noqa: E731
+        data[o.name] = (("point", "quantile") + d, stack(o.name), {**attrs, "long_name": f"quantiles of {o.long_name}"})
+        data[f"{o.name}_mean"] = (("point",) + d, stack(f"{o.name}_mean"), {**attrs, "long_name": f"mean of {o.long_name}"})
+        data[f"{o.name}_mc_se"] = (("point",) + d, stack(f"{o.name}_mc_se"), {**attrs, "long_name": f"Monte Carlo standard error of the mean of {o.long_name}"})
+        data[f"{o.name}_diff_mean"] = (("point",) + d, stack(f"{o.name}_diff_mean"), {**attrs, "long_name": f"mean paired difference to the baseline point of {o.long_name}"})
+        data[f"{o.name}_diff_se"] = (("point",) + d, stack(f"{o.name}_diff_se"), {**attrs, "long_name": f"standard error of the paired difference of {o.long_name}"})
+        data[f"p_{o.name}_positive"] = (("point",) + d, stack(f"p_{o.name}_positive"), {"units": "1", "long_name": f"probability that {o.long_name} is positive"})
+        if o.loss:
+            data[f"es99_{o.name}"] = (("point",) + d, stack(f"es99_{o.name}"), {**attrs, "long_name": f"expected shortfall at 99% of {o.long_name}"})
+    data["p_bad_debt"] = (("point",), np.stack([r["p_bad_debt_positive"] for r in results]), {"units": "1", "long_name": "probability of bad debt > 0"})
+    data["mark_price_band"] = (("point", "time", "asset", "band_quantile"), np.stack([r["mark_price_band"] for r in results]), {"units": "USD", "long_name": "quantiles of the mark price over time"})
+    data["cum_liquidations_band"] = (("point", "time", "asset", "band_quantile"), np.stack([r["cum_liquidations_band"] for r in results]), {"units": "USD", "long_name": "quantiles of cumulative liquidated notional over time"})
+    data["n_nonfinite"] = (("point",), np.stack([r["n_nonfinite"] for r in results]), {"units": "1", "long_name": "paths with non-finite values"})
+    steps_at = np.minimum((np.arange(static.fan_points) + 1) * static.fan_stride, static.steps)
+    coords = {
+        "point": np.arange(len(results)),
+        "asset": assets,
+        "side": ["long", "short"],
+        "quantile": list(QUANTILES),
+        "band_quantile": list(BAND_QUANTILES),
+        "time": ("time", steps_at * cfg.run.dt_minutes, {"units": "minutes", "long_name": "time since start"}),
+    }
+    ds = xr.Dataset(data, coords=coords)
+    ds.attrs.update({"n_paths": cfg.run.n_paths, "seed": cfg.run.seed, "steps": cfg.run.steps, "dt_minutes": cfg.run.dt_minutes})
+    return ds
