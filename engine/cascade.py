@@ -70,6 +70,7 @@ def by_side(x: jnp.ndarray, side: jnp.ndarray) -> jnp.ndarray:
 def run_cascade(
     quantity, bankrupt, flow0, x_base, lo, hi, sigma, mmr, active, backstop_left,
     book: BookParams, mp: MarketParams, pol: PolicyParams, rounds: int, early_exit: bool = True,
+    temperature=None, quantity0=None,
 ) -> Cascade:
     """Run `rounds` cascade rounds for one path.
 
@@ -79,6 +80,9 @@ def run_cascade(
     False for halted assets (nothing liquidates there). backstop_left: `[]` USD.
     early_exit: stop after the first round without liquidations (same result, faster; off
     where reverse-mode gradients are needed).
+    temperature: None for the exact kernel; a `[]` width (log price) for the relaxed,
+    differentiable one (full liquidation only), which then needs `quantity0`, the cohorts'
+    initial quantities `[assets, cohorts]`.
     """
     s, e, a = book.side, book.entry, book.maint_amount
     zero_a = jnp.zeros_like(flow0)
@@ -91,11 +95,26 @@ def run_cascade(
         q, b = c.quantity, c.bankrupt
         p_r = (mp.price0 * jnp.exp(mark(c.flow)))[:, None]
         p_liq = liquidation_price(s, b, mmr, a)
-        hit = active[:, None] & (q > 0) & (s * (p_r - p_liq) <= 0)
-        f = pol.partial_fraction
-        solvent_rest = s * q * (p_r - b) - mp.clearance_fee * f * q * p_r > 0
-        partial = hit & (f < 1) & solvent_rest
-        dq = jnp.where(hit, jnp.where(partial, f * q, q), 0.0)
+        if temperature is None:
+            hit = active[:, None] & (q > 0) & (s * (p_r - p_liq) <= 0)
+            f = pol.partial_fraction
+            solvent_rest = s * q * (p_r - b) - mp.clearance_fee * f * q * p_r > 0
+            partial = hit & (f < 1) & solvent_rest
+            w_full = (hit & ~partial).astype(q.dtype)
+            w_part = partial.astype(q.dtype)
+            dq = w_full * q + w_part * f * q
+        else:
+            # Relaxed: the share of a cohort's initial size that is gone is a ramp of how far
+            # the mark has crossed its liquidation price (width `temperature` in log price);
+            # only the part beyond what is already gone is liquidated, so nothing bleeds
+            # away while the mark stands still.
+            crossed = -s * jnp.log(p_r / jnp.maximum(p_liq, 1e-9 * p_r))
+            gone = jnp.clip(crossed / temperature + 0.5, 0.0, 1.0) * active[:, None]
+            remaining = q / jnp.where(quantity0 > 0, quantity0, 1.0)
+            w_full = jnp.where(q > 0, jnp.clip(1.0 - (1.0 - gone) / jnp.where(q > 0, remaining, 1.0), 0.0, 1.0), 0.0)
+            w_part = jnp.zeros_like(q)
+            f = jnp.ones((), q.dtype)
+            dq = w_full * q
 
         orders = jnp.sum(s * dq * p_r, -1)
         gross = jnp.sum(jnp.abs(orders))
@@ -106,19 +125,20 @@ def run_cascade(
         p_backstop = p_r * (1.0 - s * pol.backstop_discount)
         fill = phi * p_backstop + (1.0 - phi) * p_next
 
-        full = hit & ~partial
         equity = s * q * (fill - b)
-        fee = mp.clearance_fee * dq * fill
-        loss = jnp.where(full, s * q * (e - b), jnp.where(partial, s * dq * (e - fill) + fee, 0.0))
-        gain = jnp.where(hit, s * dq * (e - fill), 0.0)
-        inflow = jnp.where(full, jnp.maximum(equity, 0.0), jnp.where(partial, fee, 0.0))
-        short = jnp.where(full, jnp.maximum(-equity, 0.0), 0.0)
+        fee = mp.clearance_fee * f * q * fill
+        # each event is a weighted mix of a full and a partial liquidation (weights 0/1 in
+        # the exact kernel); both parts conserve money, so the mix does too
+        loss = w_full * s * q * (e - b) + w_part * (s * f * q * (e - fill) + fee)
+        gain = s * dq * (e - fill)
+        inflow = w_full * jnp.maximum(equity, 0.0) + w_part * fee
+        short = w_full * jnp.maximum(-equity, 0.0)
 
         q_new = q - dq
         b_partial = fill - s * (equity - fee) / jnp.where(q_new > 0, q_new, 1.0)
         return Cascade(
-            quantity=jnp.where(full, 0.0, q_new),
-            bankrupt=jnp.where(partial, b_partial, b),
+            quantity=q_new,
+            bankrupt=jnp.where(w_part > 0, b_partial, b),
             flow=flow,
             liquidated=c.liquidated + by_side(dq * fill, s),
             shortfall=c.shortfall + by_side(short, s),
@@ -128,7 +148,7 @@ def run_cascade(
             backstop_left=c.backstop_left - absorbed,
             backstop_qty=c.backstop_qty + phi * jnp.sum(s * dq, -1),
             backstop_cash=c.backstop_cash - phi * jnp.sum(s * dq * p_backstop),
-            rounds=c.rounds + jnp.any(hit).astype(c.rounds.dtype),
+            rounds=c.rounds + jnp.any(dq > 0).astype(c.rounds.dtype),
             residual=zero,
         )
 

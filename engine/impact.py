@@ -25,7 +25,8 @@ def impact(flow: jnp.ndarray, sigma: jnp.ndarray, mp: MarketParams) -> jnp.ndarr
     withdraw = (mp.sigma0 / sigma) ** mp.depth_kappa
     linear = -flow / (mp.depth * withdraw)
     sigma_daily = sigma * jnp.sqrt(mp.steps_per_day)
-    root = -jnp.sign(flow) * mp.impact_y * sigma_daily * jnp.sqrt(
-        jnp.abs(flow) / (mp.volume * withdraw)
-    )
+    size = jnp.abs(flow) / (mp.volume * withdraw)
+    # sqrt has an infinite slope at zero flow: keep its gradient finite (zero) there
+    root_size = jnp.where(size > 0, jnp.sqrt(jnp.where(size > 0, size, 1.0)), 0.0)
+    root = -jnp.sign(flow) * mp.impact_y * sigma_daily * root_size
     return jnp.where(mp.impact_law == 1, root, linear)

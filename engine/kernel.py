@@ -115,9 +115,13 @@ def market_step(state: SimState, draws: market.Draws, t, shock, flow, params: Pa
     queue = jnp.where(halted, state.queue + flow, 0.0)
     mmr = policies.maintenance_rate(book.mmr, sigma, mp.sigma0, pol)
 
+    relax = (
+        {"temperature": params.temperature, "quantity0": policies.cap_leverage(book, pol)[0]}
+        if static.relaxed else {}
+    )
     c = run_cascade(
         state.quantity, state.bankrupt, flow0, x_fair + x_trans, lo, hi, sigma, mmr, ~halted,
-        state.backstop_left, book, mp, pol, static.rounds,
+        state.backstop_left, book, mp, pol, static.rounds, early_exit=not static.relaxed, **relax,
     )
     dx = jnp.where(halted, 0.0, impact(c.flow, sigma, mp))
     x_fair = x_fair + mp.permanent * dx

@@ -39,6 +39,8 @@ class Static:
     max_window: int
     fan_stride: int
     fan_points: int
+    # The relaxed, differentiable kernel (engine.calibrate) instead of the exact one.
+    relaxed: bool = False
 
 
 class MarketParams(NamedTuple):
@@ -107,6 +109,8 @@ class Params(NamedTuple):
     book: BookParams
     policy: PolicyParams
     schedule: Schedule
+    # Width (log price) of the relaxed liquidation threshold; unused by the exact kernel.
+    temperature: jnp.ndarray
 
 
 def static_of(cfg: Config) -> Static:
@@ -205,7 +209,9 @@ def schedule(cfg: Config) -> Schedule:
 
 def build(cfg: Config) -> tuple[Params, Static]:
     """All traced parameters of one configuration, cast to the run's float type."""
-    params = Params(market_params(cfg), book_params(cfg), policy_params(cfg), schedule(cfg))
+    params = Params(
+        market_params(cfg), book_params(cfg), policy_params(cfg), schedule(cfg), jnp.asarray(0.0)
+    )
     return cast(params, dtype_of(cfg)), static_of(cfg)
 
 

@@ -1,0 +1,135 @@
+"""Calibration: relaxed kernel, gradients, recovery of known parameters, config errors."""
+
+from __future__ import annotations
+
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from engine import ConfigError, load_config
+from engine import params as P
+from engine.calibrate import (
+    CalibrationConfig, differentiable_outputs, fit, load_calibration, make_problem, objective,
+    to_unconstrained, write_outputs,
+)
+from engine.rollout import rollout
+from tests.conftest import small_dict
+
+RUN = {"n_paths": 96, "steps": 24, "seed": 1, "cascade_rounds": 4, "max_window": 16, "fan_points": 4}
+
+
+def calm_scenario(**run) -> dict:
+    """The small scenario without volatility feedback (GARCH and depth withdrawal off), so
+    that outcome statistics are smooth, well-identified functions of the parameters."""
+    d = small_dict(run={**RUN, **run})
+    d["market"] = {**d["market"], "garch_alpha": 0.0, "garch_beta": 0.0}
+    for a in d["market"]["assets"].values():
+        a["depth_kappa"] = 0.0
+    return d
+
+
+PARAMS = [
+    {"path": "market.impact_y", "lower": 0.05, "upper": 2.0},
+    {"path": "scenario.shock", "lower": -0.2, "upper": -0.01},
+]
+STATS = ["liquidated_total_usd", "max_drawdown.BTC", "open_interest_decline.BTC", "max_drawdown.SOL"]
+
+
+def problem_config(scenario: dict, targets=None, **settings) -> CalibrationConfig:
+    targets = targets or [{"statistic": s, "value": 1.0, "tolerance": 1.0} for s in STATS]
+    cal = {"n_paths": scenario["run"]["n_paths"], "iterations": 80, "seeds": [0], "learning_rate": 0.1,
+           "temperature": 0.05, **settings}
+    return CalibrationConfig.model_validate({"scenario": scenario, "calibration": cal, "params": PARAMS, "targets": targets})
+
+
+def test_recovers_known_parameters_from_synthetic_targets():
+    truth = np.array([0.4, -0.06])
+    cc = problem_config(calm_scenario())
+    prob = make_problem(cc)
+    (_, stats), _ = objective(prob)(jnp.asarray(to_unconstrained(truth, prob.lower, prob.upper), jnp.float32), 0)
+    targets = [{"statistic": s, "value": float(v), "tolerance": 0.02 * abs(float(v))} for s, v in zip(STATS, stats)]
+    result = fit(problem_config(calm_scenario(), targets), seed=0)
+    # stated tolerances: impact coefficient within 15%, shock within 5% (relative)
+    rel = np.abs(result.values - truth) / np.abs(truth)
+    assert rel[0] < 0.15 and rel[1] < 0.05, (result.values, truth)
+    assert result.losses[-1] < 0.05 * result.losses[0]
+
+
+def test_gradient_matches_finite_differences():
+    cc = problem_config(calm_scenario(dtype="float64", n_paths=48), temperature=0.1)
+    prob = make_problem(cc)
+    grad_fn = objective(prob)
+    u = jnp.asarray(to_unconstrained(np.array([0.5, -0.07]), prob.lower, prob.upper), jnp.float64)
+    (_, _), g = grad_fn(u, 0)
+    h = 1e-5
+    for i in range(len(u)):
+        (lp, _), _ = grad_fn(u.at[i].add(h), 0)
+        (lm, _), _ = grad_fn(u.at[i].add(-h), 0)
+        fd = (float(lp) - float(lm)) / (2 * h)
+        np.testing.assert_allclose(float(g[i]), fd, rtol=1e-3, atol=1e-6 * abs(fd) + 1e-9)
+
+
+def test_relaxed_kernel_converges_to_exact_as_temperature_falls():
+    d = calm_scenario(dtype="float64", n_paths=64)
+    d["policy"] = {**d["policy"], "adl_rule": "off"}
+    cc = problem_config(d)
+    prob = make_problem(cc)
+    params, static = P.build(prob.cfg)
+    exact, _ = rollout(params, 1, 0, 64, static=static, n_paths=64)
+    errors = []
+    for tau in (0.1, 0.01, 1e-4, 1e-7):
+        relaxed = differentiable_outputs(prob.base._replace(temperature=jnp.asarray(tau)), prob.static, 1, 64)
+        errors.append(float(jnp.max(jnp.abs(relaxed["liquidated_total"] - exact["liquidated_total"]))))
+    scale = float(jnp.max(exact["liquidated_total"]))
+    assert scale > 0
+    assert errors[-1] <= 1e-6 * scale
+    assert errors[0] > errors[-1]
+
+
+def write(tmp_path, text: str):
+    p = tmp_path / "cal.toml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+BAD_TARGETS = [
+    ('statistic = "liquidations_per_minute"\nvalue = 1.0\ntolerance = 1.0', "targets.0.statistic"),
+    ('statistic = "liquidated_total_usd"\nvalue = 1.0\ntolerance = -1.0', "targets.0.tolerance"),
+    ('statistic = "max_drawdown.DOGE"\nvalue = 0.1\ntolerance = 0.1', "targets.0.statistic"),
+]
+
+
+@pytest.mark.parametrize("target, field", BAD_TARGETS)
+def test_bad_target_is_a_config_error_naming_the_field(tmp_path, target, field):
+    p = write(tmp_path, f"""
+        scenario = "{(load_config.__globals__['default_config_path']())}"
+        [[params]]
+        path = "scenario.shock"
+        lower = -0.2
+        upper = -0.01
+        [[targets]]
+        {target}
+    """)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_calibration(p)
+
+
+def test_shipped_calibration_config_is_valid():
+    cc = load_calibration("configs/calibrate_oct10_2025.toml")
+    assert len(cc.targets) >= 6 and cc.scenario.name == "oct10_2025"
+
+
+def test_outputs_include_a_runnable_fitted_scenario(tmp_path):
+    cc = problem_config(calm_scenario(n_paths=32), iterations=3, seeds=[0, 1])
+    fits = [fit(cc, s) for s in (0, 1)]
+    summary = write_outputs(cc, fits, tmp_path)
+    for name in ("fitted.json", "loss_curve.png", "report.md", "fitted_scenario.toml"):
+        assert (tmp_path / name).stat().st_size > 0
+    fitted = load_config(tmp_path / "fitted_scenario.toml")
+    shock = summary["params"][1]["mean"]
+    assert fitted.scenario.shock == pytest.approx(shock)
+    assert fitted.market.assets["BTC"].impact_y == pytest.approx(summary["params"][0]["mean"])
+    assert len(summary["params"][0]["per_seed"]) == 2
