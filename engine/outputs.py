@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import jax.numpy as jnp
 
@@ -11,6 +11,7 @@ from engine import bins as B
 from engine.book import liquidation_price
 from engine.kernel import SimState
 from engine.params import Params, Static
+from engine.policies import cap_leverage
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ OUTPUTS: tuple[Output, ...] = (
     Output("cascade_rounds", (), "1", "most cascade rounds with liquidations in one step", lambda s: B.count(s.rounds)),
     Output("residual_notional", (), "USD", "largest notional left crossing when the cascade rounds ran out", lambda s: B.usd()),
     Output("deferred_notional", (), "USD", "notional beyond its liquidation price at the end (queued, not executed)", lambda s: B.usd()),
-    Output("open_interest_decline", ("asset",), "1", "1 - final open interest (USD) / initial", lambda s: B.ratio()),
+    Output("open_interest_decline", ("asset",), "1", "1 - final open interest (USD) / initial (after the leverage cap)", lambda s: B.ratio()),
 )
 BY_NAME = {o.name: o for o in OUTPUTS}
 
@@ -49,7 +50,8 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     """Per-path outputs of one path's final state (shapes as in `OUTPUTS`)."""
     t, mp, book = state.totals, params.market, params.book
     price = mp.price0 * jnp.exp(state.x_mark)
-    oi0 = jnp.sum(book.quantity, -1) * mp.price0
+    # against the book after the leverage cap, so the cut made at t0 is not a "decline"
+    oi0 = jnp.sum(cap_leverage(book, params.policy)[0], -1) * mp.price0
     oi = jnp.sum(state.quantity, -1) * price
     fair = (mp.price0 * jnp.exp(state.x_fair + state.x_trans))[:, None]
     p_liq = liquidation_price(book.side, state.bankrupt, book.mmr, book.maint_amount)

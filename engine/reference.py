@@ -1,0 +1,458 @@
+"""A slow, obvious NumPy implementation of the model, written apart from the JAX kernel.
+
+The equations are the ones stated in the docstrings of `engine.market`, `engine.impact`,
+`engine.policies`, `engine.cascade`, `engine.waterfall` and `engine.kernel`; this module
+implements them again with plain loops over cascade rounds and steps, and with an explicit
+sort for the ADL queue (cohorts ranked by score, exact ties closed together and sharing the
+marginal amount pro rata), the definition the kernel's bisection must reproduce.
+
+Every array has a leading path axis `[paths, ...]`, so the same code is both the one-path
+reference the tests compare `engine.kernel.step` with (`reference_step`) and the NumPy
+baseline of `benchmarks/` (`simulate_paths`, vectorised over paths). It always computes in
+float64. States and parameters use the kernel's containers (`SimState`, `Totals`, `Params`)
+with NumPy leaves, so the two implementations can be compared field by field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from engine.config import Config
+from engine.kernel import SimState, Totals
+from engine.market import MAX_VARIANCE_MULT, Draws
+from engine.params import Params, Static, build
+from engine.policies import MAX_MMR
+
+LONG, SHORT = 0, 1  # column of the `[..., 2]` side axis
+
+
+def to_numpy(params: Params) -> Params:
+    """The same parameters with NumPy leaves, floats widened to float64."""
+    host = jax.device_get(params)
+    return jax.tree_util.tree_map(
+        lambda x: (
+            np.asarray(x, np.float64) if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x)
+        ),
+        host,
+    )
+
+
+def _per_side(x: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """`[paths, assets, cohorts]` summed into `[paths, assets, 2]` (long, short)."""
+    return np.stack([np.sum(x * (side > 0), -1), np.sum(x * (side < 0), -1)], -1)
+
+
+def capped_book(params: Params) -> tuple[np.ndarray, np.ndarray]:
+    """Quantity and bankruptcy price `[assets, cohorts]` with the leverage cap applied."""
+    pol, bk = params.policy, params.book
+    lev = np.minimum(bk.leverage, pol.leverage_cap)
+    if pol.cap_add_margin > 0.5:
+        quantity = bk.quantity.copy()
+    else:
+        quantity = bk.quantity * lev / bk.leverage
+    return quantity, bk.entry * (1.0 - bk.side / lev)
+
+
+def init_state(params: Params, static: Static, n_paths: int) -> SimState:
+    """State at t0 of `n_paths` identical paths, leverage cap applied."""
+    mp, pol = params.market, params.policy
+    n_a = static.n_assets
+    quantity, bankrupt = capped_book(params)
+
+    def paths(x, dtype=np.float64):
+        return np.broadcast_to(np.asarray(x, dtype), (n_paths,) + np.shape(x)).copy()
+
+    za, z = paths(np.zeros(n_a)), paths(0.0)
+    totals = Totals(
+        liquidated=paths(np.zeros((n_a, 2))),
+        trader_loss=z.copy(),
+        counterparty=z.copy(),
+        fund_inflow=z.copy(),
+        shortfall=z.copy(),
+        fund_draw=z.copy(),
+        adl_absorbed=z.copy(),
+        adl_notional=z.copy(),
+        bad_debt=z.copy(),
+        halted_steps=za.copy(),
+        max_rounds=paths(0, np.int64),
+        max_residual=z.copy(),
+        max_drawdown=za.copy(),
+        nonfinite=paths(False, bool),
+    )
+    return SimState(
+        x_fair=za.copy(),
+        x_trans=za.copy(),
+        x_mark=za.copy(),
+        peak=za.copy(),
+        variance=paths(mp.sigma_init**2),
+        ring=paths(np.zeros((n_a, static.max_window))),
+        halt_left=paths(np.zeros(n_a), np.int64),
+        queue=za.copy(),
+        quantity=paths(quantity),
+        bankrupt=paths(bankrupt),
+        fund=paths(pol.insurance_fund),
+        deficit=paths(np.zeros((n_a, 2))),
+        backstop_left=paths(pol.backstop_capacity),
+        backstop_qty=za.copy(),
+        backstop_cash=z.copy(),
+        totals=totals,
+    )
+
+
+def impact(flow: np.ndarray, sigma: np.ndarray, mp) -> np.ndarray:
+    """Log move `[paths, assets]` of cumulative net flow `[paths, assets]` (USD, + sells)."""
+    liquidity = (mp.sigma0 / sigma) ** mp.depth_kappa
+    out = np.empty_like(flow)
+    for a in range(flow.shape[-1]):
+        if mp.impact_law[a] == 1:
+            daily_vol = sigma[:, a] * np.sqrt(mp.steps_per_day)
+            volume = mp.volume[a] * liquidity[:, a]
+            out[:, a] = (
+                -np.sign(flow[:, a]) * mp.impact_y[a] * daily_vol * np.sqrt(np.abs(flow[:, a]) / volume)
+            )
+        else:
+            out[:, a] = -flow[:, a] / (mp.depth[a] * liquidity[:, a])
+    return out
+
+
+def exogenous_return(d: Draws, sigma: np.ndarray, shock: np.ndarray, mp) -> np.ndarray:
+    """Drift, correlated (Student-t) diffusion, jumps and scheduled shock `[paths, assets]`."""
+    eps = d.z @ mp.chol.T
+    if mp.tail_dof > 0:
+        eps = eps * np.sqrt((mp.tail_dof - 2.0) / d.chi2)[:, None]
+    n_jumps = np.sum(d.u_jump[:, None] > mp.jump_cdf[None, :], axis=1).astype(np.float64)[:, None]
+    jump = n_jumps * mp.jump_mean + np.sqrt(n_jumps) * mp.jump_std * d.z_jump
+    return mp.mu + sigma * eps + jump + shock
+
+
+def liquidation_price(side, bankrupt, mmr, maint_amount):
+    """Where equity s q (p - b) meets maintenance q (mmr p - a), solved for p (USD)."""
+    return (bankrupt - side * maint_amount) / (1.0 - side * mmr)
+
+
+def cascade(q, b, flow, x_base, lo, hi, sigma, mmr, active, backstop_left, params: Params, rounds: int):
+    """The in-step cascade of `engine.cascade`, round by round, for all paths.
+
+    q, b, mmr: `[paths, assets, cohorts]`; flow, x_base, lo, hi, sigma, active: `[paths,
+    assets]`; backstop_left: `[paths]`. Returns a dict of the cascade's results.
+    """
+    mp, pol, bk = params.market, params.policy, params.book
+    s, e, a = bk.side, bk.entry, bk.maint_amount
+    n_p, n_a = flow.shape
+    fee_rate, f = mp.clearance_fee, pol.partial_fraction
+    q, b, flow, backstop_left = q.copy(), b.copy(), flow.copy(), backstop_left.copy()
+    r = {
+        "liquidated": np.zeros((n_p, n_a, 2)),
+        "shortfall": np.zeros((n_p, n_a, 2)),
+        "trader_loss": np.zeros(n_p),
+        "counterparty": np.zeros(n_p),
+        "fund_inflow": np.zeros(n_p),
+        "backstop_qty": np.zeros((n_p, n_a)),
+        "backstop_cash": np.zeros(n_p),
+        "rounds": np.zeros(n_p, np.int64),
+    }
+
+    def mark_price(flow):
+        return mp.price0 * np.exp(np.clip(x_base + impact(flow, sigma, mp), lo, hi))
+
+    for _ in range(rounds):
+        p = mark_price(flow)[:, :, None]
+        hit = active[:, :, None] & (q > 0) & (s * (p - liquidation_price(s, b, mmr, a)) <= 0)
+        if not hit.any():
+            break  # a round without liquidations changes nothing, nor would any later round
+        stays_solvent = s * q * (p - b) - fee_rate * f * q * p > 0
+        partial = hit & (f < 1) & stays_solvent
+        full = hit & ~partial
+        dq = np.where(full, q, np.where(partial, f * q, 0.0))
+
+        orders = np.sum(s * dq * p, -1)
+        gross = np.sum(np.abs(orders), -1)
+        taken = np.minimum(gross, backstop_left)
+        phi = np.zeros(n_p)
+        np.divide(taken, gross, out=phi, where=gross > 0)
+        flow = flow + (1.0 - phi[:, None]) * orders
+        p_next = mark_price(flow)[:, :, None]
+        p_backstop = p * (1.0 - s * pol.backstop_discount)
+        phi3 = phi[:, None, None]
+        fill = phi3 * p_backstop + (1.0 - phi3) * p_next
+
+        equity = s * q * (fill - b)
+        fee = fee_rate * dq * fill
+        loss = np.where(full, s * q * (e - b), 0.0) + np.where(partial, s * dq * (e - fill) + fee, 0.0)
+        r["trader_loss"] += loss.sum((1, 2))
+        r["counterparty"] += np.where(hit, s * dq * (e - fill), 0.0).sum((1, 2))
+        r["fund_inflow"] += (np.where(full, np.maximum(equity, 0.0), 0.0) + np.where(partial, fee, 0.0)).sum(
+            (1, 2)
+        )
+        r["shortfall"] += _per_side(np.where(full, np.maximum(-equity, 0.0), 0.0), s)
+        r["liquidated"] += _per_side(dq * fill, s)
+        r["backstop_qty"] += phi[:, None] * np.sum(s * dq, -1)
+        r["backstop_cash"] -= phi * np.sum(s * dq * p_backstop, (1, 2))
+        r["rounds"] += hit.any((1, 2))
+        backstop_left = backstop_left - taken
+
+        rest = q - dq
+        # the remaining position keeps the equity less the fee: solve for its bankruptcy price
+        b = np.where(partial, fill - s * (equity - fee) / np.where(rest > 0, rest, 1.0), b)
+        q = np.where(full, 0.0, rest)
+
+    p_end = mark_price(flow)[:, :, None]
+    left = active[:, :, None] & (q > 0) & (s * (p_end - liquidation_price(s, b, mmr, a)) <= 0)
+    r.update(
+        quantity=q,
+        bankrupt=b,
+        flow=flow,
+        backstop_left=backstop_left,
+        residual=np.sum(np.where(left, q * p_end, 0.0), (1, 2)),
+    )
+    return r
+
+
+def adl_closures(profit, score, need, side, rule: int) -> np.ndarray:
+    """Share of each cohort `[paths, assets, cohorts]` closed by ADL (0..1).
+
+    profit, score: `[paths, assets, cohorts]`; need: `[paths, assets, 2]` USD to be covered by
+    the longs (column 0) and the shorts (column 1). rule: 1 queue, 2 pro rata, 0 off.
+    Queue: per asset and side, sort profitable cohorts by descending score; walking down the
+    groups of exactly equal score, every group is closed whole until the profit of the groups
+    so far covers the need (the group that completes it is closed whole too).
+    """
+    closed = np.zeros_like(profit)
+    if rule == 0:
+        return closed
+    n_c = profit.shape[-1]
+    for col, sd in ((LONG, 1.0), (SHORT, -1.0)):
+        mine = (side == sd) & (profit > 0)
+        need_c = need[..., col][..., None]
+        if rule == 2:
+            total = np.sum(np.where(mine, profit, 0.0), -1, keepdims=True)
+            share = np.zeros_like(total)
+            np.divide(np.minimum(need_c, total), total, out=share, where=total > 0)
+            closed = np.where(mine, share, closed)
+            continue
+        key = np.where(mine, score, -np.inf)
+        order = np.argsort(-key, axis=-1, kind="stable")
+        k = np.take_along_axis(key, order, -1)
+        held = np.cumsum(np.take_along_axis(np.where(mine, profit, 0.0), order, -1), -1)
+        idx = np.broadcast_to(np.arange(n_c), k.shape)
+        first = np.concatenate([np.ones(k.shape[:-1] + (1,), bool), k[..., 1:] != k[..., :-1]], -1)
+        group_start = np.maximum.accumulate(np.where(first, idx, 0), -1)
+        before = np.take_along_axis(
+            held - np.take_along_axis(np.where(mine, profit, 0.0), order, -1), group_start, -1
+        )  # profit of all better-ranked groups
+        take = (k > -np.inf) & (before < need_c)
+        sorted_closed = take.astype(np.float64)
+        unsorted = np.empty_like(sorted_closed)
+        np.put_along_axis(unsorted, order, sorted_closed, -1)
+        closed = np.where(mine, unsorted, closed)
+    return closed
+
+
+def waterfall(st_fund, inflow, shortfall, q, b, price, params: Params):
+    """Fund, then ADL, then bad debt, for all paths. Returns a dict of the results."""
+    bk, s, e = params.book, params.book.side, params.book.entry
+    rule = int(params.policy.adl_rule)
+    fund = st_fund + inflow
+    total = shortfall.sum((1, 2))
+    draw = np.minimum(fund, total)
+    unpaid = np.zeros_like(total)
+    np.divide(total - draw, total, out=unpaid, where=total > 0)
+    deficit = shortfall * unpaid[:, None, None]
+
+    p = price[:, :, None]
+    profit = np.maximum(s * q * (p - e), 0.0)
+    # profit % of margin x notional / equity; per unit held, so equal cohorts tie exactly
+    score = s * (p - e) / (e - b) * p / (p - b)
+    need = deficit[..., ::-1]
+    closed = adl_closures(profit, score, need, bk.side, rule) * q
+    available = _per_side(profit, s)
+    covered = np.minimum(need, available) if rule > 0 else np.zeros_like(need)
+    return {
+        "fund": fund - draw,
+        "draw": draw,
+        "quantity": q - closed,
+        "absorbed": covered.sum((1, 2)),
+        "notional": np.sum(closed * p, (1, 2)),
+        "bad_debt": (need - covered).sum((1, 2)),
+    }
+
+
+def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, static: Static) -> SimState:
+    """One step of every path: `engine.kernel.step` with a leading path axis."""
+    mp, pol, bk = params.market, params.policy, params.book
+    sigma = np.sqrt(st.variance)
+    x_fair = st.x_fair + exogenous_return(d, sigma, shock, mp)
+    x_trans = st.x_trans * mp.resilience
+    halted = st.halt_left > 0
+    x_ref = st.ring[:, :, (t - int(pol.halt_window)) % static.max_window]
+    lo = np.maximum(st.x_mark - pol.band, x_ref - pol.halt_threshold)
+    hi = np.minimum(st.x_mark + pol.band, x_ref + pol.halt_threshold)
+    lo, hi = np.where(halted, st.x_mark, lo), np.where(halted, st.x_mark, hi)
+    flow0 = np.where(halted, 0.0, flow + st.queue)
+    queue = np.where(halted, st.queue + flow, 0.0)
+    excess = np.maximum(sigma / mp.sigma0 - 1.0, 0.0)[:, :, None]
+    mmr = np.minimum(bk.mmr * (1.0 + pol.dynamic_margin * excess), MAX_MMR)
+
+    c = cascade(
+        st.quantity,
+        st.bankrupt,
+        flow0,
+        x_fair + x_trans,
+        lo,
+        hi,
+        sigma,
+        mmr,
+        ~halted,
+        st.backstop_left,
+        params,
+        static.rounds,
+    )
+    dx = np.where(halted, 0.0, impact(c["flow"], sigma, mp))
+    x_fair = x_fair + mp.permanent * dx
+    x_trans = x_trans + (1.0 - mp.permanent) * dx
+    target = x_fair + x_trans
+    x_mark = np.clip(target, lo, hi)
+    fires = ~halted & (np.abs(target - x_ref) > pol.halt_threshold)
+    halt_left = np.where(fires, int(pol.halt_duration), np.maximum(st.halt_left - 1, 0))
+
+    realised = x_mark - st.x_mark - mp.mu
+    variance = (
+        mp.sigma0**2 * (1.0 - mp.garch_alpha - mp.garch_beta)
+        + mp.garch_alpha * realised**2
+        + mp.garch_beta * st.variance
+    )
+    variance = np.minimum(variance, MAX_VARIANCE_MULT * mp.sigma0**2)
+    ring = st.ring.copy()
+    ring[:, :, t % static.max_window] = x_mark
+    peak = np.maximum(st.peak, x_mark)
+
+    w = waterfall(
+        st.fund,
+        c["fund_inflow"],
+        c["shortfall"],
+        c["quantity"],
+        c["bankrupt"],
+        mp.price0 * np.exp(x_mark),
+        params,
+    )
+    tot = st.totals
+    finite = np.isfinite(x_mark).all(-1) & np.isfinite(w["fund"]) & np.isfinite(c["quantity"]).all((1, 2))
+    totals = Totals(
+        liquidated=tot.liquidated + c["liquidated"],
+        trader_loss=tot.trader_loss + c["trader_loss"],
+        counterparty=tot.counterparty + c["counterparty"],
+        fund_inflow=tot.fund_inflow + c["fund_inflow"],
+        shortfall=tot.shortfall + c["shortfall"].sum((1, 2)),
+        fund_draw=tot.fund_draw + w["draw"],
+        adl_absorbed=tot.adl_absorbed + w["absorbed"],
+        adl_notional=tot.adl_notional + w["notional"],
+        bad_debt=tot.bad_debt + w["bad_debt"],
+        halted_steps=tot.halted_steps + halted,
+        max_rounds=np.maximum(tot.max_rounds, c["rounds"]),
+        max_residual=np.maximum(tot.max_residual, c["residual"]),
+        max_drawdown=np.maximum(tot.max_drawdown, 1.0 - np.exp(x_mark - peak)),
+        nonfinite=tot.nonfinite | ~finite,
+    )
+    return SimState(
+        x_fair=x_fair,
+        x_trans=x_trans,
+        x_mark=x_mark,
+        peak=peak,
+        variance=variance,
+        ring=ring,
+        halt_left=halt_left,
+        queue=queue,
+        quantity=w["quantity"],
+        bankrupt=c["bankrupt"],
+        fund=w["fund"],
+        deficit=np.zeros_like(st.deficit),
+        backstop_left=c["backstop_left"],
+        backstop_qty=st.backstop_qty + c["backstop_qty"],
+        backstop_cash=st.backstop_cash + c["backstop_cash"],
+        totals=totals,
+    )
+
+
+def reference_step(
+    state: SimState, draws: Draws, t: int, shock, flow, params_np: Params, static: Static
+) -> SimState:
+    """One step of one path (no path axis), mirroring `engine.kernel.step`.
+
+    state, draws: one path's `SimState` and `Draws` (NumPy or JAX leaves); shock, flow:
+    `[assets]` log shock and USD flow of step t; params_np: `to_numpy(params)`.
+    """
+    one = lambda x: np.asarray(x)[None]
+    st = jax.tree_util.tree_map(
+        lambda x: np.asarray(x, np.float64) if np.asarray(x).dtype.kind == "f" else np.asarray(x),
+        jax.tree_util.tree_map(one, state),
+    )
+    d = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), jax.tree_util.tree_map(one, draws))
+    out = step_paths(
+        st, d, int(t), np.asarray(shock, np.float64), np.asarray(flow, np.float64), params_np, static
+    )
+    return jax.tree_util.tree_map(lambda x: x[0], out)
+
+
+def extract(st: SimState, params: Params) -> dict[str, np.ndarray]:
+    """Per-path outputs `{name: [paths, ...]}`, the names of `engine.outputs.extract`."""
+    mp, bk, t = params.market, params.book, st.totals
+    price = mp.price0 * np.exp(st.x_mark)
+    oi0 = np.sum(capped_book(params)[0], -1) * mp.price0
+    oi = np.sum(st.quantity, -1) * price
+    fair = (mp.price0 * np.exp(st.x_fair + st.x_trans))[:, :, None]
+    beyond = (st.quantity > 0) & (
+        bk.side * (fair - liquidation_price(bk.side, st.bankrupt, bk.mmr, bk.maint_amount)) <= 0
+    )
+    return {
+        "liquidated_notional": t.liquidated,
+        "liquidated_total": t.liquidated.sum((1, 2)),
+        "max_drawdown": t.max_drawdown,
+        "insurance_fund_draw": t.fund_draw,
+        "adl_notional": t.adl_notional,
+        "adl_absorbed": t.adl_absorbed,
+        "bad_debt": t.bad_debt,
+        "trader_loss": t.trader_loss,
+        "shortfall": t.shortfall,
+        "fund_inflow": t.fund_inflow,
+        "counterparty_gain": t.counterparty,
+        "backstop_pnl": np.sum(st.backstop_qty * price, -1) + st.backstop_cash,
+        "halted_steps": t.halted_steps,
+        "cascade_rounds": t.max_rounds.astype(np.float64),
+        "residual_notional": t.max_residual,
+        "deferred_notional": np.sum(np.where(beyond, st.quantity * fair, 0.0), (1, 2)),
+        "open_interest_decline": 1.0 - oi / np.where(oi0 > 0, oi0, 1.0),
+        "nonfinite": t.nonfinite,
+    }
+
+
+def run_paths(params_np: Params, static: Static, n_paths: int, draws_at: Callable[[int], Draws]) -> dict:
+    """Simulate `n_paths` paths through all steps; `draws_at(t)` gives step t's `Draws`
+    with a leading path axis. Returns per-path outputs (see `extract`)."""
+    st = init_state(params_np, static, n_paths)
+    sched = params_np.schedule
+    for t in range(static.steps):
+        st = step_paths(st, draws_at(t), t, sched.shock[t], sched.flow[t], params_np, static)
+    return extract(st, params_np)
+
+
+def numpy_draws(rng: np.random.Generator, n_paths: int, n_assets: int, tail_dof: float) -> Draws:
+    """One step's random numbers for every path, distributed as `engine.market.draw`."""
+    z = rng.standard_normal((n_paths, n_assets))
+    chi2 = rng.chisquare(tail_dof, n_paths) if tail_dof > 0 else np.ones(n_paths)
+    return Draws(z=z, chi2=chi2, u_jump=rng.random(n_paths), z_jump=rng.standard_normal((n_paths, n_assets)))
+
+
+def simulate_paths(cfg: Config, n_paths: int, seed: int) -> dict[str, np.ndarray]:
+    """Per-path outputs `{name: [n_paths, ...]}` of `cfg` with NumPy's own random numbers.
+
+    The NumPy baseline: same model and distributions as the JAX engine, other random numbers
+    (`numpy.random.default_rng(seed)`), float64, vectorised over paths.
+    """
+    params, static = build(cfg)
+    p = to_numpy(params)
+    rng = np.random.default_rng(seed)
+    dof = float(p.market.tail_dof)
+    return run_paths(p, static, n_paths, lambda t: numpy_draws(rng, n_paths, static.n_assets, dof))

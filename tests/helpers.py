@@ -1,0 +1,50 @@
+"""Shared test helpers: the one tolerance rule, and the engine's random stream for the reference.
+
+Tolerance rule (`assert_close`): elementwise |actual - expected| <= rtol * (|expected| + scale).
+`scale` is the natural size of the quantity compared (USD amounts: the book's open interest;
+log prices: 1), so an expected zero is met by anything below rtol * scale. The rtol in use:
+
+- `PARITY_RTOL` (1e-9): JAX kernel vs NumPy reference in float64 on the same draws; the two
+  differ only in the order of floating-point sums (about 1e-16 each, amplified over a path).
+- `F32_RTOL` (1e-5): identities checked on float32 runs (accumulated rounding of ~1e3 terms).
+- Monte Carlo comparisons use their standard error instead (`3 * se`), stated in the test.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from engine import market
+from engine.config import Config
+from engine.kernel import path_keys, step_keys
+from engine.params import Params, Static
+
+PARITY_RTOL = 1e-9
+F32_RTOL = 1e-5
+
+
+def assert_close(actual, expected, rtol: float, scale: float = 1.0, what: str = "") -> None:
+    """Assert |actual - expected| <= rtol * (|expected| + scale), elementwise."""
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64),
+        np.asarray(expected, np.float64),
+        rtol=rtol,
+        atol=rtol * scale,
+        err_msg=what,
+    )
+
+
+def usd_scale(cfg: Config) -> float:
+    """Natural size of USD amounts of a configuration: its total open interest."""
+    return float(sum(a.open_interest_usd for a in cfg.market.assets.values()))
+
+
+def engine_draws(params: Params, static: Static, seed: int, n_paths: int):
+    """`t -> Draws` with a leading path axis: exactly the numbers `engine.rollout.rollout`
+    draws for global paths 0 .. n_paths - 1 of `seed` (NumPy float64)."""
+    keys = path_keys(seed, 0, n_paths)
+    dtype = params.market.price0.dtype
+    one = lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype)
+    at = jax.jit(lambda t: jax.vmap(one)(step_keys(keys, t)))
+    return lambda t: jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), at(t))
