@@ -28,13 +28,14 @@ class Bins:
     n: int  # number of bins
     lo: float = 0.0
     hi: float = 1.0
+    per_decade: int = PER_DECADE  # usd bins only
 
     def index(self, x, xp=np):
         """Bin index of each value (same shape as x, int32)."""
         if self.kind == "usd":
-            mag = xp.floor(xp.log10(xp.maximum(xp.abs(x), 1.0)) * PER_DECADE)
-            mag = xp.minimum(mag, PER_DECADE * DECADES - 1) + 1
-            half = PER_DECADE * DECADES
+            mag = xp.floor(xp.log10(xp.maximum(xp.abs(x), 1.0)) * self.per_decade)
+            mag = xp.minimum(mag, self.per_decade * DECADES - 1) + 1
+            half = self.per_decade * DECADES
             i = xp.where(x > 0, half + mag, xp.where(x < 0, half - mag, half))
         elif self.kind == "fraction":
             i = xp.where(x > 0, xp.ceil(xp.minimum(x, 1.0) * (self.n - 1)), 0)
@@ -47,10 +48,10 @@ class Bins:
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper value of every bin `[n]` (equal for the exact zero / integer bins)."""
         if self.kind == "usd":
-            half = PER_DECADE * DECADES
+            half = self.per_decade * DECADES
             mag = np.arange(1, half + 1)
-            lo_pos = np.where(mag == 1, 0.0, 10.0 ** ((mag - 1) / PER_DECADE))
-            hi_pos = 10.0 ** (mag / PER_DECADE)
+            lo_pos = np.where(mag == 1, 0.0, 10.0 ** ((mag - 1) / self.per_decade))
+            hi_pos = 10.0 ** (mag / self.per_decade)
             lo = np.concatenate([-hi_pos[::-1], [0.0], lo_pos])
             hi = np.concatenate([-lo_pos[::-1], [0.0], hi_pos])
         elif self.kind == "fraction":
@@ -86,9 +87,11 @@ def count(max_count: int) -> Bins:
     return Bins("count", max_count + 1)
 
 
-# Fan charts: log mark relative to the start, 0.25% wide bins; cumulative liquidations (USD).
+# Fan charts: log mark relative to the start, 0.25% wide bins; cumulative liquidations (USD),
+# 40 log bins per decade (6% wide): fan bands are for plotting, and these histograms are
+# carried through every step of the scan, so they are kept small.
 FAN_PRICE = Bins("linear", 640, -1.2, 0.4)
-FAN_USD = Bins("usd", 2 * PER_DECADE * DECADES + 1)
+FAN_USD = Bins("usd", 2 * 40 * DECADES + 1, per_decade=40)
 
 
 def quantiles_from_counts(counts: np.ndarray, bins: Bins, qs) -> np.ndarray:
