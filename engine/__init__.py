@@ -6,7 +6,14 @@ Python API (the CLI is a thin shell over it):
     cfg = engine.load_config()                 # the default scenario (10 Oct 2025)
     ds = engine.simulate(cfg)                  # xarray Dataset of loss distributions
     engine.summary_table(ds)                   # the key figures as text
+
+Importing the package asks JAX for one host CPU device per core (see `engine.devices`;
+`LIQSTRESS_CPU_DEVICES=1` turns that off) so that simulations use every core.
 """
+
+from engine.devices import configure_host_devices
+
+configure_host_devices()
 
 from engine.config import Config, Policy, Scenario
 from engine.configfile import default_config_path, load_config

@@ -1,4 +1,4 @@
-"""`python -m engine`: run the default scenario and print the summary table."""
+"""`python -m engine`: the `liqstress` command line; with no arguments it runs the default scenario."""
 
 from engine.cli import main
 

@@ -35,7 +35,7 @@ from engine import market
 from engine import params as P
 from engine.cascade import by_side
 from engine.config import Config, Strict
-from engine.configfile import read_toml
+from engine.configfile import merge_tables, read_config_dict, read_toml, resolve_config_path
 from engine.errors import ConfigError, describe
 from engine.kernel import init_state, path_keys, step, step_keys
 from engine.outputs import extract
@@ -147,14 +147,25 @@ def _statistic_slot(name: str, assets: list[str], where: str) -> tuple[str, int 
     return base, None
 
 
-def load_calibration(path: str | Path) -> CalibrationConfig:
-    """A validated calibration config. Its `scenario` is either a table (a whole scenario) or
-    the path of a scenario TOML, relative to the calibration file."""
-    p = Path(path)
-    data = read_toml(p)
+def resolve_scenario(data: dict, p: Path) -> dict:
+    """`data` with its `scenario` read in: the path of a scenario file (relative to `p`), or
+    a table whose optional `base` names one and whose other keys override it."""
     scen = data.get("scenario")
     if isinstance(scen, str):
-        data = {**data, "scenario": read_toml((p.parent / scen).resolve())}
+        scen = {"base": scen}
+    if isinstance(scen, dict) and isinstance(scen.get("base"), str):
+        rest = {k: v for k, v in scen.items() if k != "base"}
+        base = read_config_dict(resolve_config_path(scen["base"], relative_to=p.parent))
+        base.pop("sweep", None)
+        data = {**data, "scenario": merge_tables(base, rest)}
+    return data
+
+
+def load_calibration(path: str | Path) -> CalibrationConfig:
+    """A validated calibration config. Its `scenario` is the path of a scenario file
+    (relative to this one) or a table, optionally with `base` = a scenario file it overrides."""
+    p = Path(path)
+    data = resolve_scenario(read_toml(p), p)
     try:
         return CalibrationConfig.model_validate(data)
     except ValidationError as err:

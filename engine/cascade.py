@@ -85,6 +85,7 @@ def run_cascade(
     initial quantities `[assets, cohorts]`.
     """
     s, e, a = book.side, book.entry, book.maint_amount
+    sides = jnp.stack([s > 0, s < 0], -1).astype(quantity.dtype)  # [assets, cohorts, 2]
     zero_a = jnp.zeros_like(flow0)
     zero = jnp.zeros((), flow0.dtype)
 
@@ -116,7 +117,7 @@ def run_cascade(
             f = jnp.ones((), q.dtype)
             dq = w_full * q
 
-        orders = jnp.sum(s * dq * p_r, -1)
+        orders = jnp.einsum("ak,ak->a", s * dq, p_r * jnp.ones_like(dq))
         gross = jnp.sum(jnp.abs(orders))
         absorbed = jnp.minimum(gross, c.backstop_left)
         phi = jnp.where(gross > 0, absorbed / jnp.where(gross > 0, gross, 1.0), 0.0)
@@ -136,19 +137,28 @@ def run_cascade(
 
         q_new = q - dq
         b_partial = fill - s * (equity - fee) / jnp.where(q_new > 0, q_new, 1.0)
+        # all per-cohort sums of the round in one contraction with the side indicator
+        # (much cheaper on CPU than a reduction per quantity)
+        per_side = jnp.einsum(
+            "amk,akc->amc",
+            jnp.stack([dq * fill, short, loss, gain, inflow, s * dq, s * dq * p_backstop], 1),
+            sides,
+        )
+        liquidated, shortfall = per_side[:, 0], per_side[:, 1]
+        total = jnp.sum(per_side, axis=(0, 2))
         return Cascade(
             quantity=q_new,
             bankrupt=jnp.where(w_part > 0, b_partial, b),
             flow=flow,
-            liquidated=c.liquidated + by_side(dq * fill, s),
-            shortfall=c.shortfall + by_side(short, s),
-            trader_loss=c.trader_loss + jnp.sum(loss),
-            counterparty=c.counterparty + jnp.sum(gain),
-            fund_inflow=c.fund_inflow + jnp.sum(inflow),
+            liquidated=c.liquidated + liquidated,
+            shortfall=c.shortfall + shortfall,
+            trader_loss=c.trader_loss + total[2],
+            counterparty=c.counterparty + total[3],
+            fund_inflow=c.fund_inflow + total[4],
             backstop_left=c.backstop_left - absorbed,
-            backstop_qty=c.backstop_qty + phi * jnp.sum(s * dq, -1),
-            backstop_cash=c.backstop_cash - phi * jnp.sum(s * dq * p_backstop),
-            rounds=c.rounds + jnp.any(dq > 0).astype(c.rounds.dtype),
+            backstop_qty=c.backstop_qty + phi * jnp.sum(per_side[:, 5], -1),
+            backstop_cash=c.backstop_cash - phi * total[6],
+            rounds=c.rounds + (jnp.sum(liquidated) > 0).astype(c.rounds.dtype),
             residual=zero,
         )
 

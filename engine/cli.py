@@ -1,24 +1,277 @@
-"""Command-line interface (a thin shell over the Python API)."""
+"""Command-line interface `liqstress` (also `python -m engine`): a thin shell over
+`engine.configfile`, `engine.runs` and `engine.report`.
+
+    liqstress run [CONFIG] [--run-dir DIR] [--paths N] [--seed S] [--set key=value ...]
+    liqstress run --resume DIR
+    liqstress compare RUN [RUN ...] [--out DIR]
+    liqstress list [RUNS_ROOT]
+    liqstress validate CONFIG [--set key=value ...]
+
+With no command it runs the default scenario. Exit codes: 0 success; 2 invalid config or
+usage (one message, nothing written); 1 runtime failure (parts already written are kept for
+`--resume`); 130 interrupted (Ctrl-C or SIGTERM; also resumable).
+"""
 
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
+from pathlib import Path
+from typing import Annotated
 
-from engine.configfile import load_config
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from engine import report as R
+from engine import runs
+from engine.configfile import load_study
 from engine.errors import ConfigError, SimulationError
-from engine.simulate import simulate
+from engine.progress import BarReporter, LogReporter
 from engine.summary import summary_table
+
+app = typer.Typer(
+    add_completion=False,
+    help="Monte Carlo stress tests of liquidation cascades: run policy sweeps, compare them.",
+    pretty_exceptions_enable=False,
+)
+_argv: list[str] = []
+
+
+def _out() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _err() -> Console:
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    _err().print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _summary(cube, run_id: str) -> None:
+    if str(cube.attrs.get("sweep_dims", "")).strip():
+        pols = R.policies([(run_id, cube)])
+        _out().print(
+            R.rich_table(
+                pols, R.lead_asset(cube), f"liqstress {run_id}: {int(cube.attrs['n_paths']):,} paths"
+            )
+        )
+    else:
+        _out().print(summary_table(cube.expand_dims("point")), end="")
+
+
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context) -> None:
+    """With no command: run the default scenario (like `liqstress run`)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+@app.command()
+def run(
+    config: Annotated[
+        str | None,
+        typer.Argument(
+            help="Config file, or the name of a shipped config (quick, oct10_2025, ...). Default: the 10 Oct 2025 scenario.",
+            show_default=False,
+        ),
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Write the run exactly here (must be new or empty).")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="Continue an interrupted run directory; skips finished parts."),
+    ] = None,
+    paths: Annotated[
+        int | None, typer.Option("--paths", min=1, help="Monte Carlo paths (run.n_paths).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, help="Random seed (run.seed).")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a field: key=value (TOML value), e.g. policy.leverage_cap=20 or "
+            "sweep.policy.leverage_cap=[5,10]. Repeatable.",
+        ),
+    ] = None,
+    runs_root: Annotated[Path, typer.Option("--runs-root", help="Parent of new run directories.")] = Path(
+        "runs"
+    ),
+    write_report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Write report.md and plots.")
+    ] = True,
+    bar: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar (default: on a terminal) or log lines.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Run a scenario and its sweep; write cube.nc, manifest.json, config.toml and a report."""
+    try:
+        if resume is not None:
+            given = [
+                n
+                for n, v in (
+                    ("CONFIG", config),
+                    ("--run-dir", run_dir),
+                    ("--paths", paths),
+                    ("--seed", seed),
+                    ("--set", overrides),
+                )
+                if v
+            ]
+            if given:
+                raise ConfigError(f"--resume uses the run's own config.toml; drop {', '.join(given)}")
+            the_run = runs.open_run(resume)
+            if the_run.manifest["status"] == "complete" and the_run.cube_path.is_file():
+                _out().print(f"{resume}: already complete")
+                _summary(runs.load_cube(resume), the_run.manifest["run_id"])
+                _out().print(f"run directory: {resume}")
+                return
+        else:
+            sets = list(overrides or [])
+            sets += [f"run.n_paths={paths}"] if paths is not None else []
+            sets += [f"run.seed={seed}"] if seed is not None else []
+            study = load_study(config, sets)
+            target = run_dir if run_dir is not None else runs.default_run_dir(runs_root, study.name)
+            runs.check_new_run_dir(target)
+            command = "liqstress " + " ".join(shlex.quote(a) for a in _argv)
+            the_run = runs.create_run(study, target, source=str(config or "default"), command=command)
+    except ConfigError as e:
+        raise _fail(str(e), 2) from None
+
+    path = the_run.path
+    study = the_run.study
+    title = f"{study.name}: {len(study.points)} points x {study.config.run.n_paths:,} paths"
+    use_bar = _err().is_terminal if bar is None else bar
+    reporter = BarReporter(_err(), study.name) if use_bar else LogReporter(sys.stderr, title)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with reporter:
+            cube = runs.execute(the_run, progress=reporter)
+    except KeyboardInterrupt:
+        raise _fail(
+            f"interrupted; finished parts are kept: continue with `liqstress run --resume {path}`", 130
+        ) from None
+    except ConfigError as e:
+        raise _fail(str(e), 2) from None
+    except (SimulationError, OSError, ValueError, RuntimeError) as e:
+        raise _fail(
+            f"{e}\nfinished parts are kept in {path}; continue with `liqstress run --resume {path}`", 1
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    _summary(cube, the_run.manifest["run_id"])
+    if write_report:
+        try:
+            rep = R.write_report([(the_run.manifest["run_id"], cube)], path)
+            _out().print(f"report: {rep}")
+        except (OSError, ValueError, RuntimeError) as e:
+            raise _fail(f"the cube is written, but the report failed: {e}", 1) from None
+    _out().print(f"run directory: {path}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (or cube.nc files) to compare.")],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Where to write report.md and plots/ (default: the run directory for one run, "
+            "runs/<timestamp>_compare for several).",
+        ),
+    ] = None,
+) -> None:
+    """Compare the policies of one or more runs: metric tables, paired differences, plots."""
+    try:
+        cubes = []
+        for d in run_dirs:
+            cube = runs.load_cube(d)
+            name = str(cube.attrs.get("run_id", d.name))
+            if any(name == c[0] for c in cubes):
+                name = f"{name}_{len(cubes)}"
+            cubes.append((name, cube))
+    except ConfigError as e:
+        raise _fail(str(e), 2) from None
+    if out_dir is None:
+        one = run_dirs[0]
+        out_dir = (
+            one if len(run_dirs) == 1 and one.is_dir() else runs.default_run_dir(Path("runs"), "compare")
+        )
+    pols = R.policies(cubes)
+    _out().print(R.rich_table(pols, R.lead_asset(cubes[0][1]), "liqstress compare"))
+    try:
+        rep = R.write_report(cubes, out_dir)
+    except OSError as e:
+        raise _fail(f"cannot write the report: {e}", 1) from None
+    _out().print(f"report: {rep}")
+
+
+@app.command("list")
+def list_(
+    root: Annotated[Path, typer.Argument(help="Directory holding run directories.")] = Path("runs"),
+) -> None:
+    """Show past runs: config name, size and status."""
+    infos = runs.list_runs(root)
+    if not infos:
+        _out().print(f"no runs under {root}/")
+        return
+    t = Table(title=f"runs under {root}/")
+    for col in ("run", "config", "created (UTC)", "points", "paths", "parts", "size", "status"):
+        t.add_column(col, justify="right" if col in ("points", "paths", "parts", "size") else "left")
+    colors = {"complete": "green", "running": "cyan", "interrupted": "yellow", "failed": "red"}
+    for r in infos:
+        t.add_row(
+            r.run_id,
+            r.config_name,
+            r.created,
+            str(r.n_points),
+            f"{r.n_paths:,}",
+            f"{r.parts_done}/{r.parts_total}",
+            f"{r.size_bytes / 2**20:.1f} MB",
+            f"[{colors.get(r.status, 'white')}]{r.status}[/]",
+        )
+    _out().print(t)
+
+
+@app.command()
+def validate(
+    config: Annotated[str, typer.Argument(help="Config file or shipped config name.")],
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a field: key=value.")] = None,
+) -> None:
+    """Check a config file (and overrides) without running it."""
+    try:
+        study = load_study(config, list(overrides or []))
+    except ConfigError as e:
+        raise _fail(str(e), 2) from None
+    cfg = study.config
+    axes = ", ".join(f"{a.path} ({len(a.values)})" for a in study.axes) or "none"
+    _out().print(
+        f"{config}: ok: {cfg.name}: {len(cfg.market.assets)} assets, {cfg.run.steps} steps, "
+        f"{cfg.run.n_paths:,} paths; sweep axes: {axes}; {len(study.points)} points in "
+        f"{len(study.parts())} parts; baseline: {study.label(study.baseline)}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        cfg = load_config(args[0] if args else None)
-        ds = simulate(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except SimulationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    print(summary_table(ds))
+    """Entry point of `liqstress` and `python -m engine`."""
+    global _argv
+    _argv = list(sys.argv[1:] if argv is None else argv)
+    app(args=_argv, prog_name="liqstress")

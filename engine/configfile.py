@@ -1,4 +1,10 @@
-"""Reading configuration files (TOML) into validated `Config` objects."""
+"""Reading configuration files (TOML) into validated `Config` and `Study` objects.
+
+A config file may start from another with `base = "oct10_2025.toml"` (a path relative to the
+file, or the name of a config shipped in the package): tables are merged key by key, the
+including file wins. A file may hold a `[sweep]` table (`engine.sweep`); `load_config` ignores
+it and returns the base scenario, `load_study` expands it.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,35 @@ from pydantic import ValidationError
 
 from engine.config import Config
 from engine.errors import ConfigError, describe
+from engine.sweep import Study, apply_overrides, build_study
 
 DEFAULT_SCENARIO = "oct10_2025"
 
 
+def packaged_configs_dir() -> Path:
+    return Path(str(resources.files("engine") / "configs"))
+
+
 def default_config_path() -> Path:
     """The default scenario shipped inside the package (works from any directory)."""
-    return Path(str(resources.files("engine") / "configs" / f"{DEFAULT_SCENARIO}.toml"))
+    return packaged_configs_dir() / f"{DEFAULT_SCENARIO}.toml"
+
+
+def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Path:
+    """A config file by path, or by the name of a config shipped in the package (`quick`).
+
+    Paths are tried relative to `relative_to` first (for `base = ...`), then as given.
+    """
+    p = Path(name)
+    candidates = [relative_to / p] if relative_to is not None and not p.is_absolute() else []
+    candidates.append(p)
+    if len(p.parts) == 1:
+        stem = p.name if p.suffix == ".toml" else f"{p.name}.toml"
+        candidates.append(packaged_configs_dir() / stem)
+    for c in candidates:
+        if c.is_file():
+            return c
+    return candidates[0]
 
 
 def read_toml(path: str | Path) -> dict:
@@ -26,17 +54,56 @@ def read_toml(path: str | Path) -> dict:
         text = p.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{p}: cannot read the config file ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: cannot read the config file (not UTF-8 text)") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{p}: not valid TOML ({err})") from None
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """Validated `Config` from a TOML file (the default scenario when `path` is None)."""
-    p = Path(path) if path is not None else default_config_path()
+def merge_tables(base: dict, top: dict) -> dict:
+    """`top` over `base`: tables merge key by key, anything else in `top` replaces."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_tables(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The raw (unvalidated) settings of a config file with its `base` chain merged in."""
+    p = resolve_config_path(path)
     data = read_toml(p)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: base: must be the path or name of a config file (got {base!r})")
+    parent = resolve_config_path(base, relative_to=p.parent)
+    if parent.resolve() in _seen + (p.resolve(),):
+        raise ConfigError(f"{p}: base: {base!r} includes itself")
+    return merge_tables(read_config_dict(parent, _seen + (p.resolve(),)), data)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Validated `Config` from a TOML file (the default scenario when `path` is None).
+
+    A `[sweep]` table is ignored here: the result is the sweep's base scenario.
+    """
+    p = resolve_config_path(path) if path is not None else default_config_path()
+    data = read_config_dict(p)
+    data.pop("sweep", None)
     try:
         return Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"{p}:\n{describe(err)}") from None
+
+
+def load_study(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Study:
+    """A validated `engine.sweep.Study` from a config file and `--set key=value` overrides."""
+    p = resolve_config_path(path) if path is not None else default_config_path()
+    data = apply_overrides(read_config_dict(p), overrides)
+    return build_study(data, source=str(p))

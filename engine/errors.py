@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+import types
+import typing
+
+from pydantic import BaseModel, ValidationError
 
 from engine.config import Config
 
@@ -15,8 +18,45 @@ class SimulationError(RuntimeError):
     """A simulation could not run or produced unusable numbers."""
 
 
+def _fields_at(loc: tuple) -> list[str] | None:
+    """Field names of the model that holds `loc[-1]` (for "unknown key" messages), if any."""
+    ann: typing.Any = Config
+    for part in loc[:-1]:
+        while True:
+            origin = typing.get_origin(ann)
+            if origin is typing.Annotated:
+                ann = typing.get_args(ann)[0]
+            elif origin in (typing.Union, types.UnionType):
+                ann = next(a for a in typing.get_args(ann) if a is not type(None))
+            else:
+                break
+        origin = typing.get_origin(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            field = ann.model_fields.get(str(part))
+            if field is None:
+                return None
+            ann = field.annotation
+        elif origin is dict:
+            ann = typing.get_args(ann)[1]
+        elif origin in (tuple, list):
+            ann = typing.get_args(ann)[0]
+        else:
+            return None
+    while typing.get_origin(ann) in (typing.Union, types.UnionType, typing.Annotated):
+        args = typing.get_args(ann)
+        ann = (
+            args[0]
+            if typing.get_origin(ann) is typing.Annotated
+            else next(a for a in args if a is not type(None))
+        )
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return list(ann.model_fields)
+    return None
+
+
 def describe(err: ValidationError, prefix: str = "") -> str:
-    """One line per problem: `dotted.path: what is wrong (got value)`."""
+    """One line per problem: `dotted.path: what is wrong (got value)`; unknown keys list the
+    fields allowed there."""
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"] if p != "__root__")
@@ -24,6 +64,9 @@ def describe(err: ValidationError, prefix: str = "") -> str:
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
         shown = "" if isinstance(got, dict) or e["type"] in ("missing",) else f" (got {got!r})"
+        if e["type"] == "extra_forbidden":
+            fields = _fields_at(tuple(e["loc"])) if not prefix else None
+            msg = "unknown key" + (f"; allowed: {', '.join(fields)}" if fields else "")
         lines.append(f"{where}: {msg}{shown}")
     return "\n".join(lines)
 

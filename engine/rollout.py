@@ -3,20 +3,33 @@
 The scan carries only per-path state and the fan-chart histograms; per-path outputs are read
 from the final state. Peak memory is therefore flat in the number of steps and linear in the
 chunk size, which `engine.simulate` chooses from a memory budget.
+
+`sharded_rollout` splits a chunk's paths over the devices of a mesh with `shard_map`: each
+device runs `rollout`'s body on its contiguous slice of global path indices (keys come from the
+global index, so a path's numbers do not depend on the device count), its data-dependent
+branches (the ADL `cond`, the cascade's early exit) decide per device rather than in lock-step
+across devices, and only the fan-chart histograms are summed across devices (`psum`). The
+same code runs on host CPU devices, GPUs and, under `jax.distributed`, across processes.
 """
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from engine import bins as B
 from engine import market
+from engine.devices import PATH_AXIS
 from engine.kernel import adl_step, init_state, market_step, path_keys, step_keys
 from engine.outputs import extract
 from engine.params import Params, Static
+
+EXTRACT_BLOCK = 32
 
 
 def _histogram(values, valid, bins: B.Bins, n_assets: int):
@@ -38,8 +51,7 @@ def _fan_update(fan, states, valid, t, static: Static):
     }
 
 
-@partial(jax.jit, static_argnames=("static", "n_paths"))
-def rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int):
+def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int):
     """Simulate global paths `start .. start + n_paths - 1` under one parameter point.
 
     Only the first `n_valid` paths enter the fan-chart histograms (the last chunk of a run is
@@ -81,5 +93,34 @@ def rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int):
     ts = jnp.arange(static.steps, dtype=jnp.int32)
     xs = (ts, params.schedule.shock, params.schedule.flow)
     (states, fan), _ = jax.lax.scan(body, (states, fan), xs)
-    outputs = jax.vmap(extract, in_axes=(0, None, None))(states, params, static)
+    # Blocks of a fixed number of paths: XLA's reductions over cohorts may associate
+    # differently for different batch sizes, and the outputs must not depend on how many
+    # paths a device holds (chunk size, device count).
+    block = math.gcd(n_paths, EXTRACT_BLOCK)
+    outputs = jax.lax.map(lambda s: extract(s, params, static), states, batch_size=block)
     return outputs, fan
+
+
+rollout = jax.jit(_rollout, static_argnames=("static", "n_paths"))
+
+
+@partial(jax.jit, static_argnames=("static", "n_paths", "mesh"))
+def sharded_rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int, mesh: Mesh):
+    """`rollout` of global paths `start .. start + n_paths - 1` split over `mesh`'s devices.
+
+    n_paths must be a multiple of `mesh.size`; device d simulates paths
+    `start + d * n_paths / mesh.size ...`. Returns (outputs, fan) as `rollout` does, outputs
+    sharded along the path axis, fan replicated (summed over devices).
+    """
+    per = n_paths // mesh.size
+
+    def local(params, seed, start, n_valid):
+        first = jax.lax.axis_index(PATH_AXIS) * per
+        here = jnp.clip(n_valid - first, 0, per)
+        outputs, fan = _rollout(params, seed, start + first, here, static, per)
+        return outputs, jax.lax.psum(fan, PATH_AXIS)
+
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(), P(), P()), out_specs=(P(PATH_AXIS), P()),
+        check_vma=False,  # the kernel's loops start from replicated constants; no manual typing needed
+    )(params, seed, start, n_valid)

@@ -1,0 +1,64 @@
+"""Persistent compilation cache: the second run of the same shapes starts without compiling.
+
+Compiled kernels are stored under a user cache directory:
+
+- `LIQSTRESS_CACHE_DIR` when set (an empty value or `off` disables the cache),
+- else `$XDG_CACHE_HOME/liqstress/jax`, else `~/.cache/liqstress/jax`.
+
+A kernel is keyed by JAX on its program, shapes, devices and compiler flags, so a new
+configuration shape, device count or JAX version compiles (and stores) a new entry. The
+minimum compile time and entry size are set to zero so that small kernels (tests, `--quick`
+benchmarks) are cached too. `enable()` is idempotent and leaves a cache directory that the
+user set with `jax.config.update("jax_compilation_cache_dir", ...)` alone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+
+_enabled: Path | None = None
+_done = False
+
+
+def cache_dir() -> Path | None:
+    """The directory liqstress uses, or None when disabled by `LIQSTRESS_CACHE_DIR`."""
+    env = os.environ.get("LIQSTRESS_CACHE_DIR")
+    if env is not None:
+        return None if env.strip() in ("", "off", "0", "none") else Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "liqstress" / "jax"
+
+
+def enable() -> Path | None:
+    """Turn the persistent cache on (once per process); returns the directory in use."""
+    global _enabled, _done
+    if _done:
+        return _enabled
+    _done = True
+    user_dir = jax.config.jax_compilation_cache_dir
+    if user_dir:
+        _enabled = Path(user_dir)
+        return _enabled
+    d = cache_dir()
+    if d is None:
+        return None
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(d))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _enabled = d
+    return d
+
+
+def entries(directory: Path | None = None) -> list[Path]:
+    """Cache entries (files) in `directory` (default: the one in use)."""
+    d = directory if directory is not None else (_enabled or cache_dir())
+    if d is None or not Path(d).is_dir():
+        return []
+    return sorted(p for p in Path(d).iterdir() if p.is_file())

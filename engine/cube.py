@@ -1,0 +1,106 @@
+"""Result cubes: per-part Datasets over `point`, and the combined cube over the sweep axes.
+
+A part is what one `engine.simulate` call returns for a block of grid points, with `point`
+holding the global grid index and one coordinate per sweep axis along `point`. The cube
+concatenates the parts, unstacks `point` into one dimension per axis (in the config's value
+order; netCDF cannot store the MultiIndex, so the cube is stored unstacked) and carries CF-style
+metadata: `units` and `long_name` on every variable and coordinate, and global `Conventions`,
+`title`, `history`, `source`, `seed`, `n_paths` and the resolved config text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from engine.sweep import Study
+
+CONVENTIONS = "CF-1.10"
+COORD_ATTRS = {
+    "asset": {"long_name": "perpetual market"},
+    "side": {"long_name": "position side"},
+    "quantile": {"units": "1", "long_name": "probability level of the quantile across paths"},
+    "band_quantile": {"units": "1", "long_name": "probability level of the fan-chart band"},
+    "point": {"units": "1", "long_name": "index of the point in the sweep grid"},
+}
+
+
+def part_dataset(study: Study, ds: xr.Dataset, points: Sequence[int]) -> xr.Dataset:
+    """The first `len(points)` points of a `simulate` result, labelled with their grid index
+    and sweep-axis values (coordinates along `point`)."""
+    part = ds.isel(point=slice(0, len(points))).assign_coords(point=np.asarray(points, np.int64))
+    for k, axis in enumerate(study.axes):
+        values = np.asarray([study.coords[i][k] for i in points])
+        part = part.assign_coords({axis.name: ("point", values)})
+    return part
+
+
+def write_atomic(ds: xr.Dataset, path: Path, before_rename: Callable[[], None] | None = None) -> None:
+    """Write netCDF through a temporary name in the same directory, then rename over `path`,
+    so a crash leaves either the old file, the new one or a stray `.tmp` file, never a torn one.
+    `before_rename` is called between the two (a fault-injection point for tests)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    ds.to_netcdf(tmp, engine="netcdf4")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    if before_rename is not None:
+        before_rename()
+    os.replace(tmp, path)
+
+
+def read(path: Path) -> xr.Dataset:
+    """A netCDF file fully loaded into memory (the file is closed again)."""
+    with xr.open_dataset(path, engine="netcdf4") as ds:
+        return ds.load()
+
+
+def assemble(study: Study, parts: Sequence[xr.Dataset], attrs: dict) -> xr.Dataset:
+    """The cube: parts over `point` -> one dimension per sweep axis, with CF metadata.
+
+    attrs: global attributes to add (`history`, `source`, run id, ...).
+    """
+    ds = xr.concat(parts, dim="point", data_vars="all", coords="different", compat="equals")
+    ds = ds.sortby("point")
+    if len(ds.point) != len(study.points) or not np.array_equal(ds.point, np.arange(len(study.points))):
+        raise ValueError(
+            f"parts cover points {ds.point.values.tolist()}, expected 0..{len(study.points) - 1}"
+        )
+    names = [a.name for a in study.axes]
+    if names:
+        ds = ds.set_index(point=names).unstack("point")
+        ds = ds.reindex({a.name: list(a.values) for a in study.axes})
+        ds = ds.transpose(*names, ...)
+    else:
+        ds = ds.isel(point=0, drop=True)
+    for a in study.axes:
+        attrs_a = {"long_name": f"sweep axis {a.path}", "sweep_path": a.path}
+        if a.units:
+            attrs_a["units"] = a.units
+        ds[a.name].attrs.update(attrs_a)
+    for name, coord_attrs in COORD_ATTRS.items():
+        if name in ds.coords:
+            ds[name].attrs.update(coord_attrs)
+    for name in ds.data_vars:
+        if name.endswith(("_diff_mean", "_diff_se")):
+            ds[name].attrs["baseline"] = study.label(study.baseline)
+    cfg = study.config
+    ds.attrs = {
+        "Conventions": CONVENTIONS,
+        "title": f"liqstress loss distributions: {cfg.name}",
+        "description": cfg.description,
+        "seed": cfg.run.seed,
+        "n_paths": cfg.run.n_paths,
+        "steps": cfg.run.steps,
+        "dt_minutes": cfg.run.dt_minutes,
+        "sweep_axes": " ".join(a.path for a in study.axes),
+        "sweep_dims": " ".join(names),
+        "baseline": study.label(study.baseline),
+        "baseline_point": study.baseline,
+        **attrs,
+        "config": study.resolved_toml(),
+    }
+    return ds

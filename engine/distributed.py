@@ -1,0 +1,65 @@
+"""Several processes, one simulation: JAX's distributed runtime over hosts (or on one host).
+
+Every process runs the same program. After `initialize()`, `engine.simulate` builds its mesh
+over the devices of every process; each process simulates the paths of its own devices, the
+per-path outputs of each chunk are gathered (`process_allgather`) and reduced in the global
+atom order on every process, so the statistics are global and equal to a single-process run
+of the same configuration. Process 0 writes the results (`is_writer()`).
+
+Launching:
+
+- SLURM: `srun python -m your_script` with one task per node (or per GPU); `initialize()`
+  with no arguments lets JAX read the SLURM environment.
+- Explicitly: give `coordinator_address="host:port"`, `num_processes` and `process_id`, or set
+  `LIQSTRESS_COORDINATOR`, `LIQSTRESS_NUM_PROCESSES`, `LIQSTRESS_PROCESS_ID`.
+
+On CPUs the cross-process collectives use gloo (TCP); on GPUs JAX uses NCCL.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
+
+
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    local_device_ids: list[int] | None = None,
+) -> None:
+    """Join (or start, as process 0) the distributed runtime; call before any JAX work.
+
+    Arguments default to `LIQSTRESS_COORDINATOR` / `LIQSTRESS_NUM_PROCESSES` /
+    `LIQSTRESS_PROCESS_ID`, then to JAX's cluster auto-detection (SLURM, Open MPI, ...).
+    """
+    coordinator_address = coordinator_address or os.environ.get("LIQSTRESS_COORDINATOR") or None
+    num_processes = num_processes if num_processes is not None else _env_int("LIQSTRESS_NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _env_int("LIQSTRESS_PROCESS_ID")
+    try:
+        # CPU collectives across processes (ignored by GPU backends).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except (AttributeError, ValueError):
+        pass
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        local_device_ids=local_device_ids,
+    )
+
+
+def shutdown() -> None:
+    """Leave the distributed runtime (optional at exit)."""
+    jax.distributed.shutdown()
+
+
+def is_writer() -> bool:
+    """True on the process that writes results (process 0)."""
+    return jax.process_index() == 0

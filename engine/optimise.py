@@ -1,0 +1,357 @@
+"""Policy optimisation: the least restrictive policy that keeps a tail risk under a bound.
+
+    minimise   sum_i cost_i * r_i(v_i)  +  penalty * max(0, (S(v) - bound) / bound)^2
+
+over policy levers `v` in bounded intervals (sigmoid transform), where `r_i` in [0, 1] is the
+restrictiveness of lever i (0 at its loosest bound, 1 at its tightest; in log space for
+`log = true` levers) and `S` a risk statistic of the simulated paths (mean or expected
+shortfall at 99% of an output). Gradients come from the relaxed kernel (`engine.calibrate`)
+on a fixed set of paths (common random numbers across iterations); Adam from optax.
+
+The optimum is then checked with the exact kernel on fresh paths, with Monte Carlo errors,
+against a grid of the same levers evaluated on the same fresh paths: the optimum should cost
+no more than the best feasible grid point and be feasible, within Monte Carlo error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from pydantic import Field, ValidationError, model_validator
+
+from engine import params as P
+from engine.calibrate import differentiable_outputs, resolve_scenario, to_values
+from engine.config import Config, Strict
+from engine.configfile import read_toml
+from engine.errors import ConfigError, describe
+from engine.rollout import rollout
+
+# Lever path -> PolicyParams field (and the breaker kind it needs, if any).
+LEVERS = {
+    "policy.leverage_cap": ("leverage_cap", None),
+    "policy.breaker.threshold": ("halt_threshold", "halt"),
+    "policy.breaker.band": ("band", "band"),
+    "policy.insurance_fund_usd": ("insurance_fund", None),
+    "policy.backstop_capacity_usd": ("backstop_capacity", None),
+    "policy.dynamic_margin": ("dynamic_margin", None),
+}
+# Optimisation starts at sigmoid(START_U) = 95% of the way to each lever's loosest end.
+START_U = 2.944
+# Cost slack when comparing the optimum with the best grid point (cost units).
+COST_TOLERANCE = 0.02
+RISK_OUTPUTS = ("shortfall", "bad_debt", "liquidated_total", "trader_loss", "insurance_fund_draw", "adl_notional")
+
+
+class Lever(Strict):
+    path: str
+    lower: float = Field(allow_inf_nan=False)
+    upper: float = Field(allow_inf_nan=False)
+    # Which end is restrictive: "low" (a low leverage cap, a tight breaker) or "high".
+    restrictive: Literal["low", "high"] = "low"
+    cost: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    log: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> Lever:
+        if self.path not in LEVERS:
+            raise ValueError(f"path: unknown lever {self.path!r}; allowed: {list(LEVERS)}")
+        if not self.upper > self.lower:
+            raise ValueError(f"upper ({self.upper}) must be greater than lower ({self.lower})")
+        if self.log and self.lower <= 0:
+            raise ValueError("lower must be positive for a log-scaled lever (log = true)")
+        return self
+
+
+class Constraint(Strict):
+    """`statistic` is `mean_<output>` or `es99_<output>` (output in RISK_OUTPUTS);
+    `bound` is a USD amount or "insurance_fund" (the scenario's fund)."""
+
+    statistic: str
+    bound: float | Literal["insurance_fund"] = "insurance_fund"
+
+    @model_validator(mode="after")
+    def _check(self) -> Constraint:
+        kind, _, out = self.statistic.partition("_")
+        if kind not in ("mean", "es99") or out not in RISK_OUTPUTS:
+            allowed = [f"{k}_{o}" for k in ("mean", "es99") for o in RISK_OUTPUTS]
+            raise ValueError(f"statistic: unknown {self.statistic!r}; allowed: {allowed}")
+        if isinstance(self.bound, float) and self.bound <= 0:
+            raise ValueError("bound must be positive")
+        return self
+
+
+class Settings(Strict):
+    n_paths: Annotated[int, Field(ge=8, le=100_000)] = 128
+    steps: Annotated[int, Field(ge=1)] | None = None
+    seed: Annotated[int, Field(ge=0)] = 0
+    temperature: Annotated[float, Field(gt=0, le=1)] = 0.05
+    # The temperature is annealed geometrically to this value over the iterations, so the
+    # relaxed statistic approaches the exact one as the search settles.
+    final_temperature: Annotated[float, Field(gt=0, le=1)] = 0.005
+    iterations: Annotated[int, Field(ge=1, le=100_000)] = 60
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.1
+    penalty: Annotated[float, Field(gt=0)] = 100.0
+    check_paths: Annotated[int, Field(ge=100, le=1_000_000)] = 2048
+    check_seed: Annotated[int, Field(ge=0)] = 987654321
+    grid_points: Annotated[int, Field(ge=2, le=50)] = 5
+
+
+class OptimisationConfig(Strict):
+    kind: Literal["optimisation"] = "optimisation"
+    scenario: Config
+    optimise: Settings = Settings()
+    levers: tuple[Lever, ...]
+    constraint: Constraint
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimisationConfig:
+        if not self.levers:
+            raise ValueError("levers: give at least one lever")
+        kind = self.scenario.policy.breaker.kind
+        for i, lv in enumerate(self.levers):
+            need = LEVERS[lv.path][1]
+            if need and kind != need:
+                raise ValueError(f"levers.{i}.path: {lv.path} needs scenario.policy.breaker.kind = {need!r} (it is {kind!r})")
+        if len({lv.path for lv in self.levers}) != len(self.levers):
+            raise ValueError("levers: each path may appear once")
+        if self.scenario.policy.partial_liquidation != 1.0:
+            raise ValueError("scenario.policy.partial_liquidation must be 1 (the relaxed kernel liquidates fully)")
+        return self
+
+    @property
+    def bound(self) -> float:
+        b = self.constraint.bound
+        return self.scenario.policy.insurance_fund_usd if b == "insurance_fund" else float(b)
+
+
+def load_optimisation(path: str | Path) -> OptimisationConfig:
+    """A validated optimisation config; `scenario` as in `engine.calibrate.load_calibration`."""
+    p = Path(path)
+    data = resolve_scenario(read_toml(p), p)
+    try:
+        oc = OptimisationConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{p}:\n{describe(err)}") from None
+    if oc.bound <= 0:
+        raise ConfigError(f"{p}:\nconstraint.bound: the insurance fund is 0; give a positive USD bound")
+    return oc
+
+
+def restrictiveness(lv: Lever, v):
+    """0 at the loosest end of the lever, 1 at the tightest (NumPy or JAX)."""
+    xp = jnp if isinstance(v, jax.Array) else np
+    f = xp.log if lv.log else (lambda x: x)
+    frac = (f(v) - f(lv.lower)) / (f(lv.upper) - f(lv.lower))
+    return 1.0 - frac if lv.restrictive == "low" else frac
+
+
+def risk_statistic(values, kind: str):
+    """Mean or ES99 (mean of the largest 1% of paths, at least one) of `[paths]` values."""
+    xp = jnp if isinstance(values, jax.Array) else np
+    if kind == "mean":
+        return xp.mean(values)
+    k = max(1, math.ceil(0.01 * values.shape[0]))
+    top = jax.lax.top_k(values, k)[0] if xp is jnp else np.sort(values)[-k:]
+    return xp.mean(top)
+
+
+def with_levers(base: P.Params, oc: OptimisationConfig, values) -> P.Params:
+    pol = base.policy
+    for lv, v in zip(oc.levers, values):
+        field = LEVERS[lv.path][0]
+        pol = pol._replace(**{field: jnp.asarray(v, getattr(pol, field).dtype)})
+    return base._replace(policy=pol)
+
+
+@dataclass
+class Result:
+    values: np.ndarray
+    trajectory: list[dict]
+    check: dict
+    grid: list[dict]
+    best_grid: dict | None
+
+
+def _setup(oc: OptimisationConfig):
+    s = oc.optimise
+    run = oc.scenario.run.model_copy(update={"n_paths": s.n_paths, **({"steps": s.steps} if s.steps else {})})
+    cfg = Config.model_validate(oc.scenario.model_copy(update={"run": run}).model_dump())
+    if cfg.run.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    params, static = P.build(cfg)
+    return cfg, params, static
+
+
+def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Result:
+    """Gradient search on the relaxed kernel, then the exact check against a grid."""
+    s = oc.optimise
+    cfg, params, static = _setup(oc)
+    relaxed = P.Static(**{**static.__dict__, "relaxed": True})
+    base = params
+    kind, _, out_name = oc.constraint.statistic.partition("_")
+    bound = oc.bound
+
+    def objective(u, temperature):
+        v = lever_values(oc, u)
+        params = with_levers(base, oc, v)._replace(temperature=temperature)
+        out = differentiable_outputs(params, relaxed, s.seed, s.n_paths)
+        stat = risk_statistic(out[out_name], kind)
+        cost = sum(lv.cost * restrictiveness(lv, v[i]) for i, lv in enumerate(oc.levers))
+        excess = jnp.maximum(stat / bound - 1.0, 0.0)
+        return cost + s.penalty * excess**2, (cost, stat)
+
+    grad_fn = jax.jit(jax.value_and_grad(objective, has_aux=True))
+    # start near the loosest end (at the very end the sigmoid would have no slope)
+    u = jnp.asarray([START_U if lv.restrictive == "low" else -START_U for lv in oc.levers], jnp.float32)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(s.learning_rate, s.iterations, 0.05)))
+    state = opt.init(u)
+    trajectory = []
+    every = max(1, s.iterations // 10)
+    for i in range(s.iterations):
+        frac = i / max(s.iterations - 1, 1)
+        temperature = s.temperature * (s.final_temperature / s.temperature) ** frac
+        (obj, (cost, stat)), g = grad_fn(u, jnp.asarray(temperature, base.temperature.dtype))
+        v = np.asarray(lever_values(oc, u))
+        trajectory.append({"iteration": i, "values": v.tolist(), "objective": float(obj), "cost": float(cost),
+                           "statistic": float(stat), "temperature": temperature})
+        if i % every == 0:
+            log(f"iteration {i + 1}/{s.iterations}: objective {float(obj):.4g}, cost {float(cost):.3f}, {oc.constraint.statistic} {float(stat):.4g} (bound {bound:.4g})")
+        updates, state = opt.update(g, state, u)
+        u = optax.apply_updates(u, updates)
+    values = np.asarray(lever_values(oc, u))
+    log("checking the optimum and the grid with the exact kernel on fresh paths")
+    check, grid = exact_check(oc, cfg, values)
+    feasible = [g for g in grid if g["statistic"] <= bound]
+    best = min(feasible, key=lambda g: g["cost"]) if feasible else None
+    return Result(values=values, trajectory=trajectory, check=check, grid=grid, best_grid=best)
+
+
+def lever_values(oc: OptimisationConfig, u) -> jnp.ndarray:
+    """Lever values `[levers]` from unconstrained `u`: a sigmoid between the bounds, taken
+    in log space for log-scaled levers."""
+    out = []
+    for i, lv in enumerate(oc.levers):
+        if lv.log:
+            out.append(jnp.exp(to_values(u[i], math.log(lv.lower), math.log(lv.upper))))
+        else:
+            out.append(to_values(u[i], lv.lower, lv.upper))
+    return jnp.stack(out)
+
+
+def grid_values(lv: Lever, n: int) -> np.ndarray:
+    return np.geomspace(lv.lower, lv.upper, n) if lv.log else np.linspace(lv.lower, lv.upper, n)
+
+
+def exact_check(oc: OptimisationConfig, cfg: Config, optimum) -> tuple[dict, list[dict]]:
+    """Exact-kernel statistic, cost and Monte Carlo error at the optimum and on the grid, all
+    on the same fresh paths (`check_seed`, `check_paths`)."""
+    s = oc.optimise
+    run = cfg.run.model_copy(update={"n_paths": s.check_paths, "seed": s.check_seed})
+    ccfg = Config.model_validate(cfg.model_copy(update={"run": run}).model_dump())
+    params, static = P.build(ccfg)
+    kind, _, out_name = oc.constraint.statistic.partition("_")
+    rng = np.random.default_rng(0)
+    boot = rng.integers(0, s.check_paths, size=(200, s.check_paths))
+
+    def evaluate(values) -> dict:
+        out, _ = rollout(with_levers(params, oc, values), s.check_seed, 0, s.check_paths, static=static, n_paths=s.check_paths)
+        x = np.asarray(out[out_name], np.float64)
+        stat = float(risk_statistic(x, kind))
+        se = float(np.std([risk_statistic(x[b], kind) for b in boot], ddof=1))
+        cost = float(sum(lv.cost * restrictiveness(lv, float(v)) for lv, v in zip(oc.levers, values)))
+        return {"values": [float(v) for v in values], "statistic": stat, "mc_se": se, "cost": cost}
+
+    check = evaluate(optimum)
+    axes = [grid_values(lv, s.grid_points) for lv in oc.levers]
+    grid = [evaluate(np.array(v)) for v in itertools.product(*axes)]
+    return check, grid
+
+
+def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
+    """optimum.json, report.md and trajectory.png (over the grid when there are two levers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    bound = oc.bound
+    names = [lv.path for lv in oc.levers]
+    c, b = res.check, res.best_grid
+    feasible = c["statistic"] - 2 * c["mc_se"] <= bound
+    no_costlier = b is None or c["cost"] <= b["cost"] + COST_TOLERANCE
+    within = feasible and no_costlier
+    summary = {
+        "levers": names, "optimum": res.values.tolist(), "constraint": oc.constraint.statistic, "bound": bound,
+        "check": c, "best_grid": b, "grid": res.grid, "trajectory": res.trajectory,
+        "optimum_feasible_within_mc": bool(feasible),
+        "optimum_no_costlier_than_best_grid": bool(no_costlier),
+        "optimum_at_least_as_good_as_grid": bool(within),
+    }
+    tmp = run_dir / "optimum.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(run_dir / "optimum.json")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    traj = np.array([t["values"] for t in res.trajectory])
+    if len(names) == 2:
+        g = np.array([[*x["values"], x["statistic"]] for x in res.grid])
+        ax.scatter(g[:, 0], g[:, 1], c=g[:, 2] <= bound, cmap="RdYlGn", s=60, marker="s", label="grid (green: feasible)")
+        ax.plot(traj[:, 0], traj[:, 1], "-k", lw=1, label="optimisation path")
+        ax.plot(*res.values, "*", color="navy", ms=14, label="optimum")
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+        for lv, setter in zip(oc.levers, (ax.set_xscale, ax.set_yscale)):
+            if lv.log:
+                setter("log")
+    else:
+        ax.plot([t["statistic"] for t in res.trajectory], label=oc.constraint.statistic)
+        ax.axhline(bound, ls="--", color="r", label="bound")
+        ax.set_xlabel("iteration")
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "trajectory.png", dpi=100)
+    plt.close(fig)
+
+    fmt = lambda v: ", ".join(f"{n} = {x:.4g}" for n, x in zip(names, v))  # noqa: E731
+    lines = [
+        "# Policy optimisation report", "",
+        f"Minimise the restrictiveness of {', '.join(f'`{n}`' for n in names)} subject to "
+        f"`{oc.constraint.statistic}` <= {bound:,.4g} USD.", "",
+        "## Optimisation path (relaxed kernel, "
+        f"{oc.optimise.n_paths} paths, temperature {oc.optimise.temperature})", "",
+        "| iteration | levers | cost | statistic | objective |", "|---|---|---|---|---|",
+    ]
+    step = max(1, len(res.trajectory) // 10)
+    for t in res.trajectory[::step] + [res.trajectory[-1]]:
+        lines.append(f"| {t['iteration']} | {fmt(t['values'])} | {t['cost']:.3f} | {t['statistic']:,.4g} | {t['objective']:.4g} |")
+    lines += [
+        "", f"## Exact check on {oc.optimise.check_paths} fresh paths", "",
+        "| policy | levers | cost | statistic ± MC s.e. | feasible |", "|---|---|---|---|---|",
+        f"| optimum | {fmt(c['values'])} | {c['cost']:.3f} | {c['statistic']:,.4g} ± {c['mc_se']:,.3g} | {c['statistic'] <= bound} |",
+    ]
+    if b:
+        lines.append(f"| best grid point | {fmt(b['values'])} | {b['cost']:.3f} | {b['statistic']:,.4g} ± {b['mc_se']:,.3g} | True |")
+    lines += [
+        "", f"Grid: {oc.optimise.grid_points} points per lever ({len(res.grid)} in all), same paths.",
+        f"The optimum is at least as good as the best feasible grid point within Monte Carlo error: {within}.",
+        "", "![trajectory](trajectory.png)", "",
+    ]
+    (run_dir / "report.md").write_text("\n".join(lines))
+    return summary
+
+
+def run_optimisation(path: str | Path, run_dir: Path, log: Callable[[str], None] = print) -> dict:
+    oc = load_optimisation(path)
+    return write_report(oc, optimise(oc, log), Path(run_dir))

@@ -1,0 +1,48 @@
+"""The benchmark runner runs and writes well-formed results (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "benchmarks" / "run.py"
+
+
+def test_quick_benchmark_writes_results(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--workload", "W1", "--out", str(tmp_path), "--name", "t"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert {"cpu_model", "cpu_cores", "jax", "platform", "devices"} <= set(doc["machine"])
+    (rec,) = doc["records"]
+    assert rec["workload"] == "W1" and rec["quick"]
+    for key in ("path_steps_per_s", "wall_s", "compile_s", "steady_s", "peak_rss_bytes"):
+        assert rec[key] > 0 or key == "compile_s", key
+    assert rec["path_steps"] == rec["paths"] * rec["steps"] * rec["points"]
+    assert rec["rng"]["rng_s"] > 0 and rec["rng"]["sim_over_rng"] > 0
+    assert "available" in rec["numpy"]
+    assert "| W1 quick |" in proc.stdout
+
+
+def test_workloads_have_the_stated_shapes():
+    sys.path.insert(0, str(RUN.parent))
+    try:
+        import run as bench
+    finally:
+        sys.path.pop(0)
+    shapes = {}
+    for name in ("W1", "W2", "W3"):
+        cfg, pts, _ = bench.load_workload(name)
+        shapes[name] = (len(cfg.market.assets), cfg.run.n_paths, cfg.run.steps, cfg.book.cohorts_per_asset, len(pts))
+        quick, qpts, _ = bench.load_workload(name, quick=True)
+        assert quick.run.n_paths * quick.run.steps * len(qpts) <= 50_000
+    assert shapes == {
+        "W1": (1, 1_000_000, 288, 256, 1),
+        "W2": (4, 100_000, 288, 2048, 64),
+        "W3": (1, 100, 7200, 2000, 1),
+    }
