@@ -77,7 +77,8 @@ def run_cascade(
     quantity, bankrupt, mmr: `[assets, cohorts]`. flow0: exogenous flow `[assets]` (USD).
     x_base: log mark (relative to price0) before any flow `[assets]`; lo, hi: limits on the
     log mark `[assets]`; sigma: per-step volatility `[assets]`; active: `[assets]` bool,
-    False for halted assets (nothing liquidates there). backstop_left: `[]` USD.
+    False for halted assets (nothing liquidates there; in the relaxed kernel a weight in
+    [0, 1], the open share of a partly halted asset). backstop_left: `[]` USD.
     early_exit: stop after the first round without liquidations (same result, faster; off
     where reverse-mode gradients are needed).
     temperature: None for the exact kernel; a `[]` width (log price) for the relaxed,
@@ -185,7 +186,7 @@ def run_cascade(
     else:
         end = jax.lax.fori_loop(0, rounds, one_round, start)
     p_end = (mp.price0 * jnp.exp(mark(end.flow)))[:, None]
-    left = active[:, None] & (end.quantity > 0) & (
+    left = (active[:, None] > 0) & (end.quantity > 0) & (
         s * (p_end - liquidation_price(s, end.bankrupt, mmr, a)) <= 0
     )
     return end._replace(residual=jnp.sum(jnp.where(left, end.quantity * p_end, 0.0)))

@@ -72,6 +72,8 @@ class SimState(NamedTuple):
     backstop_qty: jnp.ndarray  # units held by the backstop
     backstop_cash: jnp.ndarray  # [] USD
     totals: Totals
+    # Relaxed kernel only (None in the exact one): strength in [0, 1] of the current halt.
+    halt_weight: jnp.ndarray | None = None
 
 
 def init_state(params: Params, static: Static) -> SimState:
@@ -94,7 +96,7 @@ def init_state(params: Params, static: Static) -> SimState:
         quantity=quantity, bankrupt=bankrupt, fund=pol.insurance_fund.astype(dtype),
         deficit=jnp.zeros((static.n_assets, 2), dtype),
         backstop_left=pol.backstop_capacity.astype(dtype), backstop_qty=za, backstop_cash=z,
-        totals=totals,
+        totals=totals, halt_weight=za if static.relaxed else None,
     )
 
 
@@ -110,25 +112,42 @@ def market_step(state: SimState, draws: market.Draws, t, shock, flow, params: Pa
     halted = state.halt_left > 0
     slot = jnp.mod(t - pol.halt_window, static.max_window)
     x_ref = state.ring[:, slot]
-    lo, hi = policies.mark_limits(state.x_mark, x_ref, halted, pol)
-    flow0 = jnp.where(halted, 0.0, flow + state.queue)
-    queue = jnp.where(halted, state.queue + flow, 0.0)
     mmr = policies.maintenance_rate(book.mmr, sigma, mp.sigma0, pol)
+    if static.relaxed:
+        # A halt of strength w: the mark, the flow and the liquidations are the mix of a
+        # halted (weight w) and an open market; w is 0 or 1 as the temperature goes to 0.
+        w = jnp.where(halted, state.halt_weight, 0.0)
+        lo_open, hi_open = policies.mark_limits(state.x_mark, x_ref, jnp.zeros_like(halted), pol)
+        lo, hi = w * state.x_mark + (1 - w) * lo_open, w * state.x_mark + (1 - w) * hi_open
+        flow0, queue = (1 - w) * (flow + state.queue), w * (state.queue + flow)
+        open_ = 1.0 - w
+        relax = {"temperature": params.temperature, "quantity0": policies.cap_leverage(book, pol)[0]}
+    else:
+        lo, hi = policies.mark_limits(state.x_mark, x_ref, halted, pol)
+        flow0 = jnp.where(halted, 0.0, flow + state.queue)
+        queue = jnp.where(halted, state.queue + flow, 0.0)
+        open_ = ~halted
+        relax = {}
 
-    relax = (
-        {"temperature": params.temperature, "quantity0": policies.cap_leverage(book, pol)[0]}
-        if static.relaxed else {}
-    )
     c = run_cascade(
-        state.quantity, state.bankrupt, flow0, x_fair + x_trans, lo, hi, sigma, mmr, ~halted,
+        state.quantity, state.bankrupt, flow0, x_fair + x_trans, lo, hi, sigma, mmr, open_,
         state.backstop_left, book, mp, pol, static.rounds, early_exit=not static.relaxed, **relax,
     )
-    dx = jnp.where(halted, 0.0, impact(c.flow, sigma, mp))
+    dx = open_ * impact(c.flow, sigma, mp)
     x_fair = x_fair + mp.permanent * dx
     x_trans = x_trans + (1.0 - mp.permanent) * dx
     target = x_fair + x_trans
     x_mark = jnp.clip(target, lo, hi)
-    trig = policies.halt_triggered(target, x_ref, halted, pol)
+    halt_weight = state.halt_weight
+    if static.relaxed:
+        beyond = jnp.abs(target - x_ref) - pol.halt_threshold
+        strength = jnp.where(halted, 0.0, jnp.clip(beyond / params.temperature + 0.5, 0.0, 1.0))
+        trig = strength > 0
+        halt_weight = jnp.where(trig, strength, state.halt_weight)
+        halted_now = w
+    else:
+        trig = policies.halt_triggered(target, x_ref, halted, pol)
+        halted_now = halted
     halt_left = jnp.where(trig, pol.halt_duration, jnp.maximum(state.halt_left - 1, 0))
 
     variance = market.garch_variance(state.variance, x_mark - state.x_mark, mp)
@@ -145,7 +164,7 @@ def market_step(state: SimState, draws: market.Draws, t, shock, flow, params: Pa
         fund_inflow=tot.fund_inflow + c.fund_inflow,
         shortfall=tot.shortfall + jnp.sum(c.shortfall),
         fund_draw=tot.fund_draw + f.draw,
-        halted_steps=tot.halted_steps + halted.astype(tot.halted_steps.dtype),
+        halted_steps=tot.halted_steps + halted_now.astype(tot.halted_steps.dtype),
         max_rounds=jnp.maximum(tot.max_rounds, c.rounds),
         max_residual=jnp.maximum(tot.max_residual, c.residual),
         max_drawdown=jnp.maximum(tot.max_drawdown, 1.0 - jnp.exp(x_mark - peak)),
@@ -157,6 +176,7 @@ def market_step(state: SimState, draws: market.Draws, t, shock, flow, params: Pa
         bankrupt=c.bankrupt, fund=f.fund, deficit=f.deficit, backstop_left=c.backstop_left,
         backstop_qty=state.backstop_qty + c.backstop_qty,
         backstop_cash=state.backstop_cash + c.backstop_cash, totals=totals,
+        halt_weight=halt_weight,
     )
 
 

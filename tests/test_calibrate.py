@@ -133,3 +133,15 @@ def test_outputs_include_a_runnable_fitted_scenario(tmp_path):
     assert fitted.scenario.shock == pytest.approx(shock)
     assert fitted.market.assets["BTC"].impact_y == pytest.approx(summary["params"][0]["mean"])
     assert len(summary["params"][0]["per_seed"]) == 2
+
+
+def test_relaxed_halt_breaker_converges_to_exact():
+    d = calm_scenario(dtype="float64", n_paths=64)
+    d["policy"] = {**d["policy"], "adl_rule": "off", "breaker": {"kind": "halt", "threshold": 0.03, "window": 4, "duration": 3}}
+    prob = make_problem(problem_config(d))
+    params, static = P.build(prob.cfg)
+    exact, _ = rollout(params, 1, 0, 64, static=static, n_paths=64)
+    assert float(jnp.sum(exact["halted_steps"])) > 0
+    relaxed = differentiable_outputs(prob.base._replace(temperature=jnp.asarray(1e-9)), prob.static, 1, 64)
+    for name in ("liquidated_total", "halted_steps", "max_drawdown"):
+        np.testing.assert_allclose(np.asarray(relaxed[name]), np.asarray(exact[name]), rtol=1e-6, atol=1e-6)
