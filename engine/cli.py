@@ -5,7 +5,9 @@
     liqstress run --resume DIR
     liqstress compare RUN [RUN ...] [--out DIR]
     liqstress list [RUNS_ROOT]
+    liqstress run CONFIG --run-dir DIR --shard i/n   (one slice of a sweep; see README)
     liqstress validate CONFIG [--set key=value ...]
+    liqstress combine DIR
 
 With no command it runs the default scenario. Exit codes: 0 success; 2 invalid config or
 usage (one message, nothing written); 1 runtime failure (parts already written are kept for
@@ -118,9 +120,21 @@ def run(
             show_default=False,
         ),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help="Run only slice i of n (0 <= i < n) of the sweep's parts, e.g. as a SLURM array task; "
+            "all shards share --run-dir and the last to finish writes cube.nc.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a scenario and its sweep; write cube.nc, manifest.json, config.toml and a report."""
     try:
+        the_shard = runs.parse_shard(shard) if shard is not None else None
+        if the_shard and resume is None and run_dir is None:
+            raise ConfigError("--shard needs --run-dir DIR (the directory all shards share)")
         if resume is not None:
             given = [
                 n
@@ -146,14 +160,20 @@ def run(
             sets += [f"run.n_paths={paths}"] if paths is not None else []
             sets += [f"run.seed={seed}"] if seed is not None else []
             study = load_study(config, sets)
-            target = run_dir if run_dir is not None else runs.default_run_dir(runs_root, study.name)
-            runs.check_new_run_dir(target)
             command = "liqstress " + " ".join(shlex.quote(a) for a in _argv)
-            the_run = runs.create_run(study, target, source=str(config or "default"), command=command)
+            source = str(config or "default")
+            if the_shard:
+                the_run = runs.join_run(study, run_dir, source=source, command=command)
+            else:
+                target = run_dir if run_dir is not None else runs.default_run_dir(runs_root, study.name)
+                runs.check_new_run_dir(target)
+                the_run = runs.create_run(study, target, source=source, command=command)
     except ConfigError as e:
         raise _fail(str(e), 2) from None
 
     path = the_run.path
+    shard_opt = f" --shard {the_shard[0]}/{the_shard[1]}" if the_shard else ""
+    again = f"liqstress run --resume {path}{shard_opt}"
     study = the_run.study
     title = f"{study.name}: {len(study.points)} points x {study.config.run.n_paths:,} paths"
     use_bar = _err().is_terminal if bar is None else bar
@@ -161,28 +181,27 @@ def run(
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         with reporter:
-            cube = runs.execute(the_run, progress=reporter)
+            cube = runs.execute(the_run, progress=reporter, shard=the_shard)
     except KeyboardInterrupt:
-        raise _fail(
-            f"interrupted; finished parts are kept: continue with `liqstress run --resume {path}`", 130
-        ) from None
+        raise _fail(f"interrupted; finished parts are kept: continue with `{again}`", 130) from None
     except ConfigError as e:
         raise _fail(str(e), 2) from None
     except (SimulationError, OSError, ValueError, RuntimeError) as e:
-        raise _fail(
-            f"{e}\nfinished parts are kept in {path}; continue with `liqstress run --resume {path}`", 1
-        ) from None
+        raise _fail(f"{e}\nfinished parts are kept in {path}; continue with `{again}`", 1) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 
-    _summary(cube, the_run.manifest["run_id"])
-    if write_report:
-        try:
-            rep = R.write_report([(the_run.manifest["run_id"], cube)], path)
-            _out().print(f"report: {rep}")
-        except (OSError, ValueError, RuntimeError) as e:
-            raise _fail(f"the cube is written, but the report failed: {e}", 1) from None
-    _out().print(f"run directory: {path}")
+    if cube is None:
+        rest = (
+            "the run is complete"
+            if the_run.manifest["status"] == "complete"
+            else "other shards' parts are not done yet: the last shard to finish writes cube.nc "
+            f"(or run `liqstress combine {path}` once they are)"
+        )
+        _out().print(f"shard {the_shard[0]}/{the_shard[1]}: its parts are done; {rest}")
+        _out().print(f"run directory: {path}")
+        return
+    _show_cube(the_run, cube, write_report)
 
 
 @app.command()
@@ -268,6 +287,117 @@ def validate(
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command()
+def combine(
+    run_dir: Annotated[
+        Path, typer.Argument(help="Run directory whose parts are all done (e.g. by --shard jobs).")
+    ],
+    write_report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Write report.md and plots.")
+    ] = True,
+) -> None:
+    """Assemble cube.nc of a run whose parts are all done; exit 2 naming the parts that are not."""
+    try:
+        the_run = runs.open_run(run_dir, flag="combine")
+        cube = runs.combine(the_run)
+    except ConfigError as e:
+        raise _fail(str(e), 2) from None
+    except (OSError, ValueError, RuntimeError) as e:
+        raise _fail(f"cannot assemble the cube: {e}", 1) from None
+    if cube is None:
+        _out().print(f"{run_dir}: already complete")
+        _summary(runs.load_cube(run_dir), the_run.manifest["run_id"])
+        _out().print(f"run directory: {run_dir}")
+        return
+    _show_cube(the_run, cube, write_report)
+
+
+def _show_cube(the_run: runs.Run, cube, write_report: bool) -> None:
+    """The end of `run` and `combine`: the summary table, the report, the run directory."""
+    _summary(cube, the_run.manifest["run_id"])
+    if write_report:
+        try:
+            rep = R.write_report([(the_run.manifest["run_id"], cube)], the_run.path)
+            _out().print(f"report: {rep}")
+        except (OSError, ValueError, RuntimeError) as e:
+            raise _fail(f"the cube is written, but the report failed: {e}", 1) from None
+    _out().print(f"run directory: {the_run.path}")
+
+
+def _study_dir(kind: str, run_dir: Path | None, runs_root: Path, name: str) -> Path:
+    target = run_dir if run_dir is not None else runs.default_run_dir(runs_root, f"{kind}_{name}")
+    runs.check_new_run_dir(target)
+    return target
+
+
+@app.command()
+def calibrate(
+    config: Annotated[Path, typer.Argument(help="Calibration config, e.g. configs/calibrate_oct10_2025.toml.")],
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Write results exactly here (new or empty).")] = None,
+    runs_root: Annotated[Path, typer.Option("--runs-root", help="Parent of new run directories.")] = Path("runs"),
+) -> None:
+    """Fit free parameters to observed targets (relaxed kernel, optax); one fit per seed."""
+    from engine.calibrate import load_calibration, run_calibration
+
+    try:
+        cc = load_calibration(config)
+        target = _study_dir("calibrate", run_dir, runs_root, cc.scenario.name)
+    except ConfigError as e:
+        raise _fail(str(e), 2) from None
+    try:
+        summary = run_calibration(config, target, log=lambda line: _err().print(line, highlight=False))
+    except (SimulationError, OSError, ValueError, RuntimeError) as e:
+        raise _fail(f"calibration failed: {e}", 1) from None
+    t = Table(title=f"calibration of {cc.scenario.name}")
+    for col in ("parameter", "fitted (mean)", "sd over seeds"):
+        t.add_column(col)
+    for p in summary["params"]:
+        t.add_row(p["path"], f"{p['mean']:.4g}", f"{p['std_over_seeds']:.2g}")
+    _out().print(t)
+    _out().print(f"run directory: {target}  (fitted_scenario.toml runs with `liqstress run`)")
+
+
+@app.command()
+def optimise(
+    config: Annotated[Path, typer.Argument(help="Optimisation config, e.g. configs/optimise_oct10_2025.toml.")],
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Write results exactly here (new or empty).")] = None,
+    runs_root: Annotated[Path, typer.Option("--runs-root", help="Parent of new run directories.")] = Path("runs"),
+) -> None:
+    """Least restrictive policy under a tail-risk constraint (gradient search, exact check)."""
+    from engine.optimise import load_optimisation, run_optimisation
+
+    try:
+        oc = load_optimisation(config)
+        target = _study_dir("optimise", run_dir, runs_root, oc.scenario.name)
+    except ConfigError as e:
+        raise _fail(str(e), 2) from None
+    try:
+        summary = run_optimisation(config, target, log=lambda line: _err().print(line, highlight=False))
+    except (SimulationError, OSError, ValueError, RuntimeError) as e:
+        raise _fail(f"optimisation failed: {e}", 1) from None
+    c = summary["check"]
+    levers = ", ".join(f"{n} = {v:.4g}" for n, v in zip(summary["levers"], summary["optimum"]))
+    _out().print(
+        f"optimum: {levers}; {summary['constraint']} = {c['statistic']:,.4g} ± {c['mc_se']:,.3g} "
+        f"(bound {summary['bound']:,.4g}); at least as good as the grid: {summary['optimum_at_least_as_good_as_grid']}",
+        highlight=False, soft_wrap=True,
+    )
+    _out().print(f"run directory: {target}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Run benchmarks/run.py of a source checkout (arguments pass through, e.g. --quick)."""
+    import subprocess
+
+    import engine
+
+    script = Path(engine.__file__).resolve().parents[1] / "benchmarks" / "run.py"
+    if not script.is_file():
+        raise _fail(f"{script} not found: benchmarks live in the source checkout (pip install -e .)", 2)
+    raise typer.Exit(subprocess.call([sys.executable, str(script), *ctx.args]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -153,7 +153,7 @@ def market_step(state: SimState, draws: market.Draws, t, shock, flow, params: Pa
     variance = market.garch_variance(state.variance, x_mark - state.x_mark, mp)
     ring = state.ring.at[:, jnp.mod(t, static.max_window)].set(x_mark)
     peak = jnp.maximum(state.peak, x_mark)
-    f = pay_from_fund(state.fund, c.fund_inflow, c.shortfall)
+    f = pay_from_fund(state.fund, c.fund_inflow, c.shortfall, relax.get("temperature"))
 
     tot = state.totals
     finite = jnp.all(jnp.isfinite(x_mark)) & jnp.isfinite(f.fund) & jnp.all(jnp.isfinite(c.quantity))
@@ -180,10 +180,13 @@ def market_step(state: SimState, draws: market.Draws, t, shock, flow, params: Pa
     )
 
 
-def adl_step(state: SimState, params: Params) -> SimState:
-    """Stage 6 after the fund: ADL the step's deficit, the rest is bad debt."""
+def adl_step(state: SimState, params: Params, temperature=None) -> SimState:
+    """Stage 6 after the fund: ADL the step's deficit, the rest is bad debt (temperature:
+    the relaxed kernel's, or None)."""
     price = params.market.price0 * jnp.exp(state.x_mark)
-    r = auto_deleverage(state.quantity, state.bankrupt, price, state.deficit, params.book, params.policy)
+    r = auto_deleverage(
+        state.quantity, state.bankrupt, price, state.deficit, params.book, params.policy, temperature
+    )
     tot = state.totals
     return state._replace(
         quantity=r.quantity,
@@ -198,7 +201,8 @@ def adl_step(state: SimState, params: Params) -> SimState:
 
 def step(state: SimState, draws: market.Draws, t, shock, flow, params: Params, static: Static) -> SimState:
     """One full step of one path (all six stages)."""
-    return adl_step(market_step(state, draws, t, shock, flow, params, static), params)
+    temperature = params.temperature if static.relaxed else None
+    return adl_step(market_step(state, draws, t, shock, flow, params, static), params, temperature)
 
 
 def path_keys(seed: int, start: int, n: int) -> jax.Array:

@@ -226,6 +226,9 @@ def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Resu
                            "statistic": float(stat), "temperature": temperature})
         if i % every == 0:
             log(f"iteration {i + 1}/{s.iterations}: objective {float(obj):.4g}, cost {float(cost):.3f}, {oc.constraint.statistic} {float(stat):.4g} (bound {bound:.4g})")
+        if not np.all(np.isfinite(np.asarray(g))):
+            log(f"iteration {i + 1}: non-finite gradient, stopping the search here")
+            break
         updates, state = opt.update(g, state, u)
         u = optax.apply_updates(u, updates)
     values = np.asarray(lever_values(oc, u))

@@ -10,14 +10,23 @@ runs/<UTC timestamp>_<config name>/
 ```
 
 Every file is written through a temporary name and `os.replace`, and a part counts only once
-the manifest (itself replaced atomically) records it with its SHA-256. A crash at any moment
-therefore loses at most the part in flight; `resume` deletes stray temporary files, checks the
-recorded parts against their hashes and runs the rest. Points are simulated on common random
-numbers and the statistics do not depend on the chunking, so a resumed run's cube equals an
-uninterrupted one's.
+the manifest records it with its SHA-256. A crash at any moment therefore loses at most the
+part in flight; `resume` deletes stray temporary files, checks the recorded parts against their
+hashes and runs the rest. Points are simulated on common random numbers and the statistics do
+not depend on the chunking, so a resumed run's cube equals an uninterrupted one's.
 
-A run holds an exclusive `flock` on `.lock` while it works, so two processes never write one
-directory; `list_runs` uses the same lock to tell a live run from an interrupted one.
+A sweep too large for one job is split into shards (`execute(run, shard=(i, n))`): shard i runs
+the parts with `index % n == i`, all shards writing into one directory (`join_run` creates it
+race-free), and whichever finds every part done assembles `cube.nc` (or `combine` afterwards).
+Locks (`flock`; on a cluster the filesystem must support it) keep concurrent processes apart:
+
+- `.lock`: an unsharded session holds it exclusively throughout (failing at once if it is
+  taken); a shard holds it shared while it simulates (waiting for it), and `combine`
+  exclusively while it assembles. `list_runs` probes it to tell a live run from an
+  interrupted one.
+- `.shard-IIII.lock`: held by shard i, so the same shard never runs twice at once.
+- `.manifest.lock`: held briefly around every read-modify-write of the manifest (re-read from
+  disk inside), so concurrent shards never lose each other's updates.
 
 For fault-injection tests, `LIQSTRESS_HOLD_PART=<k>` makes the process stop (sleep) just
 before part k's file is renamed into place, after the parts before it are recorded.
@@ -37,7 +46,7 @@ import socket
 import subprocess
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -54,6 +63,7 @@ CONFIG = "config.toml"
 CUBE = "cube.nc"
 LOG = "run.log"
 LOCK = ".lock"
+MANIFEST_LOCK = ".manifest.lock"
 PARTS = "parts"
 FORMAT = 1
 PACKAGES = ("liqstress", "jax", "jaxlib", "numpy", "scipy", "xarray", "netCDF4", "pydantic")
@@ -158,6 +168,19 @@ class Run:
     def save(self) -> None:
         write_text_atomic(self.path / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
 
+    @contextlib.contextmanager
+    def editing(self) -> Iterator[dict]:
+        """The manifest re-read from disk under `.manifest.lock`, saved on leaving the block:
+        concurrent shards each change what they own and never lose each other's updates."""
+        with _flock(self.path / MANIFEST_LOCK, fcntl.LOCK_EX):
+            yield self.reload()
+            self.save()
+
+    def reload(self) -> dict:
+        """The manifest as on disk now (other processes may have changed it)."""
+        self.manifest = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
+        return self.manifest
+
     def pending(self) -> list[dict]:
         return [p for p in self.manifest["parts"] if p["status"] != "done"]
 
@@ -178,7 +201,7 @@ def check_new_run_dir(path: Path) -> None:
     """Raise `ConfigError` unless `path` can become a new run directory (missing or empty)."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--run-dir {path}: exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(f.name != MANIFEST_LOCK for f in path.iterdir()):
         hint = f"continue it with --resume {path}" if (path / MANIFEST).exists() else "choose a new directory"
         raise ConfigError(f"--run-dir {path}: exists and is not empty; {hint}")
 
@@ -222,6 +245,7 @@ def create_run(study: Study, path: Path, *, source: str, command: str) -> Run:
         "pid": os.getpid(),
         "status": "created",
         "error": None,
+        "shards": None,
         "sessions": [],
         "timings": {"compute_s": 0.0, "elapsed_s": 0.0, "finished": None},
         "parts": [
@@ -236,44 +260,90 @@ def create_run(study: Study, path: Path, *, source: str, command: str) -> Run:
     return run
 
 
-def open_run(path: Path) -> Run:
-    """An existing run directory for resuming, or `ConfigError` if it is not a resumable run."""
+def open_run(path: Path, flag: str = "--resume") -> Run:
+    """An existing run directory for resuming, or `ConfigError` (its text starting with `flag`,
+    the option that named the directory) if it is not a resumable run."""
     if not path.is_dir():
-        raise ConfigError(f"--resume {path}: no such run directory")
+        raise ConfigError(f"{flag} {path}: no such run directory")
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         text = (path / CONFIG).read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise ConfigError(
-            f"--resume {path}: not a liqstress run directory (no {Path(err.filename).name})"
+            f"{flag} {path}: not a liqstress run directory (no {Path(err.filename).name})"
         ) from None
     except (OSError, ValueError) as err:
-        raise ConfigError(f"--resume {path}: unreadable {MANIFEST} or {CONFIG} ({err})") from None
+        raise ConfigError(f"{flag} {path}: unreadable {MANIFEST} or {CONFIG} ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "parts" not in manifest:
-        raise ConfigError(f"--resume {path}: {MANIFEST} is not a liqstress run manifest (format {FORMAT})")
+        raise ConfigError(f"{flag} {path}: {MANIFEST} is not a liqstress run manifest (format {FORMAT})")
     if hashlib.sha256(text.encode()).hexdigest() != manifest.get("config_sha256"):
-        raise ConfigError(f"--resume {path}: {CONFIG} was changed after the run started; start a new run")
+        raise ConfigError(f"{flag} {path}: {CONFIG} was changed after the run started; start a new run")
     try:
         study = build_study(tomllib.loads(text), source=str(path / CONFIG))
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"--resume {path}: {CONFIG} is not valid TOML ({err})") from None
+        raise ConfigError(f"{flag} {path}: {CONFIG} is not valid TOML ({err})") from None
     if [p["points"] for p in manifest["parts"]] != study.parts():
-        raise ConfigError(f"--resume {path}: the manifest's parts do not match {CONFIG}")
+        raise ConfigError(f"{flag} {path}: the manifest's parts do not match {CONFIG}")
     return Run(path, study, manifest)
 
 
+def join_run(study: Study, path: Path, *, source: str, command: str) -> Run:
+    """The run directory that the shards of one sweep share: created by the first shard to get
+    here, opened by the others, which must bring the same resolved config (else `ConfigError`).
+
+    Shards of a job array start together, so the check and the creation happen under
+    `.manifest.lock` inside the directory.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"--run-dir {path}: exists and is not a directory") from None
+    except OSError as err:
+        raise ConfigError(
+            f"--run-dir {path}: cannot create the run directory ({err.strerror or err})"
+        ) from None
+    with _flock(path / MANIFEST_LOCK, fcntl.LOCK_EX):
+        if not (path / MANIFEST).exists():
+            return create_run(study, path, source=source, command=command)
+        run = open_run(path, flag="--run-dir")
+    if run.manifest["config_sha256"] != hashlib.sha256(study.resolved_toml().encode()).hexdigest():
+        raise ConfigError(
+            f"--run-dir {path}: holds a run of a different config; every shard needs the same "
+            f"CONFIG, --set, --paths and --seed (the run's own is {path / CONFIG})"
+        )
+    return run
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"i/n"` -> (i, n) with 0 <= i < n, or `ConfigError` naming `--shard`."""
+    try:
+        i_text, n_text = text.split("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/8), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
+
+
 @contextlib.contextmanager
-def locked(run: Run) -> Iterator[None]:
-    """Hold the run's exclusive lock, or raise `ConfigError` if another process holds it."""
-    fd = os.open(run.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+def _flock(path: Path, mode: int, busy: str | None = None) -> Iterator[None]:
+    """Hold an `flock` (`mode`: LOCK_EX or LOCK_SH) on `path`, creating the file. Waits for it,
+    or with `busy` raises `ConfigError(busy)` at once if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | (fcntl.LOCK_NB if busy else 0))
         except BlockingIOError:
-            raise ConfigError(f"{run.path}: another process is running this run") from None
+            raise ConfigError(busy) from None
         yield
     finally:
         os.close(fd)
+
+
+def locked(run: Run) -> contextlib.AbstractContextManager[None]:
+    """Hold the run's exclusive lock, or raise `ConfigError` if another process holds it."""
+    return _flock(run.path / LOCK, fcntl.LOCK_EX, f"{run.path}: another process is running this run")
 
 
 def _is_locked(path: Path) -> bool:
@@ -322,101 +392,207 @@ def _hold(part: int) -> None:
             time.sleep(3600)
 
 
-def _verify_parts(run: Run) -> None:
-    """Forget recorded parts whose file is missing or altered; delete stray temporary files."""
+def _remove_temporaries(run: Run, indices: Sequence[int]) -> None:
+    """Delete the stray temporary files of parts `indices` (left by a crash)."""
     parts_dir = run.path / PARTS
     parts_dir.mkdir(exist_ok=True)
-    for tmp in parts_dir.glob(".*.tmp"):
-        tmp.unlink()
-    for p in run.manifest["parts"]:
-        f = run.path / p["file"]
-        if p["status"] == "done" and (not f.is_file() or _sha256(f) != p.get("sha256")):
-            run.log(f"part {p['index']}: {p['file']} missing or altered; it will be recomputed")
-            p["status"] = "pending"
+    for k in indices:
+        for tmp in parts_dir.glob(f".{Path(run.manifest['parts'][k]['file']).name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
-def execute(run: Run, progress: Callable[[Event], None] | None = None) -> xr.Dataset:
+def _check_parts(run: Run, indices: Sequence[int]) -> list[int]:
+    """Those of parts `indices` that are not done, after forgetting recorded parts whose file
+    is missing or altered (not the SHA-256 the manifest records)."""
+    parts = run.reload()["parts"]
+    altered = [
+        k
+        for k in indices
+        if parts[k]["status"] == "done"
+        and (not (f := run.path / parts[k]["file"]).is_file() or _sha256(f) != parts[k].get("sha256"))
+    ]
+    if altered:
+        with run.editing() as m:
+            for k in altered:
+                m["parts"][k]["status"] = "pending"
+                run.log(f"part {k}: {parts[k]['file']} missing or altered; it will be recomputed")
+    return [k for k in indices if run.manifest["parts"][k]["status"] != "done"]
+
+
+def _missing(run: Run) -> list[int]:
+    """Parts the manifest on disk does not record as done (hashes not checked)."""
+    return [p["index"] for p in run.reload()["parts"] if p["status"] != "done"]
+
+
+@contextlib.contextmanager
+def _session(run: Run, shard: tuple[int, int] | None) -> Iterator[None]:
+    """Record a working session in the manifest, and a failure or interruption inside it as the
+    run's status (finished parts are kept). A shard also records, or must match, the count n."""
+    t0 = time.perf_counter()
+    label = f"shard {shard[0]}/{shard[1]}: " if shard else ""
+    who = {"pid": os.getpid(), "host": socket.gethostname()}
+    with run.editing() as m:
+        if shard:
+            if m.get("shards") not in (None, shard[1]):
+                raise ConfigError(
+                    f"{run.path}: the run is split into {m['shards']} shards "
+                    f"(--shard i/{m['shards']}), got --shard {shard[0]}/{shard[1]}"
+                )
+            m["shards"] = shard[1]
+        k = len(m["sessions"])
+        m["sessions"].append({"started": _iso(utc_now()), **who} | ({"shard": label[6:-2]} if shard else {}))
+        m.update(status="running", error=None, **who)
+    outcome = {}
+    try:
+        yield
+    except KeyboardInterrupt:
+        outcome = {"status": "interrupted", "error": f"{label}interrupted by the user or a signal"}
+        run.log(f"{label}interrupted")
+        raise
+    except BaseException as err:
+        outcome = {"status": "failed", "error": f"{label}{type(err).__name__}: {err}"}
+        run.log(f"{label}failed: {type(err).__name__}: {err}")
+        raise
+    finally:
+        finished = _iso(utc_now())
+        with run.editing() as m:
+            m["sessions"][k]["finished"] = finished
+            t = m["timings"]
+            t.update(elapsed_s=round(t["elapsed_s"] + time.perf_counter() - t0, 3), finished=finished)
+            m.update(outcome)
+
+
+def _run_parts(
+    run: Run, indices: Sequence[int], progress: Callable[[Event], None] | None, label: str
+) -> None:
+    """Simulate those of parts `indices` not done yet, recording each in the manifest as soon as
+    its file is in place. Progress counts only these parts."""
+    study = run.study
+    parts = [run.manifest["parts"][k] for k in indices]
+    n_paths = study.config.run.n_paths
+    work = {p["index"]: len(_call_points(study, p["points"])[0]) * n_paths for p in parts}
+    done = [p for p in parts if p["status"] == "done"]
+    state = {
+        "work": sum(work[p["index"]] for p in done),
+        "points": sum(len(p["points"]) for p in done),
+        "parts": len(done),
+    }
+    total = (sum(work.values()), sum(len(p["points"]) for p in parts), len(parts))
+
+    def report(extra: int = 0, finished: int | None = None) -> None:
+        if progress:
+            progress(
+                Event(
+                    state["work"] + extra,
+                    total[0],
+                    state["points"],
+                    total[1],
+                    state["parts"],
+                    total[2],
+                    finished,
+                )
+            )
+
+    todo = [p for p in parts if p["status"] != "done"]
+    run.log(f"{label}session start: {len(todo)} of {len(parts)} parts to run")
+    report()
+    for p in todo:
+        t0 = time.perf_counter()
+        idx, base = _call_points(study, p["points"])
+        ds = simulate(
+            study.config,
+            [study.points[i] for i in idx],
+            baseline=base,
+            progress=lambda pr: report(pr.paths_done),
+        )
+        path = run.path / p["file"]
+        hold = functools.partial(_hold, p["index"])
+        C.write_atomic(C.part_dataset(study, ds, p["points"]), path, before_rename=hold)
+        elapsed = time.perf_counter() - t0
+        sha = _sha256(path)
+        with run.editing() as m:
+            m["parts"][p["index"]].update(
+                status="done", sha256=sha, elapsed_s=round(elapsed, 3), finished=_iso(utc_now())
+            )
+            m["timings"]["compute_s"] = round(m["timings"]["compute_s"] + elapsed, 3)
+        state["work"] += work[p["index"]]
+        state["points"] += len(p["points"])
+        state["parts"] += 1
+        run.log(f"{label}part {p['index']} done: points {p['points']} in {elapsed:.1f} s")
+        report(finished=p["index"])
+
+
+def _write_cube(run: Run) -> xr.Dataset:
+    """Assemble and write `cube.nc` and mark the run complete (the caller holds `.lock`)."""
+    n = len(run.manifest["parts"])
+    missing = _check_parts(run, range(n))
+    if missing:
+        raise ConfigError(_missing_message(run, missing))
+    cube = assemble(run)
+    C.write_atomic(cube, run.cube_path)
+    with run.editing() as m:
+        m.update(status="complete", error=None, cube=CUBE)
+    run.log("cube written")
+    return cube
+
+
+def _missing_message(run: Run, missing: list[int]) -> str:
+    n = run.manifest.get("shards")
+    owners = f" (they belong to shards {sorted({k % n for k in missing})} of {n})" if n else ""
+    return (
+        f"{run.path}: parts {missing} of {len(run.manifest['parts'])} are not done{owners}; "
+        f"run them again (or all that are left with `liqstress run --resume {run.path}`), then combine"
+    )
+
+
+def execute(
+    run: Run, progress: Callable[[Event], None] | None = None, shard: tuple[int, int] | None = None
+) -> xr.Dataset | None:
     """Simulate the run's pending parts, then assemble and write `cube.nc`; return the cube.
 
-    Marks the manifest `complete`, `failed` (with the error) or `interrupted` (Ctrl-C,
-    SIGTERM turned into KeyboardInterrupt by the caller); parts already written are kept.
+    `shard=(i, n)` simulates only the parts with `index % n == i`, alongside the other shards,
+    and assembles the cube only if every part is done by then (else returns None). Marks the
+    manifest `complete`, `failed` (with the error) or `interrupted` (Ctrl-C, SIGTERM turned into
+    KeyboardInterrupt by the caller); parts already written are kept.
     """
-    with locked(run):
-        study, m = run.study, run.manifest
-        _verify_parts(run)
-        session = {"started": _iso(utc_now()), "pid": os.getpid(), "host": socket.gethostname()}
-        m["sessions"].append(session)
-        m.update(status="running", error=None, pid=os.getpid(), host=socket.gethostname())
-        run.save()
-        n_paths = study.config.run.n_paths
-        parts = m["parts"]
-        work = {p["index"]: len(_call_points(study, p["points"])[0]) * n_paths for p in parts}
-        state = {
-            "work": sum(work[p["index"]] for p in parts if p["status"] == "done"),
-            "points": sum(len(p["points"]) for p in parts if p["status"] == "done"),
-            "parts": sum(p["status"] == "done" for p in parts),
-        }
-        total = (sum(work.values()), len(study.points), len(parts))
+    n_parts = len(run.manifest["parts"])
+    if shard is None:
+        with locked(run), _session(run, None):
+            _remove_temporaries(run, range(n_parts))
+            _check_parts(run, range(n_parts))
+            _run_parts(run, range(n_parts), progress, "")
+            return _write_cube(run)
+    i, n = shard
+    mine = range(i, n_parts, n)
+    # Shared `.lock` waits (holding no other lock) for an unsharded session or a `combine` to
+    # end, and for `list_runs`'s probe, rather than failing the job.
+    with (
+        _flock(run.path / LOCK, fcntl.LOCK_SH),
+        _flock(
+            run.path / f".shard-{i:04d}.lock", fcntl.LOCK_EX, f"{run.path}: shard {i}/{n} is already running"
+        ),
+        _session(run, shard),
+    ):
+        if not mine:
+            run.log(f"shard {i}/{n}: no parts (the run has {n_parts})")
+        _remove_temporaries(run, mine)
+        _check_parts(run, mine)
+        _run_parts(run, mine, progress, f"shard {i}/{n}: ")
+    return combine(run) if not _missing(run) else None
 
-        def report(extra: int = 0, finished: int | None = None) -> None:
-            if progress:
-                progress(
-                    Event(
-                        state["work"] + extra,
-                        total[0],
-                        state["points"],
-                        total[1],
-                        state["parts"],
-                        total[2],
-                        finished,
-                    )
-                )
 
-        t_session = time.perf_counter()
-        run.log(f"session start: {len(run.pending())} of {len(parts)} parts to run")
-        try:
-            report()
-            for p in run.pending():
-                t0 = time.perf_counter()
-                idx, base = _call_points(study, p["points"])
-                ds = simulate(
-                    study.config,
-                    [study.points[i] for i in idx],
-                    baseline=base,
-                    progress=lambda pr: report(pr.paths_done),
-                )
-                path = run.path / p["file"]
-                hold = functools.partial(_hold, p["index"])
-                C.write_atomic(C.part_dataset(study, ds, p["points"]), path, before_rename=hold)
-                elapsed = time.perf_counter() - t0
-                p.update(
-                    status="done", sha256=_sha256(path), elapsed_s=round(elapsed, 3), finished=_iso(utc_now())
-                )
-                m["timings"]["compute_s"] = round(m["timings"]["compute_s"] + elapsed, 3)
-                run.save()
-                state["work"] += work[p["index"]]
-                state["points"] += len(p["points"])
-                state["parts"] += 1
-                run.log(f"part {p['index']} done: points {p['points']} in {elapsed:.1f} s")
-                report(finished=p["index"])
-            cube = assemble(run)
-            C.write_atomic(cube, run.cube_path)
-            m.update(status="complete", cube=CUBE)
-            run.log("cube written")
-            return cube
-        except KeyboardInterrupt:
-            m.update(status="interrupted", error="interrupted by the user or a signal")
-            run.log("interrupted")
-            raise
-        except BaseException as err:
-            m.update(status="failed", error=f"{type(err).__name__}: {err}")
-            run.log(f"failed: {type(err).__name__}: {err}")
-            raise
-        finally:
-            session["finished"] = _iso(utc_now())
-            m["timings"]["elapsed_s"] = round(m["timings"]["elapsed_s"] + time.perf_counter() - t_session, 3)
-            m["timings"]["finished"] = session["finished"]
-            run.save()
+def combine(run: Run) -> xr.Dataset | None:
+    """Assemble and write `cube.nc` of a run whose parts are all done (checked against their
+    hashes) and mark it complete; return the cube, or None if the run was complete already.
+    `ConfigError` naming the parts not done otherwise."""
+    missing = _missing(run)
+    if missing:
+        raise ConfigError(_missing_message(run, missing))
+    # waits only for shards finishing their bookkeeping: their parts are all done
+    with _flock(run.path / LOCK, fcntl.LOCK_EX):
+        if run.reload()["status"] == "complete" and run.cube_path.is_file():
+            return None
+        return _write_cube(run)
 
 
 def assemble(run: Run) -> xr.Dataset:
@@ -424,7 +600,9 @@ def assemble(run: Run) -> xr.Dataset:
     m = run.manifest
     parts = [C.read(run.path / p["file"]) for p in m["parts"]]
     history = "\n".join(
-        f"{s['started']} liqstress run ({'resumed' if k else 'started'} by pid {s['pid']} on {s['host']})"
+        f"{s['started']} liqstress run ("
+        + (f"shard {s['shard']}" if "shard" in s else "resumed" if k else "started")
+        + f" by pid {s['pid']} on {s['host']})"
         for k, s in enumerate(m["sessions"])
     )
     attrs = {

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from engine.cascade import by_side
 from engine.params import BookParams, PolicyParams
+from engine.smooth import smooth_min
 
 # Bisection of the ADL queue threshold: log scores in [-30, 30], halved 26 times (to 1e-6).
 ADL_LOG_RANGE = 30.0
@@ -45,11 +46,14 @@ class Adl(NamedTuple):
     bad_debt: jnp.ndarray
 
 
-def pay_from_fund(fund, inflow, shortfall) -> Fund:
-    """Add the step's inflow (USD) to the fund, then pay shortfalls `[assets, 2]` (USD)."""
+def pay_from_fund(fund, inflow, shortfall, temperature=None) -> Fund:
+    """Add the step's inflow (USD) to the fund, then pay shortfalls `[assets, 2]` (USD).
+
+    temperature: None (exact), or the relaxed kernel's, which smooths the min (`engine.smooth`).
+    """
     fund = fund + inflow
     total = jnp.sum(shortfall)
-    draw = jnp.minimum(fund, total)
+    draw = smooth_min(fund, total, temperature)
     unpaid = jnp.where(total > 0, 1.0 - draw / jnp.where(total > 0, total, 1.0), 0.0)
     return Fund(fund=fund - draw, draw=draw, deficit=shortfall * unpaid)
 
@@ -94,10 +98,13 @@ def _adl_pro_rata(profit, need, side):
     return share * profit, share * (profit > 0)
 
 
-def auto_deleverage(quantity, bankrupt, price, deficit, book: BookParams, pol: PolicyParams) -> Adl:
+def auto_deleverage(quantity, bankrupt, price, deficit, book: BookParams, pol: PolicyParams,
+                    temperature=None) -> Adl:
     """Cover `deficit` `[assets, 2]` (USD; long, short) from opposite profitable positions.
 
-    quantity, bankrupt: `[assets, cohorts]`; price: mark `[assets]` (USD).
+    quantity, bankrupt: `[assets, cohorts]`; price: mark `[assets]` (USD). temperature: None
+    (exact) or the relaxed kernel's, which smooths the covered amount's min; which positions
+    close stays exact (piecewise constant in the parameters).
     """
     s, e = book.side, book.entry
     p = price[:, None]
@@ -116,7 +123,7 @@ def auto_deleverage(quantity, bankrupt, price, deficit, book: BookParams, pol: P
     closed = jnp.where(rule == 1, q_closed, jnp.where(rule == 2, r_closed, 0.0)) * quantity
     # per asset and side both rules cover min(need, available profit); summing that instead of
     # the per-cohort shares keeps bad debt exactly zero when ADL covers the deficit
-    covered = jnp.where(rule > 0, jnp.minimum(need, by_side(profit, s)), 0.0)
+    covered = jnp.where(rule > 0, smooth_min(need, by_side(profit, s), temperature), 0.0)
     return Adl(
         quantity=quantity - closed,
         absorbed=jnp.sum(covered),

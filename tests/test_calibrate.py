@@ -51,7 +51,7 @@ def test_recovers_known_parameters_from_synthetic_targets():
     prob = make_problem(cc)
     (_, stats), _ = objective(prob)(jnp.asarray(to_unconstrained(truth, prob.lower, prob.upper), jnp.float32), 0)
     targets = [{"statistic": s, "value": float(v), "tolerance": 0.02 * abs(float(v))} for s, v in zip(STATS, stats)]
-    result = fit(problem_config(calm_scenario(), targets), seed=0)
+    result = fit(problem_config(calm_scenario(), targets, iterations=150), seed=0)
     # stated tolerances: impact coefficient within 15%, shock within 5% (relative)
     rel = np.abs(result.values - truth) / np.abs(truth)
     assert rel[0] < 0.15 and rel[1] < 0.05, (result.values, truth)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import jax
-import numpy as np
 import pytest
 import xarray as xr
 
@@ -49,23 +48,3 @@ def test_mesh_respects_device_limit(monkeypatch):
     assert devices.path_mesh().size == 1
     monkeypatch.delenv("LIQSTRESS_DEVICES")
     assert devices.path_mesh().size == jax.local_device_count()
-
-
-def test_grid_shards_combine_to_the_single_run_cube(tmp_path):
-    from engine.shards import combine, run_shard, shard_points
-
-    base = Config.model_validate(SHARD)  # same shapes as above: the kernel is compiled already
-    pts = [base.model_copy(update={"policy": base.policy.model_copy(update={"leverage_cap": c})})
-           for c in (125.0, 50.0, 20.0, 10.0, 5.0)]
-    whole = simulate(base, pts, baseline=2)
-    assert [len(shard_points(5, i, 3)) for i in range(3)] == [2, 2, 1]
-    assert run_shard(base, pts, tmp_path, "0/3", baseline=2) is None
-    assert run_shard(base, pts, tmp_path, (2, 3), baseline=2) is None
-    cube = run_shard(base, pts, tmp_path, "1/3", baseline=2)  # the last to finish assembles
-    assert cube == tmp_path / "cube.nc"
-    with xr.open_dataset(cube) as got:
-        got = got.load()
-    np.testing.assert_array_equal(got.point.values, np.arange(5))
-    for name in ("liquidated_total", "liquidated_total_mean", "bad_debt_diff_mean", "mark_price_band"):
-        np.testing.assert_array_equal(got[name].values, whole[name].values, err_msg=name)
-    assert combine(tmp_path) == cube
