@@ -24,6 +24,15 @@ from engine.summary import summary_table
 __version__ = "0.1.0"
 
 __all__ = [
-    "Config", "ConfigError", "Policy", "Progress", "Scenario", "SimulationError",
-    "default_config_path", "load_config", "simulate", "summary_table", "__version__",
+    "Config",
+    "ConfigError",
+    "Policy",
+    "Progress",
+    "Scenario",
+    "SimulationError",
+    "__version__",
+    "default_config_path",
+    "load_config",
+    "simulate",
+    "summary_table",
 ]

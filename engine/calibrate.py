@@ -434,10 +434,12 @@ def write_outputs(cc: CalibrationConfig, fits: list[Fit], run_dir: Path) -> dict
     fig.savefig(run_dir / "loss_curve.png", dpi=100)
     plt.close(fig)
 
-    lines = ["# Calibration report", "", f"Scenario `{cc.scenario.name}`, {cc.calibration.n_paths} paths per seed, "
-             f"seeds {[f.seed for f in fits]}, temperature {cc.calibration.temperature}.", "",
-             "## Fitted parameters", "", "| parameter | lower | upper | fitted (mean) | spread over seeds (sd) |",
-             "|---|---|---|---|---|"]
+    intro = (
+        f"Scenario `{cc.scenario.name}`, {cc.calibration.n_paths} paths per seed, "
+        f"seeds {[f.seed for f in fits]}, temperature {cc.calibration.temperature}."
+    )
+    lines = ["# Calibration report", "", intro, "", "## Fitted parameters", "",
+             "| parameter | lower | upper | fitted (mean) | spread over seeds (sd) |", "|---|---|---|---|---|"]
     for p, m, s in zip(cc.params, mean, spread):
         lines.append(f"| `{p.path}` | {p.lower:g} | {p.upper:g} | {m:.4g} | {s:.2g} |")
     lines += ["", "## Targets", "", "| statistic | target | tolerance | fitted (mean over seeds) | source |", "|---|---|---|---|---|"]

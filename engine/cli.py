@@ -326,31 +326,32 @@ def _show_cube(the_run: runs.Run, cube, write_report: bool) -> None:
     _out().print(f"run directory: {the_run.path}")
 
 
-def _study_dir(kind: str, run_dir: Path | None, runs_root: Path, name: str) -> Path:
-    target = run_dir if run_dir is not None else runs.default_run_dir(runs_root, f"{kind}_{name}")
-    runs.check_new_run_dir(target)
-    return target
-
-
-@app.command()
-def calibrate(
-    config: Annotated[Path, typer.Argument(help="Calibration config, e.g. configs/calibrate_oct10_2025.toml.")],
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Write results exactly here (new or empty).")] = None,
-    runs_root: Annotated[Path, typer.Option("--runs-root", help="Parent of new run directories.")] = Path("runs"),
-) -> None:
-    """Fit free parameters to observed targets (relaxed kernel, optax); one fit per seed."""
-    from engine.calibrate import load_calibration, run_calibration
-
+def _fit(kind: str, config: Path, run_dir: Path | None, runs_root: Path, load, execute) -> tuple[dict, Path]:
+    """Validate (exit 2, nothing written), choose the run directory, run (exit 1 on failure)."""
     try:
-        cc = load_calibration(config)
-        target = _study_dir("calibrate", run_dir, runs_root, cc.scenario.name)
+        name = load(config).scenario.name
+        target = run_dir if run_dir is not None else runs.default_run_dir(runs_root, f"{kind}_{name}")
+        runs.check_new_run_dir(target)
     except ConfigError as e:
         raise _fail(str(e), 2) from None
     try:
-        summary = run_calibration(config, target, log=lambda line: _err().print(line, highlight=False))
+        return execute(config, target, log=lambda line: _err().print(line, highlight=False)), target
     except (SimulationError, OSError, ValueError, RuntimeError) as e:
-        raise _fail(f"calibration failed: {e}", 1) from None
-    t = Table(title=f"calibration of {cc.scenario.name}")
+        raise _fail(f"{kind} failed: {e}", 1) from None
+
+
+ConfigArg = Annotated[Path, typer.Argument(help="Config file (see configs/).")]
+RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Write results exactly here (new or empty).")]
+RunsRootOpt = Annotated[Path, typer.Option("--runs-root", help="Parent of new run directories.")]
+
+
+@app.command()
+def calibrate(config: ConfigArg, run_dir: RunDirOpt = None, runs_root: RunsRootOpt = Path("runs")) -> None:
+    """Fit free parameters to observed targets (relaxed kernel, optax); one fit per seed."""
+    from engine.calibrate import load_calibration, run_calibration
+
+    summary, target = _fit("calibrate", config, run_dir, runs_root, load_calibration, run_calibration)
+    t = Table(title="calibration")
     for col in ("parameter", "fitted (mean)", "sd over seeds"):
         t.add_column(col)
     for p in summary["params"]:
@@ -360,29 +361,19 @@ def calibrate(
 
 
 @app.command()
-def optimise(
-    config: Annotated[Path, typer.Argument(help="Optimisation config, e.g. configs/optimise_oct10_2025.toml.")],
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Write results exactly here (new or empty).")] = None,
-    runs_root: Annotated[Path, typer.Option("--runs-root", help="Parent of new run directories.")] = Path("runs"),
-) -> None:
+def optimise(config: ConfigArg, run_dir: RunDirOpt = None, runs_root: RunsRootOpt = Path("runs")) -> None:
     """Least restrictive policy under a tail-risk constraint (gradient search, exact check)."""
     from engine.optimise import load_optimisation, run_optimisation
 
-    try:
-        oc = load_optimisation(config)
-        target = _study_dir("optimise", run_dir, runs_root, oc.scenario.name)
-    except ConfigError as e:
-        raise _fail(str(e), 2) from None
-    try:
-        summary = run_optimisation(config, target, log=lambda line: _err().print(line, highlight=False))
-    except (SimulationError, OSError, ValueError, RuntimeError) as e:
-        raise _fail(f"optimisation failed: {e}", 1) from None
+    summary, target = _fit("optimise", config, run_dir, runs_root, load_optimisation, run_optimisation)
     c = summary["check"]
     levers = ", ".join(f"{n} = {v:.4g}" for n, v in zip(summary["levers"], summary["optimum"]))
     _out().print(
         f"optimum: {levers}; {summary['constraint']} = {c['statistic']:,.4g} ± {c['mc_se']:,.3g} "
-        f"(bound {summary['bound']:,.4g}); at least as good as the grid: {summary['optimum_at_least_as_good_as_grid']}",
-        highlight=False, soft_wrap=True,
+        f"(bound {summary['bound']:,.4g}); as good as the best grid point: "
+        f"{summary['optimum_at_least_as_good_as_grid']}",
+        highlight=False,
+        soft_wrap=True,
     )
     _out().print(f"run directory: {target}")
 

@@ -327,13 +327,17 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
     fig.savefig(run_dir / "trajectory.png", dpi=100)
     plt.close(fig)
 
-    fmt = lambda v: ", ".join(f"{n} = {x:.4g}" for n, x in zip(names, v))  # noqa: E731
-    lines = [
-        "# Policy optimisation report", "",
+    fmt = lambda v: ", ".join(f"{n} = {x:.4g}" for n, x in zip(names, v))
+    aim = (
         f"Minimise the restrictiveness of {', '.join(f'`{n}`' for n in names)} subject to "
-        f"`{oc.constraint.statistic}` <= {bound:,.4g} USD.", "",
-        "## Optimisation path (relaxed kernel, "
-        f"{oc.optimise.n_paths} paths, temperature {oc.optimise.temperature})", "",
+        f"`{oc.constraint.statistic}` <= {bound:,.4g} USD."
+    )
+    path_title = (
+        f"## Optimisation path (relaxed kernel, {oc.optimise.n_paths} paths, temperature "
+        f"{oc.optimise.temperature} annealed to {oc.optimise.final_temperature})"
+    )
+    lines = [
+        "# Policy optimisation report", "", aim, "", path_title, "",
         "| iteration | levers | cost | statistic | objective |", "|---|---|---|---|---|",
     ]
     step = max(1, len(res.trajectory) // 10)

@@ -136,7 +136,7 @@ def market_params(cfg: Config) -> MarketParams:
     dt = jnp.asarray
     spy, spd = cfg.steps_per_year, cfg.steps_per_day
     assets = list(cfg.market.assets.values())
-    col = lambda f: np.array([f(a) for a in assets], float)  # noqa: E731
+    col = lambda f: np.array([f(a) for a in assets], float)
     sigma0 = col(lambda a: a.vol_annual) / math.sqrt(spy)
     lam = cfg.market.jump_intensity_per_day / spd
     return MarketParams(

@@ -69,9 +69,9 @@ def _adl_queue(profit, score, need, side):
     the final bracket give up all their profit; cohorts inside it (ties, to 1e-6 in log
     score) share the rest in proportion to profit. Every cohort in the bracket is closed.
     """
-    pick = lambda t: jnp.where(side > 0, t[:, :1], t[:, 1:])  # noqa: E731
+    pick = lambda t: jnp.where(side > 0, t[:, :1], t[:, 1:])
     log_score = jnp.log(jnp.where(profit > 0, score, 1e-30))
-    held = lambda t: by_side(jnp.where(log_score >= pick(t), profit, 0.0), side)  # noqa: E731
+    held = lambda t: by_side(jnp.where(log_score >= pick(t), profit, 0.0), side)
 
     def halve(_, bracket):
         lo, hi = bracket
@@ -111,7 +111,7 @@ def auto_deleverage(quantity, bankrupt, price, deficit, book: BookParams, pol: P
     profit = jnp.maximum(s * quantity * (p - e), 0.0)
     margin = s * quantity * (e - bankrupt)
     equity = s * quantity * (p - bankrupt)
-    safe = lambda x: jnp.where(x > 0, x, 1.0)  # noqa: E731
+    safe = lambda x: jnp.where(x > 0, x, 1.0)
     # profit % of margin x effective leverage (notional / equity), the production ranking
     score = jnp.where(profit > 0, profit / safe(margin) * quantity * p / safe(equity), 0.0)
     # longs (column 0) cover deficits of short liquidations and vice versa

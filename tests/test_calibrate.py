@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import textwrap
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,8 +11,14 @@ import pytest
 from engine import ConfigError, load_config
 from engine import params as P
 from engine.calibrate import (
-    CalibrationConfig, differentiable_outputs, fit, load_calibration, make_problem, objective,
-    to_unconstrained, write_outputs,
+    CalibrationConfig,
+    differentiable_outputs,
+    fit,
+    load_calibration,
+    make_problem,
+    objective,
+    to_unconstrained,
+    write_outputs,
 )
 from engine.rollout import rollout
 from tests.conftest import small_dict

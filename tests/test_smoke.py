@@ -3,7 +3,6 @@
 import numpy as np
 
 from engine import simulate
-from tests.conftest import small_dict
 
 
 def test_small_run_has_cascade_and_consistent_totals(small):
