@@ -8,9 +8,12 @@ restrictiveness of lever i (0 at its loosest bound, 1 at its tightest; in log sp
 shortfall at 99% of an output). Gradients come from the relaxed kernel (`engine.calibrate`)
 on a fixed set of paths (common random numbers across iterations); Adam from optax.
 
-The optimum is then checked with the exact kernel on fresh paths, with Monte Carlo errors,
-against a grid of the same levers evaluated on the same fresh paths: the optimum should cost
-no more than the best feasible grid point and be feasible, within Monte Carlo error.
+The search starts from the cheapest feasible point of a coarse exact grid on scouting paths
+(the relaxed gradient carries little information far from a binding policy, e.g. for a breaker
+that never fires), and its end replaces that start only if it is feasible and no costlier on
+the scouting paths. The optimum is then checked with the exact kernel on fresh paths, with
+Monte Carlo errors, against the same grid evaluated on those fresh paths: it should cost no
+more than the best feasible grid point and be feasible, within Monte Carlo error.
 """
 
 from __future__ import annotations
@@ -45,8 +48,6 @@ LEVERS = {
     "policy.backstop_capacity_usd": ("backstop_capacity", None),
     "policy.dynamic_margin": ("dynamic_margin", None),
 }
-# Optimisation starts at sigmoid(START_U) = 95% of the way to each lever's loosest end.
-START_U = 2.944
 # Cost slack when comparing the optimum with the best grid point (cost units).
 COST_TOLERANCE = 0.02
 RISK_OUTPUTS = ("shortfall", "bad_debt", "liquidated_total", "trader_loss", "insurance_fund_draw", "adl_notional")
@@ -175,11 +176,17 @@ def with_levers(base: P.Params, oc: OptimisationConfig, values) -> P.Params:
 
 @dataclass
 class Result:
+    """values: the optimum; check: it on fresh paths; grid / best_grid: the grid on the same
+    fresh paths and its cheapest feasible point; start / searched: the scouted grid point the
+    search began from and where the search ended (both on scouting paths)."""
+
     values: np.ndarray
     trajectory: list[dict]
     check: dict
     grid: list[dict]
     best_grid: dict | None
+    start: dict
+    searched: dict
 
 
 def _setup(oc: OptimisationConfig):
@@ -193,7 +200,8 @@ def _setup(oc: OptimisationConfig):
 
 
 def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Result:
-    """Gradient search on the relaxed kernel, then the exact check against a grid."""
+    """Coarse exact grid for a start, gradient search on the relaxed kernel, exact check of
+    the optimum against the grid on fresh paths."""
     s = oc.optimise
     cfg, params, static = _setup(oc)
     relaxed = P.Static(**{**static.__dict__, "relaxed": True})
@@ -211,8 +219,14 @@ def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Resu
         return cost + s.penalty * excess**2, (cost, stat)
 
     grad_fn = jax.jit(jax.value_and_grad(objective, has_aux=True))
-    # start near the loosest end (at the very end the sigmoid would have no slope)
-    u = jnp.asarray([START_U if lv.restrictive == "low" else -START_U for lv in oc.levers], jnp.float32)
+    # Start from the cheapest feasible point of a coarse exact grid on scouting paths (not the
+    # check's): the relaxed gradient is informative near a policy that binds, much less so at
+    # the loosest end, where a breaker never fires.
+    log(f"scouting a {s.grid_points}-point-per-lever grid with the exact kernel")
+    scout = exact_evaluator(oc, cfg, s.check_seed + 1)
+    scouted = [scout(v) for v in grid(oc)]
+    start = cheapest_feasible(scouted, bound) or min(scouted, key=lambda g: g["statistic"])
+    u = jnp.asarray(levers_to_unconstrained(oc, start["values"]), jnp.float32)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(s.learning_rate, s.iterations, 0.05)))
     state = opt.init(u)
     trajectory = []
@@ -231,12 +245,31 @@ def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Resu
             break
         updates, state = opt.update(g, state, u)
         u = optax.apply_updates(u, updates)
-    values = np.asarray(lever_values(oc, u))
+    searched = scout(np.asarray(lever_values(oc, u)))
+    # keep the search's end if it is feasible and no costlier than where it started (scouting
+    # paths), else the start
+    chosen = searched if searched["statistic"] <= bound and searched["cost"] <= start["cost"] else start
     log("checking the optimum and the grid with the exact kernel on fresh paths")
-    check, grid = exact_check(oc, cfg, values)
-    feasible = [g for g in grid if g["statistic"] <= bound]
-    best = min(feasible, key=lambda g: g["cost"]) if feasible else None
-    return Result(values=values, trajectory=trajectory, check=check, grid=grid, best_grid=best)
+    check_eval = exact_evaluator(oc, cfg, s.check_seed)
+    check = check_eval(np.asarray(chosen["values"]))
+    grid_checked = [check_eval(v) for v in grid(oc)]
+    return Result(values=np.asarray(chosen["values"]), trajectory=trajectory, check=check, grid=grid_checked,
+                  best_grid=cheapest_feasible(grid_checked, bound), start=start, searched=searched)
+
+
+def cheapest_feasible(points: list[dict], bound: float) -> dict | None:
+    feasible = [g for g in points if g["statistic"] <= bound]
+    return min(feasible, key=lambda g: g["cost"]) if feasible else None
+
+
+def levers_to_unconstrained(oc: OptimisationConfig, values) -> np.ndarray:
+    """Inverse of `lever_values`, kept a little inside the bounds (the sigmoid's slope)."""
+    out = []
+    for lv, v in zip(oc.levers, values):
+        f = np.log if lv.log else (lambda x: x)
+        frac = np.clip((f(v) - f(lv.lower)) / (f(lv.upper) - f(lv.lower)), 0.05, 0.95)
+        out.append(np.log(frac / (1.0 - frac)))
+    return np.asarray(out)
 
 
 def lever_values(oc: OptimisationConfig, u) -> jnp.ndarray:
@@ -255,29 +288,32 @@ def grid_values(lv: Lever, n: int) -> np.ndarray:
     return np.geomspace(lv.lower, lv.upper, n) if lv.log else np.linspace(lv.lower, lv.upper, n)
 
 
-def exact_check(oc: OptimisationConfig, cfg: Config, optimum) -> tuple[dict, list[dict]]:
-    """Exact-kernel statistic, cost and Monte Carlo error at the optimum and on the grid, all
-    on the same fresh paths (`check_seed`, `check_paths`)."""
+def grid(oc: OptimisationConfig) -> list[np.ndarray]:
+    """Every point of the comparison grid (`grid_points` per lever)."""
+    axes = [grid_values(lv, oc.optimise.grid_points) for lv in oc.levers]
+    return [np.array(v) for v in itertools.product(*axes)]
+
+
+def exact_evaluator(oc: OptimisationConfig, cfg: Config, seed: int) -> Callable[[np.ndarray], dict]:
+    """`evaluate(values) -> {values, statistic, mc_se, cost}` with the exact kernel on
+    `check_paths` paths of `seed` (the same paths for every call); the Monte Carlo error is a
+    bootstrap over paths."""
     s = oc.optimise
-    run = cfg.run.model_copy(update={"n_paths": s.check_paths, "seed": s.check_seed})
+    run = cfg.run.model_copy(update={"n_paths": s.check_paths, "seed": seed})
     ccfg = Config.model_validate(cfg.model_copy(update={"run": run}).model_dump())
     params, static = P.build(ccfg)
     kind, _, out_name = oc.constraint.statistic.partition("_")
-    rng = np.random.default_rng(0)
-    boot = rng.integers(0, s.check_paths, size=(200, s.check_paths))
+    boot = np.random.default_rng(0).integers(0, s.check_paths, size=(200, s.check_paths))
 
     def evaluate(values) -> dict:
-        out, _ = rollout(with_levers(params, oc, values), s.check_seed, 0, s.check_paths, static=static, n_paths=s.check_paths)
+        out, _ = rollout(with_levers(params, oc, values), seed, 0, s.check_paths, static=static, n_paths=s.check_paths)
         x = np.asarray(out[out_name], np.float64)
         stat = float(risk_statistic(x, kind))
         se = float(np.std([risk_statistic(x[b], kind) for b in boot], ddof=1))
         cost = float(sum(lv.cost * restrictiveness(lv, float(v)) for lv, v in zip(oc.levers, values)))
         return {"values": [float(v) for v in values], "statistic": stat, "mc_se": se, "cost": cost}
 
-    check = evaluate(optimum)
-    axes = [grid_values(lv, s.grid_points) for lv in oc.levers]
-    grid = [evaluate(np.array(v)) for v in itertools.product(*axes)]
-    return check, grid
+    return evaluate
 
 
 def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
@@ -297,6 +333,7 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
     summary = {
         "levers": names, "optimum": res.values.tolist(), "constraint": oc.constraint.statistic, "bound": bound,
         "check": c, "best_grid": b, "grid": res.grid, "trajectory": res.trajectory,
+        "start": res.start, "searched": res.searched,
         "optimum_feasible_within_mc": bool(feasible),
         "optimum_no_costlier_than_best_grid": bool(no_costlier),
         "optimum_at_least_as_good_as_grid": bool(within),
@@ -343,6 +380,14 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
     step = max(1, len(res.trajectory) // 10)
     for t in res.trajectory[::step] + [res.trajectory[-1]]:
         lines.append(f"| {t['iteration']} | {fmt(t['values'])} | {t['cost']:.3f} | {t['statistic']:,.4g} | {t['objective']:.4g} |")
+    st, se = res.start, res.searched
+    start_text = (
+        f"Started from the cheapest feasible point of an exact {oc.optimise.grid_points}-per-lever grid on "
+        f"scouting paths ({fmt(st['values'])}: cost {st['cost']:.3f}, statistic {st['statistic']:,.4g}); the search "
+        f"ended at {fmt(se['values'])} (cost {se['cost']:.3f}, statistic {se['statistic']:,.4g} on the same paths). "
+        "The optimum is the end of the search if it is feasible and no costlier there, else the start."
+    )
+    lines += ["", start_text]
     lines += [
         "", f"## Exact check on {oc.optimise.check_paths} fresh paths", "",
         "| policy | levers | cost | statistic ± MC s.e. | feasible |", "|---|---|---|---|---|",

@@ -66,4 +66,11 @@ def test_bad_optimisation_config_names_the_field(tmp_path, change, field):
 
 def test_shipped_optimisation_config_is_valid():
     oc = load_optimisation("configs/optimise_oct10_2025.toml")
-    assert oc.scenario.policy.breaker.kind == "halt" and oc.bound == oc.scenario.policy.insurance_fund_usd
+    assert oc.scenario.policy.breaker.kind == "halt" and oc.bound == 40e9
+
+
+def test_insurance_fund_bound_resolves_to_the_scenarios_fund():
+    data = small_problem(1e9).model_dump(mode="json", exclude_none=True)
+    data["constraint"] = {"statistic": "es99_shortfall", "bound": "insurance_fund"}
+    oc = OptimisationConfig.model_validate(data)
+    assert oc.bound == oc.scenario.policy.insurance_fund_usd == 2e8
