@@ -10,8 +10,8 @@ on a fixed set of paths (common random numbers across iterations); Adam from opt
 
 The search starts from the cheapest feasible point of a coarse exact grid on scouting paths
 (the relaxed gradient carries little information far from a binding policy, e.g. for a breaker
-that never fires), and its end replaces that start only if it is feasible and no costlier on
-the scouting paths. The optimum is then checked with the exact kernel on fresh paths, with
+that never fires), and its end replaces that start only if it is feasible with a margin of two
+Monte Carlo errors and no costlier on the scouting paths. The optimum is then checked with the exact kernel on fresh paths, with
 Monte Carlo errors, against the same grid evaluated on those fresh paths: it should cost no
 more than the best feasible grid point and be feasible, within Monte Carlo error.
 """
@@ -246,9 +246,11 @@ def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Resu
         updates, state = opt.update(g, state, u)
         u = optax.apply_updates(u, updates)
     searched = scout(np.asarray(lever_values(oc, u)))
-    # keep the search's end if it is feasible and no costlier than where it started (scouting
-    # paths), else the start
-    chosen = searched if searched["statistic"] <= bound and searched["cost"] <= start["cost"] else start
+    # keep the search's end if it is feasible with a margin of two Monte Carlo errors and no
+    # costlier than where it started (scouting paths), else the start: the margin guards
+    # against choosing a point that is feasible only on the scouting paths' noise
+    confident = searched["statistic"] + 2.0 * searched["mc_se"] <= bound
+    chosen = searched if confident and searched["cost"] <= start["cost"] else start
     log("checking the optimum and the grid with the exact kernel on fresh paths")
     check_eval = exact_evaluator(oc, cfg, s.check_seed)
     check = check_eval(np.asarray(chosen["values"]))
@@ -385,7 +387,8 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
         f"Started from the cheapest feasible point of an exact {oc.optimise.grid_points}-per-lever grid on "
         f"scouting paths ({fmt(st['values'])}: cost {st['cost']:.3f}, statistic {st['statistic']:,.4g}); the search "
         f"ended at {fmt(se['values'])} (cost {se['cost']:.3f}, statistic {se['statistic']:,.4g} on the same paths). "
-        "The optimum is the end of the search if it is feasible and no costlier there, else the start."
+        "The optimum is the end of the search if it is feasible there with a margin of two Monte Carlo "
+        "errors and no costlier, else the start."
     )
     lines += ["", start_text]
     lines += [
