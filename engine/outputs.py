@@ -11,7 +11,7 @@ from engine import bins as B
 from engine.book import liquidation_price
 from engine.kernel import SimState
 from engine.params import Params, Static
-from engine.policies import cap_leverage
+from engine.policies import cap_leverage, maintenance_rate
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,9 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     oi0 = jnp.sum(cap_leverage(book, params.policy)[0], -1) * mp.price0
     oi = jnp.sum(state.quantity, -1) * price
     fair = (mp.price0 * jnp.exp(state.x_fair + state.x_trans))[:, None]
-    p_liq = liquidation_price(book.side, state.bankrupt, book.mmr, book.maint_amount)
+    # at the maintenance rate in force for the next step (dynamic margin included)
+    mmr = maintenance_rate(book.mmr, jnp.sqrt(state.variance), mp.sigma0, params.policy)
+    p_liq = liquidation_price(book.side, state.bankrupt, mmr, book.maint_amount)
     deferred = (state.quantity > 0) & (book.side * (fair - p_liq) <= 0)
     return {
         "liquidated_notional": t.liquidated,

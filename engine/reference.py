@@ -403,8 +403,10 @@ def extract(st: SimState, params: Params) -> dict[str, np.ndarray]:
     oi0 = np.sum(capped_book(params)[0], -1) * mp.price0
     oi = np.sum(st.quantity, -1) * price
     fair = (mp.price0 * np.exp(st.x_fair + st.x_trans))[:, :, None]
+    excess = np.maximum(np.sqrt(st.variance) / mp.sigma0 - 1.0, 0.0)[:, :, None]
+    mmr = np.minimum(bk.mmr * (1.0 + params.policy.dynamic_margin * excess), MAX_MMR)
     beyond = (st.quantity > 0) & (
-        bk.side * (fair - liquidation_price(bk.side, st.bankrupt, bk.mmr, bk.maint_amount)) <= 0
+        bk.side * (fair - liquidation_price(bk.side, st.bankrupt, mmr, bk.maint_amount)) <= 0
     )
     return {
         "liquidated_notional": t.liquidated,
