@@ -247,10 +247,8 @@ def flatten_sweep(table: Any) -> dict[str, Any]:
     for key, value in table.items():
         if key in SWEEP_KEYS:
             out[key] = flatten(value) if key == "baseline" and isinstance(value, dict) else value
-        elif isinstance(value, dict):
-            out.update(flatten(value, f"{key}."))
         else:
-            out[key] = value
+            out.update(flatten({key: value}))
     return out
 
 
