@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from engine import market, policies
-from engine.cascade import run_cascade
+from engine.cascade import run_cascade, run_cascade_whole
 from engine.impact import impact
 from engine.params import Params, Static
 from engine.waterfall import auto_deleverage, pay_from_fund
@@ -129,10 +129,14 @@ def market_step(state: SimState, draws: market.Draws, t, shock, flow, params: Pa
         open_ = ~halted
         relax = {}
 
-    c = run_cascade(
+    cascade_args = (
         state.quantity, state.bankrupt, flow0, x_fair + x_trans, lo, hi, sigma, mmr, open_,
-        state.backstop_left, book, mp, pol, static.rounds, early_exit=not static.relaxed, **relax,
+        state.backstop_left, book, mp, pol, static.rounds,
     )
+    if static.whole_only and not static.relaxed:
+        c = run_cascade_whole(*cascade_args)
+    else:
+        c = run_cascade(*cascade_args, early_exit=not static.relaxed, **relax)
     dx = open_ * impact(c.flow, sigma, mp)
     x_fair = x_fair + mp.permanent * dx
     x_trans = x_trans + (1.0 - mp.permanent) * dx

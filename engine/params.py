@@ -41,6 +41,9 @@ class Static:
     fan_points: int
     # The relaxed, differentiable kernel (engine.calibrate) instead of the exact one.
     relaxed: bool = False
+    # Every point closes liquidated positions whole (partial fraction 1): the exact kernel
+    # may use the faster `engine.cascade.run_cascade_whole`. Set by `engine.simulate`.
+    whole_only: bool = False
 
 
 class MarketParams(NamedTuple):

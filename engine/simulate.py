@@ -18,6 +18,7 @@ Compiled kernels are kept in the persistent cache of `engine.cache`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -55,9 +56,18 @@ def bytes_per_path(static: P.Static, itemsize: int) -> int:
 
 # On CPUs a device's batch larger than this is slower per path, not faster: the cascade's
 # early exit and the ADL branch run while *any* path of the batch needs them, and the cohort
-# arrays leave the cache. Measured (W1 shape, 1 device, 48 steps): 256 paths 92k, 1,024 73k,
-# 4,096 41k path-steps/s.
+# arrays leave the cache. A device holds at most CPU_PATHS_PER_DEVICE paths and at most
+# CPU_COHORTS_PER_DEVICE path-cohorts. Measured (1 device, whole-position cascade):
+# W1 shape (256 cohorts) 128 paths 506k, 512 paths 631k path-steps/s; W2 shape (8,192
+# cohorts) 64 paths 19.7k, 128 19.4k, 256 16.5k path-steps/s.
 CPU_PATHS_PER_DEVICE = 512
+CPU_COHORTS_PER_DEVICE = 2**20
+
+
+def cpu_paths_per_device(static: P.Static) -> int:
+    """Most paths one host CPU device should hold in a chunk."""
+    by_cohorts = CPU_COHORTS_PER_DEVICE // (static.n_assets * static.n_cohorts)
+    return max(1, min(CPU_PATHS_PER_DEVICE, by_cohorts))
 
 
 def chunk_size(cfg: Config, static: P.Static, n_devices: int = 1, per_device_budget: bool = False) -> int:
@@ -66,7 +76,7 @@ def chunk_size(cfg: Config, static: P.Static, n_devices: int = 1, per_device_bud
     A chunk is whole atoms and splits evenly over `n_devices`. The budget is for the whole
     chunk (host devices share one memory) or, with `per_device_budget` (accelerators), for
     each device's share; on host devices (no `per_device_budget`) a chunk holds at most
-    `CPU_PATHS_PER_DEVICE` paths per device.
+    `cpu_paths_per_device` paths per device (but at least one atom).
     """
     unit = math.lcm(ATOM, n_devices)
     if cfg.run.chunk_size:
@@ -77,7 +87,7 @@ def chunk_size(cfg: Config, static: P.Static, n_devices: int = 1, per_device_bud
         if per_device_budget:
             size *= n_devices
         else:
-            size = min(size, CPU_PATHS_PER_DEVICE * n_devices)
+            size = min(size, cpu_paths_per_device(static) * n_devices)
     size = max(unit, size // unit * unit)
     return min(size, math.ceil(cfg.run.n_paths / unit) * unit)
 
@@ -130,7 +140,8 @@ def simulate(
     cache.enable()
 
     built = [P.build(p) for p in pts]
-    static = built[0][1]
+    whole = all(p.policy.partial_liquidation >= 1.0 for p in pts)
+    static = dataclasses.replace(built[0][1], whole_only=whole)
     mesh = devices.path_mesh()
     accelerator = mesh.devices.flat[0].platform != "cpu"
     size = chunk_size(cfg, static, mesh.size, per_device_budget=accelerator)

@@ -1,12 +1,15 @@
 """Parity of the JAX kernel with the NumPy reference (`engine.reference`) on the same draws.
 
 Small cases (2 assets, 48 cohorts each, 24 steps, 4 paths; 2 of them step by step) in float64, across the policy
-variants; tolerance `PARITY_RTOL` of tests/helpers.py. Each variant also checks that the
+variants and both forms of the cascade (the general one and, where every liquidation closes
+the whole position, `run_cascade_whole`); tolerance `PARITY_RTOL` of tests/helpers.py. Each variant also checks that the
 lever it tests actually acted (a halt happened, ADL closed something, ...), so that the
 parity is not vacuous.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -61,6 +64,22 @@ def parity_config(policy: dict) -> Config:
     )
 
 
+# (variant, cascade form) pairs: the whole-position form only where it applies
+CASES = [
+    (v, form)
+    for v in VARIANTS
+    for form in ("general", "whole")
+    if form == "general" or "partial_liquidation" not in VARIANTS[v][0]
+]
+
+
+def built(variant: str, form: str):
+    """(config, params, static) of a variant with the cascade form selected."""
+    cfg = parity_config(VARIANTS[variant][0])
+    params, static = P.build(cfg)
+    return cfg, params, dataclasses.replace(static, whole_only=form == "whole")
+
+
 @pytest.fixture(autouse=True, scope="module")
 def x64():
     with jax.enable_x64(True):
@@ -84,11 +103,10 @@ def field_scale(name: str, cfg: Config, params) -> float:
     return 1.0
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_step_matches_reference_every_step(variant, jax_step):
+@pytest.mark.parametrize(("variant", "form"), CASES)
+def test_step_matches_reference_every_step(variant, form, jax_step):
     """Every step of every path: JAX `kernel.step` and `reference_step` from the same state."""
-    cfg = parity_config(VARIANTS[variant][0])
-    params, static = P.build(cfg)
+    cfg, params, static = built(variant, form)
     p_np = reference.to_numpy(params)
     draws = engine_draws(params, static, SEED, N_PATHS)
     one = kernel.init_state(params, static)
@@ -112,12 +130,11 @@ def test_step_matches_reference_every_step(variant, jax_step):
         state = new
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_rollout_matches_reference_paths(variant):
+@pytest.mark.parametrize(("variant", "form"), CASES)
+def test_rollout_matches_reference_paths(variant, form):
     """Whole paths: `engine.rollout.rollout` (scan, ADL under cond, extract) vs `run_paths`."""
-    policy, acted = VARIANTS[variant]
-    cfg = parity_config(policy)
-    params, static = P.build(cfg)
+    acted = VARIANTS[variant][1]
+    cfg, params, static = built(variant, form)
     out = jax.device_get(rollout(params, SEED, 0, N_PATHS, static=static, n_paths=N_PATHS)[0])
     ref = reference.run_paths(
         reference.to_numpy(params), static, N_PATHS, engine_draws(params, static, SEED, N_PATHS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import xarray as xr
 
@@ -10,6 +12,8 @@ from engine import simulate
 from engine.config import Config
 from engine.rollout import rollout
 from tests.conftest import small_dict
+
+simulate_module = importlib.import_module("engine.simulate")
 
 RUN = {"n_paths": 700, "seed": 5, "steps": 24, "cascade_rounds": 6, "max_window": 16, "fan_points": 6}
 
@@ -47,3 +51,24 @@ def test_other_policy_values_do_not_recompile():
         assert s == static
         rollout(p, 6, 256, 256, static=s, n_paths=256)
     assert rollout._cache_size() == before
+
+
+def test_whole_position_cascade_is_chosen_only_when_every_point_closes_whole(monkeypatch):
+    """`simulate` runs `run_cascade_whole` iff no point liquidates partially."""
+    seen = []
+    real = simulate_module.sharded_rollout
+
+    def spy(*args, static, **kw):
+        seen.append(static.whole_only)
+        return real(*args, static=static, **kw)
+
+    monkeypatch.setattr(simulate_module, "sharded_rollout", spy)
+    cfg = config(n_paths=256)
+    partial = Config.model_validate(
+        small_dict(run={**RUN, "n_paths": 256}, policy={"insurance_fund_usd": 2e8, "partial_liquidation": 0.5})
+    )
+    simulate(cfg)
+    assert set(seen) == {True}
+    seen.clear()
+    simulate(cfg, [cfg, partial])
+    assert set(seen) == {False}
