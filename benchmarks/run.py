@@ -139,11 +139,11 @@ def _rng_bound(cfg, static, size: int, n_tasks: int, repeats: int = 3) -> dict:
     per = size // mesh.size
     dtype = P.dtype_of(cfg)
 
-    @partial(jax.jit, static_argnames=("steps", "n_assets"))
-    def draw_chunk(tail_dof, seed, start, steps: int, n_assets: int):
+    @partial(jax.jit, static_argnames=("steps", "n_assets", "dof_max"))
+    def draw_chunk(tail_dof, seed, start, steps: int, n_assets: int, dof_max: int):
         def local(tail_dof, seed, start):
             keys = path_keys(seed, start + jax.lax.axis_index(devices.PATH_AXIS) * per, per)
-            draw = jax.vmap(lambda k: market.draw(k, n_assets, tail_dof, dtype))
+            draw = jax.vmap(lambda k: market.draw(k, n_assets, tail_dof, dtype, dof_max))
 
             def body(acc, t):
                 d = draw(step_keys(keys, t))
@@ -156,7 +156,7 @@ def _rng_bound(cfg, static, size: int, n_tasks: int, repeats: int = 3) -> dict:
                              check_vma=False)(tail_dof, seed, start)
 
     tail = jnp.asarray(cfg.market.tail_dof, dtype)
-    args = {"steps": static.steps, "n_assets": static.n_assets}
+    args = {"steps": static.steps, "n_assets": static.n_assets, "dof_max": static.dof_max}
     draw_chunk(tail, cfg.run.seed, 0, **args).block_until_ready()
     t0 = time.perf_counter()
     for r in range(repeats):
@@ -197,7 +197,7 @@ def measure(name: str, quick: bool, paths: int | None, steps: int | None, points
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     cfg, pts, _ = load_workload(name, quick, paths, steps, points)
-    static = P.static_of(cfg)
+    static = P.specialise(P.static_of(cfg), pts)  # the kernel forms `simulate` will use
     mesh = devices.path_mesh()
     size = chunk_size(cfg, static, mesh.size, per_device_budget=mesh.devices.flat[0].platform != "cpu")
     fix = lambda c, **u: c.model_copy(update={"run": c.run.model_copy(update={"chunk_size": size, **u})})
@@ -223,6 +223,8 @@ def measure(name: str, quick: bool, paths: int | None, steps: int | None, points
         "steps": cfg.run.steps,
         "assets": static.n_assets,
         "cohorts_per_asset": static.n_cohorts,
+        "cascade_form": "whole" if static.whole_only else "general",
+        "chi2_draw": f"loop-free (dof <= {static.dof_max})" if static.dof_max else "gamma sampler",
         "points": len(pts),
         "devices": mesh.size,
         "chunk_paths": size,

@@ -259,7 +259,7 @@ def differentiable_outputs(params: P.Params, static: P.Static, seed, n_paths: in
     one = init_state(params, static)
     states = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_paths,) + x.shape), one)
     dtype = params.market.price0.dtype
-    draw = jax.vmap(lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype))
+    draw = jax.vmap(lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype, static.dof_max))
     advance = jax.vmap(step, in_axes=(0, 0, None, None, None, None, None))
 
     @jax.checkpoint

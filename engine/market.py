@@ -13,7 +13,13 @@ thins depth: the liquidity channel of the spiral) and `S` is the scheduled scena
 Jump arrivals are market-wide (one count per step), sizes are per asset.
 
 Random numbers are drawn by `draw` and passed to the step as `Draws`, so the NumPy reference
-can be fed exactly the same numbers.
+can be fed exactly the same numbers. The chi-square of the Student-t comes from JAX's gamma
+sampler (any real dof; a rejection loop, the dearest draw by far) or, when every point of a
+run has an integer dof, loop-free from its definition (`Static.dof_max`):
+
+    chi2_nu = 2 * (E_1 + ... + E_m) + [nu odd] * Z^2,   m = floor(nu / 2), E_i ~ Exp(1)
+
+(the sum of m Exp(1) is Gamma(m, 1), twice it is chi2 with 2m dof; Z^2 adds one dof).
 """
 
 from __future__ import annotations
@@ -40,12 +46,25 @@ class Draws(NamedTuple):
     z_jump: jnp.ndarray
 
 
-def draw(key: jax.Array, n_assets: int, tail_dof: jnp.ndarray, dtype=jnp.float32) -> Draws:
-    """Draw the random numbers of one path-step from its key."""
+def draw(key: jax.Array, n_assets: int, tail_dof: jnp.ndarray, dtype=jnp.float32, dof_max: int = 0) -> Draws:
+    """Draw the random numbers of one path-step from its key.
+
+    dof_max: 0, the chi-square by the gamma sampler; n >= 1, `tail_dof` is an integer at most
+    n and the chi-square is built from floor(n / 2) exponentials and one squared normal, of
+    which the first floor(dof / 2) (and the normal when dof is odd) count.
+    """
     k_z, k_g, k_u = jax.random.split(key, 3)
     z = jax.random.normal(k_z, (2, n_assets), dtype)
-    shape = jnp.where(tail_dof > 0, 0.5 * tail_dof, 1.0).astype(dtype)
-    chi2 = 2.0 * jax.random.gamma(k_g, shape, dtype=dtype)
+    if dof_max:
+        k_e, k_n = jax.random.split(k_g)
+        terms = dof_max // 2
+        exp = -jnp.log1p(-jax.random.uniform(k_e, (terms,), dtype))  # Exp(1); U < 1
+        half = jnp.floor(0.5 * tail_dof)
+        odd = (tail_dof - 2.0 * half) * jax.random.normal(k_n, (), dtype) ** 2
+        chi2 = 2.0 * jnp.sum(jnp.where(jnp.arange(terms) < half, exp, 0.0)) + odd
+    else:
+        shape = jnp.where(tail_dof > 0, 0.5 * tail_dof, 1.0).astype(dtype)
+        chi2 = 2.0 * jax.random.gamma(k_g, shape, dtype=dtype)
     u = jax.random.uniform(k_u, (), dtype)
     return Draws(z=z[0], chi2=chi2, u_jump=u, z_jump=z[1])
 

@@ -7,6 +7,7 @@ one compiled kernel serves every policy point and scenario variant of the same s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -42,8 +43,11 @@ class Static:
     # The relaxed, differentiable kernel (engine.calibrate) instead of the exact one.
     relaxed: bool = False
     # Every point closes liquidated positions whole (partial fraction 1): the exact kernel
-    # may use the faster `engine.cascade.run_cascade_whole`. Set by `engine.simulate`.
+    # may use the faster `engine.cascade.run_cascade_whole`. Set by `specialise`.
     whole_only: bool = False
+    # 0, or every point's Student-t dof is an integer at most this: the chi-square is drawn
+    # loop-free (`engine.market.draw`). Set by `specialise`.
+    dof_max: int = 0
 
 
 class MarketParams(NamedTuple):
@@ -128,6 +132,27 @@ def static_of(cfg: Config) -> Static:
         max_window=run.max_window,
         fan_stride=stride,
         fan_points=math.ceil(run.steps / stride),
+    )
+
+
+# Largest integer dof drawn loop-free (floor(n / 2) exponentials per path-step).
+LOOP_FREE_DOF = 16
+
+
+def specialise(static: Static, points: list[Config]) -> Static:
+    """`static` with the faster kernel forms that every one of `points` allows: the
+    whole-position cascade when no point liquidates partially, the loop-free chi-square
+    when every point's dof is an integer up to `LOOP_FREE_DOF`.
+
+    The numbers of the whole-position cascade equal the general one's; the loop-free
+    chi-square has the same distribution as the gamma sampler's but other draws.
+    """
+    dofs = [p.market.tail_dof for p in points]
+    integer = all(d == int(d) and d <= LOOP_FREE_DOF for d in dofs)
+    return dataclasses.replace(
+        static,
+        whole_only=all(p.policy.partial_liquidation >= 1.0 for p in points),
+        dof_max=max(1, int(max(dofs))) if integer else 0,
     )
 
 

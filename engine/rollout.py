@@ -70,7 +70,7 @@ def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int)
         "liquidated": jnp.zeros((static.fan_points, static.n_assets, B.FAN_USD.n), jnp.int32),
     }
     dtype = params.market.price0.dtype
-    draw = jax.vmap(lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype))
+    draw = jax.vmap(lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype, static.dof_max))
     move = jax.vmap(market_step, in_axes=(0, 0, None, None, None, None, None))
     deleverage = jax.vmap(adl_step, in_axes=(0, None))
 

@@ -18,7 +18,6 @@ Compiled kernels are kept in the persistent cache of `engine.cache`.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -140,8 +139,7 @@ def simulate(
     cache.enable()
 
     built = [P.build(p) for p in pts]
-    whole = all(p.policy.partial_liquidation >= 1.0 for p in pts)
-    static = dataclasses.replace(built[0][1], whole_only=whole)
+    static = P.specialise(built[0][1], pts)
     mesh = devices.path_mesh()
     accelerator = mesh.devices.flat[0].platform != "cpu"
     size = chunk_size(cfg, static, mesh.size, per_device_budget=accelerator)

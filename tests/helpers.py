@@ -45,6 +45,6 @@ def engine_draws(params: Params, static: Static, seed: int, n_paths: int):
     draws for global paths 0 .. n_paths - 1 of `seed` (NumPy float64)."""
     keys = path_keys(seed, 0, n_paths)
     dtype = params.market.price0.dtype
-    one = lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype)
+    one = lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype, static.dof_max)
     at = jax.jit(lambda t: jax.vmap(one)(step_keys(keys, t)))
     return lambda t: jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), at(t))
