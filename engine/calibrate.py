@@ -33,7 +33,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from engine import market
 from engine import params as P
-from engine.cascade import by_side
+from engine.cascade import by_side, side_matrix
 from engine.config import Config, Strict
 from engine.configfile import merge_tables, read_config_dict, read_toml, resolve_config_path
 from engine.errors import ConfigError, describe
@@ -239,7 +239,8 @@ def apply_values(prob: Problem, values) -> P.Params:
             notional = book.quantity * book.entry
             tilted = notional * book.leverage**v
             # reweight by leverage**tilt, keeping each side's open interest
-            ratio = by_side(notional, book.side) / jnp.maximum(by_side(tilted, book.side), 1e-30)
+            sides = side_matrix(book.side)
+            ratio = by_side(notional, sides) / jnp.maximum(by_side(tilted, sides), 1e-30)
             scale = jnp.where(book.side > 0, ratio[:, :1], ratio[:, 1:])
             book = book._replace(quantity=book.quantity * book.leverage**v * scale)
         else:

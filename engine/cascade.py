@@ -68,11 +68,23 @@ class Cascade(NamedTuple):
     residual: jnp.ndarray
 
 
-def by_side(x: jnp.ndarray, side: jnp.ndarray) -> jnp.ndarray:
-    """Sum `[assets, cohorts]` into `[assets, 2]` (long, short)."""
-    long = jnp.sum(jnp.where(side > 0, x, 0.0), -1)
-    short = jnp.sum(jnp.where(side < 0, x, 0.0), -1)
-    return jnp.stack([long, short], -1)
+def side_matrix(side: jnp.ndarray) -> jnp.ndarray:
+    """Indicator `[assets * cohorts, assets * 2]` of `side` `[assets, cohorts]`: column
+    2a + j selects asset a's longs (j = 0) or shorts (j = 1). For `by_side`."""
+    n_assets, n_cohorts = side.shape
+    block = jnp.repeat(jnp.eye(n_assets, dtype=side.dtype), n_cohorts, axis=0)  # [a*k, a]
+    flat = side.reshape(-1, 1)
+    return jnp.stack([block * (flat > 0), block * (flat < 0)], -1).reshape(-1, 2 * n_assets)
+
+
+def by_side(x: jnp.ndarray, matrix: jnp.ndarray) -> jnp.ndarray:
+    """Sum `[assets, cohorts]` into `[assets, 2]` (long, short); matrix: `side_matrix(side)`.
+
+    One product over the flattened cohort axis: under `vmap` a plain matrix product with no
+    transposes, on CPU several times cheaper than masked reductions (XLA materialises the
+    masked array before reducing) or a batched contraction over assets.
+    """
+    return (x.reshape(-1) @ matrix).reshape(-1, 2)
 
 
 def run_cascade(
@@ -94,7 +106,7 @@ def run_cascade(
     initial quantities `[assets, cohorts]`.
     """
     s, e, a = book.side, book.entry, book.maint_amount
-    sides = jnp.stack([s > 0, s < 0], -1).astype(quantity.dtype)  # [assets, cohorts, 2]
+    sides = side_matrix(s)
     zero_a = jnp.zeros_like(flow0)
     zero = jnp.zeros((), flow0.dtype)
 
@@ -126,7 +138,8 @@ def run_cascade(
             f = jnp.ones((), q.dtype)
             dq = w_full * q
 
-        orders = jnp.einsum("ak,ak->a", s * dq, p_r * jnp.ones_like(dq))
+        units = by_side(dq, sides)  # [assets, 2]
+        orders = p_r[:, 0] * (units[:, 0] - units[:, 1])
         gross = jnp.sum(jnp.abs(orders))
         absorbed = jnp.minimum(gross, c.backstop_left)
         phi = jnp.where(gross > 0, absorbed / jnp.where(gross > 0, gross, 1.0), 0.0)
@@ -146,27 +159,23 @@ def run_cascade(
 
         q_new = q - dq
         b_partial = fill - s * (equity - fee) / jnp.where(q_new > 0, q_new, 1.0)
-        # all per-cohort sums of the round in one contraction with the side indicator
-        # (much cheaper on CPU than a reduction per quantity)
-        per_side = jnp.einsum(
-            "amk,akc->amc",
-            jnp.stack([dq * fill, short, loss, gain, inflow, s * dq, s * dq * p_backstop], 1),
-            sides,
-        )
-        liquidated, shortfall = per_side[:, 0], per_side[:, 1]
-        total = jnp.sum(per_side, axis=(0, 2))
+        # the backstop's units and cash: sum of s dq and of s dq p_r (1 - s d)
+        net = units[:, 0] - units[:, 1]
+        paid = jnp.sum(p_r[:, 0] * (net - pol.backstop_discount * (units[:, 0] + units[:, 1])))
+        liquidated, shortfall = by_side(dq * fill, sides), by_side(short, sides)
+        total = lambda x: jnp.sum(by_side(x, sides))
         return Cascade(
             quantity=q_new,
             bankrupt=jnp.where(w_part > 0, b_partial, b),
             flow=flow,
             liquidated=c.liquidated + liquidated,
             shortfall=c.shortfall + shortfall,
-            trader_loss=c.trader_loss + total[2],
-            counterparty=c.counterparty + total[3],
-            fund_inflow=c.fund_inflow + total[4],
+            trader_loss=c.trader_loss + total(loss),
+            counterparty=c.counterparty + total(gain),
+            fund_inflow=c.fund_inflow + total(inflow),
             backstop_left=c.backstop_left - absorbed,
-            backstop_qty=c.backstop_qty + phi * jnp.sum(per_side[:, 5], -1),
-            backstop_cash=c.backstop_cash - phi * total[6],
+            backstop_qty=c.backstop_qty + phi * net,
+            backstop_cash=c.backstop_cash - phi * paid,
             rounds=c.rounds + (jnp.sum(liquidated) > 0).astype(c.rounds.dtype),
             residual=zero,
         )
@@ -207,21 +216,13 @@ def run_cascade_whole(
     """`run_cascade` (exact kernel, early exit) when every liquidation closes the whole position.
 
     Arguments and result as `run_cascade`; `pol.partial_fraction` must be 1 (not checked here:
-    `engine.simulate` selects this form only then). Per round the work is one comparison, one
+    `engine.params.specialise` selects this form only then). Per round the work is one comparison, one
     per-side sum and one select over the cohorts; the accounting runs once after the rounds.
     """
     s, e, a = book.side, book.entry, book.maint_amount
     p_liq = liquidation_price(s, bankrupt, mmr, a)
     alive = (active[:, None] > 0) & (quantity > 0)
-    n_assets, n_cohorts = quantity.shape
-    # Sums over cohorts as one matrix product of the flattened `[assets * cohorts]` cohort
-    # axis (a plain GEMM under vmap, no transposes: on CPU far cheaper than reductions).
-    # per_asset: columns (net units, units) of each asset; per_side: (long, short).
-    block = jnp.repeat(jnp.eye(n_assets, dtype=quantity.dtype), n_cohorts, axis=0)  # [a*k, a]
-    flat_s = s.reshape(-1, 1)
-    per_asset = jnp.stack([block * flat_s, block], -1).reshape(-1, 2 * n_assets)
-    per_side = jnp.stack([block * (flat_s > 0), block * (flat_s < 0)], -1).reshape(-1, 2 * n_assets)
-    sums = lambda x, m: (x.reshape(x.shape[:-2] + (-1,)) @ m).reshape(x.shape[:-2] + (n_assets, 2))
+    sides = side_matrix(s)
     zero = jnp.zeros((), flow0.dtype)
 
     def price(flow):
@@ -238,7 +239,8 @@ def run_cascade_whole(
     def one_round(c: Rounds) -> Rounds:
         p_r = price(c.flow)
         new = alive & (c.fill == 0) & (s * (p_r[:, None] - p_liq) <= 0)
-        net, size = sums(jnp.where(new, quantity, 0.0), per_asset).T  # [assets] units, + longs
+        units = by_side(jnp.where(new, quantity, 0.0), sides)  # [assets, 2]
+        net, size = units[:, 0] - units[:, 1], units[:, 0] + units[:, 1]
         orders = p_r * net
         gross = jnp.sum(jnp.abs(orders))
         absorbed = jnp.minimum(gross, c.backstop_left)
@@ -276,25 +278,18 @@ def run_cascade_whole(
     fill, q, b = end.fill, quantity, bankrupt
     dq = jnp.where(hit, q, 0.0)
     equity = s * dq * (fill - b)
-    accounts = jnp.stack([  # [5, assets, 2] (one product each: no concatenation copy)
-        sums(dq * fill, per_side),  # liquidated notional
-        sums(jnp.maximum(-equity, 0.0), per_side),  # shortfall
-        sums(s * dq * (e - b), per_side),  # trader loss: the margin given up
-        sums(s * dq * (e - fill), per_side),  # counterparty gain
-        sums(jnp.maximum(equity, 0.0), per_side),  # fund inflow
-    ])
-    total = jnp.sum(accounts, axis=(1, 2))
+    total = lambda x: jnp.sum(by_side(x, sides))
     p_end = price(end.flow)[:, None]
     left = alive & ~hit & (s * (p_end - p_liq) <= 0)
     return Cascade(
         quantity=jnp.where(hit, 0.0, q),
         bankrupt=b,
         flow=end.flow,
-        liquidated=accounts[0],
-        shortfall=accounts[1],
-        trader_loss=total[2],
-        counterparty=total[3],
-        fund_inflow=total[4],
+        liquidated=by_side(dq * fill, sides),
+        shortfall=by_side(jnp.maximum(-equity, 0.0), sides),
+        trader_loss=total(s * dq * (e - b)),  # the margin given up
+        counterparty=total(s * dq * (e - fill)),
+        fund_inflow=total(jnp.maximum(equity, 0.0)),
         backstop_left=end.backstop_left,
         backstop_qty=end.backstop_qty,
         backstop_cash=end.backstop_cash,

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from engine.cascade import by_side
+from engine.cascade import by_side, side_matrix
 from engine.params import BookParams, PolicyParams
 from engine.smooth import smooth_min
 
@@ -71,7 +71,8 @@ def _adl_queue(profit, score, need, side):
     """
     pick = lambda t: jnp.where(side > 0, t[:, :1], t[:, 1:])
     log_score = jnp.log(jnp.where(profit > 0, score, 1e-30))
-    held = lambda t: by_side(jnp.where(log_score >= pick(t), profit, 0.0), side)
+    sides = side_matrix(side)
+    held = lambda t: by_side(jnp.where(log_score >= pick(t), profit, 0.0), sides)
 
     def halve(_, bracket):
         lo, hi = bracket
@@ -92,7 +93,7 @@ def _adl_queue(profit, score, need, side):
 
 def _adl_pro_rata(profit, need, side):
     """Equal share of profit taken from every profitable opposite position (shapes as queue)."""
-    total = by_side(profit, side)
+    total = by_side(profit, side_matrix(side))
     share = jnp.where(total > 0, jnp.minimum(need / jnp.where(total > 0, total, 1.0), 1.0), 0.0)
     share = jnp.where(side > 0, share[:, :1], share[:, 1:])
     return share * profit, share * (profit > 0)
@@ -123,7 +124,7 @@ def auto_deleverage(quantity, bankrupt, price, deficit, book: BookParams, pol: P
     closed = jnp.where(rule == 1, q_closed, jnp.where(rule == 2, r_closed, 0.0)) * quantity
     # per asset and side both rules cover min(need, available profit); summing that instead of
     # the per-cohort shares keeps bad debt exactly zero when ADL covers the deficit
-    covered = jnp.where(rule > 0, smooth_min(need, by_side(profit, s), temperature), 0.0)
+    covered = jnp.where(rule > 0, smooth_min(need, by_side(profit, side_matrix(s)), temperature), 0.0)
     return Adl(
         quantity=quantity - closed,
         absorbed=jnp.sum(covered),
