@@ -118,10 +118,17 @@ def auto_deleverage(quantity, bankrupt, price, deficit, book: BookParams, pol: P
     # longs (column 0) cover deficits of short liquidations and vice versa
     need = deficit[:, ::-1]
 
-    _, q_closed = _adl_queue(profit, score, need, s)
-    _, r_closed = _adl_pro_rata(profit, need, s)
     rule = pol.adl_rule
-    closed = jnp.where(rule == 1, q_closed, jnp.where(rule == 2, r_closed, 0.0)) * quantity
+    # only the point's rule runs (the rule is the same for every path of a point, so under
+    # vmap this stays a branch, not a select of all three)
+    closed = jax.lax.switch(
+        rule,
+        [
+            lambda: jnp.zeros_like(profit),
+            lambda: _adl_queue(profit, score, need, s)[1],
+            lambda: _adl_pro_rata(profit, need, s)[1],
+        ],
+    ) * quantity
     # per asset and side both rules cover min(need, available profit); summing that instead of
     # the per-cohort shares keeps bad debt exactly zero when ADL covers the deficit
     covered = jnp.where(rule > 0, smooth_min(need, by_side(profit, side_matrix(s)), temperature), 0.0)
