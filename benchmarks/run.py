@@ -3,7 +3,7 @@
     python benchmarks/run.py                      # W1, W2, W3 at full size
     python benchmarks/run.py --quick              # the seconds-long variants (tests use these)
     python benchmarks/run.py --workload W1 --paths 65536 --readme
-    python benchmarks/run.py --scaling --max-paths 100000 --max-devices 8
+    python benchmarks/run.py --scaling --max-paths 10000000 --max-devices 8
 
 Each measurement runs in a fresh worker process, so peak RSS, the device count and the
 compile time belong to that measurement alone. A worker reports:
@@ -46,6 +46,8 @@ WORKLOADS = {"W1": "w1_btc_day.toml", "W2": "w2_policy_grid.toml", "W3": "w3_lon
 NUMPY_SIZE = {"W1": (1024, 96), "W2": (64, 48), "W3": (20, 720)}
 SCALING_PATHS = (10**3, 10**4, 10**5, 10**6, 10**7)
 SCALING_DEVICES = (1, 2, 4, 8)
+# The steps axis of --scaling (1,024 W1 paths): memory must not grow with the horizon.
+SCALING_STEPS = (48, 288, 2880, 28800)
 TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -350,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling", action="store_true", help="scaling curves (paths, devices, steps)")
     p.add_argument("--max-paths", type=int, default=10**4, help="largest path count of --scaling")
     p.add_argument("--max-devices", type=int, default=8, help="largest device count of --scaling")
+    p.add_argument("--scaling-steps", type=int, default=48,
+                   help="steps of the paths axis of --scaling (W1 has 288; fewer keep 10^7 paths short)")
     p.add_argument("--cache", action="store_true", help="keep the persistent compilation cache on")
     p.add_argument("--out", type=Path, default=RESULTS, help="directory of the results JSON")
     p.add_argument("--name", help="results file stem (default: quick / full / scaling)")
@@ -365,13 +369,13 @@ def main(argv: list[str] | None = None) -> int:
 
     records = []
     if a.scaling:
-        jobs = [("paths", n, a.devices, _worker_args("W1", a, paths=n, numpy=False))
+        jobs = [("paths", n, a.devices, _worker_args("W1", a, paths=n, steps=a.scaling_steps, numpy=False))
                 for n in SCALING_PATHS if n <= a.max_paths]
-        n_dev = min(a.max_paths, 8192)
+        n_dev = min(a.max_paths, 16384)
         jobs += [("devices", d, d, _worker_args("W1", a, paths=n_dev, numpy=False, rng=False))
                  for d in SCALING_DEVICES if d <= a.max_devices]
         jobs += [("steps", s, a.devices, _worker_args("W1", a, paths=1024, steps=s, numpy=False, rng=False))
-                 for s in (288, 2880)]
+                 for s in SCALING_STEPS]
     else:
         jobs = [("workload", w, a.devices, _worker_args(w, a)) for w in (a.workload or sorted(WORKLOADS))]
     for axis, value, dev, args in jobs:
