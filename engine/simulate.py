@@ -34,7 +34,7 @@ from engine.config import Config
 from engine.errors import SimulationError, validated
 from engine.outputs import OUTPUTS
 from engine.reduce import ATOM, BAND_QUANTILES, QUANTILES, PointAccumulator
-from engine.rollout import sharded_rollout
+from engine.rollout import EXTRACT_BLOCK, sharded_rollout
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def cpu_paths_per_device(static: P.Static) -> int:
 def chunk_size(cfg: Config, static: P.Static, n_devices: int = 1, per_device_budget: bool = False) -> int:
     """Paths per compiled call: `run.chunk_size`, or what fits the memory budget.
 
-    A chunk is whole atoms and splits evenly over `n_devices`. The budget is for the whole
+    A chunk is whole atoms (a run of fewer paths than an atom: whole `EXTRACT_BLOCK`s per
+    device) and splits evenly over `n_devices`. The budget is for the whole
     chunk (host devices share one memory) or, with `per_device_budget` (accelerators), for
     each device's share; on host devices (no `per_device_budget`) a chunk holds at most
     `cpu_paths_per_device` paths per device (but at least one atom).
@@ -88,7 +89,12 @@ def chunk_size(cfg: Config, static: P.Static, n_devices: int = 1, per_device_bud
         else:
             size = min(size, cpu_paths_per_device(static) * n_devices)
     size = max(unit, size // unit * unit)
-    return min(size, math.ceil(cfg.run.n_paths / unit) * unit)
+    n_paths = cfg.run.n_paths
+    if n_paths < unit:
+        # a single chunk smaller than an atom (the reductions pad it to one): only whole
+        # extraction blocks per device, so a run of 100 paths computes 128, not 256
+        unit = EXTRACT_BLOCK * n_devices
+    return min(size, math.ceil(n_paths / unit) * unit)
 
 
 def _to_host(tree):

@@ -19,19 +19,24 @@ from engine.reduce import ATOM
 from engine.simulate import chunk_size
 from tests.conftest import small_dict
 
-# 700 paths over chunks of 512: a full chunk and a padded one, both split over devices.
-SHARD = small_dict(run={"n_paths": 700, "steps": 24, "chunk_size": 512, "fan_points": 6})
+# 700 paths over chunks of 512: a full chunk and a padded one, both split over devices; and a
+# run smaller than an atom (one chunk of 128 paths on 2 devices, 128 on one).
+SHARDS = {
+    "chunks": small_dict(run={"n_paths": 700, "steps": 24, "chunk_size": 512, "fan_points": 6}),
+    "below_atom": small_dict(run={"n_paths": 100, "steps": 24, "fan_points": 6}),
+}
 
 
-def _run(n_devices: int, monkeypatch) -> xr.Dataset:
+def _run(n_devices: int, monkeypatch, shard: str) -> xr.Dataset:
     monkeypatch.setenv("LIQSTRESS_DEVICES", str(n_devices))
-    return simulate(Config.model_validate(SHARD))
+    return simulate(Config.model_validate(SHARDS[shard]))
 
 
 @pytest.mark.skipif(jax.local_device_count() < 2, reason="needs two host devices (LIQSTRESS_CPU_DEVICES>=2)")
-def test_one_and_two_devices_give_identical_datasets(monkeypatch):
-    one = _run(1, monkeypatch)
-    two = _run(2, monkeypatch)
+@pytest.mark.parametrize("shard", list(SHARDS))
+def test_one_and_two_devices_give_identical_datasets(monkeypatch, shard):
+    one = _run(1, monkeypatch, shard)
+    two = _run(2, monkeypatch, shard)
     assert devices.path_mesh().size == 2
     xr.testing.assert_identical(one, two)
 
@@ -41,6 +46,8 @@ def test_chunk_splits_evenly_over_devices():
     for n in (1, 2, 3, 6, 8):
         size = chunk_size(cfg, static_of(cfg), n)
         assert size % math.lcm(ATOM, n) == 0
+    small = Config.model_validate(small_dict(run={"n_paths": 100}))
+    assert [chunk_size(small, static_of(small), n) for n in (1, 2, 3)] == [128, 128, 192]
 
 
 def test_mesh_respects_device_limit(monkeypatch):
