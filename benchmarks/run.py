@@ -82,8 +82,8 @@ def load_workload(name: str, quick: bool = False, paths: int | None = None, step
         pts = []
         for cap in grid["leverage_cap"]:
             for thr in grid["threshold"]:
-                br = cfg.policy.breaker.model_copy(update={"threshold": thr})
-                pol = cfg.policy.model_copy(update={"leverage_cap": cap, "breaker": br})
+                br = cfg.policy.breaker.model_copy(update={"threshold": float(thr)})
+                pol = cfg.policy.model_copy(update={"leverage_cap": float(cap), "breaker": br})
                 pts.append(cfg.model_copy(update={"policy": pol}))
     if points:
         pts = pts[:points]

@@ -203,19 +203,22 @@ def book_params(cfg: Config) -> BookParams:
 
 def policy_params(cfg: Config) -> PolicyParams:
     p, br = cfg.policy, cfg.policy.breaker
+    # float() also for values that reached the Config unvalidated (model_copy with an int):
+    # every point must give leaves of the same type, or the kernel compiles again
+    f = lambda x: jnp.asarray(float(x))
     return PolicyParams(
-        leverage_cap=jnp.asarray(p.leverage_cap),
-        cap_add_margin=jnp.asarray(1.0 if p.leverage_cap_mode == "add_margin" else 0.0),
-        halt_threshold=jnp.asarray(br.threshold if br.kind == "halt" else NO_LIMIT),
+        leverage_cap=f(p.leverage_cap),
+        cap_add_margin=f(1.0 if p.leverage_cap_mode == "add_margin" else 0.0),
+        halt_threshold=f(br.threshold if br.kind == "halt" else NO_LIMIT),
         halt_window=jnp.asarray(br.window, jnp.int32),
         halt_duration=jnp.asarray(br.duration if br.kind == "halt" else 0, jnp.int32),
-        band=jnp.asarray(br.band if br.kind == "band" else NO_LIMIT),
-        insurance_fund=jnp.asarray(p.insurance_fund_usd),
-        backstop_capacity=jnp.asarray(p.backstop_capacity_usd),
-        backstop_discount=jnp.asarray(p.backstop_discount),
+        band=f(br.band if br.kind == "band" else NO_LIMIT),
+        insurance_fund=f(p.insurance_fund_usd),
+        backstop_capacity=f(p.backstop_capacity_usd),
+        backstop_discount=f(p.backstop_discount),
         adl_rule=jnp.asarray(ADL_RULES[p.adl_rule], jnp.int32),
-        partial_fraction=jnp.asarray(p.partial_liquidation),
-        dynamic_margin=jnp.asarray(p.dynamic_margin),
+        partial_fraction=f(p.partial_liquidation),
+        dynamic_margin=f(p.dynamic_margin),
     )
 
 

@@ -50,6 +50,9 @@ def test_other_policy_values_do_not_recompile():
         p, s = P.build(other)
         assert s == static
         rollout(p, 6, 256, 256, static=s, n_paths=256)
+    # a value that bypassed validation (model_copy with an int) gives the same leaf types
+    unvalidated = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"leverage_cap": 20})})
+    rollout(P.build(unvalidated)[0], 6, 256, 256, static=static, n_paths=256)
     assert rollout._cache_size() == before
 
 
