@@ -6,6 +6,8 @@
     liqstress compare RUN [RUN ...] [--out DIR]
     liqstress list [RUNS_ROOT]
     liqstress run CONFIG --run-dir DIR --shard i/n   (one slice of a sweep; see README)
+    liqstress run CONFIG --coordinator HOST:PORT --num-processes N --process-id I
+                                                    (one process of N; or --distributed)
     liqstress validate CONFIG [--set key=value ...]
     liqstress combine DIR
 
@@ -16,19 +18,22 @@ usage (one message, nothing written); 1 runtime failure (parts already written a
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
+import jax
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from engine import distributed, runs
 from engine import report as R
-from engine import runs
 from engine.configfile import load_study
 from engine.errors import ConfigError, SimulationError
 from engine.progress import BarReporter, LogReporter
@@ -57,6 +62,64 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Inside the block SIGTERM (e.g. from SLURM or `kill`) raises KeyboardInterrupt."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _join_processes(
+    coordinator: str | None, num_processes: int | None, process_id: int | None, cluster: bool
+) -> bool:
+    """Join JAX's distributed runtime if any option of a multi-process run is given (missing
+    ones auto-detected); True if joined. Exit 2 on inconsistent options, 1 if joining fails."""
+    if not cluster and (coordinator, num_processes, process_id) == (None, None, None):
+        return False
+    if None not in (num_processes, process_id) and process_id >= num_processes:
+        raise _fail(f"--process-id must be below --num-processes ({num_processes}), got {process_id}", 2)
+    try:
+        distributed.initialize(coordinator, num_processes, process_id)
+    except ValueError as e:
+        raise _fail(f"cannot join a multi-process run: {e}", 2) from None
+    except RuntimeError as e:
+        raise _fail(f"cannot join a multi-process run: {e}", 1) from None
+    return True
+
+
+def _follow() -> int:
+    """A process other than 0 of a multi-process run: simulate what process 0 sends (printing
+    nothing) and return its exit code; 130 if interrupted, 1 on a failure of this process."""
+    try:
+        with _sigterm_interrupts():
+            return runs.follow()
+    except KeyboardInterrupt:
+        return 130
+    except (SimulationError, OSError, ValueError, RuntimeError) as e:
+        raise _fail(f"process {jax.process_index()}: {e}", 1) from None
+
+
+@contextlib.contextmanager
+def _leading() -> Iterator[runs.Leader]:
+    """Process 0's `run` (the only process of most runs): a `runs.Leader` that finally tells
+    the other processes, if any, the exit code (0, a `typer.Exit`'s, 130 interrupted, 1)."""
+    leader, code = runs.Leader(), 1
+    try:
+        yield leader
+        code = 0
+    except typer.Exit as e:
+        code = e.exit_code
+        raise
+    except KeyboardInterrupt:
+        code = 130
+        raise
+    finally:
+        leader.release(code)
 
 
 def _summary(cube, run_id: str) -> None:
@@ -129,8 +192,66 @@ def run(
             show_default=False,
         ),
     ] = None,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(
+            "--coordinator",
+            envvar=distributed.ENV_COORDINATOR,
+            help="HOST:PORT of process 0 of a multi-process run (with --num-processes and --process-id); "
+            "process 0 writes the run directory, the others only simulate.",
+            show_default=False,
+        ),
+    ] = None,
+    num_processes: Annotated[
+        int | None,
+        typer.Option(
+            "--num-processes",
+            min=1,
+            envvar=distributed.ENV_NUM_PROCESSES,
+            help="Processes of a multi-process run.",
+            show_default=False,
+        ),
+    ] = None,
+    process_id: Annotated[
+        int | None,
+        typer.Option(
+            "--process-id",
+            min=0,
+            envvar=distributed.ENV_PROCESS_ID,
+            help="This process's index in a multi-process run (0 to --num-processes minus 1).",
+            show_default=False,
+        ),
+    ] = None,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--distributed",
+            help="Join a multi-process run that JAX finds by itself (SLURM, Open MPI: one task per "
+            "node or GPU).",
+        ),
+    ] = False,
 ) -> None:
     """Run a scenario and its sweep; write cube.nc, manifest.json, config.toml and a report."""
+    if _join_processes(coordinator, num_processes, process_id, cluster) and not distributed.is_writer():
+        raise typer.Exit(_follow())
+    with _leading() as leader:
+        _run(leader, config, run_dir, resume, paths, seed, overrides, runs_root, write_report, bar, shard)
+
+
+def _run(
+    leader: runs.Leader,
+    config: str | None,
+    run_dir: Path | None,
+    resume: Path | None,
+    paths: int | None,
+    seed: int | None,
+    overrides: list[str] | None,
+    runs_root: Path,
+    write_report: bool,
+    bar: bool | None,
+    shard: str | None,
+) -> None:
+    """`run` on process 0 (the only process of most runs), with the options of `run`."""
     try:
         the_shard = runs.parse_shard(shard) if shard is not None else None
         if the_shard and resume is None and run_dir is None:
@@ -178,18 +299,15 @@ def run(
     title = f"{study.name}: {len(study.points)} points x {study.config.run.n_paths:,} paths"
     use_bar = _err().is_terminal if bar is None else bar
     reporter = BarReporter(_err(), study.name) if use_bar else LogReporter(sys.stderr, title)
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        with reporter:
-            cube = runs.execute(the_run, progress=reporter, shard=the_shard)
+        with _sigterm_interrupts(), reporter:
+            cube = runs.execute(the_run, progress=reporter, shard=the_shard, leader=leader)
     except KeyboardInterrupt:
         raise _fail(f"interrupted; finished parts are kept: continue with `{again}`", 130) from None
     except ConfigError as e:
         raise _fail(str(e), 2) from None
     except (SimulationError, OSError, ValueError, RuntimeError) as e:
         raise _fail(f"{e}\nfinished parts are kept in {path}; continue with `{again}`", 1) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
     if cube is None:
         rest = (

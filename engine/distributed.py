@@ -13,14 +13,25 @@ Launching:
 - Explicitly: give `coordinator_address="host:port"`, `num_processes` and `process_id`, or set
   `LIQSTRESS_COORDINATOR`, `LIQSTRESS_NUM_PROCESSES`, `LIQSTRESS_PROCESS_ID`.
 
+`liqstress run` joins with `--coordinator/--num-processes/--process-id` (or those variables)
+or `--distributed` (auto-detection); see `engine.runs.Leader` for who writes what.
+
 On CPUs the cross-process collectives use gloo (TCP); on GPUs JAX uses NCCL.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+ENV_COORDINATOR = "LIQSTRESS_COORDINATOR"
+ENV_NUM_PROCESSES = "LIQSTRESS_NUM_PROCESSES"
+ENV_PROCESS_ID = "LIQSTRESS_PROCESS_ID"
 
 
 def _env_int(name: str) -> int | None:
@@ -39,9 +50,9 @@ def initialize(
     Arguments default to `LIQSTRESS_COORDINATOR` / `LIQSTRESS_NUM_PROCESSES` /
     `LIQSTRESS_PROCESS_ID`, then to JAX's cluster auto-detection (SLURM, Open MPI, ...).
     """
-    coordinator_address = coordinator_address or os.environ.get("LIQSTRESS_COORDINATOR") or None
-    num_processes = num_processes if num_processes is not None else _env_int("LIQSTRESS_NUM_PROCESSES")
-    process_id = process_id if process_id is not None else _env_int("LIQSTRESS_PROCESS_ID")
+    coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
+    num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
+    process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
     try:
         # CPU collectives across processes (ignored by GPU backends).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -60,6 +71,25 @@ def shutdown() -> None:
     jax.distributed.shutdown()
 
 
+def joined() -> bool:
+    """True once this process has joined the distributed runtime (starts no JAX backend)."""
+    return jax.distributed.is_initialized()
+
+
 def is_writer() -> bool:
     """True on the process that writes results (process 0)."""
     return jax.process_index() == 0
+
+
+def broadcast_json(value: Any = None) -> Any:
+    """Process 0's `value` (anything `json.dumps` takes) on every process; the others pass
+    nothing. A collective: every process calls it, at the same point of the same program.
+
+    The JSON text travels as bytes padded with NULs to a power of two (which JSON text never
+    contains), so that few buffer shapes need compiling; its padded size travels first.
+    """
+    text = json.dumps(value).encode() if is_writer() else b""
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(1 << len(text).bit_length())))
+    buf = np.zeros(size, np.uint8)
+    buf[: len(text)] = np.frombuffer(text, np.uint8)
+    return json.loads(multihost_utils.broadcast_one_to_all(buf).tobytes().rstrip(b"\0"))

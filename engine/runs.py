@@ -28,6 +28,10 @@ Locks (`flock`; on a cluster the filesystem must support it) keep concurrent pro
 - `.manifest.lock`: held briefly around every read-modify-write of the manifest (re-read from
   disk inside), so concurrent shards never lose each other's updates.
 
+In a multi-process run (`engine.distributed`) process 0 alone touches the run directory and
+the others only simulate what it sends them (`Leader`, `follow`), so they need no shared
+filesystem and cannot race it.
+
 For fault-injection tests, `LIQSTRESS_HOLD_PART=<k>` makes the process stop (sleep) just
 before part k's file is renamed into place, after the parts before it are recorded.
 """
@@ -54,6 +58,8 @@ from pathlib import Path
 import xarray as xr
 
 from engine import cube as C
+from engine import distributed
+from engine.config import Config
 from engine.errors import ConfigError
 from engine.simulate import simulate
 from engine.sweep import Study, build_study
@@ -392,6 +398,52 @@ def _hold(part: int) -> None:
             time.sleep(3600)
 
 
+class Leader:
+    """Process 0's side of a multi-process run; with one process it only calls `simulate`.
+
+    Every process must make the same collective calls (`simulate` gathers each chunk) in the
+    same order, yet only process 0 knows what the run directory holds: whether it could be
+    created or locked, which parts are done. So process 0 decides everything and the others
+    `follow`: before each `simulate` call it broadcasts the call (base config, points,
+    baseline; JSON), and at the end its exit code, which they return. The others thus never
+    read or write the directory and a resume skips the same parts on every process. If process
+    0 fails inside `simulate`, it sends nothing more: the others fail in the same collective.
+
+    Process 0 passes its leader to `execute` and calls `release` (also after a failure).
+    """
+
+    def __init__(self) -> None:
+        self._listening = distributed.joined()  # the others wait in `follow` for a message
+
+    def simulate(
+        self, config: Config, points: list[Config], baseline: int, progress: Callable | None = None
+    ) -> xr.Dataset:
+        """`engine.simulate(config, points, baseline=...)`, run on every process."""
+        points_json = [c.model_dump(mode="json") for c in points]
+        self._tell({"config": config.model_dump(mode="json"), "points": points_json, "baseline": baseline})
+        listening, self._listening = self._listening, False
+        ds = simulate(config, points, baseline=baseline, progress=progress)
+        self._listening = listening
+        return ds
+
+    def release(self, code: int) -> None:
+        """Let the other processes end with exit code `code` (`follow` returns it)."""
+        self._tell({"exit": code})
+        self._listening = False
+
+    def _tell(self, message: dict) -> None:
+        if self._listening:
+            distributed.broadcast_json(message)
+
+
+def follow() -> int:
+    """A process other than 0 in a multi-process run (see `Leader`): simulate each call process
+    0 sends, write nothing, and return process 0's exit code once it sends that."""
+    while "exit" not in (message := distributed.broadcast_json()):
+        simulate(message["config"], message["points"], baseline=message["baseline"])
+    return message["exit"]
+
+
 def _remove_temporaries(run: Run, indices: Sequence[int]) -> None:
     """Delete the stray temporary files of parts `indices` (left by a crash)."""
     parts_dir = run.path / PARTS
@@ -463,7 +515,11 @@ def _session(run: Run, shard: tuple[int, int] | None) -> Iterator[None]:
 
 
 def _run_parts(
-    run: Run, indices: Sequence[int], progress: Callable[[Event], None] | None, label: str
+    run: Run,
+    indices: Sequence[int],
+    progress: Callable[[Event], None] | None,
+    label: str,
+    leader: Leader,
 ) -> None:
     """Simulate those of parts `indices` not done yet, recording each in the manifest as soon as
     its file is in place. Progress counts only these parts."""
@@ -499,10 +555,10 @@ def _run_parts(
     for p in todo:
         t0 = time.perf_counter()
         idx, base = _call_points(study, p["points"])
-        ds = simulate(
+        ds = leader.simulate(
             study.config,
             [study.points[i] for i in idx],
-            baseline=base,
+            base,
             progress=lambda pr: report(pr.paths_done),
         )
         path = run.path / p["file"]
@@ -546,21 +602,26 @@ def _missing_message(run: Run, missing: list[int]) -> str:
 
 
 def execute(
-    run: Run, progress: Callable[[Event], None] | None = None, shard: tuple[int, int] | None = None
+    run: Run,
+    progress: Callable[[Event], None] | None = None,
+    shard: tuple[int, int] | None = None,
+    leader: Leader | None = None,
 ) -> xr.Dataset | None:
     """Simulate the run's pending parts, then assemble and write `cube.nc`; return the cube.
 
     `shard=(i, n)` simulates only the parts with `index % n == i`, alongside the other shards,
     and assembles the cube only if every part is done by then (else returns None). Marks the
     manifest `complete`, `failed` (with the error) or `interrupted` (Ctrl-C, SIGTERM turned into
-    KeyboardInterrupt by the caller); parts already written are kept.
+    KeyboardInterrupt by the caller); parts already written are kept. In a multi-process run
+    only process 0 calls this, with its `leader` (see `Leader`).
     """
+    leader = leader or Leader()
     n_parts = len(run.manifest["parts"])
     if shard is None:
         with locked(run), _session(run, None):
             _remove_temporaries(run, range(n_parts))
             _check_parts(run, range(n_parts))
-            _run_parts(run, range(n_parts), progress, "")
+            _run_parts(run, range(n_parts), progress, "", leader)
             return _write_cube(run)
     i, n = shard
     mine = range(i, n_parts, n)
@@ -577,7 +638,7 @@ def execute(
             run.log(f"shard {i}/{n}: no parts (the run has {n_parts})")
         _remove_temporaries(run, mine)
         _check_parts(run, mine)
-        _run_parts(run, mine, progress, f"shard {i}/{n}: ")
+        _run_parts(run, mine, progress, f"shard {i}/{n}: ", leader)
     return combine(run) if not _missing(run) else None
 
 

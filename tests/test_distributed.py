@@ -1,5 +1,6 @@
 """Two processes joined by JAX's distributed runtime (CPU collectives over loopback) produce
-the same cube as one process."""
+the same cube as one process, and `liqstress run` across them writes one run directory from
+process 0 only, resumes it alike on both and ends both with process 0's exit code."""
 
 from __future__ import annotations
 
@@ -8,17 +9,27 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import xarray as xr
+from typer.testing import CliRunner
 
-from engine import simulate
+from engine import cli, runs, simulate
 from engine.config import Config
+from engine.errors import SimulationError
 from tests.conftest import small_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 # 600 paths: two chunks of 512 over 2 global devices, the second one padded.
 CFG = small_dict(run={"n_paths": 600, "steps": 12, "fan_points": 4, "chunk_size": 512, "cascade_rounds": 4})
+# The same sizes for `liqstress run`: configs/quick.toml's 2x2 grid in two parts.
+RUN_ARGS = [str(ROOT / "configs" / "quick.toml"), "--paths", "600", "--no-progress", "--no-report"] + [
+    a for s in ("run.chunk_size=512", "run.steps=12", "run.fan_points=4") for a in ("--set", s)
+]
+# Cube attributes that name the run or its sessions (directory, pids), not its numbers.
+RUN_ATTRS = ("history", "run_id")
 
 WORKER = """
 import json, sys
@@ -41,23 +52,133 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one(tmp_path):
-    out = tmp_path / "cube.nc"
-    env = {**os.environ, "LIQSTRESS_CPU_DEVICES": "1", "LIQSTRESS_CACHE_DIR": str(tmp_path / "cache"),
-           "PYTHONPATH": str(ROOT)}
+def _two_processes(argv: Callable[[str, int], list[str]], cwd: Path) -> list[tuple[int, str, str]]:
+    """Exit code, stdout and stderr of processes 0 and 1 (command `argv(port, i)`) of one
+    distributed runtime on a free loopback port, one CPU device each, started in `cwd`."""
+    env = {
+        **os.environ,
+        "LIQSTRESS_CPU_DEVICES": "1",
+        "LIQSTRESS_CACHE_DIR": str(cwd / "cache"),
+        "PYTHONPATH": str(ROOT),
+    }
     env.pop("XLA_FLAGS", None)
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, port, str(i), json.dumps(CFG), str(out)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            argv(port, i), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(2)
+    ]
     try:
         results = [p.communicate(timeout=240) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (_, err) in zip(procs, results):
-        assert p.returncode == 0, err[-3000:]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, results)]
+
+
+def _liqstress_run(args: list[str], cwd: Path) -> list[tuple[int, str, str]]:
+    """`liqstress run ARGS` as processes 0 and 1 of a two-process run."""
+    return _two_processes(
+        lambda port, i: [
+            sys.executable,
+            "-m",
+            "engine",
+            "run",
+            *args,
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--num-processes",
+            "2",
+            "--process-id",
+            str(i),
+        ],
+        cwd,
+    )
+
+
+def _assert_silent(out: str, err: str) -> None:
+    """Process 1 printed none of what process 0 prints (summary, progress, errors)."""
+    for text in ("run directory", "part", "error"):
+        assert text not in out + err, out + err
+
+
+def _assert_same_cube(path: Path, reference: Path) -> None:
+    """Equal cubes, variables and attributes, but for the attributes naming the run."""
+    with xr.open_dataset(path) as a, xr.open_dataset(reference) as b:
+        for ds in (a, b):
+            for key in RUN_ATTRS:
+                ds.attrs.pop(key)
+        xr.testing.assert_identical(a.load(), b.load())
+
+
+def _files(run_dir: Path) -> set[str]:
+    return {str(f.relative_to(run_dir)) for f in run_dir.rglob("*") if f.is_file()}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    """The run directory of a one-process `liqstress run RUN_ARGS`."""
+    d = tmp_path_factory.mktemp("single") / "run"
+    result = CliRunner().invoke(cli.app, ["run", *RUN_ARGS, "--run-dir", str(d)])
+    assert result.exit_code == 0, result.output
+    return d
+
+
+def test_two_processes_equal_one(tmp_path):
+    out = tmp_path / "cube.nc"
+    results = _two_processes(
+        lambda port, i: [sys.executable, "-c", WORKER, port, str(i), json.dumps(CFG), str(out)], tmp_path
+    )
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
     single = simulate(Config.model_validate(CFG))
     with xr.open_dataset(out) as multi:
         xr.testing.assert_identical(multi.load(), single)
+
+
+def test_two_process_run_writes_one_run_directory_from_process_0(single, tmp_path):
+    d = tmp_path / "run"
+    (code0, out0, err0), (code1, out1, err1) = _liqstress_run([*RUN_ARGS, "--run-dir", str(d)], tmp_path)
+    assert (code0, code1) == (0, 0), err0[-3000:] + err1[-3000:]
+    assert f"run directory: {d}" in out0
+    _assert_silent(out1, err1)
+    assert _files(d) == _files(single)  # one set of files: no second manifest's, part's or temporary
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["jax"]["process_count"] == 2 and len(m["jax"]["devices"]) == 2
+    assert len(m["sessions"]) == 1 and [p["status"] for p in m["parts"]] == ["done", "done"]
+    assert (d / "run.log").read_text().count("session start") == 1
+    _assert_same_cube(d / "cube.nc", single / "cube.nc")
+
+
+def test_two_process_resume_skips_the_same_parts_on_both(single, tmp_path, monkeypatch):
+    real, calls = runs.simulate, []
+
+    def failing_second_part(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise SimulationError("injected")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "simulate", failing_second_part)
+    d = tmp_path / "run"
+    result = CliRunner().invoke(cli.app, ["run", *RUN_ARGS, "--run-dir", str(d)])
+    assert result.exit_code == 1 and "injected" in result.output
+
+    (code0, _, err0), (code1, out1, err1) = _liqstress_run(
+        ["--resume", str(d), "--no-progress", "--no-report"], tmp_path
+    )
+    assert (code0, code1) == (0, 0), err0[-3000:] + err1[-3000:]
+    _assert_silent(out1, err1)
+    assert "session start: 1 of 2 parts to run" in (d / "run.log").read_text()
+    assert json.loads((d / "manifest.json").read_text())["status"] == "complete"
+    assert _files(d) == _files(single)
+    _assert_same_cube(d / "cube.nc", single / "cube.nc")
+
+
+def test_a_failure_of_process_0_ends_both_with_its_exit_code(single, tmp_path):
+    (code0, _, err0), (code1, out1, err1) = _liqstress_run([*RUN_ARGS, "--run-dir", str(single)], tmp_path)
+    assert (code0, code1) == (2, 2)
+    assert "exists and is not empty" in err0
+    _assert_silent(out1, err1)
