@@ -352,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling", action="store_true", help="scaling curves (paths, devices, steps)")
     p.add_argument("--max-paths", type=int, default=10**4, help="largest path count of --scaling")
     p.add_argument("--max-devices", type=int, default=8, help="largest device count of --scaling")
+    p.add_argument("--scaling-axes", default="paths,devices,steps",
+                   help="comma-separated axes of --scaling (paths, devices, steps)")
     p.add_argument("--scaling-steps", type=int, default=48,
                    help="steps of the paths axis of --scaling (W1 has 288; fewer keep 10^7 paths short)")
     p.add_argument("--cache", action="store_true", help="keep the persistent compilation cache on")
@@ -369,13 +371,18 @@ def main(argv: list[str] | None = None) -> int:
 
     records = []
     if a.scaling:
-        jobs = [("paths", n, a.devices, _worker_args("W1", a, paths=n, steps=a.scaling_steps, numpy=False))
-                for n in SCALING_PATHS if n <= a.max_paths]
-        n_dev = min(a.max_paths, 16384)
-        jobs += [("devices", d, d, _worker_args("W1", a, paths=n_dev, numpy=False, rng=False))
-                 for d in SCALING_DEVICES if d <= a.max_devices]
-        jobs += [("steps", s, a.devices, _worker_args("W1", a, paths=1024, steps=s, numpy=False, rng=False))
-                 for s in SCALING_STEPS]
+        axes = set(a.scaling_axes.split(","))
+        jobs = []
+        if "paths" in axes:
+            jobs += [("paths", n, a.devices, _worker_args("W1", a, paths=n, steps=a.scaling_steps, numpy=False))
+                     for n in SCALING_PATHS if n <= a.max_paths]
+        if "devices" in axes:
+            n_dev = min(a.max_paths, 16384)
+            jobs += [("devices", d, d, _worker_args("W1", a, paths=n_dev, numpy=False, rng=False))
+                     for d in SCALING_DEVICES if d <= a.max_devices]
+        if "steps" in axes:
+            jobs += [("steps", s, a.devices, _worker_args("W1", a, paths=1024, steps=s, numpy=False, rng=False))
+                     for s in SCALING_STEPS]
     else:
         jobs = [("workload", w, a.devices, _worker_args(w, a)) for w in (a.workload or sorted(WORKLOADS))]
     for axis, value, dev, args in jobs:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from engine import simulate
 from engine.config import Config
-from engine.rollout import sharded_rollout
+from engine.rollout import sharded_advance
 from tests.conftest import small_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,10 +33,10 @@ print(json.dumps({"hits": hits.count("/jax/compilation_cache/cache_hits"),
 def test_second_call_does_not_recompile():
     cfg = Config.model_validate(TINY)
     simulate(cfg)
-    before = sharded_rollout._cache_size()
+    before = sharded_advance._cache_size()
     other = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"leverage_cap": 20.0})})
     simulate(cfg, [cfg, other])  # same shapes, new policy values: no new kernel
-    assert sharded_rollout._cache_size() == before
+    assert sharded_advance._cache_size() == before
 
 
 def _probe(cache_dir: Path) -> dict:
@@ -51,6 +51,6 @@ def _probe(cache_dir: Path) -> dict:
 def test_second_process_hits_the_persistent_cache(tmp_path):
     first = _probe(tmp_path)
     assert first["hits"] == 0 and first["misses"] >= 1
-    assert any(p.name.startswith("jit_sharded_rollout") for p in tmp_path.iterdir())
+    assert any(p.name.startswith("jit_sharded_advance") for p in tmp_path.iterdir())
     second = _probe(tmp_path)
     assert second["misses"] == 0 and second["hits"] >= 1

@@ -9,13 +9,16 @@ from __future__ import annotations
 import math
 
 import jax
+import numpy as np
 import pytest
 import xarray as xr
 
 from engine import devices, simulate
+from engine import params as P
 from engine.config import Config
 from engine.params import static_of
 from engine.reduce import ATOM
+from engine.rollout import sharded_rollout
 from engine.simulate import chunk_size
 from tests.conftest import small_dict
 
@@ -55,3 +58,21 @@ def test_mesh_respects_device_limit(monkeypatch):
     assert devices.path_mesh().size == 1
     monkeypatch.delenv("LIQSTRESS_DEVICES")
     assert devices.path_mesh().size == jax.local_device_count()
+
+
+def test_segments_of_steps_give_the_numbers_of_one_call():
+    """`sharded_rollout` in segments of 7 steps (the last one overrunning the 24 steps and
+    skipping them) against one segment of all steps: the same outputs and fan charts."""
+    cfg = Config.model_validate(small_dict(run={"n_paths": 256, "steps": 24, "fan_points": 6}))
+    params, static = P.build(cfg)
+    static = P.specialise(static, [cfg])
+    mesh = devices.path_mesh()
+    run = lambda seg: jax.device_get(
+        sharded_rollout(params, 3, 0, 200, static=static, n_paths=256, mesh=mesh, segment_steps=seg)
+    )
+    (one, fan_one), (many, fan_many) = run(24), run(7)
+    assert np.any(one["liquidated_total"] > 0)
+    for name in one:
+        np.testing.assert_array_equal(many[name], one[name], err_msg=name)
+    for name in fan_one:
+        np.testing.assert_array_equal(fan_many[name], fan_one[name], err_msg=name)
