@@ -15,7 +15,9 @@ At entry price `e` with leverage `l`, `b = e * (1 - s / l)`. The tier of a cohor
 and maintenance amount) is fixed by its representative position size at entry.
 
 The book is built once per scenario on the host with NumPy; `engine.params` moves it to the
-device. Arrays are `[assets, cohorts]`.
+device. Arrays are `[assets, cohorts]`; every asset has the same cohort layout (longs first,
+then shorts, each by leverage, entry quantile and size), which `engine.cascade.side_matrix`
+relies on.
 """
 
 from __future__ import annotations

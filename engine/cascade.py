@@ -69,22 +69,19 @@ class Cascade(NamedTuple):
 
 
 def side_matrix(side: jnp.ndarray) -> jnp.ndarray:
-    """Indicator `[assets * cohorts, assets * 2]` of `side` `[assets, cohorts]`: column
-    2a + j selects asset a's longs (j = 0) or shorts (j = 1). For `by_side`."""
-    n_assets, n_cohorts = side.shape
-    block = jnp.repeat(jnp.eye(n_assets, dtype=side.dtype), n_cohorts, axis=0)  # [a*k, a]
-    flat = side.reshape(-1, 1)
-    return jnp.stack([block * (flat > 0), block * (flat < 0)], -1).reshape(-1, 2 * n_assets)
+    """Indicator `[cohorts, 2]` (long, short) of `side` `[assets, cohorts]`, for `by_side`.
+    Every asset's book has the same cohort layout (`engine.book`), so the first row serves."""
+    return jnp.stack([side[0] > 0, side[0] < 0], -1).astype(side.dtype)
 
 
 def by_side(x: jnp.ndarray, matrix: jnp.ndarray) -> jnp.ndarray:
     """Sum `[assets, cohorts]` into `[assets, 2]` (long, short); matrix: `side_matrix(side)`.
 
-    One product over the flattened cohort axis: under `vmap` a plain matrix product with no
-    transposes, on CPU several times cheaper than masked reductions (XLA materialises the
-    masked array before reducing) or a batched contraction over assets.
+    One matrix product over the cohort axis: under `vmap` a plain `[paths * assets, cohorts]`
+    by `[cohorts, 2]` product with no transposes, on CPU several times cheaper than masked
+    reductions (XLA materialises the masked array before reducing).
     """
-    return (x.reshape(-1) @ matrix).reshape(-1, 2)
+    return x @ matrix
 
 
 def run_cascade(
