@@ -228,14 +228,14 @@ def run_cascade_whole(
     class Rounds(NamedTuple):
         flow: jnp.ndarray  # [assets] USD
         backstop_left: jnp.ndarray  # [] USD
-        fill: jnp.ndarray  # [assets, cohorts] USD fill price of the round that hit; 0 if none
+        fill: jnp.ndarray  # [assets, cohorts] USD fill of the round that hit; -1 if none (fills are >= 0)
         backstop_qty: jnp.ndarray  # [assets] units
         backstop_cash: jnp.ndarray  # [] USD
         busy: jnp.ndarray  # [] int32 rounds with a liquidation
 
     def one_round(c: Rounds) -> Rounds:
         p_r = price(c.flow)
-        new = alive & (c.fill == 0) & (s * (p_r[:, None] - p_liq) <= 0)
+        new = alive & (c.fill < 0) & (s * (p_r[:, None] - p_liq) <= 0)
         units = by_side(jnp.where(new, quantity, 0.0), sides)  # [assets, 2]
         net, size = units[:, 0] - units[:, 1], units[:, 0] + units[:, 1]
         orders = p_r * net
@@ -256,7 +256,7 @@ def run_cascade_whole(
         )
 
     start = Rounds(
-        flow=flow0, backstop_left=backstop_left, fill=jnp.zeros_like(quantity),
+        flow=flow0, backstop_left=backstop_left, fill=jnp.full_like(quantity, -1.0),
         backstop_qty=jnp.zeros_like(flow0), backstop_cash=zero, busy=jnp.zeros((), jnp.int32),
     )
 
@@ -271,7 +271,7 @@ def run_cascade_whole(
     _, end = jax.lax.while_loop(more, go, (jnp.zeros((), jnp.int32), start))
 
     # accounting of every hit cohort at the fill of its round
-    hit = end.fill > 0
+    hit = end.fill >= 0
     fill, q, b = end.fill, quantity, bankrupt
     dq = jnp.where(hit, q, 0.0)
     equity = s * dq * (fill - b)
