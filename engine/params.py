@@ -146,6 +146,8 @@ def specialise(static: Static, points: list[Config]) -> Static:
 
     The numbers of the whole-position cascade equal the general one's; the loop-free
     chi-square has the same distribution as the gamma sampler's but other draws.
+    `engine.simulate` specialises each point on its own, so that a point's numbers depend only
+    on that point, not on which others share the call.
     """
     dofs = [p.market.tail_dof for p in points]
     integer = all(d == int(d) and d <= LOOP_FREE_DOF for d in dofs)

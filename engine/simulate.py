@@ -145,7 +145,10 @@ def simulate(
     cache.enable()
 
     built = [P.build(p) for p in pts]
-    static = P.specialise(built[0][1], pts)
+    # each point's kernel forms depend on that point alone, so its numbers do not depend on
+    # which other points share the call (a sweep's parts); most runs compile one kernel
+    statics = [P.specialise(b[1], [p]) for b, p in zip(built, pts)]
+    static = built[0][1]
     mesh = devices.path_mesh()
     accelerator = mesh.devices.flat[0].platform != "cpu"
     size = chunk_size(cfg, static, mesh.size, per_device_budget=accelerator)
@@ -156,7 +159,7 @@ def simulate(
 
     def launch(task):
         start, valid, i = task
-        return sharded_rollout(built[i][0], seed, start, valid, static=static, n_paths=size, mesh=mesh)
+        return sharded_rollout(built[i][0], seed, start, valid, static=statics[i], n_paths=size, mesh=mesh)
 
     t0, done = time.perf_counter(), 0
     pending = launch(tasks[0])
