@@ -14,8 +14,8 @@ Jump arrivals are market-wide (one count per step), sizes are per asset.
 
 Random numbers are drawn by `draw` and passed to the step as `Draws`, so the NumPy reference
 can be fed exactly the same numbers. The chi-square of the Student-t comes from JAX's gamma
-sampler (any real dof; a rejection loop, the dearest draw by far) or, when every point of a
-run has an integer dof, loop-free from its definition (`Static.dof_max`):
+sampler (any real dof; a rejection loop, the dearest draw by far) or, when the point's dof
+is an integer, loop-free from its definition (`Static.dof_max`):
 
     chi2_nu = 2 * (E_1 + ... + E_m) + [nu odd] * Z^2,   m = floor(nu / 2), E_i ~ Exp(1)
 

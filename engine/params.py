@@ -42,10 +42,10 @@ class Static:
     fan_points: int
     # The relaxed, differentiable kernel (engine.calibrate) instead of the exact one.
     relaxed: bool = False
-    # Every point closes liquidated positions whole (partial fraction 1): the exact kernel
+    # The point(s) close liquidated positions whole (partial fraction 1): the exact kernel
     # may use the faster `engine.cascade.run_cascade_whole`. Set by `specialise`.
     whole_only: bool = False
-    # 0, or every point's Student-t dof is an integer at most this: the chi-square is drawn
+    # 0, or the point(s)' Student-t dof is an integer at most this: the chi-square is drawn
     # loop-free (`engine.market.draw`). Set by `specialise`.
     dof_max: int = 0
 

@@ -419,8 +419,9 @@ class Leader:
         self, config: Config, points: list[Config], baseline: int, progress: Callable | None = None
     ) -> xr.Dataset:
         """`engine.simulate(config, points, baseline=...)`, run on every process."""
-        points_json = [c.model_dump(mode="json") for c in points]
-        self._tell({"config": config.model_dump(mode="json"), "points": points_json, "baseline": baseline})
+        if self._listening:  # (a single process builds no message)
+            points_json = [c.model_dump(mode="json") for c in points]
+            self._tell({"config": config.model_dump(mode="json"), "points": points_json, "baseline": baseline})
         listening, self._listening = self._listening, False
         ds = simulate(config, points, baseline=baseline, progress=progress)
         self._listening = listening
