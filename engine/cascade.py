@@ -159,17 +159,19 @@ def run_cascade(
         # the backstop's units and cash: sum of s dq and of s dq p_r (1 - s d)
         net = units[:, 0] - units[:, 1]
         paid = jnp.sum(p_r[:, 0] * (net - pol.backstop_discount * (units[:, 0] + units[:, 1])))
-        liquidated, shortfall = by_side(dq * fill, sides), by_side(short, sides)
-        total = lambda x: jnp.sum(by_side(x, sides))
+        # the five sums of the round in one product: [assets, 5, 2]
+        sums = by_side(jnp.stack([dq * fill, short, loss, gain, inflow], -2), sides)
+        liquidated, shortfall = sums[:, 0], sums[:, 1]
+        total = lambda i: jnp.sum(sums[:, i])
         return Cascade(
             quantity=q_new,
             bankrupt=jnp.where(w_part > 0, b_partial, b),
             flow=flow,
             liquidated=c.liquidated + liquidated,
             shortfall=c.shortfall + shortfall,
-            trader_loss=c.trader_loss + total(loss),
-            counterparty=c.counterparty + total(gain),
-            fund_inflow=c.fund_inflow + total(inflow),
+            trader_loss=c.trader_loss + total(2),
+            counterparty=c.counterparty + total(3),
+            fund_inflow=c.fund_inflow + total(4),
             backstop_left=c.backstop_left - absorbed,
             backstop_qty=c.backstop_qty + phi * net,
             backstop_cash=c.backstop_cash - phi * paid,
@@ -275,18 +277,21 @@ def run_cascade_whole(
     fill, q, b = end.fill, quantity, bankrupt
     dq = jnp.where(hit, q, 0.0)
     equity = s * dq * (fill - b)
-    total = lambda x: jnp.sum(by_side(x, sides))
     p_end = price(end.flow)[:, None]
     left = alive & ~hit & (s * (p_end - p_liq) <= 0)
+    # the five sums in one product: [assets, 5, 2]; trader loss is the margin given up
+    parts = [dq * fill, jnp.maximum(-equity, 0.0), s * dq * (e - b), s * dq * (e - fill), jnp.maximum(equity, 0.0)]
+    sums = by_side(jnp.stack(parts, -2), sides)
+    total = lambda i: jnp.sum(sums[:, i])
     return Cascade(
         quantity=jnp.where(hit, 0.0, q),
         bankrupt=b,
         flow=end.flow,
-        liquidated=by_side(dq * fill, sides),
-        shortfall=by_side(jnp.maximum(-equity, 0.0), sides),
-        trader_loss=total(s * dq * (e - b)),  # the margin given up
-        counterparty=total(s * dq * (e - fill)),
-        fund_inflow=total(jnp.maximum(equity, 0.0)),
+        liquidated=sums[:, 0],
+        shortfall=sums[:, 1],
+        trader_loss=total(2),
+        counterparty=total(3),
+        fund_inflow=total(4),
         backstop_left=end.backstop_left,
         backstop_qty=end.backstop_qty,
         backstop_cash=end.backstop_cash,
