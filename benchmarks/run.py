@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick              # the seconds-long variants (tests use these)
     python benchmarks/run.py --workload W1 --paths 65536 --readme
     python benchmarks/run.py --scaling --max-paths 10000000 --max-devices 8
+    python benchmarks/run.py --scaling --scaling-axes cohorts --name scaling_cohorts
 
 Each measurement runs in a fresh worker process, so peak RSS, the device count and the
 compile time belong to that measurement alone. A worker reports:
@@ -48,6 +49,10 @@ SCALING_PATHS = (10**3, 10**4, 10**5, 10**6, 10**7)
 SCALING_DEVICES = (1, 2, 4, 8)
 # The steps axis of --scaling (1,024 W1 paths): memory must not grow with the horizon.
 SCALING_STEPS = (48, 288, 2880, 28800)
+# The cohorts axis of --scaling: W1 with this many entry prices per leverage and size, i.e.
+# 64 x N cohorts (64 ... 1,024), on 8,192 paths x 288 steps, against the random-number bound.
+SCALING_ENTRY_POINTS = (1, 2, 4, 8, 16)
+SCALING_COHORTS_PATHS = 8192
 TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -57,12 +62,15 @@ TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def load_workload(name: str, quick: bool = False, paths: int | None = None, steps: int | None = None,
-                  points: int | None = None):
-    """(config, points, bench table) of workload `name`, with the quick or explicit sizes."""
+                  points: int | None = None, entry_points: int | None = None):
+    """(config, points, bench table) of workload `name`, with the quick or explicit sizes
+    (`entry_points`: entry prices per leverage and size, which sets the number of cohorts)."""
     from engine.config import Config
 
     data = tomllib.loads((HERE / WORKLOADS[name]).read_text())
     bench = data.pop("bench")
+    if entry_points:
+        data["book"]["entry_points"] = entry_points
     quick_spec = bench.get("quick", {}) if quick else {}
     run = data.setdefault("run", {})
     for key in ("n_paths", "steps"):
@@ -189,7 +197,7 @@ def _numpy_baseline(cfg, name: str, quick: bool) -> dict:
 
 
 def measure(name: str, quick: bool, paths: int | None, steps: int | None, points: int | None,
-            numpy: bool, rng: bool) -> dict:
+            numpy: bool, rng: bool, entry_points: int | None = None) -> dict:
     """One workload in this process: compile, steady state, memory, baselines."""
     import jax
 
@@ -198,7 +206,7 @@ def measure(name: str, quick: bool, paths: int | None, steps: int | None, points
     from engine.simulate import chunk_size, simulate
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    cfg, pts, _ = load_workload(name, quick, paths, steps, points)
+    cfg, pts, _ = load_workload(name, quick, paths, steps, points, entry_points)
     static = P.specialise(P.static_of(cfg), pts)  # the kernel forms `simulate` will use
     mesh = devices.path_mesh()
     size = chunk_size(cfg, static, mesh.size, per_device_budget=mesh.devices.flat[0].platform != "cpu")
@@ -279,11 +287,13 @@ def run_worker(args: list[str], devices: int | None, cache: bool) -> dict:
         return json.loads(out.read_text())
 
 
-def _worker_args(w: str, a: argparse.Namespace, paths=None, steps=None, numpy=None, rng=None) -> list[str]:
+def _worker_args(w: str, a: argparse.Namespace, paths=None, steps=None, numpy=None, rng=None,
+                 entry_points=None) -> list[str]:
     args = ["--workload", w]
     if a.quick:
         args.append("--quick")
-    for flag, v in (("--paths", paths or a.paths), ("--steps", steps or a.steps), ("--points", a.points)):
+    for flag, v in (("--paths", paths or a.paths), ("--steps", steps or a.steps), ("--points", a.points),
+                    ("--entry-points", entry_points or a.entry_points)):
         if v:
             args += [flag, str(v)]
     if not (a.numpy if numpy is None else numpy):
@@ -303,17 +313,18 @@ def _fmt(x, unit=""):
 
 def render_table(records: list[dict]) -> str:
     """Markdown table of workload records (errors and scaling rows included)."""
-    head = ("| file | workload | paths × steps × points | devices | path-steps/s | wall s | compile s | "
+    head = ("| file | workload | paths × steps × points | cohorts per asset | devices | path-steps/s | wall s | compile s | "
             "steady s | peak RSS MiB | RNG-only s | sim / RNG | NumPy path-steps/s | speed-up vs NumPy |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
         if "error" in r:
-            rows.append(f"| {r.get('_file', '')} | {' '.join(r['args'])} | error | | | | | | | | | | |")
+            rows.append(f"| {r.get('_file', '')} | {' '.join(r['args'])} | error | | | | | | | | | | | |")
             continue
         rng, npb = r.get("rng") or {}, r.get("numpy") or {}
         rows.append(
             f"| {r.get('_file', '')} | {r['workload']}{' quick' if r['quick'] else ''} | "
-            f"{r['paths']:,} × {r['steps']:,} × {r['points']} | {r['devices']} | {_fmt(r['path_steps_per_s'])} | "
+            f"{r['paths']:,} × {r['steps']:,} × {r['points']} | {_fmt(r.get('cohorts_per_asset'))} | "
+            f"{r['devices']} | {_fmt(r['path_steps_per_s'])} | "
             f"{_fmt(r['wall_s'])} | {_fmt(r['compile_s'])} | {_fmt(r['steady_s'])} | "
             f"{_fmt(r['peak_rss_bytes'] / 2**20)} | {_fmt(rng.get('rng_s'))} | {_fmt(rng.get('sim_over_rng'))} | "
             f"{_fmt(npb.get('path_steps_per_s'))} | {_fmt(npb.get('speedup'))} |"
@@ -346,14 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paths", type=int, help="override the number of paths")
     p.add_argument("--steps", type=int, help="override the number of steps")
     p.add_argument("--points", type=int, help="only the first N policy points")
+    p.add_argument("--entry-points", type=int, help="entry prices per leverage and size (sets the cohorts)")
     p.add_argument("--devices", type=int, help="host CPU devices per worker (default: one per core)")
     p.add_argument("--no-numpy", dest="numpy", action="store_false", help="skip the NumPy baseline")
     p.add_argument("--no-rng", dest="rng", action="store_false", help="skip the random-number bound")
-    p.add_argument("--scaling", action="store_true", help="scaling curves (paths, devices, steps)")
+    p.add_argument("--scaling", action="store_true", help="scaling curves (paths, devices, steps, cohorts)")
     p.add_argument("--max-paths", type=int, default=10**4, help="largest path count of --scaling")
     p.add_argument("--max-devices", type=int, default=8, help="largest device count of --scaling")
     p.add_argument("--scaling-axes", default="paths,devices,steps",
-                   help="comma-separated axes of --scaling (paths, devices, steps)")
+                   help="comma-separated axes of --scaling (paths, devices, steps, cohorts; "
+                        "default all but cohorts)")
     p.add_argument("--scaling-steps", type=int, default=48,
                    help="steps of the paths axis of --scaling (W1 has 288; fewer keep 10^7 paths short)")
     p.add_argument("--cache", action="store_true", help="keep the persistent compilation cache on")
@@ -365,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.worker:
         sys.path.insert(0, str(HERE.parent))
-        rec = measure((a.workload or ["W1"])[0], a.quick, a.paths, a.steps, a.points, a.numpy, a.rng)
+        rec = measure((a.workload or ["W1"])[0], a.quick, a.paths, a.steps, a.points, a.numpy, a.rng,
+                      a.entry_points)
         a.worker.write_text(json.dumps(rec))
         return 0
 
@@ -383,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         if "steps" in axes:
             jobs += [("steps", s, a.devices, _worker_args("W1", a, paths=1024, steps=s, numpy=False, rng=False))
                      for s in SCALING_STEPS]
+        if "cohorts" in axes:
+            jobs += [("cohorts", 64 * e, a.devices,
+                      _worker_args("W1", a, paths=SCALING_COHORTS_PATHS, numpy=False, entry_points=e))
+                     for e in SCALING_ENTRY_POINTS]
     else:
         jobs = [("workload", w, a.devices, _worker_args(w, a)) for w in (a.workload or sorted(WORKLOADS))]
     for axis, value, dev, args in jobs:

@@ -55,18 +55,21 @@ def bytes_per_path(static: P.Static, itemsize: int) -> int:
 
 # On CPUs a device's batch larger than this is slower per path, not faster: the cascade's
 # early exit and the ADL branch run while *any* path of the batch needs them, and the cohort
-# arrays leave the cache. A device holds at most CPU_PATHS_PER_DEVICE paths and at most
-# CPU_COHORTS_PER_DEVICE path-cohorts. Measured (1 device, whole-position cascade):
-# W1 shape (256 cohorts) 128 paths 506k, 512 paths 631k path-steps/s; W2 shape (8,192
-# cohorts) 64 paths 19.7k, 128 19.4k, 256 16.5k path-steps/s.
+# arrays leave the cache; a much smaller one pays XLA's fixed cost per operation on too few
+# numbers. A device holds CPU_COHORTS_PER_DEVICE path-cohorts, but between
+# CPU_MIN_PATHS_PER_DEVICE and CPU_PATHS_PER_DEVICE paths. Measured (2 devices, W1 shape,
+# whole-position cascade, path-steps/s by paths per device): 256 cohorts: 256 → 1.54 M,
+# 512 → 1.64 M, 1,024 → 1.40 M; 1,024 cohorts: 128 → 0.44 M, 256 → 0.43 M, 512 → 0.31 M;
+# W2 shape (8,192 cohorts per path): 32 → 15.7 k, 64 → 22.6 k, 128 → 23.4 k, 256 → 19.3 k.
 CPU_PATHS_PER_DEVICE = 512
-CPU_COHORTS_PER_DEVICE = 2**20
+CPU_MIN_PATHS_PER_DEVICE = 128
+CPU_COHORTS_PER_DEVICE = 2**18
 
 
 def cpu_paths_per_device(static: P.Static) -> int:
     """Most paths one host CPU device should hold in a chunk."""
     by_cohorts = CPU_COHORTS_PER_DEVICE // (static.n_assets * static.n_cohorts)
-    return max(1, min(CPU_PATHS_PER_DEVICE, by_cohorts))
+    return min(CPU_PATHS_PER_DEVICE, max(CPU_MIN_PATHS_PER_DEVICE, by_cohorts))
 
 
 def chunk_size(cfg: Config, static: P.Static, n_devices: int = 1, per_device_budget: bool = False) -> int:

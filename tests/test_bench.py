@@ -46,3 +46,7 @@ def test_workloads_have_the_stated_shapes():
         "W2": (4, 100_000, 288, 2048, 64),
         "W3": (1, 100, 7200, 2000, 1),
     }
+    # the cohorts axis of --scaling: W1 with 64 cohorts per entry price
+    for e in bench.SCALING_ENTRY_POINTS:
+        cfg, _, _ = bench.load_workload("W1", paths=bench.SCALING_COHORTS_PATHS, entry_points=e)
+        assert cfg.book.cohorts_per_asset == 64 * e and cfg.run.n_paths == 8192
