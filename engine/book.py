@@ -17,7 +17,7 @@ and maintenance amount) is fixed by its representative position size at entry.
 The book is built once per scenario on the host with NumPy; `engine.params` moves it to the
 device. Arrays are `[assets, cohorts]`; every asset has the same cohort layout (longs first,
 then shorts, each by leverage, entry quantile and size), which `engine.cascade.side_matrix`
-relies on.
+relies on and `check_layout` checks.
 """
 
 from __future__ import annotations
@@ -69,6 +69,15 @@ def tier_index(tiers: tuple[Tier, ...], notional: np.ndarray) -> np.ndarray:
 def liquidation_price(side, bankrupt, mmr, maint_amount):
     """Price (USD) at which equity meets maintenance margin; works on NumPy or JAX arrays."""
     return (bankrupt - side * maint_amount) / (1.0 - side * mmr)
+
+
+def check_layout(side: np.ndarray) -> None:
+    """Raise ValueError unless every asset's row of `side` `[assets, cohorts]` is the same,
+    longs (+1) then as many shorts (-1): the layout `engine.cascade.side_matrix` relies on."""
+    n = side.shape[-1]
+    expected = np.repeat([1.0, -1.0], n // 2)
+    if n % 2 or not np.array_equal(side, np.broadcast_to(expected, side.shape)):
+        raise ValueError("book: every asset must hold its longs first, then as many shorts")
 
 
 def build_cohorts(cfg: Config) -> Cohorts:
@@ -133,4 +142,6 @@ def build_cohorts(cfg: Config) -> Cohorts:
             ("maint_amount", a_unit),
         ]:
             out[name].append(np.asarray(arr, float).reshape(-1))
-    return Cohorts(**{k: np.stack(v) for k, v in out.items()})
+    cohorts = Cohorts(**{k: np.stack(v) for k, v in out.items()})
+    check_layout(cohorts.side)
+    return cohorts

@@ -304,6 +304,9 @@ def exact_evaluator(oc: OptimisationConfig, cfg: Config, seed: int) -> Callable[
     run = cfg.run.model_copy(update={"n_paths": s.check_paths, "seed": seed})
     ccfg = Config.model_validate(cfg.model_copy(update={"run": run}).model_dump())
     params, static = P.build(ccfg)
+    # the faster kernel forms the scenario allows (no lever changes partial liquidation or the
+    # tail dof, so they hold at every lever value)
+    static = P.specialise(static, [ccfg])
     kind, _, out_name = oc.constraint.statistic.partition("_")
     boot = np.random.default_rng(0).integers(0, s.check_paths, size=(200, s.check_paths))
 
