@@ -14,6 +14,8 @@ compile time belong to that measurement alone. A worker reports:
 - steady_s, path_steps_per_s: the whole run with the kernel compiled; a path-step is one path
   advanced one step under one policy point;
 - peak_rss_bytes (and device peak bytes where the backend reports them, e.g. GPUs);
+- step_cost: XLA's cost analysis of one step (flops and bytes accessed per path-step, one
+  cascade round, no ADL), from which the README derives the bound on a GPU;
 - rng: the time to draw just the workload's random numbers with the same generator, keys and
   sharding (one chunk timed, times the number of chunk-points) and `sim_over_rng`;
 - numpy: `engine.reference.simulate_paths` on a subset of paths (steps shortened where noted),
@@ -176,6 +178,34 @@ def _rng_bound(cfg, static, size: int, n_tasks: int, repeats: int = 3) -> dict:
             "method": "one chunk timed (mean of 3) x chunk-points"}
 
 
+def _step_cost(params, static, n_paths: int) -> dict:
+    """XLA's cost analysis of one step (stages 1-5 and the fund) of `n_paths` paths, per
+    path-step: flops and bytes accessed as the compiler counts them, a loop's body once (so
+    one cascade round), the ADL branch left out. The inputs of the GPU bound in the README."""
+    import jax
+    import jax.numpy as jnp
+
+    from engine import market
+    from engine.kernel import init_state, market_step, path_keys, step_keys
+
+    one = init_state(params, static)
+    states = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_paths,) + x.shape), one)
+    keys = path_keys(0, 0, n_paths)
+    dtype = params.market.price0.dtype
+    draw = jax.vmap(lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype, static.dof_max))
+    move = jax.vmap(market_step, in_axes=(0, 0, None, None, None, None, None))
+
+    def one_step(states, t):
+        sched = params.schedule
+        return move(states, draw(step_keys(keys, t)), t, sched.shock[t], sched.flow[t], params, static)
+
+    cost = jax.jit(one_step).lower(states, 0).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    per = lambda key: float(cost.get(key, 0.0)) / n_paths
+    return {"flops_per_path_step": per("flops"), "bytes_per_path_step": per("bytes accessed"),
+            "paths": n_paths, "method": "XLA cost analysis of one compiled step, one cascade round, no ADL"}
+
+
 def _numpy_baseline(cfg, name: str, quick: bool) -> dict:
     try:
         from engine import reference
@@ -253,6 +283,7 @@ def measure(name: str, quick: bool, paths: int | None, steps: int | None, points
     stats = [d.memory_stats() for d in mesh.devices.flat if d.process_index == jax.process_index()]
     if stats and all(s and "peak_bytes_in_use" in s for s in stats):
         out["device_peak_bytes"] = max(s["peak_bytes_in_use"] for s in stats)
+    out["step_cost"] = _step_cost(P.build(pts[0])[0], P.specialise(static, pts[:1]), size // mesh.size)
     if rng:
         out["rng"] = _rng_bound(cfg, static, size, n_tasks)
         out["rng"]["sim_over_rng"] = steady_s / out["rng"]["rng_s"]

@@ -25,6 +25,8 @@ def test_quick_benchmark_writes_results(tmp_path):
         assert rec[key] > 0 or key == "compile_s", key
     assert rec["path_steps"] == rec["paths"] * rec["steps"] * rec["points"]
     assert rec["rng"]["rng_s"] > 0 and rec["rng"]["sim_over_rng"] > 0
+    # one step of the 256-cohort book touches every cohort: well over 256 values of 4 B
+    assert rec["step_cost"]["bytes_per_path_step"] > 4 * 256 and rec["step_cost"]["flops_per_path_step"] > 256
     assert "available" in rec["numpy"]
     assert "| W1 quick |" in proc.stdout
 
