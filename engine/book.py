@@ -16,8 +16,8 @@ and maintenance amount) is fixed by its representative position size at entry.
 
 The book is built once per scenario on the host with NumPy; `engine.params` moves it to the
 device. Arrays are `[assets, cohorts]`; every asset has the same cohort layout (longs first,
-then shorts, each by leverage, entry quantile and size), which `engine.cascade.side_matrix`
-relies on and `check_layout` checks.
+then shorts, each by leverage, entry quantile and size), checked by `check_layout`;
+`engine.cascade.side_matrix` relies on the layout being the same for all assets.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def liquidation_price(side, bankrupt, mmr, maint_amount):
 
 def check_layout(side: np.ndarray) -> None:
     """Raise ValueError unless every asset's row of `side` `[assets, cohorts]` is the same,
-    longs (+1) then as many shorts (-1): the layout `engine.cascade.side_matrix` relies on."""
+    longs (+1) then as many shorts (-1): the layout `build_cohorts` makes. The per-side sums
+    (`engine.cascade.side_matrix`) rely on the rows being the same."""
     n = side.shape[-1]
     expected = np.repeat([1.0, -1.0], n // 2)
     if n % 2 or not np.array_equal(side, np.broadcast_to(expected, side.shape)):

@@ -31,13 +31,12 @@ import numpy as np
 import optax
 from pydantic import Field, ValidationError, model_validator
 
-from engine import market
 from engine import params as P
 from engine.cascade import by_side, side_matrix
 from engine.config import Config, Strict
 from engine.configfile import merge_tables, read_config_dict, read_toml, resolve_config_path
 from engine.errors import ConfigError, describe
-from engine.kernel import init_state, path_keys, step, step_keys
+from engine.kernel import init_state, path_keys, step, step_draws
 from engine.outputs import extract
 
 # Free parameters: dotted config paths (per asset, or shared by all assets with no asset
@@ -259,14 +258,12 @@ def differentiable_outputs(params: P.Params, static: P.Static, seed, n_paths: in
     keys = path_keys(seed, 0, n_paths)
     one = init_state(params, static)
     states = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_paths,) + x.shape), one)
-    dtype = params.market.price0.dtype
-    draw = jax.vmap(lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype, static.dof_max))
     advance = jax.vmap(step, in_axes=(0, 0, None, None, None, None, None))
 
     @jax.checkpoint
     def body(states, xs):
         t, shock, flow = xs
-        return advance(states, draw(step_keys(keys, t)), t, shock, flow, params, static), None
+        return advance(states, step_draws(keys, t, params, static), t, shock, flow, params, static), None
 
     ts = jnp.arange(static.steps, dtype=jnp.int32)
     states, _ = jax.lax.scan(body, states, (ts, params.schedule.shock, params.schedule.flow))

@@ -74,7 +74,7 @@ def side_matrix(side: jnp.ndarray) -> jnp.ndarray:
 
 
 def by_side(x: jnp.ndarray, matrix: jnp.ndarray) -> jnp.ndarray:
-    """Sum `[assets, cohorts]` into `[assets, 2]` (long, short); matrix: `side_matrix(side)`.
+    """Sum `[..., cohorts]` into `[..., 2]` (long, short); matrix: `side_matrix(side)`.
 
     One matrix product over the cohort axis: under `vmap` a plain `[paths * assets, cohorts]`
     by `[cohorts, 2]` product with no transposes, on CPU several times cheaper than masked
@@ -82,6 +82,11 @@ def by_side(x: jnp.ndarray, matrix: jnp.ndarray) -> jnp.ndarray:
     (GPUs would otherwise use TF32 products, about 10 mantissa bits).
     """
     return jnp.matmul(x, matrix, precision=jax.lax.Precision.HIGHEST)
+
+
+def side_sums(matrix: jnp.ndarray, *parts: jnp.ndarray) -> list[jnp.ndarray]:
+    """`by_side` of each of `parts` (`[assets, cohorts]` each), as one product: `[assets, 2]` each."""
+    return jnp.unstack(by_side(jnp.stack(parts, -2), matrix), axis=-2)
 
 
 def run_cascade(
@@ -159,19 +164,16 @@ def run_cascade(
         # the backstop's units and cash: sum of s dq and of s dq p_r (1 - s d)
         net = units[:, 0] - units[:, 1]
         paid = jnp.sum(p_r[:, 0] * (net - pol.backstop_discount * (units[:, 0] + units[:, 1])))
-        # the five sums of the round in one product: [assets, 5, 2]
-        sums = by_side(jnp.stack([dq * fill, short, loss, gain, inflow], -2), sides)
-        liquidated, shortfall = sums[:, 0], sums[:, 1]
-        total = lambda i: jnp.sum(sums[:, i])
+        liquidated, shortfall, lost, gained, paid_in = side_sums(sides, dq * fill, short, loss, gain, inflow)
         return Cascade(
             quantity=q_new,
             bankrupt=jnp.where(w_part > 0, b_partial, b),
             flow=flow,
             liquidated=c.liquidated + liquidated,
             shortfall=c.shortfall + shortfall,
-            trader_loss=c.trader_loss + total(2),
-            counterparty=c.counterparty + total(3),
-            fund_inflow=c.fund_inflow + total(4),
+            trader_loss=c.trader_loss + jnp.sum(lost),
+            counterparty=c.counterparty + jnp.sum(gained),
+            fund_inflow=c.fund_inflow + jnp.sum(paid_in),
             backstop_left=c.backstop_left - absorbed,
             backstop_qty=c.backstop_qty + phi * net,
             backstop_cash=c.backstop_cash - phi * paid,
@@ -279,19 +281,23 @@ def run_cascade_whole(
     equity = s * dq * (fill - b)
     p_end = price(end.flow)[:, None]
     left = alive & ~hit & (s * (p_end - p_liq) <= 0)
-    # the five sums in one product: [assets, 5, 2]; trader loss is the margin given up
-    parts = [dq * fill, jnp.maximum(-equity, 0.0), s * dq * (e - b), s * dq * (e - fill), jnp.maximum(equity, 0.0)]
-    sums = by_side(jnp.stack(parts, -2), sides)
-    total = lambda i: jnp.sum(sums[:, i])
+    liquidated, shortfall, lost, gained, paid_in = side_sums(
+        sides,
+        dq * fill,
+        jnp.maximum(-equity, 0.0),
+        s * dq * (e - b),  # the trader loses the margin
+        s * dq * (e - fill),
+        jnp.maximum(equity, 0.0),
+    )
     return Cascade(
         quantity=jnp.where(hit, 0.0, q),
         bankrupt=b,
         flow=end.flow,
-        liquidated=sums[:, 0],
-        shortfall=sums[:, 1],
-        trader_loss=total(2),
-        counterparty=total(3),
-        fund_inflow=total(4),
+        liquidated=liquidated,
+        shortfall=shortfall,
+        trader_loss=jnp.sum(lost),
+        counterparty=jnp.sum(gained),
+        fund_inflow=jnp.sum(paid_in),
         backstop_left=end.backstop_left,
         backstop_qty=end.backstop_qty,
         backstop_cash=end.backstop_cash,

@@ -220,3 +220,10 @@ def path_keys(seed: int, start: int, n: int) -> jax.Array:
 def step_keys(keys: jax.Array, t) -> jax.Array:
     """Per-path keys `[paths]` of step t."""
     return jax.vmap(jax.random.fold_in, (0, None))(keys, t)
+
+
+def step_draws(keys: jax.Array, t, params: Params, static: Static) -> market.Draws:
+    """The random numbers of step t for the paths of `keys` (`path_keys`), leading axis paths."""
+    dtype = params.market.price0.dtype
+    one = lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype, static.dof_max)
+    return jax.vmap(one)(step_keys(keys, t))

@@ -27,9 +27,8 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from engine import bins as B
-from engine import market
 from engine.devices import PATH_AXIS
-from engine.kernel import SimState, adl_step, init_state, market_step, path_keys, step_keys
+from engine.kernel import SimState, adl_step, init_state, market_step, path_keys, step_draws
 from engine.outputs import extract
 from engine.params import Params, Static
 
@@ -81,15 +80,13 @@ def _advance(carry: Carry, params: Params, seed, start, n_valid, t0, static: Sta
     n_paths = carry.states.x_mark.shape[0]
     keys = path_keys(seed, start, n_paths)
     valid = jnp.arange(n_paths) < n_valid
-    dtype = params.market.price0.dtype
-    draw = jax.vmap(lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype, static.dof_max))
     move = jax.vmap(market_step, in_axes=(0, 0, None, None, None, None, None))
     deleverage = jax.vmap(adl_step, in_axes=(0, None))
 
     def one_step(carry: Carry, t) -> Carry:
         states, fan = carry
         shock, flow = params.schedule.shock[t], params.schedule.flow[t]
-        states = move(states, draw(step_keys(keys, t)), t, shock, flow, params, static)
+        states = move(states, step_draws(keys, t, params, static), t, shock, flow, params, static)
         states = jax.lax.cond(
             jnp.any(states.deficit > 0), lambda s: deleverage(s, params), lambda s: s, states
         )

@@ -57,10 +57,11 @@ def bytes_per_path(static: P.Static, itemsize: int) -> int:
 # early exit and the ADL branch run while *any* path of the batch needs them, and the cohort
 # arrays leave the cache; a much smaller one pays XLA's fixed cost per operation on too few
 # numbers. A device holds CPU_COHORTS_PER_DEVICE path-cohorts, but between
-# CPU_MIN_PATHS_PER_DEVICE and CPU_PATHS_PER_DEVICE paths. Measured (2 devices, W1 shape,
-# whole-position cascade, path-steps/s by paths per device): 256 cohorts: 256 → 1.54 M,
-# 512 → 1.64 M, 1,024 → 1.40 M; 1,024 cohorts: 128 → 0.44 M, 256 → 0.43 M, 512 → 0.31 M;
-# W2 shape (8,192 cohorts per path): 32 → 15.7 k, 64 → 22.6 k, 128 → 23.4 k, 256 → 19.3 k.
+# CPU_MIN_PATHS_PER_DEVICE and CPU_PATHS_PER_DEVICE paths. Measured with the chunk size set
+# by hand (2 host devices, 16,384 or 8,192 paths x 288 steps; path-steps/s by paths per
+# device): W1 book (256 cohorts) 256 → 1.54 M, 512 → 1.64 M, 1,024 → 1.40 M; W1 book with 1,024
+# cohorts 128 → 0.44 M, 256 → 0.43 M, 512 → 0.31 M; W2 (8,192 cohorts per path, 1,024 paths,
+# first point) 32 → 15.7 k, 64 → 22.6 k, 128 → 23.4 k, 256 → 19.3 k.
 CPU_PATHS_PER_DEVICE = 512
 CPU_MIN_PATHS_PER_DEVICE = 128
 CPU_COHORTS_PER_DEVICE = 2**18

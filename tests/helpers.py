@@ -15,9 +15,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from engine import market
 from engine.config import Config
-from engine.kernel import path_keys, step_keys
+from engine.kernel import path_keys, step_draws
 from engine.params import Params, Static
 
 PARITY_RTOL = 1e-9
@@ -44,7 +43,5 @@ def engine_draws(params: Params, static: Static, seed: int, n_paths: int):
     """`t -> Draws` with a leading path axis: exactly the numbers `engine.rollout.rollout`
     draws for global paths 0 .. n_paths - 1 of `seed` (NumPy float64)."""
     keys = path_keys(seed, 0, n_paths)
-    dtype = params.market.price0.dtype
-    one = lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype, static.dof_max)
-    at = jax.jit(lambda t: jax.vmap(one)(step_keys(keys, t)))
+    at = jax.jit(lambda t: step_draws(keys, t, params, static))
     return lambda t: jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), at(t))

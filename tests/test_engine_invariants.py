@@ -162,17 +162,3 @@ def test_liquidation_spiral_exists():
     assert np.all(on["cascade_rounds"] >= 3) and np.all(off["cascade_rounds"] == 1)
     assert np.all(on["max_drawdown"].max(-1) > off["max_drawdown"].max(-1) + 0.01)
 
-
-def test_every_asset_holds_longs_then_as_many_shorts():
-    """The per-side sums (`engine.cascade.side_matrix`) read the layout of the first asset;
-    `engine.book` checks that all assets share it."""
-    from engine.book import build_cohorts, check_layout
-
-    side = build_cohorts(Config.model_validate(SMALL)).side
-    assert side.shape[0] == 2 and (side[:, : side.shape[1] // 2] == 1).all()
-    check_layout(side)
-    swapped = side.copy()
-    swapped[1] = swapped[1, ::-1]
-    for bad in (swapped, side[:, 1:]):
-        with pytest.raises(ValueError, match="longs first"):
-            check_layout(bad)

@@ -1,11 +1,13 @@
 """The kernels lower for CUDA GPUs, checked on a machine without one.
 
-`jax.export` lowers a function for a platform that is not present (cross-platform lowering)
-and refuses operations that have no lowering there, such as a CPU-only LAPACK routine or a
-host callback (`test_the_check_rejects_cpu_only_operations`). Each kernel form that
+`jax.export` lowers a function for a platform that is not present (cross-platform lowering).
+It fails for an operation without a lowering for that platform, and for custom calls (library
+routines such as cuSOLVER's, host callbacks) that are not on its list of stable targets
+(`test_the_check_rejects_library_calls_and_callbacks`). Each kernel form that
 `engine.simulate` can pick, the sharded rollout's three calls and the calibration gradient
-must lower for `cuda`. This is not a run on a GPU (nothing here compiles for one or checks
-numbers there); it catches code that could not run there at all.
+must lower for `cuda` with neither: plain XLA operations that every backend compiles. This is
+not a run on a GPU (nothing here compiles for one or checks numbers there); it catches code
+that could not run there, or would depend on a library, before anyone rents a GPU.
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ def assert_runs_on_cuda(exported: export.Exported) -> None:
     assert "stablehlo" in exported.mlir_module()
 
 
-def test_the_check_rejects_cpu_only_operations():
-    eig = jax.jit(lambda x: jnp.linalg.eig(x)[0].real)  # LAPACK geev: CPU only
-    with pytest.raises(ValueError):
+def test_the_check_rejects_library_calls_and_callbacks():
+    eig = jax.jit(lambda x: jnp.linalg.eig(x)[0].real)  # a solver library's custom call
+    with pytest.raises(ValueError, match="custom calls"):
         export.export(eig, platforms=["cuda"])(jnp.eye(3))
     host = jax.ShapeDtypeStruct((3,), jnp.float32)
     callback = jax.jit(lambda x: jax.pure_callback(lambda y: y, host, x))
@@ -82,7 +84,7 @@ def test_sharded_rollout_lowers_for_cuda():
 
 
 def test_calibration_gradient_lowers_for_cuda():
-    params, static = built()
+    params, static = P.build(Config.model_validate(small_dict()))  # not specialised, as calibration
     relaxed = P.Static(**{**static.__dict__, "relaxed": True})
 
     def loss(fund, temperature):

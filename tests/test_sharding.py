@@ -16,10 +16,10 @@ import xarray as xr
 from engine import devices, simulate
 from engine import params as P
 from engine.config import Config
-from engine.params import static_of
+from engine.params import Static, static_of
 from engine.reduce import ATOM
 from engine.rollout import sharded_rollout
-from engine.simulate import chunk_size
+from engine.simulate import bytes_per_path, chunk_size, cpu_paths_per_device
 from tests.conftest import small_dict
 
 # 700 paths over chunks of 512: a full chunk and a padded one, both split over devices; and a
@@ -51,6 +51,22 @@ def test_chunk_splits_evenly_over_devices():
         assert size % math.lcm(ATOM, n) == 0
     small = Config.model_validate(small_dict(run={"n_paths": 100}))
     assert [chunk_size(small, static_of(small), n) for n in (1, 2, 3)] == [128, 128, 192]
+
+
+def test_cpu_chunk_holds_a_bounded_number_of_path_cohorts():
+    """`cpu_paths_per_device`: 2^18 path-cohorts, but 128 to 512 paths; never above the
+    memory budget."""
+    def static(assets, cohorts):
+        return Static(n_assets=assets, n_cohorts=cohorts, steps=48, rounds=6, max_window=16,
+                      fan_stride=1, fan_points=48)
+
+    per_device = {(1, 256): 512, (1, 1024): 256, (1, 2048): 128, (4, 2048): 128, (1, 64): 512}
+    assert {k: cpu_paths_per_device(static(*k)) for k in per_device} == per_device
+    huge = Config.model_validate(small_dict(run={"n_paths": 100_000, "memory_budget_mb": 64}))
+    big_book = static(2, 100_000)
+    budget_paths = 64 * 2**20 // bytes_per_path(big_book, 4)
+    assert budget_paths < 128 * 2
+    assert chunk_size(huge, big_book, 2) == ATOM  # the budget wins (down to one atom)
 
 
 def test_mesh_respects_device_limit(monkeypatch):
