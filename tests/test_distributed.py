@@ -52,9 +52,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(argv: Callable[[str, int], list[str]], cwd: Path) -> list[tuple[int, str, str]]:
-    """Exit code, stdout and stderr of processes 0 and 1 (command `argv(port, i)`) of one
-    distributed runtime on a free loopback port, one CPU device each, started in `cwd`."""
+def _two_processes(
+    argv: Callable[[str, int], list[str]], cwd: Path, port: int | None = None,
+    env_of: Callable[[str, int], dict] = lambda port, i: {},
+) -> list[tuple[int, str, str]]:
+    """Exit code, stdout and stderr of processes 0 and 1 (command `argv(port, i)`, extra
+    environment `env_of(port, i)`) of one distributed runtime on a loopback port (`port`, or a
+    free one), one CPU device each, started in `cwd`."""
     env = {
         **os.environ,
         "LIQSTRESS_CPU_DEVICES": "1",
@@ -62,10 +66,11 @@ def _two_processes(argv: Callable[[str, int], list[str]], cwd: Path) -> list[tup
         "PYTHONPATH": str(ROOT),
     }
     env.pop("XLA_FLAGS", None)
-    port = str(_free_port())
+    port = str(port or _free_port())
     procs = [
         subprocess.Popen(
-            argv(port, i), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            argv(port, i), env={**env, **env_of(port, i)}, cwd=cwd, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
         )
         for i in range(2)
     ]
@@ -182,3 +187,34 @@ def test_a_failure_of_process_0_ends_both_with_its_exit_code(single, tmp_path):
     assert (code0, code1) == (2, 2)
     assert "exists and is not empty" in err0
     _assert_silent(out1, err1)
+
+
+def _slurm_port() -> int:
+    """A free loopback port in the range JAX's SLURM detection derives from the job id
+    (61440 + job id mod 4096)."""
+    for port in range(61440 + os.getpid() % 4096, 65536):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port in the SLURM range")
+
+
+def test_distributed_run_under_slurm_matches_one_process(single, tmp_path):
+    """`liqstress run --distributed` as two SLURM tasks (the variables `srun` sets, on this
+    host): JAX finds the coordinator, process count and id itself."""
+    port = _slurm_port()
+    slurm = lambda _, i: {
+        "SLURM_JOB_ID": str(port - 61440 + 4096), "SLURM_STEP_NODELIST": "127.0.0.1",
+        "SLURM_NTASKS": "2", "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i), "SLURM_STEP_NUM_NODES": "1",
+    }
+    d = tmp_path / "run"
+    argv = lambda *_: [sys.executable, "-m", "engine", "run", *RUN_ARGS, "--run-dir", str(d), "--distributed"]
+    (code0, out0, err0), (code1, out1, err1) = _two_processes(argv, tmp_path, port, slurm)
+    assert (code0, code1) == (0, 0), err0[-3000:] + err1[-3000:]
+    assert f"run directory: {d}" in out0
+    _assert_silent(out1, err1)
+    assert json.loads((d / "manifest.json").read_text())["jax"]["process_count"] == 2
+    _assert_same_cube(d / "cube.nc", single / "cube.nc")
