@@ -19,12 +19,14 @@ usage (one message, nothing written); 1 runtime failure (parts already written a
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import signal
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import jax
 import typer
@@ -92,16 +94,29 @@ def _join_processes(
     return True
 
 
+def _abandon(code: int) -> NoReturn:
+    """Leave a multi-process run at once with `code`, while the other processes wait in a
+    collective this one will not join: JAX's shutdown at exit would wait for them (up to its
+    5-minute timeout) while they wait for this process. Exiting ends this process's part of the
+    runtime, and the runtime (or the collective's broken connection) ends the others within
+    seconds."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _follow() -> int:
     """A process other than 0 of a multi-process run: simulate what process 0 sends (printing
-    nothing) and return its exit code; 130 if interrupted, 1 on a failure of this process."""
+    nothing) and return its exit code. Interrupted (130) or failing (1) itself, it leaves at
+    once (`_abandon`): process 0 waits in a collective of the same simulation."""
     try:
         with _sigterm_interrupts():
             return runs.follow()
     except KeyboardInterrupt:
-        return 130
+        _abandon(130)
     except (SimulationError, OSError, ValueError, RuntimeError) as e:
-        raise _fail(f"process {jax.process_index()}: {e}", 1) from None
+        _fail(f"process {jax.process_index()}: {e}", 1)
+        _abandon(1)
 
 
 @contextlib.contextmanager
@@ -120,6 +135,11 @@ def _leading() -> Iterator[runs.Leader]:
         raise
     finally:
         leader.release(code)
+        if leader.stranded:
+            kind = sys.exc_info()[0]
+            if kind is not None and not issubclass(kind, (typer.Exit, KeyboardInterrupt)):
+                traceback.print_exc()  # no message reported it, and `_abandon` skips Python's report
+            _abandon(code)
 
 
 def _summary(cube, run_id: str) -> None:

@@ -21,8 +21,12 @@ On CPUs the cross-process collectives use gloo (TCP); on GPUs JAX uses NCCL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -81,15 +85,42 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside the block reach their handlers when it ends.
+
+    The handlers are swapped for a recorder (a signal mask would not do: the runtime's other
+    threads would still take the signal); off the main thread, where handlers cannot be set,
+    nothing is held.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    record = lambda signum, _: caught.append(signum)
+    previous = {s: signal.signal(s, record) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for signum in caught:
+            signal.raise_signal(signum)
+
+
 def broadcast_json(value: Any = None) -> Any:
     """Process 0's `value` (anything `json.dumps` takes) on every process; the others pass
     nothing. A collective: every process calls it, at the same point of the same program.
 
     The JSON text travels as bytes padded with NULs to a power of two (which JSON text never
-    contains), so that few buffer shapes need compiling; its padded size travels first.
+    contains), so that few buffer shapes need compiling; its padded size travels first. An
+    interrupt (Ctrl-C, SIGTERM) waits until both have travelled: one that split them would leave
+    process 0's next collective paired with the others' second half of this one.
     """
     text = json.dumps(value).encode() if is_writer() else b""
-    size = int(multihost_utils.broadcast_one_to_all(np.int32(1 << len(text).bit_length())))
-    buf = np.zeros(size, np.uint8)
-    buf[: len(text)] = np.frombuffer(text, np.uint8)
-    return json.loads(multihost_utils.broadcast_one_to_all(buf).tobytes().rstrip(b"\0"))
+    with _signals_held():
+        size = int(multihost_utils.broadcast_one_to_all(np.int32(1 << len(text).bit_length())))
+        buf = np.zeros(size, np.uint8)
+        buf[: len(text)] = np.frombuffer(text, np.uint8)
+        data = multihost_utils.broadcast_one_to_all(buf)
+    return json.loads(data.tobytes().rstrip(b"\0"))

@@ -414,6 +414,8 @@ class Leader:
 
     def __init__(self) -> None:
         self._listening = distributed.joined()  # the others wait in `follow` for a message
+        # the others are inside a `simulate` this process has not finished (see `stranded`)
+        self._inside = False
 
     def simulate(
         self, config: Config, points: list[Config], baseline: int, progress: Callable | None = None
@@ -423,9 +425,16 @@ class Leader:
             points_json = [c.model_dump(mode="json") for c in points]
             self._tell({"config": config.model_dump(mode="json"), "points": points_json, "baseline": baseline})
         listening, self._listening = self._listening, False
+        self._inside = listening
         ds = simulate(config, points, baseline=baseline, progress=progress)
-        self._listening = listening
+        self._listening, self._inside = listening, False
         return ds
+
+    @property
+    def stranded(self) -> bool:
+        """True after `simulate` failed on this process while others ran it too: they wait in
+        one of its collectives and cannot be told anything more (see `cli`'s exit)."""
+        return self._inside
 
     def release(self, code: int) -> None:
         """Let the other processes end with exit code `code` (`follow` returns it)."""

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from engine import cli, runs, simulate
+from engine import cli, distributed, runs, simulate
 from engine.config import Config
 from engine.errors import SimulationError
 from tests.conftest import small_dict
@@ -52,13 +55,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(
+def _start_two(
     argv: Callable[[str, int], list[str]], cwd: Path, port: int | None = None,
     env_of: Callable[[str, int], dict] = lambda port, i: {},
-) -> list[tuple[int, str, str]]:
-    """Exit code, stdout and stderr of processes 0 and 1 (command `argv(port, i)`, extra
-    environment `env_of(port, i)`) of one distributed runtime on a loopback port (`port`, or a
-    free one), one CPU device each, started in `cwd`."""
+) -> list[subprocess.Popen]:
+    """Processes 0 and 1 (command `argv(port, i)`, extra environment `env_of(port, i)`) of one
+    distributed runtime on a loopback port (`port`, or a free one), one CPU device each,
+    started in `cwd`."""
     env = {
         **os.environ,
         "LIQSTRESS_CPU_DEVICES": "1",
@@ -67,13 +70,17 @@ def _two_processes(
     }
     env.pop("XLA_FLAGS", None)
     port = str(port or _free_port())
-    procs = [
+    return [
         subprocess.Popen(
             argv(port, i), env={**env, **env_of(port, i)}, cwd=cwd, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )
         for i in range(2)
     ]
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
+    """Exit code, stdout and stderr of each process, killing them after 240 s."""
     try:
         results = [p.communicate(timeout=240) for p in procs]
     finally:
@@ -83,24 +90,22 @@ def _two_processes(
     return [(p.returncode, out, err) for p, (out, err) in zip(procs, results)]
 
 
+def _two_processes(argv, cwd: Path, port: int | None = None, env_of=lambda port, i: {}):
+    """`_start_two` run to the end: exit code, stdout and stderr of processes 0 and 1."""
+    return _finish(_start_two(argv, cwd, port, env_of))
+
+
+def _liqstress_argv(args: list[str]) -> Callable[[str, int], list[str]]:
+    """`liqstress run ARGS` as process i of a two-process run on `port`."""
+    return lambda port, i: [
+        sys.executable, "-m", "engine", "run", *args,
+        "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+    ]
+
+
 def _liqstress_run(args: list[str], cwd: Path) -> list[tuple[int, str, str]]:
-    """`liqstress run ARGS` as processes 0 and 1 of a two-process run."""
-    return _two_processes(
-        lambda port, i: [
-            sys.executable,
-            "-m",
-            "engine",
-            "run",
-            *args,
-            "--coordinator",
-            f"127.0.0.1:{port}",
-            "--num-processes",
-            "2",
-            "--process-id",
-            str(i),
-        ],
-        cwd,
-    )
+    """`liqstress run ARGS` as processes 0 and 1 of a two-process run, to the end."""
+    return _two_processes(_liqstress_argv(args), cwd)
 
 
 def _assert_silent(out: str, err: str) -> None:
@@ -218,3 +223,77 @@ def test_distributed_run_under_slurm_matches_one_process(single, tmp_path):
     _assert_silent(out1, err1)
     assert json.loads((d / "manifest.json").read_text())["jax"]["process_count"] == 2
     _assert_same_cube(d / "cube.nc", single / "cube.nc")
+
+
+def test_an_interrupt_does_not_split_a_message(monkeypatch):
+    """A SIGTERM between the two collectives of `broadcast_json` (size, then text) is held until
+    both have run, then interrupts: the processes' collectives stay paired."""
+    calls = []
+
+    def broadcast(x):
+        calls.append(np.shape(x))
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return x
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed.multihost_utils, "broadcast_one_to_all", broadcast)
+    monkeypatch.setattr(distributed, "is_writer", lambda: True)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            distributed.broadcast_json({"exit": 130})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert calls == [(), (16,)]  # the padded size, then the 13-byte text padded to 16
+
+
+def test_sigterm_to_process_0_ends_both_and_keeps_the_run_resumable(tmp_path):
+    """SIGTERM (a scheduler's preemption) to process 0 while the processes simulate: it exits
+    130 with the run marked interrupted, and process 1 does not hang in the collective."""
+    d = tmp_path / "run"
+    procs = _start_two(_liqstress_argv([*RUN_ARGS, "--set", "run.steps=2000", "--run-dir", str(d)]), tmp_path)
+    log = d / "run.log"
+    for _ in range(1200):  # until process 0 starts the parts (then it compiles and simulates)
+        if log.exists() and "session start" in log.read_text():
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+    procs[0].send_signal(signal.SIGTERM)
+    (code0, _, err0), (code1, _, _) = _finish(procs)
+    assert code0 == 130, err0[-3000:]
+    assert code1 != 0  # aborted by JAX's runtime once process 0 left (no exit code to follow)
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["status"] == "interrupted" and all(p["status"] != "done" for p in m["parts"])
+
+
+FAIL_ON_PROCESS_1 = """
+import sys
+import jax
+from engine import cli, runs
+from engine.errors import SimulationError
+real = runs.simulate
+def simulate(*args, **kwargs):
+    if jax.process_index() == 1:
+        raise SimulationError("injected on process 1")
+    return real(*args, **kwargs)
+runs.simulate = simulate
+sys.argv = ["liqstress", *sys.argv[1:]]
+cli.app()
+"""
+
+
+def test_a_failure_of_process_1_inside_the_simulation_ends_both(tmp_path):
+    """Process 1 fails where process 0 waits for it in a collective: both end (no wait for
+    JAX's shutdown timeout), process 1 with 1 and its message, the run marked failed."""
+    d = tmp_path / "run"
+    liqstress = _liqstress_argv([*RUN_ARGS, "--run-dir", str(d)])
+    (code0, _, err0), (code1, _, err1) = _two_processes(
+        lambda port, i: [sys.executable, "-c", FAIL_ON_PROCESS_1, *liqstress(port, i)[3:]], tmp_path
+    )
+    assert code1 == 1 and "injected on process 1" in err1, err1[-3000:]
+    assert "Traceback" not in err1  # the message alone
+    assert code0 == 1, err0[-3000:]  # its collective failed: a failed simulation
+    assert json.loads((d / "manifest.json").read_text())["status"] == "failed"
