@@ -24,7 +24,7 @@ import shlex
 import signal
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -62,18 +62,41 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+# Set by a SIGTERM inside `_sigterm_interrupts`: its KeyboardInterrupt is lost when the handler
+# runs in code whose exceptions Python ignores (seen: JAX's garbage-collection callback), so
+# `_checked` raises it again at the next progress report.
+_terminated = False
+
+
 def _terminate(signum, frame) -> None:
+    global _terminated
+    _terminated = True
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """Inside the block SIGTERM (e.g. from SLURM or `kill`) raises KeyboardInterrupt."""
+    global _terminated
+    _terminated = False
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _checked(progress: Callable | None = None) -> Callable:
+    """A progress callback (called after every chunk) that first calls `progress`, then raises
+    KeyboardInterrupt if a SIGTERM came whose own KeyboardInterrupt was lost."""
+
+    def report(event) -> None:
+        if progress:
+            progress(event)
+        if _terminated:
+            raise KeyboardInterrupt
+
+    return report
 
 
 def _join_processes(
@@ -111,7 +134,7 @@ def _follow() -> int:
     once (`_abandon`): process 0 waits in a collective of the same simulation."""
     try:
         with _sigterm_interrupts():
-            return runs.follow()
+            return runs.follow(progress=_checked())
     except KeyboardInterrupt:
         _abandon(130)
     except (SimulationError, OSError, ValueError, RuntimeError) as e:
@@ -321,7 +344,7 @@ def _run(
     reporter = BarReporter(_err(), study.name) if use_bar else LogReporter(sys.stderr, title)
     try:
         with _sigterm_interrupts(), reporter:
-            cube = runs.execute(the_run, progress=reporter, shard=the_shard, leader=leader)
+            cube = runs.execute(the_run, progress=_checked(reporter), shard=the_shard, leader=leader)
     except KeyboardInterrupt:
         raise _fail(f"interrupted; finished parts are kept: continue with `{again}`", 130) from None
     except ConfigError as e:

@@ -446,11 +446,12 @@ class Leader:
             distributed.broadcast_json(message)
 
 
-def follow() -> int:
+def follow(progress: Callable | None = None) -> int:
     """A process other than 0 in a multi-process run (see `Leader`): simulate each call process
-    0 sends, write nothing, and return process 0's exit code once it sends that."""
+    0 sends (with `progress`, called after each chunk), write nothing, and return process 0's
+    exit code once it sends that."""
     while "exit" not in (message := distributed.broadcast_json()):
-        simulate(message["config"], message["points"], baseline=message["baseline"])
+        simulate(message["config"], message["points"], baseline=message["baseline"], progress=progress)
     return message["exit"]
 
 
