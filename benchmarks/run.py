@@ -182,12 +182,11 @@ def _step_cost(params, static, n_paths: int) -> dict:
     path-step: flops and bytes accessed as the compiler counts them, a loop's body once (so
     one cascade round), the ADL branch left out. The inputs of the GPU bound in the README."""
     import jax
-    import jax.numpy as jnp
 
-    from engine.kernel import init_state, market_step, path_keys, step_draws
+    from engine.kernel import market_step, path_keys, step_draws
+    from engine.rollout import _begin
 
-    one = init_state(params, static)
-    states = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_paths,) + x.shape), one)
+    states = _begin(params, static, n_paths).states
     keys = path_keys(0, 0, n_paths)
     move = jax.vmap(market_step, in_axes=(0, 0, None, None, None, None, None))
 

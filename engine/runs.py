@@ -424,10 +424,9 @@ class Leader:
         if self._listening:  # (a single process builds no message)
             points_json = [c.model_dump(mode="json") for c in points]
             self._tell({"config": config.model_dump(mode="json"), "points": points_json, "baseline": baseline})
-        listening, self._listening = self._listening, False
-        self._inside = listening
+        self._inside = self._listening
         ds = simulate(config, points, baseline=baseline, progress=progress)
-        self._listening, self._inside = listening, False
+        self._inside = False
         return ds
 
     @property
@@ -437,8 +436,10 @@ class Leader:
         return self._inside
 
     def release(self, code: int) -> None:
-        """Let the other processes end with exit code `code` (`follow` returns it)."""
-        self._tell({"exit": code})
+        """Let the other processes end with exit code `code` (`follow` returns it), unless they
+        are `stranded` in a failed simulation."""
+        if not self._inside:
+            self._tell({"exit": code})
         self._listening = False
 
     def _tell(self, message: dict) -> None:

@@ -197,14 +197,16 @@ def test_a_failure_of_process_0_ends_both_with_its_exit_code(single, tmp_path):
 def _slurm_port() -> int:
     """A free loopback port in the range JAX's SLURM detection derives from the job id
     (61440 + job id mod 4096)."""
-    for port in range(61440 + os.getpid() % 4096, 65536):
+    start = os.getpid() % 4096
+    for k in range(4096):
+        port = 61440 + (start + k) % 4096
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    pytest.skip("no free port in the SLURM range")
+    raise AssertionError("no free loopback port in 61440..65535 for the SLURM test")
 
 
 def test_distributed_run_under_slurm_matches_one_process(single, tmp_path):
