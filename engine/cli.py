@@ -314,11 +314,11 @@ def _run(
             if given:
                 raise ConfigError(f"--resume uses the run's own config.toml; drop {', '.join(given)}")
             the_run = runs.open_run(resume)
-            if the_run.manifest["status"] == "complete" and the_run.cube_path.is_file():
-                _out().print(f"{resume}: already complete")
-                _summary(runs.load_cube(resume), the_run.manifest["run_id"])
-                _out().print(f"run directory: {resume}")
-                return
+            if the_run.manifest["status"] == "complete":
+                if runs.cube_intact(the_run):
+                    _already_complete(the_run, write_report)
+                    return
+                _say_rebuilding(the_run)
         else:
             sets = list(overrides or [])
             sets += [f"run.n_paths={paths}"] if paths is not None else []
@@ -415,6 +415,7 @@ def list_(
     for col in ("run", "config", "created (UTC)", "points", "paths", "parts", "size", "status"):
         t.add_column(col, justify="right" if col in ("points", "paths", "parts", "size") else "left")
     colors = {"complete": "green", "running": "cyan", "interrupted": "yellow", "failed": "red"}
+    colors["unreadable"] = "red"
     for r in infos:
         t.add_row(
             r.run_id,
@@ -462,28 +463,60 @@ def combine(
     """Assemble cube.nc of a run whose parts are all done; exit 2 naming the parts that are not."""
     try:
         the_run = runs.open_run(run_dir, flag="combine")
-        cube = runs.combine(the_run)
+        if the_run.manifest["status"] == "complete" and not runs.cube_intact(the_run):
+            _say_rebuilding(the_run)
+        with _sigterm_interrupts():
+            cube = runs.combine(the_run)
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted; the parts are kept: `liqstress combine {run_dir}` again", 130) from None
     except ConfigError as e:
         raise _fail(str(e), 2) from None
     except (OSError, ValueError, RuntimeError) as e:
         raise _fail(f"cannot assemble the cube: {e}", 1) from None
     if cube is None:
-        _out().print(f"{run_dir}: already complete")
-        _summary(runs.load_cube(run_dir), the_run.manifest["run_id"])
-        _out().print(f"run directory: {run_dir}")
+        _already_complete(the_run, write_report)
         return
     _show_cube(the_run, cube, write_report)
 
 
+def _say_rebuilding(the_run: runs.Run) -> None:
+    _err().print(f"{the_run.path}: {runs.CUBE} is missing or damaged; rebuilding it from the parts")
+
+
+def _already_complete(the_run: runs.Run, write_report: bool) -> None:
+    """`run --resume` or `combine` of a complete run with an intact cube: the summary, and the
+    report if an interrupted or failed session left it unfinished."""
+    _out().print(f"{the_run.path}: already complete")
+    try:
+        cube = runs.load_cube(the_run.path)
+    except ConfigError as e:
+        raise _fail(str(e), 1) from None
+    if write_report and the_run.manifest.get("report") == "pending":
+        _out().print("its report was not finished: writing it")
+        _show_cube(the_run, cube, write_report)
+        return
+    _summary(cube, the_run.manifest["run_id"])
+    _out().print(f"run directory: {the_run.path}")
+
+
 def _show_cube(the_run: runs.Run, cube, write_report: bool) -> None:
-    """The end of `run` and `combine`: the summary table, the report, the run directory."""
+    """The end of `run` and `combine`: the summary table, the report, the run directory.
+
+    The manifest's `report` is `pending` while the report is written and `done` after, so a
+    later `--resume` (or `combine`) finishes a report that was interrupted or failed."""
     _summary(cube, the_run.manifest["run_id"])
     if write_report:
+        again = f"write it with `liqstress run --resume {the_run.path}`"
         try:
-            rep = R.write_report([(the_run.manifest["run_id"], cube)], the_run.path)
-            _out().print(f"report: {rep}")
+            with _sigterm_interrupts():
+                the_run.mark(report="pending")
+                rep = R.write_report([(the_run.manifest["run_id"], cube)], the_run.path)
+                the_run.mark(report="done")
+        except KeyboardInterrupt:
+            raise _fail(f"interrupted while writing the report; the cube is complete: {again}", 130) from None
         except (OSError, ValueError, RuntimeError) as e:
-            raise _fail(f"the cube is written, but the report failed: {e}", 1) from None
+            raise _fail(f"the cube is written, but the report failed: {e}; {again}", 1) from None
+        _out().print(f"report: {rep}")
     _out().print(f"run directory: {the_run.path}")
 
 

@@ -10,7 +10,9 @@ metadata: `units` and `long_name` on every variable and coordinate, and global `
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,14 +44,36 @@ def part_dataset(study: Study, ds: xr.Dataset, points: Sequence[int]) -> xr.Data
 def write_atomic(ds: xr.Dataset, path: Path, before_rename: Callable[[], None] | None = None) -> None:
     """Write netCDF through a temporary name in the same directory, then rename over `path`,
     so a crash leaves either the old file, the new one or a stray `.tmp` file, never a torn one.
-    `before_rename` is called between the two (a fault-injection point for tests)."""
+    A failed write removes its temporary file at once; one for want of disk space raises
+    `OSError(ENOSPC)` saying so (netCDF reports only "HDF error"). `before_rename` is called
+    between the write and the rename (a fault-injection point for tests)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    ds.to_netcdf(tmp, engine="netcdf4")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    if before_rename is not None:
-        before_rename()
-    os.replace(tmp, path)
+    try:
+        try:
+            ds.to_netcdf(tmp, engine="netcdf4")
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as err:
+            _raise_if_disk_full(err, ds, path)
+            raise
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _raise_if_disk_full(err: Exception, ds: xr.Dataset, path: Path) -> None:
+    """Raise a clear `OSError(ENOSPC)` if `err`, writing `ds` to `path`, came from a full disk:
+    its errno says so, or the disk has less room left than the data (with the failed file in
+    place still: measured before it is removed)."""
+    free = shutil.disk_usage(path.parent).free
+    if getattr(err, "errno", None) == errno.ENOSPC or free < ds.nbytes:
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on device ({path.parent}: {free / 2**20:.1f} MiB free, "
+            f"writing {path.name} needs about {ds.nbytes / 2**20:.1f} MiB)",
+        ) from err
 
 
 def read(path: Path) -> xr.Dataset:

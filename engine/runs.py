@@ -40,27 +40,32 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import functools
 import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import time
 import tomllib
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
 import xarray as xr
+from pydantic import BaseModel, ValidationError
 
 from engine import cube as C
 from engine import distributed
 from engine.config import Config
-from engine.errors import ConfigError
+from engine.errors import ConfigError, describe
 from engine.simulate import simulate
 from engine.sweep import Study, build_study
 
@@ -92,12 +97,18 @@ def _sha256(path: Path) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write through `.NAME.PID.tmp` and rename; a failed write (a full disk) removes the
+    temporary file before anything else runs."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def git_info() -> dict:
@@ -155,6 +166,95 @@ def source_string(manifest: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# The manifest's shape: what the code reads from it (other keys are kept as they are)
+# --------------------------------------------------------------------------------------
+
+
+class _Part(BaseModel):
+    index: int
+    points: list[int]
+    file: str
+    status: str
+
+
+class _Session(BaseModel):
+    started: str
+    pid: int
+    host: str
+
+
+class _Timings(BaseModel):
+    compute_s: float
+    elapsed_s: float
+
+
+class _Sweep(BaseModel):
+    n_points: int
+
+
+class _Git(BaseModel):
+    commit: str | None
+    dirty: bool | None
+
+
+class _Versions(BaseModel):
+    liqstress: str | None
+    jax: str | None
+
+
+class _Jax(BaseModel):
+    backend: str
+
+
+class _Manifest(BaseModel):
+    format: Literal[1]  # FORMAT
+    run_id: str
+    config_name: str
+    config_sha256: str
+    command: str
+    created: str
+    status: str
+    n_paths: int
+    sweep: _Sweep
+    versions: _Versions
+    jax: _Jax
+    git: _Git
+    shards: int | None
+    sessions: list[_Session]
+    timings: _Timings
+    parts: list[_Part]
+
+
+class ManifestError(ValueError):
+    """A `manifest.json` that is unreadable, not JSON, or not shaped like a run manifest."""
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest of run directory `path` as a dict, checked against the shape the code reads
+    (`ManifestError` naming each missing or bad key otherwise; `FileNotFoundError` if absent)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ManifestError(f"{MANIFEST} is unreadable ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ManifestError(f"{MANIFEST} is not a liqstress run manifest (format {FORMAT})")
+    try:
+        _Manifest.model_validate(manifest)
+    except ValidationError as err:
+        raise ManifestError(f"{MANIFEST} is damaged: {describe(err).replace(chr(10), '; ')}") from None
+    for k, part in enumerate(manifest["parts"]):
+        if part["index"] != k or part["file"] != _part_file(k):
+            raise ManifestError(f"{MANIFEST} is damaged: parts.{k} must have index {k}, file {_part_file(k)}")
+    return manifest
+
+
+def _part_file(k: int) -> str:
+    return f"{PARTS}/part-{k:04d}.nc"
+
+
+# --------------------------------------------------------------------------------------
 # The run directory
 # --------------------------------------------------------------------------------------
 
@@ -181,6 +281,11 @@ class Run:
         with _flock(self.path / MANIFEST_LOCK, fcntl.LOCK_EX):
             yield self.reload()
             self.save()
+
+    def mark(self, **fields) -> None:
+        """Set top-level manifest fields (`report="pending"`, ...) under `.manifest.lock`."""
+        with self.editing() as m:
+            m.update(fields)
 
     def reload(self) -> dict:
         """The manifest as on disk now (other processes may have changed it)."""
@@ -215,23 +320,56 @@ def check_new_run_dir(path: Path) -> None:
 def create_run(study: Study, path: Path, *, source: str, command: str) -> Run:
     """Make the run directory with its resolved config and a manifest of pending parts.
 
-    Call only after validation: this is the first thing that writes to disk.
+    Call only after validation: this is the first thing that writes to disk. The directory is
+    built complete under a temporary sibling name and renamed into place, which succeeds only
+    onto a missing or empty directory, so of two processes starting runs in the same new
+    `--run-dir` the loser gets `ConfigError` and leaves nothing behind.
     """
     check_new_run_dir(path)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.new"
     try:
-        (path / PARTS).mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
     except OSError as err:
         raise ConfigError(
             f"--run-dir {path}: cannot create the run directory ({err.strerror or err})"
         ) from None
-    text = study.resolved_toml()
+    run = Run(tmp, study, _new_manifest(study, path.name, source=source, command=command))
+    try:
+        _write_new(run)
+        _claim(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    run.path = path
+    return run
+
+
+def _claim(tmp: Path, path: Path) -> None:
+    """Rename the complete new run directory `tmp` to `path`: atomic, and refused (`ConfigError`)
+    if `path` has become a non-empty directory or a file since it was checked."""
+    try:
+        os.rename(tmp, path)
+    except OSError as err:
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise ConfigError(
+                f"--run-dir {path}: another process wrote there while this run was being created "
+                "(two runs started in one directory?); choose a new directory"
+            ) from None
+        raise ConfigError(
+            f"--run-dir {path}: cannot create the run directory ({err.strerror or err})"
+        ) from None
+
+
+def _new_manifest(study: Study, run_id: str, *, source: str, command: str) -> dict:
+    """The manifest of a new run: every part pending."""
     cfg = study.config
-    manifest = {
+    return {
         "format": FORMAT,
-        "run_id": path.name,
+        "run_id": run_id,
         "config_name": cfg.name,
         "config_source": source,
-        "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "config_sha256": hashlib.sha256(study.resolved_toml().encode()).hexdigest(),
         "command": command,
         "created": _iso(utc_now()),
         "seed": cfg.run.seed,
@@ -255,15 +393,18 @@ def create_run(study: Study, path: Path, *, source: str, command: str) -> Run:
         "sessions": [],
         "timings": {"compute_s": 0.0, "elapsed_s": 0.0, "finished": None},
         "parts": [
-            {"index": k, "points": pts, "file": f"{PARTS}/part-{k:04d}.nc", "status": "pending"}
+            {"index": k, "points": pts, "file": _part_file(k), "status": "pending"}
             for k, pts in enumerate(study.parts())
         ],
         "cube": None,
     }
-    write_text_atomic(path / CONFIG, text)
-    run = Run(path, study, manifest)
+
+
+def _write_new(run: Run) -> None:
+    """Write a new run's `parts/`, config and manifest into its (existing, empty) directory."""
+    (run.path / PARTS).mkdir()
+    write_text_atomic(run.path / CONFIG, run.study.resolved_toml())
     run.save()
-    return run
 
 
 def open_run(path: Path, flag: str = "--resume") -> Run:
@@ -272,16 +413,16 @@ def open_run(path: Path, flag: str = "--resume") -> Run:
     if not path.is_dir():
         raise ConfigError(f"{flag} {path}: no such run directory")
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        manifest = read_manifest(path)
         text = (path / CONFIG).read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise ConfigError(
             f"{flag} {path}: not a liqstress run directory (no {Path(err.filename).name})"
         ) from None
+    except ManifestError as err:
+        raise ConfigError(f"{flag} {path}: {err}") from None
     except (OSError, ValueError) as err:
-        raise ConfigError(f"{flag} {path}: unreadable {MANIFEST} or {CONFIG} ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "parts" not in manifest:
-        raise ConfigError(f"{flag} {path}: {MANIFEST} is not a liqstress run manifest (format {FORMAT})")
+        raise ConfigError(f"{flag} {path}: unreadable {CONFIG} ({err})") from None
     if hashlib.sha256(text.encode()).hexdigest() != manifest.get("config_sha256"):
         raise ConfigError(f"{flag} {path}: {CONFIG} was changed after the run started; start a new run")
     try:
@@ -310,7 +451,10 @@ def join_run(study: Study, path: Path, *, source: str, command: str) -> Run:
         ) from None
     with _flock(path / MANIFEST_LOCK, fcntl.LOCK_EX):
         if not (path / MANIFEST).exists():
-            return create_run(study, path, source=source, command=command)
+            check_new_run_dir(path)
+            run = Run(path, study, _new_manifest(study, path.name, source=source, command=command))
+            _write_new(run)
+            return run
         run = open_run(path, flag="--run-dir")
     if run.manifest["config_sha256"] != hashlib.sha256(study.resolved_toml().encode()).hexdigest():
         raise ConfigError(
@@ -457,12 +601,24 @@ def follow(progress: Callable | None = None) -> int:
 
 
 def _remove_temporaries(run: Run, indices: Sequence[int]) -> None:
-    """Delete the stray temporary files of parts `indices` (left by a crash)."""
+    """Delete the temporary files killed processes left: those of parts `indices` (this session
+    owns them), of `cube.nc` (nobody writes it while this process holds `.lock`, shared or
+    exclusive, as the caller does) and of the manifest and config (their writers hold
+    `.manifest.lock`). Call it before the session's first manifest write: on a full disk the
+    space they hold may be what that write needs."""
     parts_dir = run.path / PARTS
     parts_dir.mkdir(exist_ok=True)
     for k in indices:
-        for tmp in parts_dir.glob(f".{Path(run.manifest['parts'][k]['file']).name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+        _unlink_all(parts_dir.glob(f".{Path(run.manifest['parts'][k]['file']).name}.*.tmp"))
+    _unlink_all(run.path.glob(f".{CUBE}.*.tmp"))
+    with _flock(run.path / MANIFEST_LOCK, fcntl.LOCK_EX):
+        for name in (MANIFEST, CONFIG):
+            _unlink_all(run.path.glob(f".{name}.*.tmp"))
+
+
+def _unlink_all(files: Iterator[Path]) -> None:
+    for f in files:
+        f.unlink(missing_ok=True)
 
 
 def _check_parts(run: Run, indices: Sequence[int]) -> list[int]:
@@ -489,9 +645,13 @@ def _missing(run: Run) -> list[int]:
 
 
 @contextlib.contextmanager
-def _session(run: Run, shard: tuple[int, int] | None) -> Iterator[None]:
+def _session(run: Run, shard: tuple[int, int] | None) -> Iterator[Callable[[dict], None]]:
     """Record a working session in the manifest, and a failure or interruption inside it as the
-    run's status (finished parts are kept). A shard also records, or must match, the count n."""
+    run's status (finished parts are kept). A shard also records, or must match, the count n.
+
+    Yields `checkpoint(m)`, which brings the session's `elapsed_s` and the run's total in
+    manifest `m` (inside `run.editing()`) up to now: a killed session counts up to its last
+    checkpoint."""
     t0 = time.perf_counter()
     label = f"shard {shard[0]}/{shard[1]}: " if shard else ""
     who = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -504,11 +664,20 @@ def _session(run: Run, shard: tuple[int, int] | None) -> Iterator[None]:
                 )
             m["shards"] = shard[1]
         k = len(m["sessions"])
-        m["sessions"].append({"started": _iso(utc_now()), **who} | ({"shard": label[6:-2]} if shard else {}))
+        m["sessions"].append(
+            {"started": _iso(utc_now()), "elapsed_s": 0.0, **who} | ({"shard": label[6:-2]} if shard else {})
+        )
         m.update(status="running", error=None, **who)
+
+    def checkpoint(m: dict) -> None:
+        session, t = m["sessions"][k], m["timings"]
+        now = round(time.perf_counter() - t0, 3)
+        t["elapsed_s"] = round(t["elapsed_s"] + now - session.get("elapsed_s", 0.0), 3)
+        session["elapsed_s"] = now
+
     outcome = {}
     try:
-        yield
+        yield checkpoint
     except KeyboardInterrupt:
         outcome = {"status": "interrupted", "error": f"{label}interrupted by the user or a signal"}
         run.log(f"{label}interrupted")
@@ -521,8 +690,8 @@ def _session(run: Run, shard: tuple[int, int] | None) -> Iterator[None]:
         finished = _iso(utc_now())
         with run.editing() as m:
             m["sessions"][k]["finished"] = finished
-            t = m["timings"]
-            t.update(elapsed_s=round(t["elapsed_s"] + time.perf_counter() - t0, 3), finished=finished)
+            m["timings"]["finished"] = finished
+            checkpoint(m)
             m.update(outcome)
 
 
@@ -532,9 +701,11 @@ def _run_parts(
     progress: Callable[[Event], None] | None,
     label: str,
     leader: Leader,
+    checkpoint: Callable[[dict], None],
 ) -> None:
-    """Simulate those of parts `indices` not done yet, recording each in the manifest as soon as
-    its file is in place. Progress counts only these parts."""
+    """Simulate those of parts `indices` not done yet, recording each in the manifest (and the
+    session's time, `checkpoint`) as soon as its file is in place. Progress counts only these
+    parts."""
     study = run.study
     parts = [run.manifest["parts"][k] for k in indices]
     n_paths = study.config.run.n_paths
@@ -583,6 +754,7 @@ def _run_parts(
                 status="done", sha256=sha, elapsed_s=round(elapsed, 3), finished=_iso(utc_now())
             )
             m["timings"]["compute_s"] = round(m["timings"]["compute_s"] + elapsed, 3)
+            checkpoint(m)
         state["work"] += work[p["index"]]
         state["points"] += len(p["points"])
         state["parts"] += 1
@@ -596,12 +768,21 @@ def _write_cube(run: Run) -> xr.Dataset:
     missing = _check_parts(run, range(n))
     if missing:
         raise ConfigError(_missing_message(run, missing))
+    rebuilt = run.manifest.get("cube") is not None
     cube = assemble(run)
     C.write_atomic(cube, run.cube_path)
+    sha = _sha256(run.cube_path)
     with run.editing() as m:
-        m.update(status="complete", error=None, cube=CUBE)
-    run.log("cube written")
+        m.update(status="complete", error=None, cube=CUBE, cube_sha256=sha)
+    run.log("cube rebuilt from the parts (it was missing or damaged)" if rebuilt else "cube written")
     return cube
+
+
+def cube_intact(run: Run) -> bool:
+    """Whether `cube.nc` is there with the SHA-256 the manifest records. A run that recorded
+    none (written by an older version) counts as damaged: rebuilding is cheap and records one."""
+    sha = run.manifest.get("cube_sha256")
+    return sha is not None and run.cube_path.is_file() and _sha256(run.cube_path) == sha
 
 
 def _missing_message(run: Run, missing: list[int]) -> str:
@@ -630,11 +811,12 @@ def execute(
     leader = leader or Leader()
     n_parts = len(run.manifest["parts"])
     if shard is None:
-        with locked(run), _session(run, None):
+        with locked(run):
             _remove_temporaries(run, range(n_parts))
-            _check_parts(run, range(n_parts))
-            _run_parts(run, range(n_parts), progress, "", leader)
-            return _write_cube(run)
+            with _session(run, None) as checkpoint:
+                _check_parts(run, range(n_parts))
+                _run_parts(run, range(n_parts), progress, "", leader, checkpoint)
+                return _write_cube(run)
     i, n = shard
     mine = range(i, n_parts, n)
     # Shared `.lock` waits (holding no other lock) for an unsharded session or a `combine` to
@@ -644,26 +826,28 @@ def execute(
         _flock(
             run.path / f".shard-{i:04d}.lock", fcntl.LOCK_EX, f"{run.path}: shard {i}/{n} is already running"
         ),
-        _session(run, shard),
     ):
-        if not mine:
-            run.log(f"shard {i}/{n}: no parts (the run has {n_parts})")
         _remove_temporaries(run, mine)
-        _check_parts(run, mine)
-        _run_parts(run, mine, progress, f"shard {i}/{n}: ", leader)
+        with _session(run, shard) as checkpoint:
+            if not mine:
+                run.log(f"shard {i}/{n}: no parts (the run has {n_parts})")
+            _check_parts(run, mine)
+            _run_parts(run, mine, progress, f"shard {i}/{n}: ", leader, checkpoint)
     return combine(run) if not _missing(run) else None
 
 
 def combine(run: Run) -> xr.Dataset | None:
     """Assemble and write `cube.nc` of a run whose parts are all done (checked against their
-    hashes) and mark it complete; return the cube, or None if the run was complete already.
-    `ConfigError` naming the parts not done otherwise."""
+    hashes) and mark it complete; return the cube, or None if the run was complete already with
+    its cube intact (`cube_intact`; else the cube is rebuilt). `ConfigError` naming the parts
+    not done otherwise."""
     missing = _missing(run)
     if missing:
         raise ConfigError(_missing_message(run, missing))
     # waits only for shards finishing their bookkeeping: their parts are all done
     with _flock(run.path / LOCK, fcntl.LOCK_EX):
-        if run.reload()["status"] == "complete" and run.cube_path.is_file():
+        _remove_temporaries(run, range(len(run.manifest["parts"])))
+        if run.reload()["status"] == "complete" and cube_intact(run):
             return None
         return _write_cube(run)
 
@@ -693,7 +877,13 @@ def load_cube(path: Path) -> xr.Dataset:
     f = path / CUBE if path.is_dir() else path
     if not f.is_file():
         raise ConfigError(f"{path}: no {CUBE} (is the run complete? continue it with --resume)")
-    return C.read(f)
+    try:
+        return C.read(f)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ConfigError(
+            f"{f}: unreadable ({err}); a run directory's cube is rebuilt from its parts by "
+            "`liqstress run --resume DIR` or `liqstress combine DIR`"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------
@@ -724,26 +914,31 @@ def run_status(path: Path, manifest: dict) -> str:
 
 
 def list_runs(root: Path) -> list[RunInfo]:
-    """Run directories under `root` (those with a manifest), oldest first."""
+    """Run directories under `root` (those with a manifest), oldest first; one whose manifest is
+    unreadable or damaged is listed with status `unreadable`. Hidden directories (runs being
+    created) are skipped."""
     out = []
     if not root.is_dir():
         return out
     for d in sorted(root.iterdir()):
-        try:
-            m = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        if d.name.startswith(".") or not (d / MANIFEST).is_file():
             continue
         size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-        parts = m.get("parts", [])
+        try:
+            m = read_manifest(d)
+        except (OSError, ManifestError):
+            out.append(RunInfo(d, d.name, "?", "?", 0, 0, 0, 0, size, "unreadable"))
+            continue
+        parts = m["parts"]
         out.append(
             RunInfo(
                 d,
-                m.get("run_id", d.name),
-                m.get("config_name", "?"),
-                m.get("created", "?"),
-                m.get("sweep", {}).get("n_points", 0),
-                m.get("n_paths", 0),
-                sum(p.get("status") == "done" for p in parts),
+                m["run_id"],
+                m["config_name"],
+                m["created"],
+                m["sweep"]["n_points"],
+                m["n_paths"],
+                sum(p["status"] == "done" for p in parts),
                 len(parts),
                 size,
                 run_status(d, m),

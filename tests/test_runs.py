@@ -1,20 +1,27 @@
 """Run directories end to end: the cube and its metadata, the report, listing, and a run killed
 with SIGKILL part-way and resumed, which must equal an uninterrupted run."""
 
+import errno
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from engine import cli, runs
+from engine import cli, cube, runs
+from engine.configfile import load_study
+from engine.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = str(ROOT / "configs" / "quick.toml")
@@ -27,6 +34,7 @@ REQUIRED = (
     "max_drawdown",
     "halted_steps",
 )
+QUIET = ("--no-progress", "--no-report")
 LOSSES = ("liquidated_notional", "bad_debt", "insurance_fund_draw", "adl_notional", "trader_loss")
 
 
@@ -161,11 +169,21 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_path):
     assert not (d / "cube.nc").exists()
     info = {r.run_id: r for r in runs.list_runs(tmp_path)}["killed"]
     assert info.status == "interrupted"
+    # the killed session's time counts, up to its last finished part
+    assert m["timings"]["elapsed_s"] == m["sessions"][0]["elapsed_s"] >= m["parts"][0]["elapsed_s"] > 0
+    # as if killed while writing the cube or the manifest
+    stale = [d / f".cube.nc.{proc.pid}.tmp", d / f".manifest.json.{proc.pid}.tmp"]
+    for f in stale:
+        f.write_bytes(b"torn")
 
     invoke("run", "--resume", str(d), "--no-progress")
     m = json.loads((d / "manifest.json").read_text())
     assert m["status"] == "complete" and len(m["sessions"]) == 2
-    assert not list((d / "parts").glob(".*.tmp"))
+    assert not list((d / "parts").glob(".*.tmp")) and not any(f.exists() for f in stale)
+    t, sessions = m["timings"], m["sessions"]
+    assert t["elapsed_s"] == pytest.approx(sum(s["elapsed_s"] for s in sessions), abs=0.01)
+    assert t["compute_s"] == pytest.approx(sum(p["elapsed_s"] for p in m["parts"]), abs=0.01)
+    assert t["elapsed_s"] >= t["compute_s"]
     resumed, reference = xr.open_dataset(d / "cube.nc"), xr.open_dataset(straight / "cube.nc")
     assert set(resumed.data_vars) == set(reference.data_vars)
     for name in reference.data_vars:
@@ -196,3 +214,217 @@ def test_runtime_failure_exits_1_keeps_finished_parts_and_resumes(straight, tmp_
         np.testing.assert_array_equal(
             xr.open_dataset(d / "cube.nc")[name].values, xr.open_dataset(straight / "cube.nc")[name].values
         )
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".*lock"))
+    return dst
+
+
+def edit_manifest(d: Path, change) -> None:
+    m = json.loads((d / "manifest.json").read_text())
+    change(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def snapshot(d: Path) -> dict:
+    """Every file under `d` with its bytes: to check that nothing was written."""
+    return {f.relative_to(d): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()}
+
+
+def test_list_shows_damaged_manifests_as_unreadable(straight, tmp_path):
+    copy_run(straight, tmp_path / "good")
+    for name, text in [("array", "[1, 2]"), ("partial", '{"format": 1, "parts": []}'), ("torn", '{"form')]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(text)
+    (tmp_path / "not_a_run").mkdir()
+    (tmp_path / ".good.0123.new").mkdir()  # a run directory being created
+    shutil.copy(straight / "manifest.json", tmp_path / ".good.0123.new")
+    status = {r.path.name: r.status for r in runs.list_runs(tmp_path)}
+    bad = {"array": "unreadable", "partial": "unreadable", "torn": "unreadable"}
+    assert status == {"good": "complete", **bad}
+    out = invoke("list", str(tmp_path)).output
+    assert out.count("unreadable") == 3 and "complete" in out
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda m: m["parts"][0].pop("points"), "parts.0.points"),
+        (lambda m: m["timings"].pop("elapsed_s"), "timings.elapsed_s"),
+        (lambda m: m.pop("sessions"), "sessions"),
+        (lambda m: m["parts"][1].update(index=0), "parts.1 must have index 1"),
+        (lambda m: m.update(parts={"0": 1}), "parts"),
+    ],
+)
+def test_resume_of_a_damaged_manifest_exits_2_naming_the_key(straight, tmp_path, change, named):
+    d = copy_run(straight, tmp_path / "run")
+    edit_manifest(d, change)
+    before = snapshot(d)
+    result = CliRunner().invoke(cli.app, ["run", "--resume", str(d), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "manifest.json is damaged" in result.output and named in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert snapshot(d) == before
+
+
+def test_a_run_directory_filled_meanwhile_is_not_overwritten(tmp_path, monkeypatch):
+    """The claim step alone: a second run whose check passed before the first one existed."""
+    d = tmp_path / "run"
+    d.mkdir()  # an existing empty --run-dir is fine
+    first = runs.create_run(load_study(QUICK, ["run.n_paths=256"]), d, source="a", command="a")
+    assert first.path == d and json.loads((d / "manifest.json").read_text())["n_paths"] == 256
+    before = snapshot(d)
+    monkeypatch.setattr(runs, "check_new_run_dir", lambda path: None)  # both passed the check
+    with pytest.raises(ConfigError, match="another process wrote there"):
+        runs.create_run(load_study(QUICK, []), d, source="b", command="b")
+    assert snapshot(d) == before
+    assert [f.name for f in tmp_path.iterdir()] == ["run"]  # the loser's temporary is gone
+
+
+def test_runs_started_together_in_one_directory_leave_one_consistent_run(tmp_path):
+    """Two threads race to create each of 8 directories: exactly one wins each, the loser
+    writes nothing, and the directory holds the winner's config and manifest."""
+    studies = [load_study(QUICK, [f"run.n_paths={n}"]) for n in (256, 512)]
+    for k in range(8):
+        d = tmp_path / f"run{k}"
+        start, outcome = threading.Barrier(2), {}
+
+        def create(study, d=d, start=start, outcome=outcome):
+            start.wait()
+            try:
+                runs.create_run(study, d, source="race", command="race")
+                outcome[study.config.run.n_paths] = "won"
+            except ConfigError as err:
+                outcome[study.config.run.n_paths] = str(err)
+
+        threads = [threading.Thread(target=create, args=(s,)) for s in studies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        winners = [n for n, o in outcome.items() if o == "won"]
+        assert len(winners) == 1, outcome
+        m = json.loads((d / "manifest.json").read_text())
+        assert m["n_paths"] == winners[0] and f"n_paths = {winners[0]}" in (d / "config.toml").read_text()
+        assert sorted(f.name for f in d.iterdir()) == ["config.toml", "manifest.json", "parts"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == [f"run{k}" for k in range(8)]
+
+
+def test_two_cli_runs_into_one_new_directory(tmp_path):
+    """The issue's case end to end: one run completes consistently, the other exits 2."""
+    d = tmp_path / "run"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "engine", "run", QUICK, "--run-dir", str(d), "--paths", n, *QUIET],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for n in ("256", "512")
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]  # a guard against a hang
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    loser = outs[[p.returncode for p in procs].index(2)]
+    assert "--run-dir" in loser and "Traceback" not in loser
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["status"] == "complete" and len(m["sessions"]) == 1
+    assert int(runs.load_cube(d).attrs["n_paths"]) == m["n_paths"]
+
+
+def _same_cube(d: Path, reference: Path) -> None:
+    got, ref = xr.open_dataset(d / "cube.nc"), xr.open_dataset(reference / "cube.nc")
+    assert set(got.data_vars) == set(ref.data_vars)
+    for name in ref.data_vars:
+        np.testing.assert_array_equal(got[name].values, ref[name].values, err_msg=name)
+
+
+@pytest.mark.parametrize("command", ["resume", "combine"])
+def test_a_truncated_cube_is_rebuilt_from_the_parts(straight, tmp_path, command):
+    d = copy_run(straight, tmp_path / "run")
+    f = d / "cube.nc"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    argv = ["run", "--resume", str(d), "--no-progress"] if command == "resume" else ["combine", str(d)]
+    result = invoke(*argv, "--no-report")
+    assert "cube.nc is missing or damaged; rebuilding it from the parts" in result.output
+    _same_cube(d, straight)
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["cube_sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert "cube rebuilt from the parts" in (d / "run.log").read_text()
+    assert "already complete" in invoke(*argv, "--no-report").output  # intact now: left alone
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_report_exits_130_and_resume_finishes_it(straight, tmp_path, monkeypatch, signum):
+    d = copy_run(straight, tmp_path / "run")
+    shutil.rmtree(d / "plots")
+    (d / "report.md").unlink()
+    (d / "cube.nc").unlink()  # `--resume` rebuilds it, then writes the report
+
+    def interrupted(cubes, out):
+        (out / "plots").mkdir()
+        os.kill(os.getpid(), signum)  # a real signal, as from Ctrl-C or `kill`
+        time.sleep(30)
+
+    def unhandled(*_):  # SIGTERM not handled by the CLI: fail the test, not pytest
+        raise AssertionError("SIGTERM reached the default handler")
+
+    monkeypatch.setattr(cli.R, "write_report", interrupted)
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        result = CliRunner().invoke(cli.app, ["run", "--resume", str(d), "--no-progress"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 130, result.output
+    assert "interrupted while writing the report" in result.output and "--resume" in result.output
+    assert json.loads((d / "manifest.json").read_text())["report"] == "pending"
+
+    monkeypatch.undo()
+    result = invoke("run", "--resume", str(d), "--no-progress")
+    assert "already complete" in result.output and "writing it" in result.output
+    assert json.loads((d / "manifest.json").read_text())["report"] == "done"
+    assert (d / "report.md").read_text() == (straight / "report.md").read_text()  # both runs are "run"
+    assert {f.name for f in (d / "plots").iterdir()} == {f.name for f in (straight / "plots").iterdir()}
+    assert "writing it" not in invoke("run", "--resume", str(d), "--no-progress").output
+
+
+def test_a_full_disk_is_named_cleaned_up_and_resumed(straight, tmp_path, monkeypatch):
+    real = xr.Dataset.to_netcdf
+
+    def disk_full_at_part_1(ds, path, *args, **kwargs):
+        if Path(path).name.startswith(".part-0001.nc."):
+            Path(path).write_bytes(b"\x89HDF\r\n" + bytes(4096))  # netCDF's partial file
+            raise RuntimeError("NetCDF: HDF error")
+        return real(ds, path, *args, **kwargs)
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", disk_full_at_part_1)
+    monkeypatch.setattr(cube.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
+    d = tmp_path / "run"
+    result = CliRunner().invoke(cli.app, ["run", QUICK, "--run-dir", str(d), "--no-progress", "--no-report"])
+    assert result.exit_code == 1 and "no space left on device" in result.output, result.output
+    log = (d / "run.log").read_text()
+    assert "no space left on device" in log and "HDF error" not in log
+    assert not list((d / "parts").glob(".*.tmp"))  # removed at once
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["status"] == "failed" and [p["status"] for p in m["parts"]] == ["done", "pending"]
+
+    # Temporaries of killed processes hold the last of the space: the resume's first manifest
+    # write fails unless they are removed before it.
+    monkeypatch.undo()
+    stale = [d / ".cube.nc.99999999.tmp", d / ".manifest.json.99999999.tmp", d / ".config.toml.99999999.tmp"]
+    stale.append(d / "parts" / ".part-0001.nc.99999999.tmp")
+    for f in stale:
+        f.write_bytes(bytes(1024))
+    real_write = runs.write_text_atomic
+
+    def full_while_stale(path, text):
+        if any(f.exists() for f in stale):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, text)
+
+    monkeypatch.setattr(runs, "write_text_atomic", full_while_stale)
+    invoke("run", "--resume", str(d), "--no-progress", "--no-report")
+    assert not any(f.exists() for f in stale)
+    _same_cube(d, straight)
