@@ -19,7 +19,7 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from engine import cli, cube, runs
+from engine import cli, runs
 from engine.configfile import load_study
 from engine.errors import ConfigError
 
@@ -282,9 +282,16 @@ def test_a_run_directory_filled_meanwhile_is_not_overwritten(tmp_path, monkeypat
     assert [f.name for f in tmp_path.iterdir()] == ["run"]  # the loser's temporary is gone
 
 
-def test_runs_started_together_in_one_directory_leave_one_consistent_run(tmp_path):
+def test_runs_started_together_in_one_directory_leave_one_consistent_run(tmp_path, monkeypatch):
     """Two threads race to create each of 8 directories: exactly one wins each, the loser
     writes nothing, and the directory holds the winner's config and manifest."""
+    check = runs.check_new_run_dir
+
+    def slow_check(path):  # as on a loaded machine: both see the directory empty
+        check(path)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(runs, "check_new_run_dir", slow_check)
     studies = [load_study(QUICK, [f"run.n_paths={n}"]) for n in (256, 512)]
     for k in range(8):
         d = tmp_path / f"run{k}"
@@ -314,9 +321,11 @@ def test_runs_started_together_in_one_directory_leave_one_consistent_run(tmp_pat
 def test_two_cli_runs_into_one_new_directory(tmp_path):
     """The issue's case end to end: one run completes consistently, the other exits 2."""
     d = tmp_path / "run"
+    one_point = ("--set", "sweep.policy.leverage_cap=[125]", "--set", 'sweep.policy.breaker.kind=["none"]')
+    argv = [sys.executable, "-m", "engine", "run", QUICK, "--run-dir", str(d), *one_point, *QUIET]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "engine", "run", QUICK, "--run-dir", str(d), "--paths", n, *QUIET],
+            [*argv, "--paths", n],
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -356,7 +365,7 @@ def test_a_truncated_cube_is_rebuilt_from_the_parts(straight, tmp_path, command)
     assert "already complete" in invoke(*argv, "--no-report").output  # intact now: left alone
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_report_exits_130_and_resume_finishes_it(straight, tmp_path, monkeypatch, signum):
     d = copy_run(straight, tmp_path / "run")
     shutil.rmtree(d / "plots")
@@ -400,7 +409,7 @@ def test_a_full_disk_is_named_cleaned_up_and_resumed(straight, tmp_path, monkeyp
         return real(ds, path, *args, **kwargs)
 
     monkeypatch.setattr(xr.Dataset, "to_netcdf", disk_full_at_part_1)
-    monkeypatch.setattr(cube.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
     d = tmp_path / "run"
     result = CliRunner().invoke(cli.app, ["run", QUICK, "--run-dir", str(d), "--no-progress", "--no-report"])
     assert result.exit_code == 1 and "no space left on device" in result.output, result.output
