@@ -9,11 +9,16 @@ runs/<UTC timestamp>_<config name>/
     run.log          the progress lines of every session
 ```
 
-Every file is written through a temporary name and `os.replace`, and a part counts only once
-the manifest records it with its SHA-256. A crash at any moment therefore loses at most the
-part in flight; `resume` deletes stray temporary files, checks the recorded parts against their
-hashes and runs the rest. Points are simulated on common random numbers and the statistics do
-not depend on the chunking, so a resumed run's cube equals an uninterrupted one's.
+A new directory is built complete under a hidden temporary name and renamed into place, so of
+two runs started in one directory exactly one gets it and the other writes nothing. Every file
+is written through a temporary name and `os.replace`, and a part counts only once the manifest
+records it with its SHA-256 (the cube too). A crash at any moment therefore loses at most the
+part in flight and the time since the last part (`timings.elapsed_s`); `resume` first deletes
+stray temporary files (their space may be what a full disk lacks), checks the recorded parts
+against their hashes, runs the rest, and rebuilds a missing or damaged cube from the parts.
+Points are simulated on common random numbers and the statistics do not depend on the
+chunking, so a resumed run's cube equals an uninterrupted one's. The manifest's `report`
+(`pending`, `done`) lets the CLI's `--resume` finish an interrupted report.
 
 A sweep too large for one job is split into shards (`execute(run, shard=(i, n))`): shard i runs
 the parts with `index % n == i`, all shards writing into one directory (`join_run` creates it
