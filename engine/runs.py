@@ -212,6 +212,9 @@ class _Jax(BaseModel):
 
 
 class _Manifest(BaseModel):
+    """Checked when a run is opened or listed, so that a hand-edited manifest gets a message
+    naming the key rather than a `KeyError` halfway through a resume."""
+
     format: Literal[1]  # FORMAT
     run_id: str
     config_name: str
