@@ -186,9 +186,15 @@ def _leading() -> Iterator[runs.Leader]:
             _abandon(code)
 
 
+def _warn(pols: list[R.Policy]) -> None:
+    """The kernel's diagnostics (paths where a static limit bit) as warnings on stderr."""
+    for line in R.diagnostics(pols):
+        _err().print(Text("warning: ", style="bold yellow") + Text(line), soft_wrap=True)
+
+
 def _summary(cube, run_id: str) -> None:
+    pols = R.policies([(run_id, cube)])
     if str(cube.attrs.get("sweep_dims", "")).strip():
-        pols = R.policies([(run_id, cube)])
         _out().print(
             R.rich_table(
                 pols, R.lead_asset(cube), f"liqstress {run_id}: {int(cube.attrs['n_paths']):,} paths"
@@ -196,6 +202,7 @@ def _summary(cube, run_id: str) -> None:
         )
     else:
         _out().print(summary_table(cube.expand_dims("point")), end="")
+    _warn(pols)
 
 
 def _version() -> str:
@@ -438,6 +445,7 @@ def compare(
         )
     pols = R.policies(cubes)
     _out().print(R.rich_table(pols, R.lead_asset(cubes[0][1]), "liqstress compare"))
+    _warn(pols)
     try:
         rep = R.write_report(cubes, out_dir)
     except OSError as e:
