@@ -25,8 +25,11 @@ class Amounts(Formatter):
     """Tick labels of an amount axis: `amount` at the precision the tick spacing needs."""
 
     def __call__(self, x: float, pos=None) -> str:
-        steps = [abs(b - a) for a, b in zip(self.locs, self.locs[1:]) if b != a]
-        return amount(x, min(steps) if steps else None)
+        return amount(x)
+
+    def format_ticks(self, values) -> list[str]:
+        steps = [abs(b - a) for a, b in zip(values, values[1:]) if b != a]
+        return [amount(x, min(steps) if steps else None) for x in values]
 
 
 def plain_log_axis(axis: Axis) -> None:
