@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from matplotlib.axis import Axis
@@ -28,7 +29,7 @@ class Amounts(Formatter):
         return amount(x)
 
     def format_ticks(self, values) -> list[str]:
-        steps = [abs(b - a) for a, b in zip(values, values[1:]) if b != a]
+        steps = [abs(b - a) for a, b in itertools.pairwise(values) if b != a]
         return [amount(x, min(steps) if steps else None) for x in values]
 
 

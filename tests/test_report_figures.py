@@ -37,7 +37,12 @@ def made_up_cube(scale: float = 1.0, seed: int = 7, config: str = CONFIG, **coun
         lead = name == "max_drawdown"
         vals = amounts * 1e-8 if lead else (0 * amounts if name == "bad_debt" else amounts)
         v[name] = (("quantile", "asset"), np.stack([vals] * 2, -1)) if lead else (("quantile",), vals)
-        for stat, x in (("mean", vals[0]), ("mc_se", 0.1 * vals[0]), ("diff_mean", np.nan), ("diff_se", np.nan)):
+        for stat, x in (
+            ("mean", vals[0]),
+            ("mc_se", 0.1 * vals[0]),
+            ("diff_mean", np.nan),
+            ("diff_se", np.nan),
+        ):
             v[f"{name}_{stat}"] = (("asset",), [x, x]) if lead else ((), x)
         v[f"es99_{name}"] = ((), 1.1 * vals[-1])
     v["liquidated_total_mean"] = ((), amounts[0])
