@@ -8,7 +8,9 @@ first run's baseline by the difference of their means with the unpaired standard
 `sqrt(se_a² + se_b²)` (conservative when the runs share seed and paths; correct otherwise):
 the per-path outputs needed for a paired error are not kept.
 
-`write_report` writes `report.md` and `plots/*.png`:
+`report.md` also warns where a kernel limit bit on some paths (`diagnostics`), explains fund
+draws above the fund's size (`fund_note`), and says why another run's rows are unpaired
+(`pairing_notes`). `write_report` writes `report.md` and `plots/*.png`:
 - `loss_distributions.png`: median, 90/99/99.9% quantiles and ES99 of the loss variables
   per policy;
 - `heatmap.png`: ES99 of liquidations and P(bad debt) over two sweep axes (other axes at
@@ -28,6 +30,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from rich.table import Table
 
 from engine.ticks import Amounts
@@ -345,6 +348,7 @@ def plot_loss_distributions(pols: list[Policy], path: Path) -> Figure:
             ax.plot(float(p.ds[f"es99_{name}"]), y, "x", color="k", ms=6)
         ax.set_title(f"{title} (USD)", fontsize=10)
         ax.xaxis.set_major_formatter(Amounts())
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # room for labels like "3.225 B"
         limits = _amount_limits(np.asarray(shown))
         if limits is None:
             _zero_panel(ax)
@@ -358,7 +362,7 @@ def plot_loss_distributions(pols: list[Policy], path: Path) -> Figure:
     keys += [Line2D([], [], ls="", marker="x", color="k", ms=6, label="ES99")]
     keys += [
         Line2D([], [], color=c, lw=1.5, alpha=0.6, label=lab)
-        for c, lab in (("C3", "baseline"), ("C0", "other"))
+        for c, lab in (("C3", "baseline"), ("C0", "other"))[: 1 + (n > 1)]
     ]
     fig.legend(handles=keys, loc="outside lower center", ncol=len(keys), fontsize=8)
     fig.suptitle("Loss distributions per policy (* baseline)", fontsize=11)

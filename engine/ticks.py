@@ -17,9 +17,13 @@ def amount(x: float, step: float | None = None) -> str:
     div, unit = next(((d, u) for d, u in UNITS if abs(x) >= d), (1.0, ""))
     suffix = f" {unit}" if unit else ""
     if step:
-        decimals = max(0, math.ceil(-math.log10(step / div) - 1e-9))
-        return f"{x / div:.{decimals}f}{suffix}"
+        return f"{x / div:.{_decimals(step / div)}f}{suffix}"
     return f"{x / div:.3g}{suffix}"
+
+
+def _decimals(step: float, most: int = 6) -> int:
+    """The fewest decimals that write `step` exactly (2.5 -> 1, 0.0025 -> 4), at most `most`."""
+    return next((d for d in range(most) if abs(step * 10**d - round(step * 10**d)) < 1e-6), most)
 
 
 class Amounts(Formatter):
