@@ -44,6 +44,7 @@ LOSSES = (
 )
 DIFFS = ("liquidated_total", "bad_debt", "insurance_fund_draw", "trader_loss", "max_drawdown")
 MAX_FAN_OTHERS = 4
+MAX_LISTED = 4  # policies named in a note; the rest are counted
 BASELINE_DIFF = "0 ± 0"  # the baseline against itself: every per-path difference is 0
 FUND_PATH = "policy.insurance_fund_usd"
 # What each kernel diagnostic (`engine.outputs.DIAGNOSTICS`) means for the figures, and the fix.
@@ -248,7 +249,10 @@ def fund_note(pols: list[Policy]) -> str | None:
         "Insurance-fund draws above the fund's size (`policy.insurance_fund_usd`) are not an error: "
         "leftover margin and liquidation fees flow into the fund during the run (`fund_inflow`) "
         "before shortfalls draw on it, so a path can draw more in total than the fund held at the "
-        "start while the fund never goes below zero. Seen at: " + "; ".join(over) + "."
+        "start while the fund never goes below zero. Seen at: "
+        + "; ".join(over[:MAX_LISTED])
+        + (f"; and {len(over) - MAX_LISTED} more policies" if len(over) > MAX_LISTED else "")
+        + "."
     )
 
 

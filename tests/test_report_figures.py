@@ -149,6 +149,8 @@ def test_fund_draw_above_the_fund_is_explained_only_when_shown():
     under = R.policies([("a", made_up_cube(scale=0.1))])  # draws up to 0.55 M
     assert R.fund_note(under) is None
     assert math.isclose(over[0].fund_usd, 1e6)
+    many = R.policies([(f"run{k}", made_up_cube()) for k in range(R.MAX_LISTED + 2)])
+    assert R.fund_note(many).endswith("; and 2 more policies.")
 
 
 def test_runs_with_other_paths_or_scenarios_are_called_unpaired_plainly():
