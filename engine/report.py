@@ -51,8 +51,8 @@ FUND_PATH = "policy.insurance_fund_usd"
 DIAGNOSTIC_ADVICE = {
     "n_cascade_unconverged": (
         (
-            "ran out of cascade rounds with positions still beyond their liquidation price, so "
-            "their liquidations and losses are understated"
+            "ran out of cascade rounds with positions still beyond their liquidation price, which "
+            "waited for the next step, so the cascade within a step and its price impact are understated"
         ),
         "raise `run.cascade_rounds`",
     ),
