@@ -41,7 +41,7 @@ def plain_log_axis(axis: Axis) -> None:
     """Label a log-scaled axis "0.3", "20", "1.5 M" instead of matplotlib's `3×10^-1`.
 
     Minor ticks (2..9 × 10^k) are labelled only where the view spans few decades: all of them
-    under one decade, those at 2 and 5 × 10^k under two, none beyond (they would overlap).
+    under one decade, those at 2, 3 and 5 × 10^k under two, none beyond (they would overlap).
     """
 
     def minor(x: float, _pos=None) -> str:
@@ -50,7 +50,7 @@ def plain_log_axis(axis: Axis) -> None:
             return ""
         decades = math.log10(hi / lo)
         mantissa = round(x / 10 ** math.floor(math.log10(x) + 1e-9))
-        keep = decades < 1 or (decades < 2 and mantissa in (2, 5))
+        keep = decades < 1 or (decades < 2 and mantissa in (2, 3, 5))
         return amount(x) if keep else ""
 
     axis.set_major_formatter(FuncFormatter(lambda x, _pos=None: amount(x)))
