@@ -14,9 +14,11 @@ UNITS = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"))
 def amount(x: float, step: float | None = None) -> str:
     """`1.5e9` -> "1.5 B", `0.3` -> "0.3". With `step` (the spacing of neighbouring ticks) as
     many decimals as keep them apart ("3.225 B", "3.230 B"); else three significant digits."""
-    div, unit = next(((d, u) for d, u in UNITS if abs(x) >= d), (1.0, ""))
+    # beyond a thousand T the suffixes stop helping: 2.18e+20
+    big = abs(x) >= 1e15
+    div, unit = next(((d, u) for d, u in UNITS if abs(x) >= d and not big), (1.0, ""))
     suffix = f" {unit}" if unit else ""
-    if step:
+    if step and not big:
         return f"{x / div:.{_decimals(step / div)}f}{suffix}"
     return f"{x / div:.3g}{suffix}"
 
