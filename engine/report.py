@@ -494,7 +494,8 @@ def plot_fan_charts(pols: list[Policy], path: Path) -> None:
             if c == 0:
                 ax.set_ylabel(ylabel, fontsize=8)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=7)
-    fig.suptitle(f"Fan charts: bands for the baseline ({ref.label}), medians for others", fontsize=10)
+    others_text = ", medians for others" if others else ""
+    fig.suptitle(f"Fan charts: bands for the baseline ({ref.label}){others_text}", fontsize=10)
     fig.savefig(path)
 
 

@@ -11,13 +11,17 @@ from matplotlib.ticker import Formatter, FuncFormatter
 UNITS = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"))
 
 
-def amount(x: float, step: float | None = None) -> str:
+def amount(x: float, step: float | None = None, scale: float | None = None) -> str:
     """`1.5e9` -> "1.5 B", `0.3` -> "0.3". With `step` (the spacing of neighbouring ticks) as
-    many decimals as keep them apart ("3.225 B", "3.230 B"); else three significant digits."""
+    many decimals as keep them apart ("3.2225 B"); else three significant digits. The suffix
+    is that of `scale` (default `x`), so an axis's ticks share one: "0.5 B", "1.0 B"."""
+    scale = abs(x if scale is None else scale)
     # beyond a thousand T the suffixes stop helping: 2.18e+20
-    big = abs(x) >= 1e15
-    div, unit = next(((d, u) for d, u in UNITS if abs(x) >= d and not big), (1.0, ""))
+    big = scale >= 1e15
+    div, unit = next(((d, u) for d, u in UNITS if scale >= d and not big), (1.0, ""))
     suffix = f" {unit}" if unit else ""
+    if x == 0:
+        return "0"
     if step and not big:
         return f"{x / div:.{_decimals(step / div)}f}{suffix}"
     return f"{x / div:.3g}{suffix}"
@@ -36,7 +40,8 @@ class Amounts(Formatter):
 
     def format_ticks(self, values) -> list[str]:
         steps = [abs(b - a) for a, b in itertools.pairwise(values) if b != a]
-        return [amount(x, min(steps) if steps else None) for x in values]
+        scale = max((abs(v) for v in values), default=0.0)
+        return [amount(x, min(steps) if steps else None, scale) for x in values]
 
 
 def plain_log_axis(axis: Axis) -> None:

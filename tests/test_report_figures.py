@@ -108,6 +108,7 @@ def test_amount_ticks_keep_neighbours_apart():
     assert labels == ["3.2200 B", "3.2225 B", "3.2250 B", "3.2275 B"]
     assert f.format_ticks([12.5e9, 15e9, 17.5e9]) == ["12.5 B", "15.0 B", "17.5 B"]
     assert f.format_ticks([0, 5e7, 1e8, 1.5e8]) == ["0", "50 M", "100 M", "150 M"]
+    assert f.format_ticks([0, 5e8, 1e9, 1.5e9]) == ["0", "0.5 B", "1.0 B", "1.5 B"]  # one suffix
     assert f(0.3) == "0.3" and f.format_ticks([2.17e20, 2.18e20]) == ["2.17e+20", "2.18e+20"]
 
 
