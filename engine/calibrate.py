@@ -398,6 +398,8 @@ def write_outputs(cc: CalibrationConfig, fits: list[Fit], run_dir: Path) -> dict
     import matplotlib.pyplot as plt
     import tomli_w
 
+    from engine.ticks import plain_log_axis
+
     run_dir.mkdir(parents=True, exist_ok=True)
     vals = np.stack([f.values for f in fits])
     stats = np.stack([f.statistics for f in fits])
@@ -425,6 +427,7 @@ def write_outputs(cc: CalibrationConfig, fits: list[Fit], run_dir: Path) -> dict
     for f in fits:
         ax.plot(f.losses, label=f"seed {f.seed}")
     ax.set_yscale("log")
+    plain_log_axis(ax.yaxis)
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss (weighted, scaled squared error)")
     ax.legend()

@@ -25,11 +25,13 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import jax
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -41,10 +43,29 @@ from engine.errors import ConfigError, SimulationError
 from engine.progress import BarReporter, LogReporter
 from engine.summary import summary_table
 
+
+class _Group(typer.core.TyperGroup):
+    """Plain (click) help, whose command summaries (the docstrings' first paragraphs) wrap at
+    the terminal's width where click would cut them with "..."."""
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = [
+            (name, cmd.short_help or " ".join((cmd.help or "").split("\n\n")[0].split()))
+            for name in self.list_commands(ctx)
+            if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+# rich_markup_mode=None: rich's help cuts long words and option values with "…" at 80 columns
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     help="Monte Carlo stress tests of liquidation cascades: run policy sweeps, compare them.",
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 _argv: list[str] = []
 
@@ -165,9 +186,15 @@ def _leading() -> Iterator[runs.Leader]:
             _abandon(code)
 
 
+def _warn(pols: list[R.Policy]) -> None:
+    """The kernel's diagnostics (paths where a static limit bit) as warnings on stderr."""
+    for line in R.diagnostics(pols):
+        _err().print(Text("warning: ", style="bold yellow") + Text(line), soft_wrap=True)
+
+
 def _summary(cube, run_id: str) -> None:
+    pols = R.policies([(run_id, cube)])
     if str(cube.attrs.get("sweep_dims", "")).strip():
-        pols = R.policies([(run_id, cube)])
         _out().print(
             R.rich_table(
                 pols, R.lead_asset(cube), f"liqstress {run_id}: {int(cube.attrs['n_paths']):,} paths"
@@ -175,10 +202,33 @@ def _summary(cube, run_id: str) -> None:
         )
     else:
         _out().print(summary_table(cube.expand_dims("point")), end="")
+    _warn(pols)
+
+
+def _version() -> str:
+    """The installed distribution's version; the package's own in a checkout run without install."""
+    try:
+        return metadata.version("liqstress")
+    except metadata.PackageNotFoundError:
+        from engine import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        _out().print(f"liqstress {_version()}", highlight=False)
+        raise typer.Exit(0)
 
 
 @app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context) -> None:
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+    ] = False,
+) -> None:
     """With no command: run the default scenario (like `liqstress run`)."""
     if ctx.invoked_subcommand is None:
         ctx.invoke(run)
@@ -395,6 +445,7 @@ def compare(
         )
     pols = R.policies(cubes)
     _out().print(R.rich_table(pols, R.lead_asset(cubes[0][1]), "liqstress compare"))
+    _warn(pols)
     try:
         rep = R.write_report(cubes, out_dir)
     except OSError as e:

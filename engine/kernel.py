@@ -51,6 +51,7 @@ class Totals(NamedTuple):
     max_residual: jnp.ndarray  # [] USD
     max_drawdown: jnp.ndarray  # [assets] fraction
     nonfinite: jnp.ndarray  # [] bool: a NaN or infinity appeared
+    jump_truncated: jnp.ndarray  # [] bool: some step had more jumps than the kernel counts
 
 
 class SimState(NamedTuple):
@@ -87,7 +88,7 @@ def init_state(params: Params, static: Static) -> SimState:
         liquidated=jnp.zeros((static.n_assets, 2), dtype), trader_loss=z, counterparty=z,
         fund_inflow=z, shortfall=z, fund_draw=z, adl_absorbed=z, adl_notional=z, bad_debt=z,
         halted_steps=za, max_rounds=jnp.zeros((), jnp.int32), max_residual=z,
-        max_drawdown=za, nonfinite=jnp.zeros((), bool),
+        max_drawdown=za, nonfinite=jnp.zeros((), bool), jump_truncated=jnp.zeros((), bool),
     )
     return SimState(
         x_fair=za, x_trans=za, x_mark=za, peak=za, variance=mp.sigma_init**2,
@@ -173,6 +174,7 @@ def market_step(state: SimState, draws: market.Draws, t, shock, flow, params: Pa
         max_residual=jnp.maximum(tot.max_residual, c.residual),
         max_drawdown=jnp.maximum(tot.max_drawdown, 1.0 - jnp.exp(x_mark - peak)),
         nonfinite=tot.nonfinite | ~finite,
+        jump_truncated=tot.jump_truncated | market.jump_truncated(draws, mp),
     )
     return SimState(
         x_fair=x_fair, x_trans=x_trans, x_mark=x_mark, peak=peak, variance=variance,

@@ -81,6 +81,11 @@ def jumps(d: Draws, mp: MarketParams) -> jnp.ndarray:
     return n * mp.jump_mean + jnp.sqrt(n) * mp.jump_std * d.z_jump
 
 
+def jump_truncated(d: Draws, mp: MarketParams) -> jnp.ndarray:
+    """`[]` bool: this step's jump count exceeded JUMP_MAX (`jumps` counted only JUMP_MAX)."""
+    return d.u_jump > mp.jump_cdf_max
+
+
 def exogenous_return(d: Draws, sigma: jnp.ndarray, shock: jnp.ndarray, mp: MarketParams):
     """Log return `[assets]` of one step before forced flow: drift, diffusion, jumps, shock."""
     return mp.mu + sigma * shocks(d, mp) + jumps(d, mp) + shock

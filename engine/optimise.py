@@ -328,6 +328,8 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from engine.ticks import plain_log_axis
+
     run_dir.mkdir(parents=True, exist_ok=True)
     bound = oc.bound
     names = [lv.path for lv in oc.levers]
@@ -359,11 +361,13 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
         for lv, setter in zip(oc.levers, (ax.set_xscale, ax.set_yscale)):
             if lv.log:
                 setter("log")
+                plain_log_axis(ax.xaxis if setter == ax.set_xscale else ax.yaxis)
     else:
         ax.plot([t["statistic"] for t in res.trajectory], label=oc.constraint.statistic)
         ax.axhline(bound, ls="--", color="r", label="bound")
         ax.set_xlabel("iteration")
         ax.set_yscale("log")
+        plain_log_axis(ax.yaxis)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(run_dir / "trajectory.png", dpi=100)

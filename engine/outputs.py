@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from engine import bins as B
 from engine.book import liquidation_price
 from engine.kernel import SimState
-from engine.params import Params, Static
+from engine.params import JUMP_MAX, Params, Static
 from engine.policies import cap_leverage, maintenance_rate
 
 
@@ -44,6 +44,11 @@ OUTPUTS: tuple[Output, ...] = (
     Output("open_interest_decline", ("asset",), "1", "1 - final open interest (USD) / initial (after the leverage cap)", lambda s: B.ratio()),
 )
 BY_NAME = {o.name: o for o in OUTPUTS}
+# Per-point counts of paths where a static limit of the kernel bit (cube variables, int32).
+DIAGNOSTICS = {
+    "n_cascade_unconverged": "paths whose in-step cascade ran out of rounds (residual_notional > 0)",
+    "n_jump_truncated": f"paths with a step of more than {JUMP_MAX} jumps, counted as {JUMP_MAX}",
+}
 
 
 def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.ndarray]:
@@ -77,4 +82,5 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
         "deferred_notional": jnp.sum(jnp.where(deferred, state.quantity * fair, 0.0)),
         "open_interest_decline": 1.0 - oi / jnp.where(oi0 > 0, oi0, 1.0),
         "nonfinite": t.nonfinite,
+        "jump_truncated": t.jump_truncated,
     }

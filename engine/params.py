@@ -62,6 +62,7 @@ class MarketParams(NamedTuple):
     garch_alpha: jnp.ndarray  # []
     garch_beta: jnp.ndarray  # []
     jump_cdf: jnp.ndarray  # [JUMP_MAX] Poisson CDF of jump counts per step
+    jump_cdf_max: jnp.ndarray  # [] P(N <= JUMP_MAX): a draw above it had jumps beyond JUMP_MAX
     jump_mean: jnp.ndarray  # mean log jump size
     jump_std: jnp.ndarray  # std of log jump size
     impact_law: jnp.ndarray  # 0 linear, 1 square root
@@ -179,6 +180,7 @@ def market_params(cfg: Config) -> MarketParams:
         garch_alpha=dt(cfg.market.garch_alpha),
         garch_beta=dt(cfg.market.garch_beta),
         jump_cdf=dt(poisson.cdf(np.arange(JUMP_MAX), lam)),
+        jump_cdf_max=dt(1.0 - jump_truncation(cfg)),
         jump_mean=dt(col(lambda a: a.jump_mean)),
         jump_std=dt(col(lambda a: a.jump_std)),
         impact_law=dt(col(lambda a: IMPACT_LAWS[a.impact_law])),
@@ -194,7 +196,8 @@ def market_params(cfg: Config) -> MarketParams:
 
 
 def jump_truncation(cfg: Config) -> float:
-    """Probability mass of more than JUMP_MAX jumps in one step (ignored by the kernel)."""
+    """Probability mass of more than JUMP_MAX jumps in one step (counted as JUMP_MAX; the
+    kernel flags the paths where it happened, `jump_truncated`)."""
     return float(poisson.sf(JUMP_MAX, cfg.market.jump_intensity_per_day / cfg.steps_per_day))
 
 

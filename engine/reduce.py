@@ -58,6 +58,7 @@ class PointAccumulator:
         self.static = static
         self.n = 0
         self.nonfinite = 0
+        self.jump_truncated = 0
         self.bins = {o.name: o.bins(static) for o in OUTPUTS}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.counts: dict[str, np.ndarray] = {}
@@ -82,6 +83,7 @@ class PointAccumulator:
         fan histograms of the chunk, and the baseline point's outputs on the same paths."""
         self.n += valid
         self.nonfinite += int(np.sum(np.asarray(outputs["nonfinite"])[:valid]))
+        self.jump_truncated += int(np.sum(np.asarray(outputs["jump_truncated"])[:valid]))
         for o in OUTPUTS:
             x = np.asarray(outputs[o.name])[:valid].astype(np.float64)
             if o.name not in self.counts:
@@ -106,6 +108,9 @@ class PointAccumulator:
     def result(self, price0: np.ndarray) -> dict[str, np.ndarray]:
         """Statistics of this point: `{variable: array}` (see `engine.simulate` for the list)."""
         out: dict[str, np.ndarray] = {"n_paths": np.asarray(self.n), "n_nonfinite": np.asarray(self.nonfinite)}
+        # kernel diagnostics: paths whose cascade ran out of rounds, or with a truncated jump count
+        out["n_cascade_unconverged"] = self.positive["residual_notional"].astype(np.int32)
+        out["n_jump_truncated"] = np.asarray(self.jump_truncated, np.int32)
         for o in OUTPUTS:
             name = o.name
             out[name] = B.quantiles_from_counts(self.counts[name], self.bins[name], QUANTILES)

@@ -81,6 +81,7 @@ def init_state(params: Params, static: Static, n_paths: int) -> SimState:
         max_residual=z.copy(),
         max_drawdown=za.copy(),
         nonfinite=paths(False, bool),
+        jump_truncated=paths(False, bool),
     )
     return SimState(
         x_fair=za.copy(),
@@ -355,6 +356,7 @@ def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, stat
         max_residual=np.maximum(tot.max_residual, c["residual"]),
         max_drawdown=np.maximum(tot.max_drawdown, 1.0 - np.exp(x_mark - peak)),
         nonfinite=tot.nonfinite | ~finite,
+        jump_truncated=tot.jump_truncated | (d.u_jump > mp.jump_cdf_max),
     )
     return SimState(
         x_fair=x_fair,
@@ -427,6 +429,7 @@ def extract(st: SimState, params: Params) -> dict[str, np.ndarray]:
         "deferred_notional": np.sum(np.where(beyond, st.quantity * fair, 0.0), (1, 2)),
         "open_interest_decline": 1.0 - oi / np.where(oi0 > 0, oi0, 1.0),
         "nonfinite": t.nonfinite,
+        "jump_truncated": t.jump_truncated,
     }
 
 

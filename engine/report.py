@@ -8,7 +8,9 @@ first run's baseline by the difference of their means with the unpaired standard
 `sqrt(se_a² + se_b²)` (conservative when the runs share seed and paths; correct otherwise):
 the per-path outputs needed for a paired error are not kept.
 
-`write_report` writes `report.md` and `plots/*.png`:
+`report.md` also warns where a kernel limit bit on some paths (`diagnostics`), explains fund
+draws above the fund's size (`fund_note`), and says why another run's rows are unpaired
+(`pairing_notes`). `write_report` writes `report.md` and `plots/*.png`:
 - `loss_distributions.png`: median, 90/99/99.9% quantiles and ES99 of the loss variables
   per policy;
 - `heatmap.png`: ES99 of liquidations and P(bad debt) over two sweep axes (other axes at
@@ -20,14 +22,18 @@ the per-path outputs needed for a paired error are not kept.
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from rich.table import Table
+
+from engine.ticks import Amounts
 
 Z95 = 1.959963984540054
 LOSSES = (
@@ -38,6 +44,26 @@ LOSSES = (
 )
 DIFFS = ("liquidated_total", "bad_debt", "insurance_fund_draw", "trader_loss", "max_drawdown")
 MAX_FAN_OTHERS = 4
+MAX_LISTED = 4  # policies named in a note; the rest are counted
+BASELINE_DIFF = "0 ± 0"  # the baseline against itself: every per-path difference is 0
+FUND_PATH = "policy.insurance_fund_usd"
+# What each kernel diagnostic (`engine.outputs.DIAGNOSTICS`) means for the figures, and the fix.
+DIAGNOSTIC_ADVICE = {
+    "n_cascade_unconverged": (
+        (
+            "ran out of cascade rounds with positions still beyond their liquidation price, which "
+            "waited for the next step, so the cascade within a step and its price impact are understated"
+        ),
+        "raise `run.cascade_rounds`",
+    ),
+    "n_jump_truncated": (
+        (
+            "had a step with more jumps than the kernel counts (engine.params.JUMP_MAX), so "
+            "their jump moves are understated"
+        ),
+        "lower `market.jump_intensity_per_day` or `run.dt_minutes` (fewer jumps per step)",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -49,11 +75,17 @@ class Policy:
     run: str
     baseline: bool  # the reference of the comparison
     paired: bool  # its differences to the reference are paired (same run)
+    fund_usd: float = math.nan  # the insurance fund at t0 (USD)
 
 
 def _fmt_value(v) -> str:
     v = v.item() if hasattr(v, "item") else v
     return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _config(cube: xr.Dataset) -> dict:
+    """The run's resolved config (the cube's `config` attribute), or {} for a cube without one."""
+    return tomllib.loads(str(cube.attrs.get("config", "")))
 
 
 def policies(cubes: list[tuple[str, xr.Dataset]]) -> list[Policy]:
@@ -63,16 +95,19 @@ def policies(cubes: list[tuple[str, xr.Dataset]]) -> list[Policy]:
         dims = [d for d in str(cube.attrs.get("sweep_dims", "")).split() if d in cube.dims]
         prefix = f"{run}: " if len(cubes) > 1 else ""
         base = int(cube.attrs.get("baseline_point", 0))
+        fund = float(_config(cube).get("policy", {}).get("insurance_fund_usd", math.nan))
+        fund_dim = next((d for d in dims if cube[d].attrs.get("sweep_path") == FUND_PATH), None)
         if not dims:
             name = str(cube.attrs.get("title", run)).removeprefix("liqstress loss distributions: ")
-            out.append(Policy(run if len(cubes) > 1 else name, cube, run, k == 0, k == 0))
+            out.append(Policy(run if len(cubes) > 1 else name, cube, run, k == 0, k == 0, fund))
             continue
         stacked = cube.stack(point=dims)
         for i in range(stacked.sizes["point"]):
             p = stacked.isel(point=i)
             label = ", ".join(f"{d}={_fmt_value(p[d].values)}" for d in dims)
+            fund_here = float(p[fund_dim]) if fund_dim else fund
             p = p.drop_vars(["point", *dims])
-            out.append(Policy(prefix + label, p, run, k == 0 and i == base, k == 0))
+            out.append(Policy(prefix + label, p, run, k == 0 and i == base, k == 0, fund_here))
     return out
 
 
@@ -168,6 +203,7 @@ def tables(pols: list[Policy], asset: str) -> tuple[list[str], list[list[str]], 
     drows = []
     for p in pols:
         if p.baseline:
+            drows.append([p.label, *(BASELINE_DIFF for _ in DIFFS), "the baseline itself"])
             continue
         cells = []
         for name in DIFFS:
@@ -196,8 +232,73 @@ def rich_table(pols: list[Policy], asset: str, title: str) -> Table:
     for h in short:
         t.add_column(h, justify="left" if h == "policy" else "right", no_wrap=h == "policy")
     for p, r in zip(pols, rows):
-        t.add_row(*r[:8], "baseline" if p.baseline else diff_by_label.get(p.label, ""))
+        t.add_row(*r[:8], diff_by_label[p.label] + (" (baseline)" if p.baseline else ""))
     return t
+
+
+def fund_note(pols: list[Policy]) -> str | None:
+    """Why an insurance-fund draw can exceed the fund's size, if a figure shown does."""
+    over = []
+    for p in pols:
+        shown = max(float(p.ds["insurance_fund_draw"].max()), float(p.ds["es99_insurance_fund_draw"]))
+        if shown > p.fund_usd:
+            over.append(f"{p.label} (up to {usd(shown)} against {usd(p.fund_usd)})")
+    if not over:
+        return None
+    return (
+        "Insurance-fund draws above the fund's size (`policy.insurance_fund_usd`) are not an error: "
+        "leftover margin and liquidation fees flow into the fund during the run (`fund_inflow`) "
+        "before shortfalls draw on it, so a path can draw more in total than the fund held at the "
+        "start while the fund never goes below zero. Seen at: "
+        + "; ".join(over[:MAX_LISTED])
+        + (f"; and {len(over) - MAX_LISTED} more policies" if len(over) > MAX_LISTED else "")
+        + "."
+    )
+
+
+def _path_setup(cube: xr.Dataset) -> dict:
+    """What decides a run's paths: seed, paths, steps, and the config's market, book and scenario."""
+    cfg = _config(cube)
+    keys = ("seed", "n_paths", "steps", "dt_minutes")
+    return {**{k: cube.attrs.get(k) for k in keys}, **{s: cfg.get(s) for s in ("market", "book", "scenario")}}
+
+
+def pairing_notes(cubes: list[tuple[str, xr.Dataset]]) -> list[str]:
+    """One plain sentence per run after the first: why its rows are unpaired, and what that means."""
+    ref_run, ref = cubes[0]
+    a = _path_setup(ref)
+    notes = []
+    for run, cube in cubes[1:]:
+        b = _path_setup(cube)
+        drawn = [f"{k} {b[k]} vs {a[k]}" for k in ("seed", "n_paths", "steps", "dt_minutes") if a[k] != b[k]]
+        setup = [k for k in ("market", "book", "scenario") if a[k] != b[k]]
+        if drawn or setup:
+            why = "; ".join([*(["other " + ", ".join(setup)] if setup else []), *drawn])
+            notes.append(
+                f"`{run}` is **unpaired** with `{ref_run}` ({why}): its paths are not those of the "
+                f"baseline, so its rows compare two independent estimates"
+                + (", and the differences mix the change of scenario with that of policy" if setup else "")
+                + "; the interval combines both standard errors."
+            )
+        else:
+            notes.append(
+                f"`{run}` is **unpaired** with `{ref_run}` although it drew the same paths (same seed, "
+                "paths and scenario): the per-path outputs that pairing needs are not kept, so its "
+                "interval combines both standard errors and is wider than a paired one."
+            )
+    return notes
+
+
+def diagnostics(pols: list[Policy]) -> list[str]:
+    """Warnings, one per kernel limit that bit (`DIAGNOSTIC_ADVICE`): how many paths of which
+    policies, what it means, and what to change. Empty when no path was affected."""
+    out = []
+    for name, (meaning, fix) in DIAGNOSTIC_ADVICE.items():
+        hit = [(p, int(p.ds[name])) for p in pols if name in p.ds and int(p.ds[name]) > 0]
+        if hit:
+            where = "; ".join(f"{p.label}: {n:,} of {int(p.ds.attrs['n_paths']):,}" for p, n in hit)
+            out.append(f"{sum(n for _, n in hit):,} paths {meaning} ({where}): {fix}.")
+    return out
 
 
 def _markdown(head: list[str], rows: list[list[str]]) -> str:
@@ -212,43 +313,65 @@ def _markdown(head: list[str], rows: list[list[str]]) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _usd_tick(x: float, _pos=None) -> str:
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.3g} {unit}"
-    return f"{x:.3g}"
+MARGIN = 0.05  # of the data's span, beyond the outermost markers
 
 
-_USD_AXIS = FuncFormatter(_usd_tick)
+def _amount_limits(values: np.ndarray) -> tuple[float, float] | None:
+    """x-limits that hold every marker with a margin, or None when all values are zero."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if lo == hi == 0:
+        return None
+    pad = MARGIN * ((hi - lo) or abs(hi))
+    return lo - pad, hi + pad
 
 
-def plot_loss_distributions(pols: list[Policy], path: Path) -> None:
+def _zero_panel(ax) -> None:
+    """A panel whose values are all 0: one tick at 0 near the left, not matplotlib's ±0.04."""
+    ax.set_xlim(-MARGIN, 1.0)
+    ax.set_xticks([0.0])
+    ax.text(0.5, 0.5, "0 on every path", transform=ax.transAxes, ha="center", va="center", fontsize=9)
+
+
+def plot_loss_distributions(pols: list[Policy], path: Path) -> Figure:
+    """Median, q90, q99, q99.9 and ES99 of each loss per policy (one row each), legend below."""
     levels = (0.5, 0.9, 0.99, 0.999)
     markers = {0.5: ("o", "median"), 0.9: ("|", "q90"), 0.99: ("D", "q99"), 0.999: ("^", "q99.9")}
     n = len(pols)
-    fig = Figure(figsize=(10, 1.6 + 0.32 * n * 2), dpi=80)
+    fig = Figure(figsize=(10, 2.2 + 0.32 * n * 2), dpi=80, layout="constrained")
     axes = fig.subplots(2, 2, sharey=True)
     ys = np.arange(n)[::-1]
     for ax, (name, title) in zip(axes.flat, LOSSES):
+        shown = []
         for y, p in zip(ys, pols):
             qs = [float(p.ds[name].sel(quantile=lv)) for lv in levels]
+            shown += [*qs, float(p.ds[f"es99_{name}"])]
             color = "C3" if p.baseline else "C0"
             ax.plot([qs[0], qs[-1]], [y, y], color=color, lw=1.5, alpha=0.6)
             for lv, q in zip(levels, qs):
-                m, lab = markers[lv]
-                ax.plot(q, y, m, color=color, ms=5, label=lab if y == ys[0] else None)
-            ax.plot(
-                float(p.ds[f"es99_{name}"]), y, "x", color="k", ms=6, label="ES99" if y == ys[0] else None
-            )
+                ax.plot(q, y, markers[lv][0], color=color, ms=5)
+            ax.plot(float(p.ds[f"es99_{name}"]), y, "x", color="k", ms=6)
         ax.set_title(f"{title} (USD)", fontsize=10)
-        ax.xaxis.set_major_formatter(_USD_AXIS)
+        ax.xaxis.set_major_formatter(Amounts())
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # room for labels like "3.225 B"
+        limits = _amount_limits(np.asarray(shown))
+        if limits is None:
+            _zero_panel(ax)
+        else:
+            ax.set_xlim(*limits)
+        ax.set_ylim(ys[-1] - 0.6, ys[0] + 0.6)
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(labelsize=8)
     axes[0, 0].set_yticks(ys, [p.label + (" *" if p.baseline else "") for p in pols], fontsize=8)
-    axes[0, 0].legend(fontsize=7, loc="lower right")
+    keys = [Line2D([], [], ls="", marker=m, color="0.3", ms=5, label=lab) for m, lab in markers.values()]
+    keys += [Line2D([], [], ls="", marker="x", color="k", ms=6, label="ES99")]
+    keys += [
+        Line2D([], [], color=c, lw=1.5, alpha=0.6, label=lab)
+        for c, lab in (("C3", "baseline"), ("C0", "other"))[: 1 + (n > 1)]
+    ]
+    fig.legend(handles=keys, loc="outside lower center", ncol=len(keys), fontsize=8)
     fig.suptitle("Loss distributions per policy (* baseline)", fontsize=11)
-    fig.tight_layout()
     fig.savefig(path)
+    return fig
 
 
 def _axis_ticks(cube: xr.Dataset, dim: str) -> list[str]:
@@ -288,7 +411,7 @@ def plot_heatmap(cube: xr.Dataset, dims: tuple[str, str], path: Path) -> None:
                 fontsize=7,
                 color="white" if hi > 0 and v > 0.6 * hi else "black",
             )
-        fig.colorbar(im, ax=ax, format=_USD_AXIS if var.startswith("es99") else None)
+        fig.colorbar(im, ax=ax, format=Amounts() if var.startswith("es99") else None)
     note = ", ".join(f"{k}={_fmt_value(v)}" for k, v in fixed.items())
     fig.suptitle("Sweep heatmap" + (f" at {note}" if note else ""), fontsize=11)
     fig.tight_layout()
@@ -310,7 +433,7 @@ def plot_sweep_line(cube: xr.Dataset, dim: str, path: Path) -> None:
     ax.set_xticks(xs, _axis_ticks(sub, dim))
     ax.set_xlabel(cube[dim].attrs.get("sweep_path", dim))
     ax.set_ylabel("liquidated notional (USD)")
-    ax.yaxis.set_major_formatter(_USD_AXIS)
+    ax.yaxis.set_major_formatter(Amounts())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -324,7 +447,7 @@ def plot_fan_charts(pols: list[Policy], path: Path) -> None:
         pick = np.linspace(0, len(others) - 1, MAX_FAN_OTHERS).round().astype(int)
         others = [others[i] for i in sorted(set(pick))]
     assets = [str(a) for a in ref.ds.asset.values][:4]
-    fig = Figure(figsize=(3.2 * len(assets) + 1, 5.5), dpi=80)
+    fig = Figure(figsize=(3.2 * len(assets) + 1, 5.5), dpi=80, layout="constrained")
     axes = fig.subplots(2, len(assets), squeeze=False)
     rows = (
         ("mark_price_band", "mark price (USD)"),
@@ -361,7 +484,7 @@ def plot_fan_charts(pols: list[Policy], path: Path) -> None:
                     color=f"C{k + 1}",
                     label=f"median: {p.label}" if (r, c) == (0, 0) else None,
                 )
-            ax.yaxis.set_major_formatter(_USD_AXIS)
+            ax.yaxis.set_major_formatter(Amounts())
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
             if r == 0:
@@ -370,9 +493,9 @@ def plot_fan_charts(pols: list[Policy], path: Path) -> None:
                 ax.set_xlabel("hours", fontsize=8)
             if c == 0:
                 ax.set_ylabel(ylabel, fontsize=8)
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7)
-    fig.suptitle(f"Fan charts: bands for the baseline ({ref.label}), medians for others", fontsize=10)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=7)
+    others_text = ", medians for others" if others else ""
+    fig.suptitle(f"Fan charts: bands for the baseline ({ref.label}){others_text}", fontsize=10)
     fig.savefig(path)
 
 
@@ -417,12 +540,15 @@ def write_report(cubes: list[tuple[str, xr.Dataset]], out: Path) -> Path:
             f"- `{run}`: {cube.attrs.get('title', '')}; {int(cube.attrs['n_paths']):,} paths, seed "
             f"{cube.attrs['seed']}, grid {grid}; {cube.attrs.get('source', '')}"
         )
-    unpaired = any(not p.paired for p in pols)
+    warnings = diagnostics(pols)
+    note = fund_note(pols)
+    kind = "comparison" if len(cubes) > 1 else "report"
     text = [
-        f"# liqstress comparison: {', '.join(run for run, _ in cubes)}",
+        f"# liqstress {kind}: {', '.join(run for run, _ in cubes)}",
         "",
         *runs_lines,
         "",
+        *(["## Warnings", "", *(f"- {w}" for w in warnings), ""] if warnings else []),
         (
             f"Baseline: **{ref.label}**. Quantiles and ES99 are across paths; liquidations are summed "
             f"over assets and sides; drawdown is the maximum peak-to-trough fall of the {asset} mark price."
@@ -432,18 +558,18 @@ def write_report(cubes: list[tuple[str, xr.Dataset]], out: Path) -> Path:
         "",
         _markdown(head, rows),
         "",
+        *([note, ""] if note else []),
         "## Differences of means against the baseline (95% interval)",
         "",
-        "Paired differences: every policy of a run saw the same paths (common random numbers), so the "
-        "interval is that of the per-path difference, `mean ± 1.96 s.e.`"
-        + (
-            " Rows marked *unpaired* come from another run: their interval combines the two runs' "
-            "standard errors and is conservative."
-            if unpaired
-            else ""
+        (
+            "Paired differences: every policy of a run saw the same paths (common random numbers), "
+            "so the interval is that of the per-path difference, `mean ± 1.96 s.e.`; the baseline "
+            f"against itself is {BASELINE_DIFF}."
         ),
         "",
-        _markdown(dhead, drows) if drows else "(only one policy)",
+        *(f"- {n}" for n in pairing_notes(cubes)),
+        *([""] if len(cubes) > 1 else []),
+        _markdown(dhead, drows) if len(drows) > 1 else "(only one policy)",
         "",
         "## Plots",
         "",

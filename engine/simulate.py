@@ -32,7 +32,7 @@ from engine import cache, devices
 from engine import params as P
 from engine.config import Config
 from engine.errors import SimulationError, validated
-from engine.outputs import OUTPUTS
+from engine.outputs import DIAGNOSTICS, OUTPUTS
 from engine.reduce import ATOM, BAND_QUANTILES, QUANTILES, PointAccumulator
 from engine.rollout import EXTRACT_BLOCK, sharded_rollout
 
@@ -208,6 +208,8 @@ def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset
     data["mark_price_band"] = (("point", "time", "asset", "band_quantile"), np.stack([r["mark_price_band"] for r in results]), {"units": "USD", "long_name": "quantiles of the mark price over time"})
     data["cum_liquidations_band"] = (("point", "time", "asset", "band_quantile"), np.stack([r["cum_liquidations_band"] for r in results]), {"units": "USD", "long_name": "quantiles of cumulative liquidated notional over time"})
     data["n_nonfinite"] = (("point",), np.stack([r["n_nonfinite"] for r in results]), {"units": "1", "long_name": "paths with non-finite values"})
+    for name, long_name in DIAGNOSTICS.items():
+        data[name] = (("point",), np.stack([r[name] for r in results]).astype(np.int32), {"units": "1", "long_name": long_name})
     steps_at = np.minimum((np.arange(static.fan_points) + 1) * static.fan_stride, static.steps)
     coords = {
         "point": np.arange(len(results)),

@@ -1,0 +1,177 @@
+"""The report's figures and explanations, on small made-up cubes (no simulation): plot layout,
+tick labels, the baseline's 0 ± 0, the fund-draw note, unpaired runs, diagnostics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from engine import report as R
+from engine.reduce import BAND_QUANTILES, QUANTILES
+from engine.ticks import Amounts, plain_log_axis
+
+CONFIG = """name = "made_up"
+[run]
+n_paths = 256
+[market.assets.BTC]
+price = 100000.0
+[scenario]
+shock = -0.1
+[policy]
+insurance_fund_usd = 1e6
+"""
+
+
+def made_up_cube(scale: float = 1.0, seed: int = 7, config: str = CONFIG, **counts: int) -> xr.Dataset:
+    """A one-point cube with every variable the report reads: the loss quantiles of point k are
+    `scale * (1, 2, 3, 4, 5) * 1e6` (bad debt all zero); `counts` sets diagnostic counts."""
+    q = np.asarray(QUANTILES)
+    amounts = scale * np.arange(1, len(q) + 1) * 1e6
+    v: dict = {"time": ("time", [60.0, 120.0])}
+    for name in R.DIFFS:
+        lead = name == "max_drawdown"
+        vals = amounts * 1e-8 if lead else (0 * amounts if name == "bad_debt" else amounts)
+        v[name] = (("quantile", "asset"), np.stack([vals] * 2, -1)) if lead else (("quantile",), vals)
+        for stat, x in (
+            ("mean", vals[0]),
+            ("mc_se", 0.1 * vals[0]),
+            ("diff_mean", np.nan),
+            ("diff_se", np.nan),
+        ):
+            v[f"{name}_{stat}"] = (("asset",), [x, x]) if lead else ((), x)
+        v[f"es99_{name}"] = ((), 1.1 * vals[-1])
+    v["liquidated_total_mean"] = ((), amounts[0])
+    v["bad_debt_mean"], v["p_bad_debt"] = ((), 0.0), ((), 0.0)
+    band = np.linspace(1, 2, 7)[None, None, :] * np.ones((2, 2, 1))
+    v["mark_price_band"] = (("time", "asset", "band_quantile"), band)
+    v["cum_liquidations_band"] = (("time", "asset", "band_quantile"), band * 1e6)
+    for name, n in counts.items():
+        v[name] = ((), np.int32(n))
+    coords = {"quantile": q, "asset": ["BTC", "ETH"], "band_quantile": list(BAND_QUANTILES)}
+    attrs = {"n_paths": 256, "seed": seed, "steps": 24, "dt_minutes": 5.0, "config": config, "sweep_dims": ""}
+    return xr.Dataset(v, coords=coords, attrs={**attrs, "title": "liqstress loss distributions: made_up"})
+
+
+def drawn(fig: Figure) -> FigureCanvasAgg:
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas
+
+
+@pytest.fixture
+def loss_figure(tmp_path):
+    pols = R.policies([("a", made_up_cube()), ("b", made_up_cube(scale=3.0))])
+    fig = R.plot_loss_distributions(pols, tmp_path / "loss.png")
+    drawn(fig)
+    return fig, pols
+
+
+def test_loss_legend_sits_outside_every_panel(loss_figure):
+    fig, _ = loss_figure
+    legend = fig.legends[0].get_window_extent()
+    renderer = fig.canvas.get_renderer()
+    assert len(fig.axes) == 4
+    for ax in fig.axes:
+        assert not legend.overlaps(ax.get_tightbbox(renderer)), ax.get_title()
+
+
+def test_loss_panels_hold_every_marker_with_a_margin(loss_figure):
+    fig, pols = loss_figure
+    for ax, (name, _) in zip(fig.axes, R.LOSSES):
+        if name == "bad_debt":
+            continue
+        values = [float(x) for p in pols for x in (*p.ds[name].values, p.ds[f"es99_{name}"])]
+        lo, hi = ax.get_xlim()
+        span = max(values) - min(values)
+        assert lo <= min(values) - 0.04 * span and hi >= max(values) + 0.04 * span, name
+
+
+def test_all_zero_panel_has_one_tick_at_zero_not_a_fractional_symmetric_axis(loss_figure):
+    fig, _ = loss_figure
+    ax = fig.axes[[n for n, _ in R.LOSSES].index("bad_debt")]
+    lo, hi = ax.get_xlim()
+    assert -0.1 < lo < 0 < hi and hi >= 1 and abs(lo) < 0.1 * hi
+    assert list(ax.get_xticks()) == [0.0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0"]
+    assert any("0 on every path" in t.get_text() for t in ax.texts)
+
+
+def test_amount_ticks_keep_neighbours_apart():
+    f = Amounts()
+    locs = [3.2200e9, 3.2225e9, 3.2250e9, 3.2275e9]
+    labels = f.format_ticks(locs)
+    assert labels == ["3.2200 B", "3.2225 B", "3.2250 B", "3.2275 B"]
+    assert f.format_ticks([12.5e9, 15e9, 17.5e9]) == ["12.5 B", "15.0 B", "17.5 B"]
+    assert f.format_ticks([0, 5e7, 1e8, 1.5e8]) == ["0", "50 M", "100 M", "150 M"]
+    assert f.format_ticks([0, 5e8, 1e9, 1.5e9]) == ["0", "0.5 B", "1.0 B", "1.5 B"]  # one suffix
+    assert f(0.3) == "0.3" and f.format_ticks([2.17e20, 2.18e20]) == ["2.17e+20", "2.18e+20"]
+
+
+def test_log_axis_ticks_are_plain_numbers():
+    fig = Figure()
+    ax = fig.subplots()
+    ax.plot([0.25, 0.9], [1.5e6, 4e7])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain_log_axis(ax.xaxis)
+    plain_log_axis(ax.yaxis)
+    drawn(fig)
+    x = [t.get_text() for t in ax.get_xticklabels(minor=True) + ax.get_xticklabels() if t.get_text()]
+    y = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels() if t.get_text()]
+    assert "0.3" in x and "0.5" in x
+    assert "10 M" in y and "2 M" in y
+    assert not any("10^" in s or "times" in s or "e-" in s for s in x + y)
+
+
+def test_single_run_report_is_titled_report_and_a_comparison_comparison(tmp_path):
+    one = R.write_report([("a", made_up_cube())], tmp_path / "one").read_text()
+    two = R.write_report([("a", made_up_cube()), ("b", made_up_cube())], tmp_path / "two").read_text()
+    assert one.startswith("# liqstress report: a\n") and "comparison" not in one.splitlines()[0]
+    assert two.startswith("# liqstress comparison: a, b\n")
+
+
+def test_baseline_differences_are_zero_plus_minus_zero_even_when_the_cube_says_nan(tmp_path):
+    pols = R.policies([("a", made_up_cube()), ("b", made_up_cube(scale=2.0))])
+    _, _, _, drows = R.tables(pols, "BTC")
+    assert drows[0][1:6] == ["0 ± 0"] * 5 and "nan" not in " ".join(drows[0]).lower()
+    text = R.write_report([("a", made_up_cube()), ("b", made_up_cube(scale=2.0))], tmp_path).read_text()
+    assert "| a | 0 ± 0 | 0 ± 0 | 0 ± 0 | 0 ± 0 | 0 ± 0 | the baseline itself |" in text
+    assert "nan" not in text.lower()
+
+
+def test_fund_draw_above_the_fund_is_explained_only_when_shown():
+    over = R.policies([("a", made_up_cube(scale=1.0))])  # draws 1..5 M, ES99 5.5 M; fund 1 M
+    note = R.fund_note(over)
+    assert note and "fees flow into the fund" in note and "5.50 M against 1.00 M" in note
+    under = R.policies([("a", made_up_cube(scale=0.1))])  # draws up to 0.55 M
+    assert R.fund_note(under) is None
+    assert math.isclose(over[0].fund_usd, 1e6)
+    many = R.policies([(f"run{k}", made_up_cube()) for k in range(R.MAX_LISTED + 2)])
+    assert R.fund_note(many).endswith("; and 2 more policies.")
+
+
+def test_runs_with_other_paths_or_scenarios_are_called_unpaired_plainly():
+    base = ("a", made_up_cube())
+    other_seed = R.pairing_notes([base, ("b", made_up_cube(seed=8))])
+    assert len(other_seed) == 1 and "**unpaired**" in other_seed[0] and "seed 8 vs 7" in other_seed[0]
+    other_scenario = R.pairing_notes([base, ("c", made_up_cube(config=CONFIG.replace("-0.1", "-0.3")))])
+    assert "other scenario" in other_scenario[0] and "mix the change of scenario" in other_scenario[0]
+    same = R.pairing_notes([base, ("d", made_up_cube())])
+    assert "unpaired" in same[0] and "same seed" in same[0]
+    assert R.pairing_notes([base]) == []
+
+
+def test_diagnostics_name_the_paths_and_the_fix():
+    pols = R.policies([("a", made_up_cube(n_cascade_unconverged=3, n_jump_truncated=0))])
+    lines = R.diagnostics(pols)
+    assert len(lines) == 1
+    assert lines[0].startswith("3 paths ran out of cascade rounds") and "3 of 256" in lines[0]
+    assert "raise `run.cascade_rounds`" in lines[0]
+    jumps = R.diagnostics(R.policies([("a", made_up_cube(n_jump_truncated=5))]))
+    assert "5 of 256" in jumps[0] and "jump_intensity_per_day" in jumps[0]
+    assert R.diagnostics(R.policies([("a", made_up_cube(n_cascade_unconverged=0))])) == []
