@@ -13,15 +13,19 @@ from engine import params as P
 from engine.config import Config
 from engine.outputs import OUTPUTS
 from engine.reduce import (
+    BAND_QUANTILES,
+    CLIPPED,
     ES_LEVEL,
     ESTIMATED,
+    IN_RANGE,
     QUANTILES,
     TOO_FEW_PATHS,
     PointAccumulator,
+    _band,
     es_status,
     quantile_status,
 )
-from engine.rollout import rollout
+from engine.rollout import _advance, _begin, rollout
 from tests.conftest import small_dict
 from tests.helpers import assert_close
 from tests.samples import accumulate, outputs_of, small_static
@@ -206,3 +210,44 @@ def test_too_few_paths_are_flagged_per_quantile(n, quantiles_estimated, es_estim
     assert tuple(flags[~np.array(quantiles_estimated)]) == (TOO_FEW_PATHS,) * quantiles_estimated.count(False)
     assert (es_status(n) == ESTIMATED) == es_estimated
     assert tuple(quantile_status(n, (0.01, 0.5, 0.99)) == ESTIMATED) == (n >= 100, n >= 2, n >= 100)
+
+
+def test_fan_bands_follow_moves_beyond_the_old_histogram_range():
+    """SOL at 1,200% annual volatility for a day: its 1% and 99% log prices lie beyond the old
+    fixed range [-1.2, 0.4]; every band at the last step matches numpy.quantile of the final
+    log marks within the bins of the order statistics it reads, none clipped."""
+    run = {"n_paths": 256, "seed": 3, "steps": 8, "dt_minutes": 180.0, "fan_points": 2, "cascade_rounds": 2}
+    assets = small_dict()["market"]["assets"]
+    cfg = Config.model_validate(small_dict(
+        run=run, market={"assets": {**assets, "SOL": {**assets["SOL"], "vol_annual": 12.0}}},
+        book={"leverage": [5, 50], "leverage_weights": [1, 1], "entry_points": 1},
+    ))
+    params, static = P.build(cfg)
+    n = run["n_paths"]
+    final = jax.jit(lambda p: _advance(_begin(p, static, n), p, 3, 0, n, 0, static, static.steps))(params)
+    x = np.asarray(final.states.x_mark, np.float64)  # [paths, assets] log mark at the last step
+    bands, status = _band(np.asarray(final.fan["price"], np.int64), B.FAN_PRICE)  # [time, asset, bq]
+    sol = cfg.asset_names.index("SOL")
+    assert np.quantile(x[:, sol], 0.99) > 0.4 and np.quantile(x[:, sol], 0.01) < -1.2
+    assert np.all(status == IN_RANGE)
+    lo_edge, hi_edge = B.FAN_PRICE.bounds()
+    s = np.sort(x, axis=0)
+    for a in range(static.n_assets):
+        idx = B.FAN_PRICE.index(s[:, a])
+        for k, q in enumerate(BAND_QUANTILES):
+            h = q * (n - 1)
+            lo, hi = lo_edge[idx[int(np.floor(h))]], hi_edge[idx[int(np.ceil(h))]]
+            assert lo <= np.quantile(x[:, a], q) <= hi
+            assert lo - 1e-12 <= bands[-1, a, k] <= hi + 1e-12, (a, q, bands[-1, a, k], lo, hi)
+
+
+def test_fan_bands_in_an_end_bin_are_nan_and_flagged_clipped():
+    """Half the paths beyond the low end of the range, half at 0: bands that read the end
+    bin are NaN and CLIPPED, the others are estimates."""
+    hist = np.zeros((1, 1, B.FAN_PRICE.n), np.int64)
+    hist[0, 0, B.FAN_PRICE.index(-50.0)] = 50
+    hist[0, 0, B.FAN_PRICE.index(0.0)] = 50
+    bands, status = _band(hist, B.FAN_PRICE)
+    low = np.array(BAND_QUANTILES) <= 0.5  # rank 49.5 at the median reads the end bin too
+    np.testing.assert_array_equal(status[0, 0], np.where(low, CLIPPED, IN_RANGE))
+    assert np.all(np.isnan(bands[0, 0, low])) and np.all(np.abs(bands[0, 0, ~low]) < 0.01)
