@@ -29,6 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from rich.table import Table
 
+from engine.summary import cell, estimate, few_paths_note
+
 Z95 = 1.959963984540054
 LOSSES = (
     ("liquidated_total", "Liquidated notional"),
@@ -81,13 +83,14 @@ def _lead(da: xr.DataArray) -> xr.DataArray:
 
 
 def metrics(p: Policy) -> dict[str, float]:
-    """The key figures of a policy (USD, drawdown as a fraction of the lead asset's price)."""
+    """The key figures of a policy (USD, drawdown as a fraction of the lead asset's price);
+    NaN for a quantile or ES99 with too few paths to estimate it."""
     ds = p.ds
-    q = lambda name, level: float(_lead(ds[name]).sel(quantile=level))
+    q = lambda name, level: float(_lead(estimate(ds, name, level)))
     return {
         "liq_median": q("liquidated_total", 0.5),
         "liq_q99": q("liquidated_total", 0.99),
-        "liq_es99": float(ds["es99_liquidated_total"]),
+        "liq_es99": q("liquidated_total", None),
         "bad_debt_mean": float(ds["bad_debt_mean"]),
         "p_bad_debt": float(ds["p_bad_debt"]),
         "fund_mean": float(ds["insurance_fund_draw_mean"]),
@@ -112,6 +115,10 @@ def usd(x: float, signed: bool = False) -> str:
         if abs(x) >= div:
             return f"{sign}{x / div:,.2f} {unit}"
     return f"{sign}{x:,.0f}"
+
+
+def pct(x: float) -> str:
+    return f"{x:.1%}"
 
 
 def _diff_text(name: str, d: float, se: float) -> str:
@@ -145,15 +152,15 @@ def tables(pols: list[Policy], asset: str) -> tuple[list[str], list[list[str]], 
         rows.append(
             [
                 p.label + (" (baseline)" if p.baseline else ""),
-                usd(m["liq_median"]),
-                usd(m["liq_q99"]),
-                usd(m["liq_es99"]),
+                cell(m["liq_median"], usd),
+                cell(m["liq_q99"], usd),
+                cell(m["liq_es99"], usd),
                 usd(m["bad_debt_mean"]),
                 f"{m['p_bad_debt']:.3f}",
                 usd(m["fund_mean"]),
-                usd(m["fund_q99"]),
-                f"{m['dd_median']:.1%}",
-                f"{m['dd_q99']:.1%}",
+                cell(m["fund_q99"], usd),
+                cell(m["dd_median"], pct),
+                cell(m["dd_q99"], pct),
             ]
         )
     dhead = [
@@ -177,11 +184,17 @@ def tables(pols: list[Policy], asset: str) -> tuple[list[str], list[list[str]], 
     return head, rows, dhead, drows
 
 
+def few_paths_notes(pols: list[Policy]) -> list[str]:
+    """What the policies' runs have too few paths to estimate (one note per run size)."""
+    sizes = dict.fromkeys(int(p.ds.attrs["n_paths"]) for p in pols)
+    return [note for n in sizes if (note := few_paths_note(n))]
+
+
 def rich_table(pols: list[Policy], asset: str, title: str) -> Table:
     """The metrics and the paired difference of liquidations, for the terminal."""
     _, rows, _, drows = tables(pols, asset)
     diff_by_label = {r[0]: r[1] for r in drows}
-    t = Table(title=title)
+    t = Table(title=title, caption="\n".join(few_paths_notes(pols)) or None)
     short = [
         "policy",
         "liq. median",
@@ -432,6 +445,7 @@ def write_report(cubes: list[tuple[str, xr.Dataset]], out: Path) -> Path:
         "",
         _markdown(head, rows),
         "",
+        *(f"{note}\n" for note in few_paths_notes(pols)),
         "## Differences of means against the baseline (95% interval)",
         "",
         "Paired differences: every policy of a run saw the same paths (common random numbers), so the "
