@@ -139,7 +139,8 @@ class BinStats:
     """Per-bin statistics of some columns: counts `[bins, cols]`, and optionally exact sums,
     minima and maxima of the members `[bins, cols]` (else members are spread over `bounds`)."""
 
-    def __init__(self, counts, bounds, sums=None, mins=None, maxs=None):
+    def __init__(self, counts: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None,
+                 sums: np.ndarray | None = None, mins: np.ndarray | None = None, maxs: np.ndarray | None = None):
         cols = lambda a: np.asarray(a, float).reshape(np.shape(counts)[0], -1)
         self.c = cols(counts)
         self.cum = np.cumsum(self.c, axis=0)
@@ -151,14 +152,14 @@ class BinStats:
             lo, hi = (np.asarray(b, float)[:, None] for b in bounds)
             self.m, self.M = np.broadcast_to(lo, self.c.shape), np.broadcast_to(hi, self.c.shape)
 
-    def locate(self, rank, j):
+    def locate(self, rank: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Bin `[...]` of the (integer) rank `[...]` in column j `[...]`, and the rank's
         position among that bin's members."""
         b = np.array([np.searchsorted(self.cum[:, jj], r, side="right") for r, jj in zip(rank.flat, j.flat)])
         b = np.minimum(b, self.c.shape[0] - 1).reshape(np.shape(rank))
         return b, rank - (self.cum[b, j] - self.c[b, j])
 
-    def _interior(self, b, j):
+    def _interior(self, b: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and spacing of the members between the bin's min and max (exact statistics)."""
         c, m, M = self.c[b, j], self.m[b, j], self.M[b, j]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -167,7 +168,7 @@ class BinStats:
             d = np.where(c > 3, np.minimum((M - m) / (c - 1), room), 0.0)
         return mu, d
 
-    def placed(self, b, j, pos):
+    def placed(self, b: np.ndarray, j: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Value of member `pos` (0 = smallest) of bin b in column j."""
         c, m, M = self.c[b, j], self.m[b, j], self.M[b, j]
         if not self.exact:
@@ -178,7 +179,7 @@ class BinStats:
         single = self.s[b, j]
         return np.where(c == 1, single, np.where(pos <= 0, m, np.where(pos >= c - 1, M, inner)))
 
-    def sum_from(self, b, j, pos):
+    def sum_from(self, b: np.ndarray, j: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Sum of the placed members `pos .. c - 1` of bin b in column j (exact statistics)."""
         c, M = self.c[b, j], self.M[b, j]
         mu, d = self._interior(b, j)
@@ -186,7 +187,8 @@ class BinStats:
         interior = M + p * (mu + d * (pos - 1) / 2)
         return np.where(pos <= 0, self.s[b, j], np.where(pos >= c, 0.0, np.where(pos == c - 1, M, interior)))
 
-    def order_statistic(self, rank, j):
+    def order_statistic(self, rank: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Placed value of each (integer) rank `[...]` in column j `[...]`."""
         b, pos = self.locate(rank, j)
         return self.placed(b, j, pos)
 

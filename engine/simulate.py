@@ -191,7 +191,7 @@ def simulate(
 def _flags(meanings: str, long_name: str, comment: str) -> dict:
     """CF attributes of an int8 status variable whose values are 0, 1, ... in `meanings`' order."""
     values = np.arange(len(meanings.split()), dtype=np.int8)
-    return {"long_name": long_name, "flag_values": values, "flag_meanings": meanings, "comment": comment}
+    return {"units": "1", "long_name": long_name, "flag_values": values, "flag_meanings": meanings, "comment": comment}
 
 
 FEW_PATHS = "estimated too_few_paths"
