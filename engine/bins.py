@@ -153,10 +153,9 @@ class BinStats:
             self.m, self.M = np.broadcast_to(lo, self.c.shape), np.broadcast_to(hi, self.c.shape)
 
     def locate(self, rank: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Bin `[...]` of the (integer) rank `[...]` in column j `[...]`, and the rank's
+        """Bin `[cols]` of the (integer) rank `[cols]` in columns j `[cols]`, and the rank's
         position among that bin's members."""
-        b = np.array([np.searchsorted(self.cum[:, jj], r, side="right") for r, jj in zip(rank.flat, j.flat)])
-        b = np.minimum(b, self.c.shape[0] - 1).reshape(np.shape(rank))
+        b = np.minimum(np.sum(self.cum[:, j] <= rank[None, :], axis=0), self.c.shape[0] - 1)
         return b, rank - (self.cum[b, j] - self.c[b, j])
 
     def _interior(self, b: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -188,7 +187,7 @@ class BinStats:
         return np.where(pos <= 0, self.s[b, j], np.where(pos >= c, 0.0, np.where(pos == c - 1, M, interior)))
 
     def order_statistic(self, rank: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Placed value of each (integer) rank `[...]` in column j `[...]`."""
+        """Placed value of each (integer) rank `[cols]` in columns j `[cols]`."""
         b, pos = self.locate(rank, j)
         return self.placed(b, j, pos)
 
