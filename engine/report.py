@@ -132,7 +132,8 @@ def lead_asset(cube: xr.Dataset) -> str:
 
 
 def tables(pols: list[Policy], asset: str) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
-    """Header and rows of the metrics table and of the differences table."""
+    """Header and rows of the metrics table and of the differences table (quantiles and ES99
+    with too few paths to estimate them read `n/e`)."""
     ref = next(p for p in pols if p.baseline)
     head = [
         "policy",
