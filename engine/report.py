@@ -33,6 +33,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from rich.table import Table
 
+from engine.summary import cell, estimate, few_paths_note
 from engine.ticks import Amounts
 
 Z95 = 1.959963984540054
@@ -116,13 +117,14 @@ def _lead(da: xr.DataArray) -> xr.DataArray:
 
 
 def metrics(p: Policy) -> dict[str, float]:
-    """The key figures of a policy (USD, drawdown as a fraction of the lead asset's price)."""
+    """The key figures of a policy (USD, drawdown as a fraction of the lead asset's price);
+    NaN for a quantile or ES99 with too few paths to estimate it."""
     ds = p.ds
-    q = lambda name, level: float(_lead(ds[name]).sel(quantile=level))
+    q = lambda name, level: float(_lead(estimate(ds, name, level)))
     return {
         "liq_median": q("liquidated_total", 0.5),
         "liq_q99": q("liquidated_total", 0.99),
-        "liq_es99": float(ds["es99_liquidated_total"]),
+        "liq_es99": q("liquidated_total", None),
         "bad_debt_mean": float(ds["bad_debt_mean"]),
         "p_bad_debt": float(ds["p_bad_debt"]),
         "fund_mean": float(ds["insurance_fund_draw_mean"]),
@@ -149,6 +151,10 @@ def usd(x: float, signed: bool = False) -> str:
     return f"{sign}{x:,.0f}"
 
 
+def pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
 def _diff_text(name: str, d: float, se: float) -> str:
     if name == "max_drawdown":
         return f"{d:+.2%} ± {Z95 * se:.2%}"
@@ -160,7 +166,8 @@ def lead_asset(cube: xr.Dataset) -> str:
 
 
 def tables(pols: list[Policy], asset: str) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
-    """Header and rows of the metrics table and of the differences table."""
+    """Header and rows of the metrics table and of the differences table (quantiles and ES99
+    with too few paths to estimate them read `n/e`)."""
     ref = next(p for p in pols if p.baseline)
     head = [
         "policy",
@@ -180,15 +187,15 @@ def tables(pols: list[Policy], asset: str) -> tuple[list[str], list[list[str]], 
         rows.append(
             [
                 p.label + (" (baseline)" if p.baseline else ""),
-                usd(m["liq_median"]),
-                usd(m["liq_q99"]),
-                usd(m["liq_es99"]),
+                cell(m["liq_median"], usd),
+                cell(m["liq_q99"], usd),
+                cell(m["liq_es99"], usd),
                 usd(m["bad_debt_mean"]),
                 f"{m['p_bad_debt']:.3f}",
                 usd(m["fund_mean"]),
-                usd(m["fund_q99"]),
-                f"{m['dd_median']:.1%}",
-                f"{m['dd_q99']:.1%}",
+                cell(m["fund_q99"], usd),
+                cell(m["dd_median"], pct),
+                cell(m["dd_q99"], pct),
             ]
         )
     dhead = [
@@ -213,11 +220,17 @@ def tables(pols: list[Policy], asset: str) -> tuple[list[str], list[list[str]], 
     return head, rows, dhead, drows
 
 
+def few_paths_notes(pols: list[Policy]) -> list[str]:
+    """What the policies' runs have too few paths to estimate (one note per run size)."""
+    sizes = dict.fromkeys(int(p.ds.attrs["n_paths"]) for p in pols)
+    return [note for n in sizes if (note := few_paths_note(n))]
+
+
 def rich_table(pols: list[Policy], asset: str, title: str) -> Table:
     """The metrics and the paired difference of liquidations, for the terminal."""
     _, rows, _, drows = tables(pols, asset)
     diff_by_label = {r[0]: r[1] for r in drows}
-    t = Table(title=title)
+    t = Table(title=title, caption="\n".join(few_paths_notes(pols)) or None)
     short = [
         "policy",
         "liq. median",
@@ -559,6 +572,7 @@ def write_report(cubes: list[tuple[str, xr.Dataset]], out: Path) -> Path:
         _markdown(head, rows),
         "",
         *([note, ""] if note else []),
+        *(f"{line}\n" for line in few_paths_notes(pols)),
         "## Differences of means against the baseline (95% interval)",
         "",
         (

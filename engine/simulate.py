@@ -33,7 +33,7 @@ from engine import params as P
 from engine.config import Config
 from engine.errors import SimulationError, validated
 from engine.outputs import DIAGNOSTICS, OUTPUTS
-from engine.reduce import ATOM, BAND_QUANTILES, QUANTILES, PointAccumulator
+from engine.reduce import ATOM, BAND_QUANTILES, MIN_ES_TAIL_PATHS, QUANTILES, PointAccumulator
 from engine.rollout import EXTRACT_BLOCK, sharded_rollout
 
 
@@ -188,6 +188,34 @@ def simulate(
     return to_dataset(cfg, [a.result(np.asarray(b[0].market.price0, float)) for a, b in zip(accs, built)], static)
 
 
+def _flags(meanings: str, long_name: str, comment: str) -> dict:
+    """CF attributes of an int8 status variable whose values are 0, 1, ... in `meanings`' order."""
+    values = np.arange(len(meanings.split()), dtype=np.int8)
+    return {"units": "1", "long_name": long_name, "flag_values": values, "flag_meanings": meanings, "comment": comment}
+
+
+FEW_PATHS = "estimated too_few_paths"
+FEW_PATHS_RULE = (
+    "a q-quantile needs n_paths * min(q, 1 - q) >= 1 paths beyond it, ES99 needs n_paths * 0.01 >= "
+    f"{MIN_ES_TAIL_PATHS} tail paths; a value flagged too_few_paths describes the paths run, not the distribution"
+)
+CLIPPED = "in_range clipped"
+CLIPPED_RULE = "clipped: the band reads an end bin of the fan-chart histogram (the value may lie beyond it) and is NaN"
+
+
+def _status_variables(results: list[dict]) -> dict:
+    """Whether each quantile, ES99 and fan-chart band value is an estimate (int8 CF flags)."""
+    stack = lambda key: np.stack([r[key] for r in results])
+    bands = ("point", "time", "asset", "band_quantile")
+    return {
+        "quantile_status": (("point", "quantile"), stack("quantile_status"), _flags(FEW_PATHS, "estimability of the quantiles", FEW_PATHS_RULE)),
+        "band_quantile_status": (("point", "band_quantile"), stack("band_quantile_status"), _flags(FEW_PATHS, "estimability of the fan-chart band quantiles", FEW_PATHS_RULE)),
+        "es99_status": (("point",), stack("es99_status"), _flags(FEW_PATHS, "estimability of the expected shortfalls at 99%", FEW_PATHS_RULE)),
+        "mark_price_band_status": (bands, stack("mark_price_band_status"), _flags(CLIPPED, "status of the mark price bands", CLIPPED_RULE)),
+        "cum_liquidations_band_status": (bands, stack("cum_liquidations_band_status"), _flags(CLIPPED, "status of the cumulative liquidation bands", CLIPPED_RULE)),
+    }
+
+
 def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset:
     """Stack per-point results into a Dataset with units and long names."""
     assets = cfg.asset_names
@@ -210,6 +238,13 @@ def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset
     data["n_nonfinite"] = (("point",), np.stack([r["n_nonfinite"] for r in results]), {"units": "1", "long_name": "paths with non-finite values"})
     for name, long_name in DIAGNOSTICS.items():
         data[name] = (("point",), np.stack([r[name] for r in results]).astype(np.int32), {"units": "1", "long_name": long_name})
+    data.update(_status_variables(results))
+    for o in OUTPUTS:
+        data[o.name][2]["ancillary_variables"] = "quantile_status"
+        if o.loss:
+            data[f"es99_{o.name}"][2]["ancillary_variables"] = "es99_status"
+    for band in ("mark_price_band", "cum_liquidations_band"):
+        data[band][2]["ancillary_variables"] = f"{band}_status"
     steps_at = np.minimum((np.arange(static.fan_points) + 1) * static.fan_stride, static.steps)
     coords = {
         "point": np.arange(len(results)),

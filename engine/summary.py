@@ -1,12 +1,24 @@
-"""A plain-text summary of a simulation's key figures (rich table)."""
+"""A plain-text summary of a simulation's key figures (rich table).
+
+Quantiles and ES99 that the cube flags as not estimable (too few paths; `engine.reduce`) are
+shown as `n/e`, with a note that says what each needs; runs of fewer than 100 paths also get
+a warning.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 
 import xarray as xr
 from rich.console import Console
 from rich.table import Table
+
+from engine.reduce import ES_LEVEL, ESTIMATED, MIN_ES_TAIL_PATHS, QUANTILES, es_status, quantile_status
+
+NOT_ESTIMABLE = "n/e"
+# Below this many paths even q99 is not estimable: the whole table describes a handful of paths.
+FEW_PATHS = 100
 
 ROWS = (
     ("liquidated_total", "Liquidated, all assets (USD)"),
@@ -24,25 +36,69 @@ def _usd(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def estimate(ds: xr.Dataset, name: str, level: float | None = None) -> xr.DataArray:
+    """Quantile `level` of output `name` (level None: its ES99), NaN where the cube flags it
+    as not estimable. Cubes written before the flags existed are judged by `n_paths`."""
+    n = int(ds.attrs["n_paths"])
+    if level is None:
+        value = ds[f"es99_{name}"]
+        status = ds["es99_status"] if "es99_status" in ds else es_status(n)
+    else:
+        value = ds[name].sel(quantile=level)
+        status = ds["quantile_status"].sel(quantile=level) if "quantile_status" in ds else quantile_status(n, [level])[0]
+    return value.where(status == ESTIMATED)
+
+
+def cell(x: float, fmt) -> str:
+    """`fmt(x)`, or `NOT_ESTIMABLE` for NaN (a flagged estimate)."""
+    return NOT_ESTIMABLE if math.isnan(x) else fmt(x)
+
+
+def paths_needed(level: float | None = None) -> int:
+    """Fewest paths for the quantile at `level` (None: ES99) to be estimable."""
+    beyond = (1.0 - ES_LEVEL) / MIN_ES_TAIL_PATHS if level is None else min(level, 1.0 - level)
+    return math.ceil(round(1.0 / beyond, 6))
+
+
+def few_paths_note(n_paths: int) -> str:
+    """What a run of `n_paths` cannot estimate and what each statistic needs ('' if none)."""
+    levels = [q for q, s in zip(QUANTILES, quantile_status(n_paths, QUANTILES)) if s != ESTIMATED]
+    needs = {f"q{100 * q:g}": (paths_needed(q), "") for q in levels}
+    if es_status(n_paths) != ESTIMATED:
+        needs["ES99"] = (paths_needed(), f" ({MIN_ES_TAIL_PATHS} paths beyond q99)")
+    if not needs:
+        return ""
+    paths = f"{n_paths:,} path{'s' * (n_paths != 1)}"
+    listed = ", ".join(f"{k} needs {v:,}{why}" for k, (v, why) in needs.items())
+    note = (
+        f"{NOT_ESTIMABLE}: not estimable from {paths} ({listed}); "
+        f"rerun with --paths {max(v for v, _ in needs.values())} to estimate them all."
+    )
+    if n_paths < FEW_PATHS:
+        note = f"Warning: only {paths}: the figures describe these paths, not the loss distribution. {note}"
+    return note
+
+
 def summary_table(ds: xr.Dataset, point: int = 0) -> str:
     """Median, 99% quantile, ES99 and mean +- MC error of the key outputs at one point."""
     p = ds.isel(point=point)
-    t = Table(title=f"liqstress: {int(ds.attrs['n_paths']):,} paths, point {point}")
+    n = int(ds.attrs["n_paths"])
+    t = Table(title=f"liqstress: {n:,} paths, point {point}", caption=few_paths_note(n) or None)
     for col in ("metric", "median", "q99", "ES99", "mean", "± MC s.e."):
         t.add_column(col, justify="right" if col != "metric" else "left")
     for name, label in ROWS:
-        q = p[name]
         t.add_row(
-            label, _usd(float(q.sel(quantile=0.5))), _usd(float(q.sel(quantile=0.99))),
-            _usd(float(p[f"es99_{name}"])), _usd(float(p[f"{name}_mean"])),
+            label, cell(float(estimate(p, name, 0.5)), _usd), cell(float(estimate(p, name, 0.99)), _usd),
+            cell(float(estimate(p, name)), _usd), _usd(float(p[f"{name}_mean"])),
             _usd(float(p[f"{name}_mc_se"])),
         )
+    pct = lambda v: f"{v:.1%}"
     for a in ds.asset.values:
-        dd = p["max_drawdown"].sel(asset=a)
+        dd = p.sel(asset=a)
         t.add_row(
-            f"Max drawdown {a}", f"{float(dd.sel(quantile=0.5)):.1%}",
-            f"{float(dd.sel(quantile=0.99)):.1%}", "", f"{float(p['max_drawdown_mean'].sel(asset=a)):.1%}",
-            f"{float(p['max_drawdown_mc_se'].sel(asset=a)):.2%}",
+            f"Max drawdown {a}", cell(float(estimate(dd, "max_drawdown", 0.5)), pct),
+            cell(float(estimate(dd, "max_drawdown", 0.99)), pct), "", pct(float(dd["max_drawdown_mean"])),
+            f"{float(dd['max_drawdown_mc_se']):.2%}",
         )
     long = float(p["liquidated_notional_mean"].sel(side="long").sum())
     total = float(p["liquidated_total_mean"])
