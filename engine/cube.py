@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from engine.sweep import Study
@@ -58,6 +59,23 @@ def read(path: Path) -> xr.Dataset:
         return ds.load()
 
 
+def _unstack(study: Study, ds: xr.Dataset) -> xr.Dataset:
+    """`point` (the whole grid, in grid order) -> one dimension per sweep axis, in axis order and
+    with each axis's values in config order; a study without axes drops `point`."""
+    if not study.axes:
+        return ds.isel(point=0, drop=True)
+    names = [a.name for a in study.axes]
+    for k, name in enumerate(names):
+        if ds[name].values.tolist() != [c[k] for c in study.coords]:
+            raise ValueError(f"the parts' values of sweep axis {name} are not the sweep's")
+    # `unstack` needs a MultiIndex, which `set_index` makes only from two or more axes
+    index = pd.MultiIndex.from_arrays([ds[n].values for n in names], names=names)
+    ds = ds.drop_vars(["point", *names]).assign_coords(xr.Coordinates.from_pandas_multiindex(index, "point"))
+    # `unstack` sorts each axis's values; the cube keeps the config's order
+    ds = ds.unstack("point").reindex({a.name: list(a.values) for a in study.axes})
+    return ds.transpose(*names, ...)
+
+
 def assemble(study: Study, parts: Sequence[xr.Dataset], attrs: dict) -> xr.Dataset:
     """The cube: parts over `point` -> one dimension per sweep axis, with CF metadata.
 
@@ -69,13 +87,8 @@ def assemble(study: Study, parts: Sequence[xr.Dataset], attrs: dict) -> xr.Datas
         raise ValueError(
             f"parts cover points {ds.point.values.tolist()}, expected 0..{len(study.points) - 1}"
         )
+    ds = _unstack(study, ds)
     names = [a.name for a in study.axes]
-    if names:
-        ds = ds.set_index(point=names).unstack("point")
-        ds = ds.reindex({a.name: list(a.values) for a in study.axes})
-        ds = ds.transpose(*names, ...)
-    else:
-        ds = ds.isel(point=0, drop=True)
     for a in study.axes:
         attrs_a = {"long_name": f"sweep axis {a.path}", "sweep_path": a.path}
         if a.units:
