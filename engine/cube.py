@@ -20,7 +20,7 @@ import xarray as xr
 
 from engine.sweep import Study
 
-CONVENTIONS = "CF-1.10"
+CONVENTIONS = "CF-1.8"
 COORD_ATTRS = {
     "asset": {"long_name": "perpetual market"},
     "side": {"long_name": "position side"},
@@ -33,11 +33,29 @@ COORD_ATTRS = {
 def part_dataset(study: Study, ds: xr.Dataset, points: Sequence[int]) -> xr.Dataset:
     """The first `len(points)` points of a `simulate` result, labelled with their grid index
     and sweep-axis values (coordinates along `point`)."""
-    part = ds.isel(point=slice(0, len(points))).assign_coords(point=np.asarray(points, np.int64))
+    part = ds.isel(point=slice(0, len(points))).assign_coords(point=np.asarray(points, np.int32))
     for k, axis in enumerate(study.axes):
         values = np.asarray([study.coords[i][k] for i in points])
         part = part.assign_coords({axis.name: ("point", values)})
-    return part
+    part.attrs.update(
+        Conventions=CONVENTIONS,
+        title=f"liqstress loss distributions, part of a sweep: {study.name}",
+        history=f"liqstress simulated grid points {list(points)}",
+    )
+    return _describe_coords(study, part)
+
+
+def _describe_coords(study: Study, ds: xr.Dataset) -> xr.Dataset:
+    """`ds` with `units` and `long_name` on its sweep-axis and other coordinates."""
+    for a in study.axes:
+        attrs = {"long_name": f"sweep axis {a.path}", "sweep_path": a.path}
+        if a.units:
+            attrs["units"] = a.units
+        ds[a.name].attrs.update(attrs)
+    for name, attrs in COORD_ATTRS.items():
+        if name in ds.coords:
+            ds[name].attrs.update(attrs)
+    return ds
 
 
 def write_atomic(ds: xr.Dataset, path: Path, before_rename: Callable[[], None] | None = None) -> None:
@@ -45,7 +63,8 @@ def write_atomic(ds: xr.Dataset, path: Path, before_rename: Callable[[], None] |
     so a crash leaves either the old file, the new one or a stray `.tmp` file, never a torn one.
     `before_rename` is called between the two (a fault-injection point for tests)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    ds.to_netcdf(tmp, engine="netcdf4")
+    # CF: coordinate variables have no missing values, so no `_FillValue` either
+    ds.to_netcdf(tmp, engine="netcdf4", encoding={name: {"_FillValue": None} for name in ds.coords})
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     if before_rename is not None:
@@ -54,8 +73,9 @@ def write_atomic(ds: xr.Dataset, path: Path, before_rename: Callable[[], None] |
 
 
 def read(path: Path) -> xr.Dataset:
-    """A netCDF file fully loaded into memory (the file is closed again)."""
-    with xr.open_dataset(path, engine="netcdf4") as ds:
+    """A netCDF file fully loaded into memory (the file is closed again); `time` stays in
+    minutes since the scenario start (`engine.simulate.TIME_ATTRS`), not decoded to dates."""
+    with xr.open_dataset(path, engine="netcdf4", decode_times=False) as ds:
         return ds.load()
 
 
@@ -88,15 +108,7 @@ def assemble(study: Study, parts: Sequence[xr.Dataset], attrs: dict) -> xr.Datas
             f"parts cover points {ds.point.values.tolist()}, expected 0..{len(study.points) - 1}"
         )
     ds = _unstack(study, ds)
-    names = [a.name for a in study.axes]
-    for a in study.axes:
-        attrs_a = {"long_name": f"sweep axis {a.path}", "sweep_path": a.path}
-        if a.units:
-            attrs_a["units"] = a.units
-        ds[a.name].attrs.update(attrs_a)
-    for name, coord_attrs in COORD_ATTRS.items():
-        if name in ds.coords:
-            ds[name].attrs.update(coord_attrs)
+    ds = _describe_coords(study, ds)
     for name in ds.data_vars:
         if name.endswith(("_diff_mean", "_diff_se")):
             ds[name].attrs["baseline"] = study.label(study.baseline)
@@ -110,7 +122,7 @@ def assemble(study: Study, parts: Sequence[xr.Dataset], attrs: dict) -> xr.Datas
         "steps": cfg.run.steps,
         "dt_minutes": cfg.run.dt_minutes,
         "sweep_axes": " ".join(a.path for a in study.axes),
-        "sweep_dims": " ".join(names),
+        "sweep_dims": " ".join(a.name for a in study.axes),
         "baseline": study.label(study.baseline),
         "baseline_point": study.baseline,
         **attrs,

@@ -17,7 +17,7 @@ def study(sweep: dict, **sections):
 def test_grid_is_cartesian_product_last_axis_fastest():
     s = study({"policy": {"leverage_cap": [5, 20, 125]}, "policy.breaker.kind": ["none", "halt"]})
     assert s.shape == (3, 2)
-    assert [a.name for a in s.axes] == ["leverage_cap", "kind"]
+    assert [a.name for a in s.axes] == ["leverage_cap", "breaker_kind"]
     assert s.coords[:3] == ((5.0, "none"), (5.0, "halt"), (20.0, "none"))
     assert [p.policy.leverage_cap for p in s.points] == [5, 5, 20, 20, 125, 125]
     assert [p.policy.breaker.kind for p in s.points[:2]] == ["none", "halt"]
@@ -44,7 +44,7 @@ def test_dimension_names_are_shortest_unique_suffixes():
             "policy.breaker.threshold": [0.03, 0.05],
         }
     )
-    assert [a.name for a in s.axes] == ["BTC_vol_annual", "SOL_vol_annual", "threshold"]
+    assert [a.name for a in s.axes] == ["BTC_vol_annual", "SOL_vol_annual", "breaker_threshold"]
     assert s.points[-1].market.assets["SOL"].vol_annual == 0.9
 
 
