@@ -3,9 +3,11 @@
 A part is what one `engine.simulate` call returns for a block of grid points, with `point`
 holding the global grid index and one coordinate per sweep axis along `point`. The cube
 concatenates the parts, unstacks `point` into one dimension per axis (in the config's value
-order; netCDF cannot store the MultiIndex, so the cube is stored unstacked) and carries CF-style
-metadata: `units` and `long_name` on every variable and coordinate, and global `Conventions`,
-`title`, `history`, `source`, `seed`, `n_paths` and the resolved config text.
+order; netCDF cannot store the MultiIndex, so the cube is stored unstacked) and carries CF 1.8
+metadata: `units` and `long_name` on every variable and coordinate, no `_FillValue` on
+coordinates, and global `Conventions`, `title`, `history`, `source`, `seed`, `n_paths` and the
+resolved config text. Parts carry the same variable and coordinate metadata. The one departure
+from CF is the unit "USD", which UDUNITS does not define.
 """
 
 from __future__ import annotations
