@@ -39,7 +39,7 @@ def part_dataset(study: Study, ds: xr.Dataset, points: Sequence[int]) -> xr.Data
     for k, axis in enumerate(study.axes):
         values = np.asarray([study.coords[i][k] for i in points])
         part = part.assign_coords({axis.name: ("point", values)})
-    part.attrs.update(
+    part = part.assign_attrs(
         Conventions=CONVENTIONS,
         title=f"liqstress loss distributions, part of a sweep: {study.name}",
         history=f"liqstress simulated grid points {list(points)}",
@@ -49,6 +49,7 @@ def part_dataset(study: Study, ds: xr.Dataset, points: Sequence[int]) -> xr.Data
 
 def _describe_coords(study: Study, ds: xr.Dataset) -> xr.Dataset:
     """`ds` with `units` and `long_name` on its sweep-axis and other coordinates."""
+    ds = ds.copy()  # new attribute dicts: the caller's dataset keeps its own
     for a in study.axes:
         attrs = {"long_name": f"sweep axis {a.path}", "sweep_path": a.path}
         if a.units:

@@ -45,7 +45,7 @@ def straight(tmp_path_factory) -> Path:
 
 
 def test_cube_has_every_variable_dimension_and_attribute(straight):
-    cube = xr.open_dataset(straight / "cube.nc")
+    cube = runs.load_cube(straight)  # time in minutes, with its CF units
     assert {"leverage_cap", "breaker_kind", "asset", "side", "quantile", "time"} <= set(cube.dims)
     assert list(cube.leverage_cap.values) == [20.0, 125.0]
     assert list(cube.breaker_kind.values) == ["none", "halt"]  # string axis, config order
