@@ -37,7 +37,7 @@ def part_dataset(study: Study, ds: xr.Dataset, points: Sequence[int]) -> xr.Data
     and sweep-axis values (coordinates along `point`)."""
     part = ds.isel(point=slice(0, len(points))).assign_coords(point=np.asarray(points, np.int32))
     for k, axis in enumerate(study.axes):
-        values = np.asarray([study.coords[i][k] for i in points])
+        values = _axis_array([study.coords[i][k] for i in points])
         part = part.assign_coords({axis.name: ("point", values)})
     part = part.assign_attrs(
         Conventions=CONVENTIONS,
@@ -45,6 +45,15 @@ def part_dataset(study: Study, ds: xr.Dataset, points: Sequence[int]) -> xr.Data
         history=f"liqstress simulated grid points {list(points)}",
     )
     return _describe_coords(study, part)
+
+
+def _axis_array(values: list) -> np.ndarray:
+    """Sweep-axis values as an array of a CF 1.8 type: integers as int32 (float64 beyond it,
+    exact to 2**53), as CF 1.8 has no 64-bit integers."""
+    array = np.asarray(values)
+    if array.dtype.kind != "i":
+        return array
+    return array.astype(np.int32 if np.abs(array).max() < 2**31 else np.float64)
 
 
 def _describe_coords(study: Study, ds: xr.Dataset) -> xr.Dataset:
@@ -95,7 +104,7 @@ def _unstack(study: Study, ds: xr.Dataset) -> xr.Dataset:
     index = pd.MultiIndex.from_arrays([ds[n].values for n in names], names=names)
     ds = ds.drop_vars(["point", *names]).assign_coords(xr.Coordinates.from_pandas_multiindex(index, "point"))
     # `unstack` sorts each axis's values; the cube keeps the config's order
-    ds = ds.unstack("point").reindex({a.name: list(a.values) for a in study.axes})
+    ds = ds.unstack("point").reindex({a.name: _axis_array(list(a.values)) for a in study.axes})
     return ds.transpose(*names, ...)
 
 

@@ -344,9 +344,8 @@ def build_study(data: dict, source: str = "config") -> Study:
     base = config.model_dump()
     static = (P.static_of(config), config.run.dtype)
 
-    axes: list[Axis] = []
-    names = _dim_names(list(spec.axes))
-    for (path, values), name in zip(spec.axes.items(), names):
+    checked: dict[str, tuple[Scalar, ...]] = {}
+    for path, values in spec.axes.items():
         parts = split_path(path)
         if parts[0] in FIXED_ROOTS:
             raise ConfigError(
@@ -380,7 +379,9 @@ def build_study(data: dict, source: str = "config") -> Study:
                 f"sweep.{path}: numbers must be in increasing or decreasing order (the axis is a "
                 f"coordinate of the cube); e.g. {sorted(values)!r}"
             )
-        axes.append(Axis(path, name, tuple(resolved)))
+        checked[path] = tuple(resolved)
+    names = _dim_names(list(checked))
+    axes = [Axis(path, name, values) for (path, values), name in zip(checked.items(), names)]
 
     by_path = {a.path: a for a in axes}
     choice = {a.path: a.values[0] for a in axes}

@@ -31,12 +31,14 @@ SWEEPS = {
     },
     "a one-value axis": {"policy.leverage_cap": [20, 125], "scenario.shock": [-0.05]},
     "only a one-value axis": {"policy.breaker.kind": ["halt"]},
+    "an integer axis": {"policy.leverage_cap": [125, 20], "policy.breaker.window": [4, 8]},
 }
 DIMS = {
     "policy.leverage_cap": "leverage_cap",
     "policy.adl_rule": "adl_rule",
     "policy.breaker.kind": "breaker_kind",
     "scenario.shock": "shock",
+    "policy.breaker.window": "breaker_window",
 }
 
 
@@ -74,6 +76,7 @@ def test_every_point_lands_at_its_coordinates(sweep, tmp_path):
     assert "point" not in cube.dims
     for axis, name in zip(study.axes, names):
         assert cube[name].values.tolist() == list(sweep[axis.path])  # config order
+        assert cube[name].dtype.itemsize <= 4 or cube[name].dtype.kind != "i"  # CF 1.8: no int64
     for i, coords in enumerate(study.coords):
         cell = cube.sel(dict(zip(names, coords)))
         assert cell["value"].values.tolist() == [10.0 * i, 10.0 * i + 1], coords
@@ -150,7 +153,8 @@ def swept_run(tiny_config, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("cf") / "run"
     result = invoke(
         "run", tiny_config, "--paths", 256, "--set", "sweep.policy.leverage_cap=[125,20]",
-        "--set", 'sweep.policy.breaker.kind=["none","halt"]', "--run-dir", d, "--no-progress",
+        "--set", 'sweep.policy.breaker.kind=["none","halt"]', "--set", "sweep.policy.breaker.window=[4,8]",
+        "--run-dir", d, "--no-progress",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return d
