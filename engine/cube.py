@@ -98,7 +98,7 @@ def _unstack(study: Study, ds: xr.Dataset) -> xr.Dataset:
         return ds.isel(point=0, drop=True)
     names = [a.name for a in study.axes]
     for k, name in enumerate(names):
-        if ds[name].values.tolist() != [c[k] for c in study.coords]:
+        if name not in ds.coords or ds[name].values.tolist() != [c[k] for c in study.coords]:
             raise ValueError(f"the parts' values of sweep axis {name} are not the sweep's")
     # `unstack` needs a MultiIndex, which `set_index` makes only from two or more axes
     index = pd.MultiIndex.from_arrays([ds[n].values for n in names], names=names)
