@@ -36,6 +36,17 @@ from engine.outputs import DIAGNOSTICS, OUTPUTS
 from engine.reduce import ATOM, BAND_QUANTILES, MIN_ES_TAIL_PATHS, QUANTILES, PointAccumulator
 from engine.rollout import EXTRACT_BLOCK, sharded_rollout
 
+# Configs carry no calendar date, so every scenario starts at this documented reference time
+# (CF needs "minutes since <time>"); `engine.cube.read` keeps the values as minutes.
+SCENARIO_START = "1970-01-01 00:00:00"
+TIME_ATTRS = {
+    "standard_name": "time",
+    "axis": "T",
+    "units": f"minutes since {SCENARIO_START}",
+    "calendar": "standard",
+    "long_name": f"time since the scenario start, which is set at {SCENARIO_START} UTC",
+}
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -129,7 +140,8 @@ def simulate(
     for each output of `engine.outputs.OUTPUTS` its quantiles, `_mean`, `_mc_se`, paired
     `_diff_mean`/`_diff_se` against point `baseline`, `p_<name>_positive`, `es99_<name>`
     for losses, plus `p_bad_debt` and fan-chart bands `mark_price_band` and
-    `cum_liquidations_band` `[point, time, asset, band_quantile]` (USD).
+    `cum_liquidations_band` `[point, asset, band_quantile, time]` (USD). `time` is in minutes
+    since `SCENARIO_START` (CF units), the end of each fan-chart interval.
     """
     cfg = validated(config)
     pts = [validated(p) for p in (points if points is not None else [cfg])]
@@ -235,9 +247,10 @@ def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset
     data["p_bad_debt"] = (("point",), np.stack([r["p_bad_debt_positive"] for r in results]), {"units": "1", "long_name": "probability of bad debt > 0"})
     data["mark_price_band"] = (("point", "time", "asset", "band_quantile"), np.stack([r["mark_price_band"] for r in results]), {"units": "USD", "long_name": "quantiles of the mark price over time"})
     data["cum_liquidations_band"] = (("point", "time", "asset", "band_quantile"), np.stack([r["cum_liquidations_band"] for r in results]), {"units": "USD", "long_name": "quantiles of cumulative liquidated notional over time"})
-    data["n_nonfinite"] = (("point",), np.stack([r["n_nonfinite"] for r in results]), {"units": "1", "long_name": "paths with non-finite values"})
+    # path counts in float64: CF 1.8 has no 64-bit integers, and up to 1e10 paths overflow int32
+    data["n_nonfinite"] = (("point",), np.stack([r["n_nonfinite"] for r in results]).astype(np.float64), {"units": "1", "long_name": "paths with non-finite values"})
     for name, long_name in DIAGNOSTICS.items():
-        data[name] = (("point",), np.stack([r[name] for r in results]).astype(np.int32), {"units": "1", "long_name": long_name})
+        data[name] = (("point",), np.stack([r[name] for r in results]).astype(np.float64), {"units": "1", "long_name": long_name})
     data.update(_status_variables(results))
     for o in OUTPUTS:
         data[o.name][2]["ancillary_variables"] = "quantile_status"
@@ -247,13 +260,14 @@ def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset
         data[band][2]["ancillary_variables"] = f"{band}_status"
     steps_at = np.minimum((np.arange(static.fan_points) + 1) * static.fan_stride, static.steps)
     coords = {
-        "point": np.arange(len(results)),
+        "point": np.arange(len(results), dtype=np.int32),
         "asset": assets,
         "side": ["long", "short"],
         "quantile": list(QUANTILES),
         "band_quantile": list(BAND_QUANTILES),
-        "time": ("time", steps_at * cfg.run.dt_minutes, {"units": "minutes", "long_name": "time since start"}),
+        "time": ("time", steps_at * cfg.run.dt_minutes, TIME_ATTRS),
     }
-    ds = xr.Dataset(data, coords=coords)
+    # CF orders a variable's dimensions as (others..., T): time is the last one
+    ds = xr.Dataset(data, coords=coords).transpose(..., "time")
     ds.attrs.update({"n_paths": cfg.run.n_paths, "seed": cfg.run.seed, "steps": cfg.run.steps, "dt_minutes": cfg.run.dt_minutes})
     return ds

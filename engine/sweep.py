@@ -19,14 +19,23 @@ with the baseline point, so all paired differences share one reference.
 
 Axes may not change what the compiled kernel's shapes depend on (`run.*`, the number of
 assets, cohorts per asset): such points belong to separate runs. Axis values are scalars
-(numbers, strings, booleans); the cube's dimension for an axis is named by the shortest
-suffix of its path that is unique (`leverage_cap`, `threshold`, `BTC_vol_annual`).
+(numbers, strings, booleans); numbers in increasing or decreasing order, since an axis is a
+CF coordinate variable of the cube.
+
+The cube's dimension for an axis is named by a suffix of its path joined by `_`: the field
+of a top-level section alone (`policy.leverage_cap` -> `leverage_cap`, `scenario.shock` ->
+`shock`), a deeper field with its parent (`policy.breaker.kind` -> `breaker_kind`,
+`market.assets.BTC.vol_annual` -> `BTC_vol_annual`). The suffix grows to the left while it
+starts with a digit (`scenario.shocks.0.size` -> `shocks_0_size`), is a dimension of the cube
+already (`time`, `asset`, ...) or is another axis's name. Characters other than letters,
+digits and `_` become `_`.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import re
 import tomllib
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -90,7 +99,7 @@ class Study:
         return tuple(len(a.values) for a in self.axes)
 
     def label(self, point: int) -> str:
-        """`leverage_cap=20, kind=halt` (the config name when there are no axes)."""
+        """`leverage_cap=20, breaker_kind=halt` (the config name when there are no axes)."""
         if not self.axes:
             return self.name
         return ", ".join(f"{a.name}={_fmt(v)}" for a, v in zip(self.axes, self.coords[point]))
@@ -282,6 +291,11 @@ def _spec(table: dict) -> SweepSpec:
         raise ConfigError(msg) from None
 
 
+def _monotonic(values: list) -> bool:
+    pairs = list(itertools.pairwise(values))
+    return all(a < b for a, b in pairs) or all(a > b for a, b in pairs)
+
+
 def _point(base: dict, assignments: list[tuple[list[str], Scalar]]) -> dict:
     data = copy.deepcopy(base)
     for parts, value in assignments:
@@ -290,16 +304,28 @@ def _point(base: dict, assignments: list[tuple[list[str], Scalar]]) -> dict:
 
 
 def _dim_names(paths: list[str]) -> list[str]:
-    """Shortest unique path suffixes, joined by `_`, avoiding the cube's own dimensions."""
-    split = [split_path(p) for p in paths]
-    names = []
-    for parts in split:
-        for k in range(1, len(parts) + 1):
-            name = "_".join(parts[-k:])
-            clash = any(o is not parts and "_".join(o[-k:]) == name for o in split)
-            if not clash and name not in RESERVED_DIMS:
-                break
-        names.append(name)
+    """The cube's dimension names of the axes at `paths` (the rule is in the module docstring).
+
+    Raises `ConfigError` if two paths give the same name even in full (`a.b_c` and `a_b.c`).
+    """
+    split = [[re.sub(r"[^A-Za-z0-9_]", "_", p) for p in split_path(path)] for path in paths]
+    # the top-level section is dropped from a name unless the name is the whole path
+    sizes = [1 if len(parts) <= 2 else 2 for parts in split]
+    while True:
+        names = ["_".join(parts[-k:]) for parts, k in zip(split, sizes)]
+        bad = [
+            i
+            for i, name in enumerate(names)
+            if not re.match("[A-Za-z]", name) or name in RESERVED_DIMS or names.count(name) > 1
+        ]
+        growable = [i for i in bad if sizes[i] < len(split[i])]
+        if not growable:
+            break
+        for i in growable:
+            sizes[i] += 1
+    if bad:
+        clashes = ", ".join(f"{paths[i]} -> {names[i]}" for i in bad)
+        raise ConfigError(f"sweep: these axes cannot be given distinct valid dimension names: {clashes}")
     return names
 
 
@@ -318,9 +344,8 @@ def build_study(data: dict, source: str = "config") -> Study:
     base = config.model_dump()
     static = (P.static_of(config), config.run.dtype)
 
-    axes: list[Axis] = []
-    names = _dim_names(list(spec.axes))
-    for (path, values), name in zip(spec.axes.items(), names):
+    checked: dict[str, tuple[Scalar, ...]] = {}
+    for path, values in spec.axes.items():
         parts = split_path(path)
         if parts[0] in FIXED_ROOTS:
             raise ConfigError(
@@ -349,7 +374,14 @@ def build_study(data: dict, source: str = "config") -> Study:
             resolved.append(get_path(point.model_dump(), parts))
         if len(set(resolved)) != len(resolved):
             raise ConfigError(f"sweep.{path}: repeated values {values!r}")
-        axes.append(Axis(path, name, tuple(resolved)))
+        if isinstance(resolved[0], (int, float)) and not _monotonic(resolved):
+            raise ConfigError(
+                f"sweep.{path}: numbers must be in increasing or decreasing order (the axis is a "
+                f"coordinate of the cube); e.g. {sorted(values)!r}"
+            )
+        checked[path] = tuple(resolved)
+    names = _dim_names(list(checked))
+    axes = [Axis(path, name, values) for (path, values), name in zip(checked.items(), names)]
 
     by_path = {a.path: a for a in axes}
     choice = {a.path: a.values[0] for a in axes}

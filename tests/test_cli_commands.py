@@ -30,7 +30,8 @@ def test_validate_reports_the_grid():
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "6 points in 3 parts" in result.output and "baseline: leverage_cap=20, kind=none" in result.output
+    assert "6 points in 3 parts" in result.output
+    assert "baseline: leverage_cap=20, breaker_kind=none" in result.output
 
 
 def test_list_of_an_empty_directory(tmp_path):

@@ -37,10 +37,10 @@ def cube():
     return simulate(shocked, [shocked, calm, jumpy]), jumpy
 
 
-def test_counts_reach_the_cube_as_int32_with_units(cube):
+def test_counts_reach_the_cube_as_float64_with_units(cube):
     ds, _ = cube
     for name in ("n_cascade_unconverged", "n_jump_truncated"):
-        assert ds[name].dtype == np.int32 and ds[name].dims == ("point",)
+        assert ds[name].dtype == np.float64 and ds[name].dims == ("point",)
         assert ds[name].attrs["units"] == "1" and ds[name].attrs["long_name"]
     unconverged = ds.n_cascade_unconverged.values
     assert unconverged[0] > 0 and unconverged[1] == 0

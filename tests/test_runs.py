@@ -53,15 +53,15 @@ def straight(tmp_path_factory) -> Path:
 
 
 def test_cube_has_every_variable_dimension_and_attribute(straight):
-    cube = xr.open_dataset(straight / "cube.nc")
-    assert {"leverage_cap", "kind", "asset", "side", "quantile", "time"} <= set(cube.dims)
+    cube = runs.load_cube(straight)  # time in minutes, with its CF units
+    assert {"leverage_cap", "breaker_kind", "asset", "side", "quantile", "time"} <= set(cube.dims)
     assert list(cube.leverage_cap.values) == [20.0, 125.0]
-    assert list(cube.kind.values) == ["none", "halt"]  # string axis, config order
+    assert list(cube.breaker_kind.values) == ["none", "halt"]  # string axis, config order
     for name in REQUIRED:
         for var in (name, f"{name}_mean", f"{name}_mc_se"):
             assert var in cube.data_vars, var
-            assert cube[var].dims[:2] == ("leverage_cap", "kind")
-    assert cube["liquidated_notional"].dims == ("leverage_cap", "kind", "quantile", "asset", "side")
+            assert cube[var].dims[:2] == ("leverage_cap", "breaker_kind")
+    assert cube["liquidated_notional"].dims == ("leverage_cap", "breaker_kind", "quantile", "asset", "side")
     for name in LOSSES:
         assert f"es99_{name}" in cube.data_vars
     assert "p_bad_debt" in cube.data_vars
@@ -73,10 +73,10 @@ def test_cube_has_every_variable_dimension_and_attribute(straight):
         assert key in cube.attrs, key
     assert cube.attrs["seed"] == 7 and cube.attrs["n_paths"] == 512
     assert 'name = "quick"' in cube.attrs["config"]
-    point = cube.sel(leverage_cap=20, kind="halt")
+    point = cube.sel(leverage_cap=20, breaker_kind="halt")
     assert float(point.liquidated_notional_mean.sum()) > 0
     # the baseline's paired differences are zero, the others' are not
-    base = cube.sel(leverage_cap=125, kind="none")
+    base = cube.sel(leverage_cap=125, breaker_kind="none")
     assert float(base.liquidated_total_diff_mean) == 0.0
     assert float(point.liquidated_total_diff_mean) != 0.0
 
@@ -84,7 +84,7 @@ def test_cube_has_every_variable_dimension_and_attribute(straight):
 def test_manifest_records_run_and_parts(straight):
     m = json.loads((straight / "manifest.json").read_text())
     assert m["status"] == "complete" and m["seed"] == 7 and m["sweep"]["n_points"] == 4
-    assert m["sweep"]["baseline_label"] == "leverage_cap=125, kind=none"
+    assert m["sweep"]["baseline_label"] == "leverage_cap=125, breaker_kind=none"
     assert {"jax", "xarray", "liqstress"} <= set(m["versions"])
     assert m["jax"]["backend"] and m["jax"]["devices"]
     assert "commit" in m["git"] and "dirty" in m["git"]

@@ -6,7 +6,7 @@ import pytest
 
 from engine.configfile import load_study, read_config_dict
 from engine.errors import ConfigError
-from engine.sweep import apply_overrides, build_study, parse_value
+from engine.sweep import _dim_names, apply_overrides, build_study, parse_value
 from tests.conftest import small_dict
 
 
@@ -17,7 +17,7 @@ def study(sweep: dict, **sections):
 def test_grid_is_cartesian_product_last_axis_fastest():
     s = study({"policy": {"leverage_cap": [5, 20, 125]}, "policy.breaker.kind": ["none", "halt"]})
     assert s.shape == (3, 2)
-    assert [a.name for a in s.axes] == ["leverage_cap", "kind"]
+    assert [a.name for a in s.axes] == ["leverage_cap", "breaker_kind"]
     assert s.coords[:3] == ((5.0, "none"), (5.0, "halt"), (20.0, "none"))
     assert [p.policy.leverage_cap for p in s.points] == [5, 5, 20, 20, 125, 125]
     assert [p.policy.breaker.kind for p in s.points[:2]] == ["none", "halt"]
@@ -36,16 +36,53 @@ def test_baseline_names_a_grid_point_and_defaults_other_axes_to_their_first_valu
     assert s.label(s.baseline) == "leverage_cap=125, shock=-0.05"
 
 
-def test_dimension_names_are_shortest_unique_suffixes():
+def test_dimension_names_are_the_field_with_its_parent_below_a_section():
+    shocks = [{"size": -0.02, "start_step": 10}]
     s = study(
         {
             "market.assets.BTC.vol_annual": [0.4, 0.5],
             "market.assets.SOL.vol_annual": [0.8, 0.9],
             "policy.breaker.threshold": [0.03, 0.05],
-        }
+            "policy.leverage_cap": [20, 125],
+            "scenario.shock": [-0.05, -0.1],
+            "scenario.shocks.0.size": [-0.02, -0.04],  # "0_size" would not start with a letter
+        },
+        scenario={"shocks": shocks},
     )
-    assert [a.name for a in s.axes] == ["BTC_vol_annual", "SOL_vol_annual", "threshold"]
+    assert [a.name for a in s.axes] == [
+        "BTC_vol_annual", "SOL_vol_annual", "breaker_threshold", "leverage_cap", "shock", "shocks_0_size",
+    ]  # fmt: skip
     assert s.points[-1].market.assets["SOL"].vol_annual == 0.9
+
+
+def _assets(*names: str) -> dict:
+    """SMALL's market with its two assets renamed."""
+    market = small_dict()["market"]
+    return {**market, "assets": dict(zip(names, market["assets"].values()))}
+
+
+def test_dimension_names_are_valid_netcdf_names_and_grow_until_distinct():
+    s = study({"market.assets.1INCH.vol_annual": [0.4, 0.5]}, market=_assets("1INCH", "SOL"))
+    assert s.axes[0].name == "assets_1INCH_vol_annual"
+    s = study(
+        {"market.assets.BTC-PERP.vol_annual": [0.4, 0.5], "market.assets.SOL.vol_annual": [0.8, 0.9]},
+        market=_assets("BTC-PERP", "SOL"),
+    )
+    assert [a.name for a in s.axes] == ["BTC_PERP_vol_annual", "SOL_vol_annual"]
+    clash = r"BTC-PERP\.vol_annual -> market_assets_BTC_PERP_vol_annual, market\.assets\.BTC_PERP"
+    with pytest.raises(ConfigError, match=clash):
+        study(
+            {"market.assets.BTC-PERP.vol_annual": [0.4], "market.assets.BTC_PERP.vol_annual": [0.8]},
+            market=_assets("BTC-PERP", "BTC_PERP"),
+        )
+    assert _dim_names(["a.x.b.c", "d.y.b.c", "e.time", "f.g.h"]) == ["x_b_c", "y_b_c", "e_time", "g_h"]
+
+
+def test_numeric_axes_are_monotonic_in_config_order():
+    assert study({"policy.leverage_cap": [125, 50, 20]}).axes[0].values == (125.0, 50.0, 20.0)
+    with pytest.raises(ConfigError, match=r"sweep\.policy\.leverage_cap: numbers must be in increasing"):
+        study({"policy.leverage_cap": [20, 125, 50]})
+    assert study({"policy.adl_rule": ["queue", "off", "pro_rata"]}).axes[0].values[1] == "off"
 
 
 def test_list_index_paths_reach_extra_shocks():
