@@ -141,7 +141,10 @@ def cf_problems(ds: xr.Dataset, path: Path) -> tuple[list[str], dict]:
     """The CF 1.8 checker's messages for the failed checks of `ds` written as `path` (errors
     and warnings alike) and the checks that raised, by name."""
     keep = [v for v in ds.data_vars if any(o in v for o in CHECKED)]
-    C.write_atomic(ds[keep + ["p_bad_debt", "mark_price_band", "n_nonfinite"]], path)
+    keep += ["p_bad_debt", "mark_price_band", "n_nonfinite"]
+    # with the status flags that the kept variables name as `ancillary_variables`
+    keep += sorted({a for v in keep for a in ds[v].attrs.get("ancillary_variables", "").split()} - set(keep))
+    C.write_atomic(ds[keep], path)
     suite = CheckSuite()
     suite.checkers = {"cf:1.8": CF1_8Check}  # only this checker: the others are not needed
     results, raised = suite.run_all(suite.load_dataset(str(path)), ["cf:1.8"], skip_checks=[])["cf:1.8"]
