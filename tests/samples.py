@@ -47,6 +47,7 @@ def outputs_of(static: Static, n: int, rng: np.random.Generator, tight: bool = F
         bins = o.bins(static)
         out[o.name] = heavy_values(bins.kind, (n,) + tuple(sizes[d] for d in o.dims), rng, bins.n - 1, tight)
     out["nonfinite"] = np.zeros(n, np.int32)
+    out["jump_truncated"] = np.zeros(n, np.int32)
     return out
 
 
