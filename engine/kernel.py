@@ -222,14 +222,14 @@ def step_keys(keys: jax.Array, t) -> jax.Array:
     return jax.vmap(jax.random.fold_in, (0, None))(keys, t)
 
 
-def step_draws(keys: jax.Array, t, params: Params, static: Static, nudge=0) -> market.Draws:
+def step_draws(keys: jax.Array, t, params: Params, static: Static, nudge=0.0) -> market.Draws:
     """The random numbers of step t for the paths of `keys` (`path_keys`), leading axis paths.
 
-    nudge: `[]` traced sign; +1 / -1 moves every draw by one ulp toward +inf / -inf (the
-    tipping-point probe, `engine.tipping`), 0 leaves them as drawn.
+    nudge: `[]` traced; every draw is scaled by (1 + nudge * eps of the dtype), i.e. moved by
+    about `nudge` ulps (the tipping-point probe, `engine.tipping`); 0 leaves them as drawn.
     """
     dtype = params.market.price0.dtype
     one = lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype, static.dof_max)
     draws = jax.vmap(one)(step_keys(keys, t))
-    toward = jnp.copysign(jnp.asarray(jnp.inf, dtype), jnp.asarray(nudge, dtype))
-    return jax.tree_util.tree_map(lambda x: jnp.where(nudge == 0, x, jnp.nextafter(x, toward)), draws)
+    scale = 1 + jnp.asarray(nudge, dtype) * jnp.finfo(dtype).eps
+    return jax.tree_util.tree_map(lambda x: x * scale, draws)

@@ -29,6 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from rich.table import Table
 
+from engine import tipping
+
 Z95 = 1.959963984540054
 LOSSES = (
     ("liquidated_total", "Liquidated notional"),
@@ -417,6 +419,8 @@ def write_report(cubes: list[tuple[str, xr.Dataset]], out: Path) -> Path:
             f"- `{run}`: {cube.attrs.get('title', '')}; {int(cube.attrs['n_paths']):,} paths, seed "
             f"{cube.attrs['seed']}, grid {grid}; {cube.attrs.get('source', '')}"
         )
+        if tip := tipping.summary_line(cube):
+            runs_lines.append(f"  {tip}")
     unpaired = any(not p.paired for p in pols)
     text = [
         f"# liqstress comparison: {', '.join(run for run, _ in cubes)}",

@@ -74,7 +74,7 @@ def _begin(params: Params, static: Static, n_paths: int) -> Carry:
 
 
 def _advance(carry: Carry, params: Params, seed, start, n_valid, t0, static: Static, n_steps: int,
-             nudge=0) -> Carry:
+             nudge=0.0) -> Carry:
     """Steps `t0 .. t0 + n_steps - 1` of global paths `start ..` (steps from `static.steps` on
     are skipped, so the last of several segments may overrun). Only the first `n_valid` paths
     enter the fan charts (a chunk is padded to its compiled size). nudge: see `step_draws`."""
@@ -117,18 +117,19 @@ def _finish(carry: Carry, params: Params, static: Static):
     return jax.lax.map(lambda s: extract(s, params, static), states, batch_size=block)
 
 
-def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int, nudge=0):
+def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int, nudge=0.0):
     """Simulate global paths `start .. start + n_paths - 1` under one parameter point, all
     steps in one call.
 
     Only the first `n_valid` paths enter the fan-chart histograms (the last chunk of a run is
-    padded to the compiled size). nudge: `[]` sign moving every draw by one ulp (`step_draws`).
+    padded to the compiled size). nudge: `[]` ulps by which every draw moves (`step_draws`).
 
     Returns (outputs, fan): outputs maps each name of `engine.outputs.OUTPUTS` to
     `[n_paths, ...]`; fan holds int32 histograms `price` `[fan_points, assets, 640]` (log mark)
     and `liquidated` `[fan_points, assets, bins]` (cumulative USD), counted over the chunk.
     """
-    carry = _advance(_begin(params, static, n_paths), params, seed, start, n_valid, 0, static, static.steps, nudge)
+    carry = _begin(params, static, n_paths)
+    carry = _advance(carry, params, seed, start, n_valid, 0, static, static.steps, nudge)
     return _finish(carry, params, static), carry.fan
 
 
@@ -159,7 +160,7 @@ def sharded_begin(params: Params, static: Static, n_paths: int, mesh: Mesh) -> C
 
 @partial(jax.jit, static_argnames=("static", "n_paths", "n_steps", "mesh"), donate_argnums=(0,))
 def sharded_advance(carry: Carry, params: Params, seed, start, n_valid, t0, static: Static, n_paths: int,
-                    n_steps: int, mesh: Mesh, nudge=0) -> Carry:
+                    n_steps: int, mesh: Mesh, nudge=0.0) -> Carry:
     """`_advance` of a chunk split over `mesh`: device d holds paths `start + d * n_paths /
     mesh.size ...` and counts its fan charts for those of them below `n_valid`."""
 
@@ -191,13 +192,13 @@ def sharded_finish(carry: Carry, params: Params, static: Static, mesh: Mesh):
 
 
 def sharded_rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int, mesh: Mesh,
-                    segment_steps: int = SEGMENT_STEPS, nudge=0):
+                    segment_steps: int = SEGMENT_STEPS, nudge=0.0):
     """`rollout` of global paths `start .. start + n_paths - 1` split over `mesh`'s devices, in
     calls of at most `segment_steps` steps (dispatched asynchronously; see `SEGMENT_STEPS`).
 
     n_paths must be a multiple of `mesh.size`. Returns (outputs, fan) as `rollout` does,
-    outputs sharded along the path axis, fan replicated (summed over devices). nudge: `[]` sign
-    moving every draw by one ulp (`step_draws`; the tipping probe), 0 for a run.
+    outputs sharded along the path axis, fan replicated (summed over devices). nudge: `[]` ulps
+    by which every draw moves (`step_draws`; the tipping probe), 0 for a run.
     """
     n_steps = min(segment_steps, static.steps)
     carry = sharded_begin(params, static=static, n_paths=n_paths, mesh=mesh)

@@ -35,7 +35,7 @@ from engine.errors import SimulationError, validated
 from engine.outputs import OUTPUTS
 from engine.reduce import ATOM, BAND_QUANTILES, QUANTILES, PointAccumulator
 from engine.rollout import EXTRACT_BLOCK, sharded_rollout
-from engine.tipping import TippingProbe
+from engine.tipping import NUDGE_ULPS, TippingProbe
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def simulate(
     order = [baseline] + [i for i in range(len(pts)) if i != baseline]
     tasks = [(start, min(size, n_paths - start), i) for start in range(0, n_paths, size) for i in order]
 
-    def launch(task, nudge=0):
+    def launch(task, nudge=0.0):
         start, valid, i = task
         return sharded_rollout(built[i][0], seed, start, valid, static=statics[i], n_paths=size, mesh=mesh,
                                nudge=nudge)
@@ -191,7 +191,8 @@ def simulate(
         )
     for start in probe.starts(size):  # after the run, so that its chunks do not wait
         for i in order:
-            probe.compare(i, start, _to_host(launch((start, min(size, n_paths - start), i), nudge=1))[0])
+            nudged, _ = _to_host(launch((start, min(size, n_paths - start), i), nudge=NUDGE_ULPS))
+            probe.compare(i, start, nudged)
     price0 = [np.asarray(b[0].market.price0, float) for b in built]
     results = [a.result(p0) | probe.result(i) for i, (a, p0) in enumerate(zip(accs, price0))]
     return to_dataset(cfg, results, static)
@@ -217,7 +218,7 @@ def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset
     data["mark_price_band"] = (("point", "time", "asset", "band_quantile"), np.stack([r["mark_price_band"] for r in results]), {"units": "USD", "long_name": "quantiles of the mark price over time"})
     data["cum_liquidations_band"] = (("point", "time", "asset", "band_quantile"), np.stack([r["cum_liquidations_band"] for r in results]), {"units": "USD", "long_name": "quantiles of cumulative liquidated notional over time"})
     if "tipping_share" in results[0]:
-        data["tipping_share"] = (("point",), np.stack([r["tipping_share"] for r in results]), {"units": "1", "long_name": "share of sampled paths whose liquidated total moves by more than 0.1% when every random draw moves by one ulp (engine.tipping)"})
+        data["tipping_share"] = (("point",), np.stack([r["tipping_share"] for r in results]), {"units": "1", "long_name": "share of sampled paths whose liquidated total moves by more than 0.1% when every random draw moves by 128 ulps (engine.tipping)"})
         data["tipping_sampled"] = (("point",), np.stack([r["tipping_sampled"] for r in results]), {"units": "1", "long_name": "paths rerun for tipping_share"})
     data["n_nonfinite"] = (("point",), np.stack([r["n_nonfinite"] for r in results]), {"units": "1", "long_name": "paths with non-finite values"})
     steps_at = np.minimum((np.arange(static.fan_points) + 1) * static.fan_stride, static.steps)

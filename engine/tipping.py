@@ -1,18 +1,19 @@
-"""Tipping paths: how many paths of a run a one-ulp change of the random numbers can flip.
+"""Tipping paths: how many paths of a run a rounding-sized change of its random numbers flips.
 
-A cascade near its threshold (one more cohort liquidated or not, a breaker that trips or
-not) turns a rounding difference into a different outcome. Such paths are why two backends
-(CPU, GPU) or two dtypes, fed the same seed, agree on the distribution of a run's outputs
-within Monte Carlo error but not on every path.
+A path near a threshold (the insurance fund running dry, which positions the ADL queue
+closes, one more cohort liquidated or not) turns a rounding difference into a different
+outcome. Such paths are why two backends (CPU, GPU) or two dtypes, fed the same seed, agree on
+the distribution of a run's outputs within Monte Carlo error but not on every path.
 
 The probe reruns the first `n` paths of a run (`run.tipping_paths`) under the same point with
-every random draw moved by one ulp toward +inf (`engine.kernel.step_draws`, `nudge=1`) and
-counts the paths whose total liquidated notional moves by more than `TIPPING_RTOL` of itself:
+every random draw scaled by (1 + `NUDGE_ULPS` eps) (`engine.kernel.step_draws`) and counts
+the paths whose total liquidated notional L moves by more than `TIPPING_RTOL` of itself:
 
     tipping[p] = |L[p] - L'[p]| > TIPPING_RTOL * max(|L[p]|, |L'[p]|)
 
-`tipping_share` is the fraction of the sampled paths that tip (per point). A share that rises
-along a policy lever says that the lever moves the book closer to a cascade's edge.
+`tipping_share` is the fraction of the sampled paths that tip, per point. A share that rises
+along a policy lever says that the lever brings paths closer to such a threshold (the ADL
+queue tips paths that pro-rata ADL does not).
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-# A path "tips" when a one-ulp change moves its liquidated total by more than this (relative);
+# A path "tips" when the nudge moves its liquidated total by more than this (relative);
 # accumulated float32 rounding alone moves it by about 1e-6.
 TIPPING_RTOL = 1e-3
+# How far the probe moves every draw, in ulps of the run's dtype. A path's log price is the
+# sum of ~100 steps' returns, so its own rounding error is ~100 ulps of one step's draw: a
+# 1-ulp nudge leaves 98% of the paths of configs/quick.toml bit-identical and misses most
+# tipping paths. Measured there (512 paths, seed 7, paths that tip): 1 ulp 1, 128 ulps 2 to
+# 6, 1,024 ulps 8 to 13; on an H200, the same run differed from the CPU's on 8 paths.
+NUDGE_ULPS = 128.0
 OUTPUT = "liquidated_total"
 
 
@@ -65,7 +72,7 @@ class TippingProbe:
         if not self.n_sample:
             return {}
         flags = np.concatenate(self.flags[point])
-        return {"tipping_share": np.asarray(flags.mean()), "tipping_sampled": np.asarray(flags.size, np.int32)}
+        return {"tipping_share": np.asarray(flags.mean()), "tipping_sampled": np.int32(flags.size)}
 
 
 def summary_line(cube: xr.Dataset) -> str:
@@ -74,11 +81,12 @@ def summary_line(cube: xr.Dataset) -> str:
     if "tipping_share" not in cube:
         return ""
     share, sampled = cube["tipping_share"], int(cube["tipping_sampled"].max())
-    text = f"Tipping paths (liquidations move by > {TIPPING_RTOL:.1%} when the draws move by one ulp): "
+    text = f"Tipping paths (liquidations move > {TIPPING_RTOL:.1%} if the draws move {NUDGE_ULPS:.0f} ulps): "
     lo, hi = float(share.min()), float(share.max())
     if lo == hi:
         return text + f"{hi:.1%} of {sampled} sampled"
-    top = share.isel(share.argmax(dim=share.dims))
-    names = [c for c in top.coords if top[c].ndim == 0 and c != "point"] or ["point"]
-    where = ", ".join(f"{c}={top[c].item()}" for c in names)
+    at = share.argmax(dim=share.dims)
+    top = share.isel(at)
+    labels = {c: top[c].item() for c in top.coords if top[c].ndim == 0 and c != "point"}
+    where = ", ".join(f"{k}={v}" for k, v in (labels or {d: int(i) for d, i in at.items()}).items())
     return text + f"{lo:.1%} to {hi:.1%} of {sampled} sampled, highest at {where}"
