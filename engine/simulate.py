@@ -162,9 +162,9 @@ def simulate(
     order = [baseline] + [i for i in range(len(pts)) if i != baseline]
     tasks = [(start, min(size, n_paths - start), i) for start in range(0, n_paths, size) for i in order]
 
-    def launch(task, nudge=0.0):
+    def launch(task, nudge=0.0, chunk=size):
         start, valid, i = task
-        return sharded_rollout(built[i][0], seed, start, valid, static=statics[i], n_paths=size, mesh=mesh,
+        return sharded_rollout(built[i][0], seed, start, valid, static=statics[i], n_paths=chunk, mesh=mesh,
                                nudge=nudge)
 
     t0, done = time.perf_counter(), 0
@@ -189,9 +189,10 @@ def simulate(
             f"non-finite values (NaN or infinity) on some paths at point(s) {bad}: the parameters "
             "drive prices or balances out of range; check volatility, impact and leverage inputs"
         )
-    for start in probe.starts(size):  # after the run, so that its chunks do not wait
+    chunk = probe.chunk(size, EXTRACT_BLOCK * mesh.size)
+    for start in probe.starts(chunk):  # after the run, so that its chunks do not wait
         for i in order:
-            nudged, _ = _to_host(launch((start, min(size, n_paths - start), i), nudge=NUDGE_ULPS))
+            nudged, _ = _to_host(launch((start, min(chunk, n_paths - start), i), NUDGE_ULPS, chunk))
             probe.compare(i, start, nudged)
     price0 = [np.asarray(b[0].market.price0, float) for b in built]
     results = [a.result(p0) | probe.result(i) for i, (a, p0) in enumerate(zip(accs, price0))]

@@ -49,8 +49,13 @@ class TippingProbe:
         self.base: list[list[np.ndarray]] = [[] for _ in range(n_points)]
         self.flags: list[list[np.ndarray]] = [[] for _ in range(n_points)]
 
+    def chunk(self, run_chunk: int, unit: int) -> int:
+        """Paths per compiled call of the probe: the run's chunk (no new kernel to compile)
+        unless the sample fits in fewer whole `unit`s (then its cost stays that of the sample)."""
+        return min(run_chunk, max(unit, -(-self.n_sample // unit) * unit))
+
     def starts(self, chunk: int) -> range:
-        """Global start of each chunk of `chunk` paths that holds sampled paths."""
+        """Global start of each probe chunk of `chunk` paths."""
         return range(0, self.n_sample, chunk)
 
     def _sampled(self, start: int, outputs: dict) -> np.ndarray:
@@ -62,9 +67,11 @@ class TippingProbe:
             self.base[point].append(self._sampled(start, outputs))
 
     def compare(self, point: int, start: int, nudged: dict) -> None:
-        """Flag the sampled paths of a nudged chunk (chunks in the order `keep` saw them)."""
-        base = self.base[point][len(self.flags[point])]
-        self.flags[point].append(tips(base, self._sampled(start, nudged)))
+        """Flag the sampled paths of a nudged chunk starting at global path `start` (chunks in
+        path order, sized independently of the run's)."""
+        moved = self._sampled(start, nudged)
+        base = np.concatenate(self.base[point])[start : start + moved.size]
+        self.flags[point].append(tips(base, moved))
 
     def result(self, point: int) -> dict[str, np.ndarray]:
         """`tipping_share` (fraction of the sampled paths) and `tipping_sampled` (paths) of a

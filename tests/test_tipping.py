@@ -48,19 +48,18 @@ def test_tips_flags_relative_changes_beyond_the_tolerance():
 
 
 def test_probe_joins_chunks_and_stops_at_the_sample():
-    """A sample of 5 paths over chunks of 3: the first chunk whole, 2 paths of the second."""
+    """A sample of 5 paths: the run's chunks hold 3 paths, the probe's 4 (its own size)."""
     rng = np.random.default_rng(0)
-    base = [rng.uniform(1, 2, 3) for _ in range(3)]
-    nudged = [b.copy() for b in base]
-    nudged[0][1] *= 1.01
-    nudged[1][1] *= 1.01  # the sample's path 4: counted
-    nudged[1][2] *= 1.01  # path 5: beyond the sample
+    base = rng.uniform(1, 2, 9)
+    nudged = base.copy()
+    nudged[[1, 4, 5]] *= 1.01  # paths 1 and 4 tip; path 5 is beyond the sample
     probe = TippingProbe(5, 1)
-    assert list(probe.starts(3)) == [0, 3]
-    for start, b in zip((0, 3, 6), base):
-        probe.keep(0, start, {"liquidated_total": b})
-    for start, n in zip((0, 3), nudged):
-        probe.compare(0, start, {"liquidated_total": n})
+    assert probe.chunk(9, 2) == 6 and probe.chunk(3, 2) == 3  # whole units, at most the run's
+    for start in (0, 3, 6):
+        probe.keep(0, start, {"liquidated_total": base[start : start + 3]})
+    assert list(probe.starts(4)) == [0, 4]
+    for start in probe.starts(4):
+        probe.compare(0, start, {"liquidated_total": nudged[start : start + 4]})
     r = probe.result(0)
     assert r["tipping_share"] == pytest.approx(2 / 5) and r["tipping_sampled"] == 5
     assert r["tipping_sampled"].dtype == np.int32
