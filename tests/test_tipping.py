@@ -54,7 +54,7 @@ def test_probe_joins_chunks_and_stops_at_the_sample():
     nudged = base.copy()
     nudged[[1, 4, 5]] *= 1.01  # paths 1 and 4 tip; path 5 is beyond the sample
     probe = TippingProbe(5, 1)
-    assert probe.chunk(9, 2) == 6 and probe.chunk(3, 2) == 3  # whole units, at most the run's
+    assert probe.chunk(20, 2) == 6 and probe.chunk(12, 2) == 12  # its own, or the run's if not 2x
     for start in (0, 3, 6):
         probe.keep(0, start, {"liquidated_total": base[start : start + 3]})
     assert list(probe.starts(4)) == [0, 4]
