@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from pydantic import ValidationError
 
 from engine import devices, simulate
 from engine import params as P
@@ -118,3 +119,12 @@ def test_summary_line_names_the_range_and_the_point_with_the_highest_share():
     line = summary_line(cube)
     assert line.endswith("0.0% to 2.5% of 200 sampled, highest at kind=halt"), line
     assert summary_line(cube.isel(kind=[0])).endswith(": 0.0% of 200 sampled")
+
+
+def test_sample_is_at_most_the_run_and_a_negative_count_is_refused(points):
+    cfg = points[0].model_copy(update={"run": points[0].run.model_copy(update={"tipping_paths": 10**6})})
+    ds = simulate(cfg)
+    assert int(ds["tipping_sampled"][0]) == N_PATHS
+    assert 0 < float(ds["tipping_share"][0]) < 1
+    with pytest.raises(ValidationError, match="tipping_paths"):
+        Config.model_validate(near_threshold() | {"run": {"tipping_paths": -1}})
