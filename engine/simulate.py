@@ -35,7 +35,7 @@ from engine.errors import SimulationError, validated
 from engine.outputs import OUTPUTS
 from engine.reduce import ATOM, BAND_QUANTILES, QUANTILES, PointAccumulator
 from engine.rollout import EXTRACT_BLOCK, sharded_rollout
-from engine.tipping import NUDGE_ULPS, TippingProbe
+from engine.tipping import NUDGE_ULPS, TIPPING_RTOL, TippingProbe
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,8 @@ def simulate(
     for each output of `engine.outputs.OUTPUTS` its quantiles, `_mean`, `_mc_se`, paired
     `_diff_mean`/`_diff_se` against point `baseline`, `p_<name>_positive`, `es99_<name>`
     for losses, plus `p_bad_debt` and fan-chart bands `mark_price_band` and
-    `cum_liquidations_band` `[point, time, asset, band_quantile]` (USD).
+    `cum_liquidations_band` `[point, time, asset, band_quantile]` (USD), and unless
+    `run.tipping_paths` is 0 `tipping_share` and `tipping_sampled` `[point]` (`engine.tipping`).
     """
     cfg = validated(config)
     pts = [validated(p) for p in (points if points is not None else [cfg])]
@@ -219,7 +220,7 @@ def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset
     data["mark_price_band"] = (("point", "time", "asset", "band_quantile"), np.stack([r["mark_price_band"] for r in results]), {"units": "USD", "long_name": "quantiles of the mark price over time"})
     data["cum_liquidations_band"] = (("point", "time", "asset", "band_quantile"), np.stack([r["cum_liquidations_band"] for r in results]), {"units": "USD", "long_name": "quantiles of cumulative liquidated notional over time"})
     if "tipping_share" in results[0]:
-        data["tipping_share"] = (("point",), np.stack([r["tipping_share"] for r in results]), {"units": "1", "long_name": "share of sampled paths whose liquidated total moves by more than 0.1% when every random draw moves by 128 ulps (engine.tipping)"})
+        data["tipping_share"] = (("point",), np.stack([r["tipping_share"] for r in results]), {"units": "1", "long_name": f"share of sampled paths whose liquidated total moves by more than {TIPPING_RTOL:.1%} when every random draw moves by {NUDGE_ULPS:.0f} ulps (engine.tipping)"})
         data["tipping_sampled"] = (("point",), np.stack([r["tipping_sampled"] for r in results]), {"units": "1", "long_name": "paths rerun for tipping_share"})
     data["n_nonfinite"] = (("point",), np.stack([r["n_nonfinite"] for r in results]), {"units": "1", "long_name": "paths with non-finite values"})
     steps_at = np.minimum((np.arange(static.fan_points) + 1) * static.fan_stride, static.steps)

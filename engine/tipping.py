@@ -27,8 +27,9 @@ TIPPING_RTOL = 1e-3
 # How far the probe moves every draw, in ulps of the run's dtype. A path's log price is the
 # sum of ~100 steps' returns, so its own rounding error is ~100 ulps of one step's draw: a
 # 1-ulp nudge leaves 98% of the paths of configs/quick.toml bit-identical and misses most
-# tipping paths. Measured there (512 paths, seed 7, paths that tip): 1 ulp 1, 128 ulps 2 to
-# 6, 1,024 ulps 8 to 13; on an H200, the same run differed from the CPU's on 8 paths.
+# tipping paths. Measured there (512 paths, seed 7, paths that tip at the two points without
+# a breaker): 1 ulp 0 to 1, 128 ulps 2 to 4, 1,024 ulps 8 to 13; on an H200 the run ended more
+# than 0.1% apart from the CPU's on 8 paths.
 NUDGE_ULPS = 128.0
 OUTPUT = "liquidated_total"
 
