@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from engine import distributed, runs
+from engine import distributed, runs, tipping
 from engine import report as R
 from engine.configfile import load_study
 from engine.errors import ConfigError, SimulationError
@@ -202,6 +202,8 @@ def _summary(cube, run_id: str) -> None:
         )
     else:
         _out().print(summary_table(cube.expand_dims("point")), end="")
+    if tip := tipping.summary_line(cube):
+        _out().print(tip)
     _warn(pols)
 
 

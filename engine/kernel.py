@@ -224,8 +224,14 @@ def step_keys(keys: jax.Array, t) -> jax.Array:
     return jax.vmap(jax.random.fold_in, (0, None))(keys, t)
 
 
-def step_draws(keys: jax.Array, t, params: Params, static: Static) -> market.Draws:
-    """The random numbers of step t for the paths of `keys` (`path_keys`), leading axis paths."""
+def step_draws(keys: jax.Array, t, params: Params, static: Static, nudge=0.0) -> market.Draws:
+    """The random numbers of step t for the paths of `keys` (`path_keys`), leading axis paths.
+
+    nudge: `[]` traced; every draw is scaled by (1 + nudge * eps of the dtype), i.e. moved by
+    about `nudge` ulps (the tipping-point probe, `engine.tipping`); 0 leaves them as drawn.
+    """
     dtype = params.market.price0.dtype
     one = lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype, static.dof_max)
-    return jax.vmap(one)(step_keys(keys, t))
+    draws = jax.vmap(one)(step_keys(keys, t))
+    scale = 1 + jnp.asarray(nudge, dtype) * jnp.finfo(dtype).eps
+    return jax.tree_util.tree_map(lambda x: x * scale, draws)

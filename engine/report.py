@@ -33,6 +33,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from rich.table import Table
 
+from engine import tipping
 from engine.summary import cell, estimate, few_paths_note
 from engine.ticks import Amounts
 
@@ -553,6 +554,8 @@ def write_report(cubes: list[tuple[str, xr.Dataset]], out: Path) -> Path:
             f"- `{run}`: {cube.attrs.get('title', '')}; {int(cube.attrs['n_paths']):,} paths, seed "
             f"{cube.attrs['seed']}, grid {grid}; {cube.attrs.get('source', '')}"
         )
+        if tip := tipping.summary_line(cube):
+            runs_lines.append(f"  {tip}")
     warnings = diagnostics(pols)
     note = fund_note(pols)
     kind = "comparison" if len(cubes) > 1 else "report"

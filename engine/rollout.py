@@ -73,10 +73,11 @@ def _begin(params: Params, static: Static, n_paths: int) -> Carry:
     return Carry(states, fan)
 
 
-def _advance(carry: Carry, params: Params, seed, start, n_valid, t0, static: Static, n_steps: int) -> Carry:
+def _advance(carry: Carry, params: Params, seed, start, n_valid, t0, static: Static, n_steps: int,
+             nudge=0.0) -> Carry:
     """Steps `t0 .. t0 + n_steps - 1` of global paths `start ..` (steps from `static.steps` on
     are skipped, so the last of several segments may overrun). Only the first `n_valid` paths
-    enter the fan charts (a chunk is padded to its compiled size)."""
+    enter the fan charts (a chunk is padded to its compiled size). nudge: see `step_draws`."""
     n_paths = carry.states.x_mark.shape[0]
     keys = path_keys(seed, start, n_paths)
     valid = jnp.arange(n_paths) < n_valid
@@ -86,7 +87,7 @@ def _advance(carry: Carry, params: Params, seed, start, n_valid, t0, static: Sta
     def one_step(carry: Carry, t) -> Carry:
         states, fan = carry
         shock, flow = params.schedule.shock[t], params.schedule.flow[t]
-        states = move(states, step_draws(keys, t, params, static), t, shock, flow, params, static)
+        states = move(states, step_draws(keys, t, params, static, nudge), t, shock, flow, params, static)
         states = jax.lax.cond(
             jnp.any(states.deficit > 0), lambda s: deleverage(s, params), lambda s: s, states
         )
@@ -116,18 +117,19 @@ def _finish(carry: Carry, params: Params, static: Static):
     return jax.lax.map(lambda s: extract(s, params, static), states, batch_size=block)
 
 
-def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int):
+def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int, nudge=0.0):
     """Simulate global paths `start .. start + n_paths - 1` under one parameter point, all
     steps in one call.
 
     Only the first `n_valid` paths enter the fan-chart histograms (the last chunk of a run is
-    padded to the compiled size).
+    padded to the compiled size). nudge: `[]` ulps by which every draw moves (`step_draws`).
 
     Returns (outputs, fan): outputs maps each name of `engine.outputs.OUTPUTS` to
     `[n_paths, ...]`; fan holds int32 histograms `price` `[fan_points, assets, 640]` (log mark)
     and `liquidated` `[fan_points, assets, bins]` (cumulative USD), counted over the chunk.
     """
-    carry = _advance(_begin(params, static, n_paths), params, seed, start, n_valid, 0, static, static.steps)
+    carry = _begin(params, static, n_paths)
+    carry = _advance(carry, params, seed, start, n_valid, 0, static, static.steps, nudge)
     return _finish(carry, params, static), carry.fan
 
 
@@ -158,22 +160,22 @@ def sharded_begin(params: Params, static: Static, n_paths: int, mesh: Mesh) -> C
 
 @partial(jax.jit, static_argnames=("static", "n_paths", "n_steps", "mesh"), donate_argnums=(0,))
 def sharded_advance(carry: Carry, params: Params, seed, start, n_valid, t0, static: Static, n_paths: int,
-                    n_steps: int, mesh: Mesh) -> Carry:
+                    n_steps: int, mesh: Mesh, nudge=0.0) -> Carry:
     """`_advance` of a chunk split over `mesh`: device d holds paths `start + d * n_paths /
     mesh.size ...` and counts its fan charts for those of them below `n_valid`."""
 
-    def local(carry, params, seed, start, n_valid, t0):
+    def local(carry, params, seed, start, n_valid, t0, nudge):
         per = n_paths // mesh.size
         first = jax.lax.axis_index(PATH_AXIS) * per
         here = jnp.clip(n_valid - first, 0, per)
         fan = jax.tree_util.tree_map(lambda x: x[0], carry.fan)
-        out = _advance(carry._replace(fan=fan), params, seed, start + first, here, t0, static, n_steps)
+        out = _advance(carry._replace(fan=fan), params, seed, start + first, here, t0, static, n_steps, nudge)
         return out._replace(fan=_per_device(out.fan))
 
     return jax.shard_map(
-        local, mesh=mesh, in_specs=(P(PATH_AXIS), P(), P(), P(), P(), P()), out_specs=P(PATH_AXIS),
+        local, mesh=mesh, in_specs=(P(PATH_AXIS), P(), P(), P(), P(), P(), P()), out_specs=P(PATH_AXIS),
         check_vma=False,  # the kernel's loops start from replicated constants; no manual typing needed
-    )(carry, params, seed, start, n_valid, t0)
+    )(carry, params, seed, start, n_valid, t0, nudge)
 
 
 @partial(jax.jit, static_argnames=("static", "mesh"))
@@ -190,16 +192,17 @@ def sharded_finish(carry: Carry, params: Params, static: Static, mesh: Mesh):
 
 
 def sharded_rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int, mesh: Mesh,
-                    segment_steps: int = SEGMENT_STEPS):
+                    segment_steps: int = SEGMENT_STEPS, nudge=0.0):
     """`rollout` of global paths `start .. start + n_paths - 1` split over `mesh`'s devices, in
     calls of at most `segment_steps` steps (dispatched asynchronously; see `SEGMENT_STEPS`).
 
     n_paths must be a multiple of `mesh.size`. Returns (outputs, fan) as `rollout` does,
-    outputs sharded along the path axis, fan replicated (summed over devices).
+    outputs sharded along the path axis, fan replicated (summed over devices). nudge: `[]` ulps
+    by which every draw moves (`step_draws`; the tipping probe), 0 for a run.
     """
     n_steps = min(segment_steps, static.steps)
     carry = sharded_begin(params, static=static, n_paths=n_paths, mesh=mesh)
     for t0 in range(0, static.steps, n_steps):
         carry = sharded_advance(carry, params, seed, start, n_valid, t0, static=static, n_paths=n_paths,
-                                n_steps=n_steps, mesh=mesh)
+                                n_steps=n_steps, mesh=mesh, nudge=nudge)
     return sharded_finish(carry, params, static=static, mesh=mesh)

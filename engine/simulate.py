@@ -35,6 +35,7 @@ from engine.errors import SimulationError, validated
 from engine.outputs import DIAGNOSTICS, OUTPUTS
 from engine.reduce import ATOM, BAND_QUANTILES, MIN_ES_TAIL_PATHS, QUANTILES, PointAccumulator
 from engine.rollout import EXTRACT_BLOCK, sharded_rollout
+from engine.tipping import NUDGE_ULPS, TIPPING_RTOL, TippingProbe
 
 # Configs carry no calendar date, so every scenario starts at this documented reference time
 # (CF needs "minutes since <time>"); `engine.cube.read` keeps the values as minutes.
@@ -140,8 +141,9 @@ def simulate(
     for each output of `engine.outputs.OUTPUTS` its quantiles, `_mean`, `_mc_se`, paired
     `_diff_mean`/`_diff_se` against point `baseline`, `p_<name>_positive`, `es99_<name>`
     for losses, plus `p_bad_debt` and fan-chart bands `mark_price_band` and
-    `cum_liquidations_band` `[point, asset, band_quantile, time]` (USD). `time` is in minutes
-    since `SCENARIO_START` (CF units), the end of each fan-chart interval.
+    `cum_liquidations_band` `[point, asset, band_quantile, time]` (USD), and unless
+    `run.tipping_paths` is 0 `tipping_share` and `tipping_sampled` `[point]` (`engine.tipping`).
+    `time` is in minutes since `SCENARIO_START` (CF units), the end of each fan-chart interval.
     """
     cfg = validated(config)
     pts = [validated(p) for p in (points if points is not None else [cfg])]
@@ -173,18 +175,21 @@ def simulate(
     order = [baseline] + [i for i in range(len(pts)) if i != baseline]
     tasks = [(start, min(size, n_paths - start), i) for start in range(0, n_paths, size) for i in order]
 
-    def launch(task):
+    def launch(task, nudge=0.0, chunk=size):
         start, valid, i = task
-        return sharded_rollout(built[i][0], seed, start, valid, static=statics[i], n_paths=size, mesh=mesh)
+        return sharded_rollout(built[i][0], seed, start, valid, static=statics[i], n_paths=chunk, mesh=mesh,
+                               nudge=nudge)
 
     t0, done = time.perf_counter(), 0
     pending = launch(tasks[0])
     base_out = None
+    probe = TippingProbe(min(cfg.run.tipping_paths, n_paths), len(pts))
     for k, (start, valid, i) in enumerate(tasks):
         current = pending
         if k + 1 < len(tasks):
             pending = launch(tasks[k + 1])
         out, fan = _to_host(current)
+        probe.keep(i, start, out)
         if i == baseline:
             base_out = out
         accs[i].add(out, fan, valid, base_out)
@@ -197,7 +202,14 @@ def simulate(
             f"non-finite values (NaN or infinity) on some paths at point(s) {bad}: the parameters "
             "drive prices or balances out of range; check volatility, impact and leverage inputs"
         )
-    return to_dataset(cfg, [a.result(np.asarray(b[0].market.price0, float)) for a, b in zip(accs, built)], static)
+    chunk = probe.chunk(size, EXTRACT_BLOCK * mesh.size)
+    for start in probe.starts(chunk):  # after the run, so that its chunks do not wait
+        for i in order:
+            nudged, _ = _to_host(launch((start, min(chunk, n_paths - start), i), NUDGE_ULPS, chunk))
+            probe.compare(i, start, nudged)
+    price0 = [np.asarray(b[0].market.price0, float) for b in built]
+    results = [a.result(p0) | probe.result(i) for i, (a, p0) in enumerate(zip(accs, price0))]
+    return to_dataset(cfg, results, static)
 
 
 def _flags(meanings: str, long_name: str, comment: str) -> dict:
@@ -247,6 +259,9 @@ def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset
     data["p_bad_debt"] = (("point",), np.stack([r["p_bad_debt_positive"] for r in results]), {"units": "1", "long_name": "probability of bad debt > 0"})
     data["mark_price_band"] = (("point", "time", "asset", "band_quantile"), np.stack([r["mark_price_band"] for r in results]), {"units": "USD", "long_name": "quantiles of the mark price over time"})
     data["cum_liquidations_band"] = (("point", "time", "asset", "band_quantile"), np.stack([r["cum_liquidations_band"] for r in results]), {"units": "USD", "long_name": "quantiles of cumulative liquidated notional over time"})
+    if "tipping_share" in results[0]:
+        data["tipping_share"] = (("point",), np.stack([r["tipping_share"] for r in results]), {"units": "1", "long_name": f"share of sampled paths whose liquidated total moves by more than {TIPPING_RTOL:.1%} when every random draw moves by {NUDGE_ULPS:.0f} ulps (engine.tipping)"})
+        data["tipping_sampled"] = (("point",), np.stack([r["tipping_sampled"] for r in results]), {"units": "1", "long_name": "paths rerun for tipping_share"})
     # path counts in float64: CF 1.8 has no 64-bit integers, and up to 1e10 paths overflow int32
     data["n_nonfinite"] = (("point",), np.stack([r["n_nonfinite"] for r in results]).astype(np.float64), {"units": "1", "long_name": "paths with non-finite values"})
     for name, long_name in DIAGNOSTICS.items():

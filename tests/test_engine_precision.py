@@ -1,14 +1,21 @@
-"""float32 (the default) against float64 on the same random numbers: the stated tolerance.
+"""float32 (the default) against float64 on the same random numbers: what holds across backends.
 
-This is the tolerance the benchmarks README states for results of one configuration on
-different backends (CPU, GPU), whose float32 arithmetic differs in rounding and summation
-order: the kernel in float32 (both cascade forms as `simulate` picks them) against the NumPy
-reference in float64, fed the same draws.
+Two backends (CPU, GPU) or two dtypes fed the same seed differ in rounding. What holds, and
+what this test checks between the kernel in float32 (both cascade forms as `simulate` picks
+them) and the NumPy reference in float64, fed the same draws:
 
-- Continuous per-path outputs agree on every path to `F32_PATH_RTOL` of their natural scale.
-- Every output's mean agrees within its Monte Carlo standard error (plus the same rounding
-  allowance): outputs decided by discrete choices (which cohorts ADL closes, in float32 near
-  ties of the queue score; hence open-interest decline) may differ on single paths.
+- the distributions agree: every output's mean within `MEAN_SE` Monte Carlo standard errors,
+  and every quantile of `engine.reduce.QUANTILES` within the distribution-free band of the
+  float64 sample quantile (order statistics at q +- 3 sqrt(q (1 - q) / n));
+- per path, continuous outputs agree to `F32_PATH_RTOL` of their natural scale, but only on
+  paths that are not at a tipping point: the paths `engine.tipping` flags (the run's own
+  float32 kernel, draws nudged by `NUDGE_ULPS`) are left out, and since a path can tip under
+  one perturbation and not the other, up to `UNFLAGGED_SHARE` of the rest may disagree too.
+  Outputs fixed by the ADL queue's order (decided at near ties) are compared as distributions.
+
+The first configuration is built to be near a threshold (no insurance fund, so the ADL queue
+decides) and has paths that tip between float32 and float64; the second uses the partial,
+pro-rata cascade form.
 """
 
 from __future__ import annotations
@@ -20,33 +27,77 @@ import pytest
 from engine import params as P
 from engine import reference
 from engine.config import Config
+from engine.reduce import QUANTILES
 from engine.rollout import rollout
-from tests.conftest import small_dict
+from engine.tipping import NUDGE_ULPS, tips
 from tests.helpers import engine_draws, usd_scale
+from tests.test_tipping import near_threshold
 
 N_PATHS, SEED = 512, 9
 F32_PATH_RTOL = 1e-5
-# outputs fixed by discrete ADL choices: compared by their means only
+MEAN_SE = 2.0
+UNFLAGGED_SHARE = 0.01
+# outputs fixed by discrete ADL choices: compared as distributions only
 DISCRETE = {"adl_notional", "adl_absorbed", "bad_debt", "open_interest_decline"}
 UNIT_SCALE = {"max_drawdown", "open_interest_decline", "halted_steps", "cascade_rounds"}
+CONFIGS = {
+    "near_threshold": near_threshold(),
+    "partial_pro_rata": near_threshold(insurance_fund_usd=2e8, partial_liquidation=0.5, adl_rule="pro_rata"),
+}
 
 
-@pytest.mark.parametrize("policy", [{}, {"partial_liquidation": 0.5, "adl_rule": "pro_rata"}])
-def test_float32_matches_float64_within_stated_tolerance(policy):
-    cfg = Config.model_validate(
-        small_dict(run={"n_paths": N_PATHS, "seed": SEED}, policy={"insurance_fund_usd": 2e8, **policy})
-    )
+def quantile_band(x: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sample quantiles `[...]` of x `[paths, ...]` at q -+ 3 standard deviations of the
+    empirical CDF at q; open (infinite) on a side where that level leaves [0, 1]: a sample of
+    512 does not bound its 99.9% quantile from above."""
+    half = 3 * np.sqrt(q * (1 - q) / x.shape[0])
+    edge = np.full(x.shape[1:], np.inf)
+    lo = np.quantile(x, q - half, axis=0) if q - half >= 0 else -edge
+    hi = np.quantile(x, q + half, axis=0) if q + half <= 1 else edge
+    return lo, hi
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def runs(request):
+    """(config, float32 outputs, float32 tipping flags, float64 reference outputs)."""
+    d = CONFIGS[request.param]
+    cfg = Config.model_validate({**d, "run": {**d["run"], "n_paths": N_PATHS, "seed": SEED}})
     params, static = P.build(cfg)
     static = P.specialise(static, [cfg])
-    out = jax.device_get(rollout(params, SEED, 0, N_PATHS, static=static, n_paths=N_PATHS)[0])
+    out, nudged = (
+        jax.device_get(rollout(params, SEED, 0, N_PATHS, static=static, n_paths=N_PATHS, nudge=n)[0])
+        for n in (0.0, NUDGE_ULPS)
+    )
     draws = engine_draws(params, static, SEED, N_PATHS)
     with jax.enable_x64(True):
         ref = reference.run_paths(reference.to_numpy(P.cast(params, np.float64)), static, N_PATHS, draws)
+    return request.param, cfg, out, tips(out["liquidated_total"], nudged["liquidated_total"]), ref
+
+
+def test_distributions_agree_within_monte_carlo_error(runs):
+    _, _, out, _, ref = runs
     assert np.mean(ref["liquidated_total"]) > 0 and np.mean(ref["adl_notional"]) > 0  # not vacuous
     for name, expected in ref.items():
         a, b = np.asarray(out[name], np.float64), np.asarray(expected, np.float64)
+        se = np.std(b, axis=0) / np.sqrt(N_PATHS)
+        assert np.all(np.abs(a.mean(0) - b.mean(0)) <= MEAN_SE * se), name
+        for q in QUANTILES:
+            lo, hi = quantile_band(b, q)
+            assert np.all((lo <= np.quantile(a, q, axis=0)) & (np.quantile(a, q, axis=0) <= hi)), (name, q)
+
+
+def test_paths_agree_where_they_do_not_tip(runs):
+    which, cfg, out, tipping, ref = runs
+    apart = tips(out["liquidated_total"], ref["liquidated_total"])
+    if which == "near_threshold":
+        # paths tip between float32 and float64 here (an exact per-path comparison fails on
+        # them), and the probe finds most of them
+        assert apart.any() and np.mean(tipping[apart]) >= 0.5
+    for name, expected in ref.items():
+        if name in DISCRETE:
+            continue
+        a, b = np.asarray(out[name], np.float64), np.asarray(expected, np.float64)
         scale = 1.0 if name in UNIT_SCALE else usd_scale(cfg)
-        if name not in DISCRETE:
-            np.testing.assert_allclose(a, b, rtol=F32_PATH_RTOL, atol=F32_PATH_RTOL * scale, err_msg=name)
-        mc_se = np.std(b) / np.sqrt(N_PATHS)
-        assert abs(a.mean() - b.mean()) <= mc_se + F32_PATH_RTOL * scale, name
+        off = np.abs(a - b) > F32_PATH_RTOL * (np.abs(b) + scale)
+        off = off.reshape(N_PATHS, -1).any(axis=1) & ~tipping
+        assert off.sum() <= UNFLAGGED_SHARE * np.sum(~tipping), (name, np.flatnonzero(off))

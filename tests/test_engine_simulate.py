@@ -72,7 +72,7 @@ def test_kernel_forms_are_chosen_per_point(monkeypatch):
         small_dict(run={**RUN, "n_paths": 256}, policy={"insurance_fund_usd": 2e8, "partial_liquidation": 0.5})
     )
     simulate(cfg, [cfg, partial])
-    assert seen == [True, False]
+    assert seen == [True, False] * 2  # the run, then the tipping probe's rerun
 
 
 def test_a_points_numbers_do_not_depend_on_the_other_points_of_the_call():
