@@ -54,6 +54,12 @@ def _fields_at(loc: tuple) -> list[str] | None:
     return None
 
 
+def _short(value: typing.Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters (a 300-character name is not worth repeating)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def describe(err: ValidationError, prefix: str = "") -> str:
     """One line per problem: `dotted.path: what is wrong (got value)`; unknown keys list the
     fields allowed there."""
@@ -63,7 +69,7 @@ def describe(err: ValidationError, prefix: str = "") -> str:
         where = f"{prefix}{path}" if path else (prefix.rstrip(".") or "config")
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
-        shown = "" if isinstance(got, dict) or e["type"] in ("missing",) else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) or e["type"] in ("missing",) else f" (got {_short(got)})"
         if e["type"] == "extra_forbidden":
             fields = _fields_at(tuple(e["loc"])) if not prefix else None
             msg = "unknown key" + (f"; allowed: {', '.join(fields)}" if fields else "")
