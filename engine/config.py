@@ -192,12 +192,12 @@ class Market(Strict):
             )
         c = np.asarray(corr, dtype=float)
         if not np.allclose(c, c.T, atol=1e-12):
-            raise ValueError("correlation must be symmetric")
+            raise ValueError("must be symmetric")
         if not np.allclose(np.diag(c), 1.0, atol=1e-12) or np.any(np.abs(c) > 1):
-            raise ValueError("correlation must have ones on the diagonal and entries in [-1, 1]")
+            raise ValueError("must have ones on the diagonal and entries in [-1, 1]")
         lowest = float(np.linalg.eigvalsh(c).min())
         if lowest < -1e-10:
-            raise ValueError(f"correlation is not positive semi-definite (smallest eigenvalue {lowest:.3g})")
+            raise ValueError(f"is not positive semi-definite (smallest eigenvalue {lowest:.3g})")
         return corr
 
     @model_validator(mode="after")

@@ -62,5 +62,5 @@ def test_non_psd_correlation_with_valid_entries():
     d = small_dict()
     d["market"]["assets"]["ETH"] = dict(d["market"]["assets"]["BTC"], price=4000.0)
     d["market"]["correlation"] = [[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]]
-    with pytest.raises(ConfigError, match="market: correlation is not positive semi-definite"):
+    with pytest.raises(ConfigError, match="market.correlation: is not positive semi-definite"):
         validated(d)
