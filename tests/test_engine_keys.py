@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
+from engine import cache, simulate
 from engine import params as P
-from engine import simulate
 from engine.config import Config
 from engine.devices import path_mesh
 from engine.kernel import path_keys, word64
@@ -59,6 +59,7 @@ def test_indices_beyond_two_to_the_32_are_distinct_and_chunk_independent():
 def test_a_chunk_beyond_two_to_the_32_simulates_its_own_paths():
     """`sharded_rollout` of a chunk across 2**32: its second half is the first half of a chunk
     starting at 2**32, and differs from the chunk at 0 (what 32-bit indices wrapped to)."""
+    cache.enable()  # as `simulate` does: a second run of the tests does not compile again
     cfg = Config.model_validate(small_dict(run=TINY_RUN))
     params, static = P.build(cfg)
     mesh = path_mesh()
