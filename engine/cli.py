@@ -211,7 +211,7 @@ def run(
         list[str] | None,
         typer.Option(
             "--set",
-            help="Override a field: key=value (TOML value), e.g. policy.leverage_cap=20 or "
+            help="Override a field: key=value (a TOML value, or one bare word as a string), e.g. policy.leverage_cap=20 or "
             "sweep.policy.leverage_cap=[5,10]. Repeatable.",
         ),
     ] = None,
