@@ -233,8 +233,8 @@ def word64(value) -> Word64:
 
 
 def add_offsets(base: Word64, offsets: jnp.ndarray) -> Word64:
-    """`base + offsets` (offsets: `[n]` non-negative, below 2**32) with the carry into the high
-    word; words `[n]`."""
+    """`base + offsets` with the carry into the high word (offsets: non-negative integers
+    below 2**32, any shape; the words take their shape)."""
     lo = base.lo + offsets.astype(jnp.uint32)
     return Word64(base.hi + (lo < base.lo).astype(jnp.uint32), lo)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -130,7 +130,7 @@ def plan(config: Config | dict) -> Plan:
     return Plan(n, size, math.ceil(n / size), size * bytes_per_path(static, itemsize))
 
 
-def _ahead(tasks: Iterator, launch: Callable) -> Iterator[tuple]:
+def _ahead(tasks: Iterable, launch: Callable) -> Iterator[tuple]:
     """`(task, launch(task))` for each task, the next one launched before this one is yielded,
     so the devices compute it while the host reduces this one."""
     tasks = iter(tasks)
