@@ -192,14 +192,14 @@ def flatten(table: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # A `--set` value that is not TOML is taken as a string only if it is one bare word like this
-# (`policy.adl_rule=queue`); anything else (`[20,`, `"x`, `1.2.3`) is a mistake, not a string.
-BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+# (`policy.adl_rule=queue`, `name=2025_oct`); anything else (`[20,`, `"x`, `1.2.3`, `two words`)
+# is a mistake, not a string.
+BARE_WORD = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9_.\-]+")
 
 
 def parse_value(text: str) -> Any:
     """A `--set` value: any TOML value (`5`, `0.1`, `[1, 2]`, `"x y"`, `true`), or a bare word
-    (`queue`: a letter or `_`, then letters, digits, `_`, `.`, `-`) as a string; ValueError
-    otherwise."""
+    (letters, digits, `_`, `.`, `-`, at least one letter) as a string; ValueError otherwise."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError as err:

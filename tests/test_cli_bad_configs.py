@@ -195,7 +195,8 @@ def test_errors_name_the_option_that_caused_them(tmp_path, monkeypatch, argv, na
 
 @pytest.mark.parametrize(
     "text, value",
-    [("queue", "queue"), (" pro_rata ", "pro_rata"), ("BTC-PERP.v2", "BTC-PERP.v2"), ('"two words"', "two words"),
+    [("queue", "queue"), (" pro_rata ", "pro_rata"), ("BTC-PERP.v2", "BTC-PERP.v2"), ("2025_oct", "2025_oct"),
+     ('"two words"', "two words"),
      ("[5, 10]", [5, 10]), ("1e3", 1000.0), ("true", True)],
 )
 def test_set_values_are_toml_or_one_bare_word(text, value):
