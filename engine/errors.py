@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 
@@ -54,6 +55,10 @@ def _fields_at(loc: tuple) -> list[str] | None:
     return None
 
 
+# A message that starts with a dotted field path: `scenario.shock_start = 48: ...`.
+NAMES_FIELD = re.compile(r"[a-z_]+(\.[A-Za-z0-9_\-]+)+[ :]")
+
+
 def _short(value: typing.Any, limit: int = 80) -> str:
     """`repr(value)`, cut to `limit` characters (a 300-character name is not worth repeating)."""
     text = repr(value)
@@ -66,8 +71,11 @@ def describe(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"] if p != "__root__")
-        where = f"{prefix}{path}" if path else (prefix.rstrip(".") or "config")
         msg = e["msg"].removeprefix("Value error, ")
+        where = f"{prefix}{path}" if path else (prefix.rstrip(".") or "config")
+        if not path and not prefix and NAMES_FIELD.match(msg):  # a cross-field check names its field
+            lines.append(msg)
+            continue
         got = e.get("input")
         shown = "" if isinstance(got, dict) or e["type"] in ("missing",) else f" (got {_short(got)})"
         if e["type"] == "extra_forbidden":
