@@ -23,6 +23,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from importlib import metadata
@@ -41,7 +42,9 @@ from engine import report as R
 from engine.configfile import load_study
 from engine.errors import ConfigError, SimulationError
 from engine.progress import BarReporter, LogReporter
+from engine.simulate import plan
 from engine.summary import summary_table
+from engine.sweep import Study
 
 
 class _Group(typer.core.TyperGroup):
@@ -260,7 +263,7 @@ def run(
         list[str] | None,
         typer.Option(
             "--set",
-            help="Override a field: key=value (TOML value), e.g. policy.leverage_cap=20 or "
+            help="Override a field: key=value (a TOML value, or one bare word as a string), e.g. policy.leverage_cap=20 or "
             "sweep.policy.leverage_cap=[5,10]. Repeatable.",
         ),
     ] = None,
@@ -372,10 +375,7 @@ def _run(
                     return
                 _say_rebuilding(the_run)
         else:
-            sets = list(overrides or [])
-            sets += [f"run.n_paths={paths}"] if paths is not None else []
-            sets += [f"run.seed={seed}"] if seed is not None else []
-            study = load_study(config, sets)
+            study = _load_with_options(config, overrides, paths, seed)
             command = "liqstress " + " ".join(shlex.quote(a) for a in _argv)
             source = str(config or "default")
             if the_shard:
@@ -394,9 +394,11 @@ def _run(
     title = f"{study.name}: {len(study.points)} points x {study.config.run.n_paths:,} paths"
     use_bar = _err().is_terminal if bar is None else bar
     reporter = BarReporter(_err(), study.name) if use_bar else LogReporter(sys.stderr, title)
+    _err().print(f"{study.name}: {plan(study.config).describe()}", highlight=False, soft_wrap=True)
     try:
         with _sigterm_interrupts(), reporter:
-            cube = runs.execute(the_run, progress=_checked(reporter), shard=the_shard, leader=leader)
+            progress = _checked(_FirstChunk(reporter))
+            cube = runs.execute(the_run, progress=progress, shard=the_shard, leader=leader)
     except KeyboardInterrupt:
         raise _fail(f"interrupted; finished parts are kept: continue with `{again}`", 130) from None
     except ConfigError as e:
@@ -415,6 +417,57 @@ def _run(
         _out().print(f"run directory: {path}")
         return
     _show_cube(the_run, cube, write_report)
+
+
+def _load_with_options(
+    config: str | None, overrides: list[str] | None, paths: int | None, seed: int | None
+) -> Study:
+    """`load_study` with `--paths` and `--seed` as `run.*` overrides; errors name the option."""
+    options = {f"run.n_paths={paths}": f"--paths {paths}"} if paths is not None else {}
+    options |= {f"run.seed={seed}": f"--seed {seed}"} if seed is not None else {}
+    try:
+        return load_study(config, list(overrides or []) + list(options))
+    except ConfigError as e:
+        message = str(e)
+        for item, option in options.items():
+            message = message.replace(f"--set {item}", option)
+        raise ConfigError(message) from None
+
+
+class _FirstChunk:
+    """Progress that, once the run's first chunk is done, says how long it took (compilation
+    included) and how long the rest takes at that pace, then passes every event on."""
+
+    def __init__(self, progress: Callable):
+        self.progress = progress
+        self.start: tuple[float, int] | None = None  # (time, work done) of the first event
+        self.told = False
+
+    def __call__(self, ev: runs.Event) -> None:
+        self.progress(ev)
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = (now, ev.work_done)
+            return
+        t0, work0 = self.start
+        left = ev.work_total - ev.work_done
+        if not self.told and ev.work_done > work0 and left > 0:
+            self.told = True
+            elapsed, done = now - t0, ev.work_done - work0
+            _err().print(
+                f"first chunk: {done:,} path-points in {elapsed:.1f} s, compilation included (so this overestimates); "
+                f"the other {left:,} at that pace: about {_duration(left * elapsed / done)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+def _duration(seconds: float) -> str:
+    """`42 s`, `3.5 min`, `7.2 h`, `12.3 days`, `4.1 years`."""
+    for unit, size in (("years", 365 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 @app.command()

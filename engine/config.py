@@ -12,10 +12,12 @@ steps are simulation time steps of `run.dt_minutes` minutes.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+import types
+import typing
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -23,10 +25,36 @@ NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
+def _numbers_only(annotation: Any) -> bool:
+    """Whether a field admits only numbers (`int`, `float`, tuples of them, optionally None)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _numbers_only(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return all(_numbers_only(a) for a in args if a is not type(None))
+    if origin is tuple:
+        return all(_numbers_only(a) for a in args if a is not Ellipsis)
+    return annotation in (int, float)
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v) for v in value)
+    return isinstance(value, bool)
+
+
 class Strict(BaseModel):
-    """Base model: unknown keys are errors, NaN and infinity are rejected, values are frozen."""
+    """Base model: unknown keys are errors, NaN and infinity are rejected, values are frozen,
+    and numeric fields refuse booleans (Python would read `leverage_cap = true` as 1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if _holds_bool(value) and _numbers_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not true or false")
+        return value
 
 
 # --------------------------------------------------------------------------------------
@@ -149,6 +177,29 @@ class Market(Strict):
             raise ValueError("tail_dof must be 0 (Gaussian) or greater than 2 (finite variance)")
         return v
 
+    @field_validator("correlation")
+    @classmethod
+    def _correlation(cls, corr: tuple[tuple[float, ...], ...] | None, info: ValidationInfo):
+        assets = info.data.get("assets")
+        if corr is None or assets is None:  # bad assets are reported on their own
+            return corr
+        n = len(assets)
+        if len(corr) != n or any(len(row) != n for row in corr):
+            rows = ", ".join(str(len(row)) for row in corr) or "none"
+            raise ValueError(
+                f"must be {n}x{n}: {n} rows of {n} numbers, one per asset in the order of "
+                f"market.assets ({', '.join(assets)}); got rows of length {rows}"
+            )
+        c = np.asarray(corr, dtype=float)
+        if not np.allclose(c, c.T, atol=1e-12):
+            raise ValueError("must be symmetric")
+        if not np.allclose(np.diag(c), 1.0, atol=1e-12) or np.any(np.abs(c) > 1):
+            raise ValueError("must have ones on the diagonal and entries in [-1, 1]")
+        lowest = float(np.linalg.eigvalsh(c).min())
+        if lowest < -1e-10:
+            raise ValueError(f"is not positive semi-definite (smallest eigenvalue {lowest:.3g})")
+        return corr
+
     @model_validator(mode="after")
     def _check(self) -> Market:
         if self.garch_alpha + self.garch_beta >= 1:
@@ -156,20 +207,6 @@ class Market(Strict):
                 f"garch_alpha + garch_beta must be < 1 for a stationary variance "
                 f"(got {self.garch_alpha} + {self.garch_beta})"
             )
-        if self.correlation is not None:
-            c = np.asarray(self.correlation, dtype=float)
-            n = len(self.assets)
-            if c.shape != (n, n):
-                raise ValueError(f"correlation must be {n}x{n} (one row per asset), got {c.shape}")
-            if not np.allclose(c, c.T, atol=1e-12):
-                raise ValueError("correlation must be symmetric")
-            if not np.allclose(np.diag(c), 1.0, atol=1e-12) or np.any(np.abs(c) > 1):
-                raise ValueError("correlation must have ones on the diagonal and entries in [-1, 1]")
-            lowest = float(np.linalg.eigvalsh(c).min())
-            if lowest < -1e-10:
-                raise ValueError(
-                    f"correlation is not positive semi-definite (smallest eigenvalue {lowest:.3g})"
-                )
         return self
 
     def correlation_matrix(self) -> np.ndarray:
@@ -335,6 +372,11 @@ class Run(Strict):
     tipping_paths: Annotated[int, Field(ge=0, le=10**7)] = 256
 
 
+# Longest config name: run directories are `<16-character timestamp>_<name>` (with `_<k>` when
+# taken, `calibrate_`/`optimise_` before the name for fits) and file names have 255 bytes.
+MAX_NAME = 200
+
+
 class Config(Strict):
     """A complete simulation: what to simulate, under which policy, at what size."""
 
@@ -357,12 +399,38 @@ class Config(Strict):
         for i, f in enumerate(self.scenario.flows):
             if f.asset not in names:
                 raise ValueError(f"scenario.flows.{i}.asset: unknown asset {f.asset!r}; assets are {names}")
+        n = self.run.steps
+        for where, start, steps in self._schedule():
+            if start + steps > n:
+                allowed = f"0 to {n - steps}" if steps <= n else f"none: its {steps} steps exceed run.steps"
+                raise ValueError(
+                    f"{where} = {start}: it covers steps {start} to {start + steps - 1}, past the last "
+                    f"step {n - 1} (run.steps = {n}); allowed start steps for its {steps} step(s): {allowed}"
+                )
         if self.policy.breaker.window >= self.run.max_window:
             raise ValueError(
                 f"policy.breaker.window ({self.policy.breaker.window}) must be below "
                 f"run.max_window ({self.run.max_window})"
             )
         return self
+
+    @field_validator("name")
+    @classmethod
+    def _name_fits_a_file_name(cls, name: str) -> str:
+        if len(name) > MAX_NAME:
+            raise ValueError(
+                f"at most {MAX_NAME} characters (got {len(name)}): run directories are named "
+                "<timestamp>_<name>, and file names are limited to 255 bytes"
+            )
+        return name
+
+    def _schedule(self) -> list[tuple[str, int, int]]:
+        """(field, first step, steps) of every scheduled shock and flow."""
+        sc = self.scenario
+        out = [("scenario.shock_start", sc.shock_start, sc.shock_steps)] if sc.shock != 0 else []
+        out += [(f"scenario.shocks.{i}.start_step", s.start_step, s.steps) for i, s in enumerate(sc.shocks)]
+        out += [(f"scenario.flows.{i}.start_step", f.start_step, f.steps) for i, f in enumerate(sc.flows)]
+        return out
 
     @property
     def asset_names(self) -> list[str]:

@@ -103,7 +103,35 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 def load_study(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Study:
-    """A validated `engine.sweep.Study` from a config file and `--set key=value` overrides."""
+    """A validated `engine.sweep.Study` from a config file and `--set key=value` overrides.
+
+    A problem that the file alone does not have is reported as the `--set` items' (those that
+    cause it on their own, else all of them), not the file's.
+    """
     p = resolve_config_path(path) if path is not None else default_config_path()
-    data = apply_overrides(read_config_dict(p), overrides)
-    return build_study(data, source=str(p))
+    raw = read_config_dict(p)
+    data = apply_overrides(raw, overrides)
+    try:
+        return build_study(data, source=str(p))
+    except ConfigError as err:
+        culprits = _culprits(raw, overrides, str(p))
+        if not culprits:
+            raise
+        where = ", ".join(f"--set {item}" for item in culprits)
+        raise ConfigError(f"{where}:\n{str(err).removeprefix(f'{p}:').lstrip()}") from None
+
+
+def _culprits(raw: dict, overrides: list[str] | tuple[str, ...], source: str) -> list[str]:
+    """The `--set` items to blame for a failed validation: none if the file alone fails; else
+    those that fail on their own, or all when only their combination does."""
+
+    def fails(items) -> bool:
+        try:
+            build_study(apply_overrides(raw, items), source=source)
+        except ConfigError:
+            return True
+        return False
+
+    if not overrides or fails([]):
+        return []
+    return [item for item in overrides if fails([item])] or list(overrides)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 
@@ -54,16 +55,29 @@ def _fields_at(loc: tuple) -> list[str] | None:
     return None
 
 
+# A message that starts with a dotted field path: `scenario.shock_start = 48: ...`.
+NAMES_FIELD = re.compile(r"[a-z_]+(\.[A-Za-z0-9_\-]+)+[ :]")
+
+
+def _short(value: typing.Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters (a 300-character name is not worth repeating)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def describe(err: ValidationError, prefix: str = "") -> str:
     """One line per problem: `dotted.path: what is wrong (got value)`; unknown keys list the
     fields allowed there."""
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"] if p != "__root__")
-        where = f"{prefix}{path}" if path else (prefix.rstrip(".") or "config")
         msg = e["msg"].removeprefix("Value error, ")
+        where = f"{prefix}{path}" if path else (prefix.rstrip(".") or "config")
+        if not path and not prefix and NAMES_FIELD.match(msg):  # a cross-field check names its field
+            lines.append(msg)
+            continue
         got = e.get("input")
-        shown = "" if isinstance(got, dict) or e["type"] in ("missing",) else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) or e["type"] in ("missing",) else f" (got {_short(got)})"
         if e["type"] == "extra_forbidden":
             fields = _fields_at(tuple(e["loc"])) if not prefix else None
             msg = "unknown key" + (f"; allowed: {', '.join(fields)}" if fields else "")

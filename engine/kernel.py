@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.extend.random import threefry_2x32
 
 from engine import market, policies
 from engine.cascade import run_cascade, run_cascade_whole
@@ -211,12 +213,47 @@ def step(state: SimState, draws: market.Draws, t, shock, flow, params: Params, s
     return adl_step(market_step(state, draws, t, shock, flow, params, static), params, temperature)
 
 
-def path_keys(seed: int, start: int, n: int) -> jax.Array:
-    """Keys of global paths `start .. start+n-1`: fold_in of the path index into the seed key,
-    so a path's numbers do not depend on chunking or devices."""
-    base = jax.random.key(seed)
-    idx = jnp.asarray(start, jnp.uint32) + jnp.arange(n, dtype=jnp.uint32)
-    return jax.vmap(jax.random.fold_in, (None, 0))(base, idx)
+class Word64(NamedTuple):
+    """A whole number in [0, 2**64) as two uint32 words `[]`: seeds reach 2**63 and global path
+    indices 10**10, while JAX's integers are 32-bit unless x64 is on (it is off by default)."""
+
+    hi: jnp.ndarray
+    lo: jnp.ndarray
+
+
+def word64(value) -> Word64:
+    """`value` as a `Word64`: a Python or NumPy integer in [0, 2**64), a `Word64`, or a traced
+    non-negative integer scalar (which fits the low word)."""
+    if isinstance(value, Word64):
+        return value
+    if isinstance(value, (int, np.integer)):
+        value = int(value)
+        if not 0 <= value < 2**64:
+            raise ValueError(f"{value} is not in [0, 2**64)")
+        return Word64(np.uint32(value >> 32), np.uint32(value & 0xFFFFFFFF))
+    return Word64(jnp.zeros((), jnp.uint32), jnp.asarray(value).astype(jnp.uint32))
+
+
+def add_offsets(base: Word64, offsets: jnp.ndarray) -> Word64:
+    """`base + offsets` with the carry into the high word (offsets: non-negative integers
+    below 2**32, any shape; the words take their shape)."""
+    lo = base.lo + offsets.astype(jnp.uint32)
+    return Word64(base.hi + (lo < base.lo).astype(jnp.uint32), lo)
+
+
+def path_keys(seed, start, n: int) -> jax.Array:
+    """Keys `[n]` of global paths `start .. start+n-1`, a pure function of (seed, path index),
+    so a path's numbers do not depend on chunking or devices.
+
+    seed, start: anything `word64` takes, up to 2**64 - 1. The seed's key is threefry's key of
+    the 64-bit seed (words hi, lo); a path's key hashes its 64-bit index (words hi, lo) with it,
+    which for indices below 2**32 is `jax.random.fold_in(jax.random.key(seed), index)`.
+    """
+    s = word64(seed)
+    seed_key = jnp.stack([jnp.asarray(s.hi, jnp.uint32), jnp.asarray(s.lo, jnp.uint32)])
+    idx = add_offsets(word64(start), jnp.arange(n, dtype=jnp.uint32))
+    data = jax.vmap(lambda hi, lo: threefry_2x32(seed_key, jnp.stack([hi, lo])))(idx.hi, idx.lo)
+    return jax.random.wrap_key_data(data, impl="threefry2x32")
 
 
 def step_keys(keys: jax.Array, t) -> jax.Array:

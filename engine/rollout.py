@@ -28,7 +28,16 @@ from jax.sharding import PartitionSpec as P
 
 from engine import bins as B
 from engine.devices import PATH_AXIS
-from engine.kernel import SimState, adl_step, init_state, market_step, path_keys, step_draws
+from engine.kernel import (
+    SimState,
+    add_offsets,
+    adl_step,
+    init_state,
+    market_step,
+    path_keys,
+    step_draws,
+    word64,
+)
 from engine.outputs import extract
 from engine.params import Params, Static
 
@@ -119,7 +128,8 @@ def _finish(carry: Carry, params: Params, static: Static):
 
 def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int, nudge=0.0):
     """Simulate global paths `start .. start + n_paths - 1` under one parameter point, all
-    steps in one call.
+    steps in one call. seed, start: `engine.kernel.word64(n)` for any n below 2**64 (a plain
+    int is traced as int32, so it must be below 2**31).
 
     Only the first `n_valid` paths enter the fan-chart histograms (the last chunk of a run is
     padded to the compiled size). nudge: `[]` ulps by which every draw moves (`step_draws`).
@@ -169,7 +179,8 @@ def sharded_advance(carry: Carry, params: Params, seed, start, n_valid, t0, stat
         first = jax.lax.axis_index(PATH_AXIS) * per
         here = jnp.clip(n_valid - first, 0, per)
         fan = jax.tree_util.tree_map(lambda x: x[0], carry.fan)
-        out = _advance(carry._replace(fan=fan), params, seed, start + first, here, t0, static, n_steps, nudge)
+        here_start = add_offsets(word64(start), first)
+        out = _advance(carry._replace(fan=fan), params, seed, here_start, here, t0, static, n_steps, nudge)
         return out._replace(fan=_per_device(out.fan))
 
     return jax.shard_map(
@@ -196,10 +207,12 @@ def sharded_rollout(params: Params, seed, start, n_valid, static: Static, n_path
     """`rollout` of global paths `start .. start + n_paths - 1` split over `mesh`'s devices, in
     calls of at most `segment_steps` steps (dispatched asynchronously; see `SEGMENT_STEPS`).
 
-    n_paths must be a multiple of `mesh.size`. Returns (outputs, fan) as `rollout` does,
+    n_paths must be a multiple of `mesh.size`; seed and start are integers up to 2**64 - 1
+    (passed to the compiled calls as `Word64`s). Returns (outputs, fan) as `rollout` does,
     outputs sharded along the path axis, fan replicated (summed over devices). nudge: `[]` ulps
     by which every draw moves (`step_draws`; the tipping probe), 0 for a run.
     """
+    seed, start = word64(seed), word64(start)
     n_steps = min(segment_steps, static.steps)
     carry = sharded_begin(params, static=static, n_paths=n_paths, mesh=mesh)
     for t0 in range(0, static.steps, n_steps):

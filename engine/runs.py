@@ -71,6 +71,7 @@ from engine import cube as C
 from engine import distributed
 from engine.config import Config
 from engine.errors import ConfigError, describe
+from engine.outputs import OUTPUTS
 from engine.simulate import simulate
 from engine.sweep import Study, build_study
 
@@ -879,19 +880,34 @@ def assemble(run: Run) -> xr.Dataset:
     return C.assemble(run.study, parts, attrs)
 
 
+# What `compare` and the report need of a cube besides the outputs' variables.
+CUBE_ATTRS = ("n_paths", "seed", "sweep_dims")
+
+
 def load_cube(path: Path) -> xr.Dataset:
-    """The cube of a run directory (or a cube file), loaded into memory."""
+    """The cube of a run directory (or a cube file), loaded into memory; `ConfigError` naming
+    the file if it is missing, unreadable (not netCDF, truncated) or not a liqstress cube."""
     path = Path(path)
     f = path / CUBE if path.is_dir() else path
     if not f.is_file():
         raise ConfigError(f"{path}: no {CUBE} (is the run complete? continue it with --resume)")
     try:
-        return C.read(f)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ConfigError(
-            f"{f}: unreadable ({err}); a run directory's cube is rebuilt from its parts by "
-            "`liqstress run --resume DIR` or `liqstress combine DIR`"
-        ) from None
+        cube = C.read(f)
+    except (OSError, RuntimeError, ValueError) as err:  # what netCDF4 and HDF5 raise for bad files
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        rebuild = (
+            "; a run directory's cube is rebuilt from its parts by `liqstress run --resume DIR` or "
+            "`liqstress combine DIR`"
+            if f.name == CUBE
+            else ""
+        )
+        raise ConfigError(f"{f}: cannot read it as netCDF: not a netCDF file, or damaged ({why}){rebuild}") from None
+    missing = [f"attribute {a}" for a in CUBE_ATTRS if a not in cube.attrs]
+    missing += [f"variable {o.name}" for o in OUTPUTS if o.name not in cube.data_vars]
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ConfigError(f"{f}: not a liqstress cube (written by `liqstress run`): no {shown}")
+    return cube
 
 
 # --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -113,6 +113,49 @@ def chunk_size(cfg: Config, static: P.Static, n_devices: int = 1, per_device_bud
     return min(size, math.ceil(n_paths / unit) * unit)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How `simulate` splits each point's paths into compiled calls."""
+
+    n_paths: int  # per point
+    chunk: int  # paths per compiled call (the last one padded to it)
+    chunks: int  # calls per point
+    chunk_bytes: int  # estimated device memory of one call's paths (`bytes_per_path`)
+
+    def describe(self) -> str:
+        """One line for people: paths, chunks, memory per chunk."""
+        return (
+            f"{self.n_paths:,} paths per point in {self.chunks:,} chunk(s) of {self.chunk:,} paths; "
+            f"about {self.chunk_bytes / 2**20:,.0f} MiB of device memory per chunk"
+        )
+
+
+def plan(config: Config | dict) -> Plan:
+    """The chunks `simulate` will run `config` in, on the devices of `devices.path_mesh()`."""
+    cfg = validated(config)
+    static = P.static_of(cfg)
+    mesh = devices.path_mesh()
+    accelerator = mesh.devices.flat[0].platform != "cpu"
+    size = chunk_size(cfg, static, mesh.size, per_device_budget=accelerator)
+    itemsize = 8 if cfg.run.dtype == "float64" else 4
+    n = cfg.run.n_paths
+    return Plan(n, size, math.ceil(n / size), size * bytes_per_path(static, itemsize))
+
+
+def _ahead(tasks: Iterable, launch: Callable) -> Iterator[tuple]:
+    """`(task, launch(task))` for each task, the next one launched before this one is yielded,
+    so the devices compute it while the host reduces this one."""
+    tasks = iter(tasks)
+    task = next(tasks, None)
+    pending = None if task is None else launch(task)
+    while task is not None:
+        current, following = pending, next(tasks, None)
+        if following is not None:
+            pending = launch(following)
+        yield task, current
+        task = following
+
+
 def _to_host(tree):
     """A (possibly multi-process) global array tree as NumPy on this host."""
     if jax.process_count() > 1:
@@ -168,12 +211,12 @@ def simulate(
     statics = [P.specialise(b[1], [p]) for b, p in zip(built, pts)]
     static = built[0][1]
     mesh = devices.path_mesh()
-    accelerator = mesh.devices.flat[0].platform != "cpu"
-    size = chunk_size(cfg, static, mesh.size, per_device_budget=accelerator)
+    size = plan(cfg).chunk
     n_paths, seed = cfg.run.n_paths, cfg.run.seed
     accs = [PointAccumulator(static) for _ in pts]
     order = [baseline] + [i for i in range(len(pts)) if i != baseline]
-    tasks = [(start, min(size, n_paths - start), i) for start in range(0, n_paths, size) for i in order]
+    # a generator: a run of 10**10 paths has millions of chunks
+    tasks = ((start, min(size, n_paths - start), i) for start in range(0, n_paths, size) for i in order)
 
     def launch(task, nudge=0.0, chunk=size):
         start, valid, i = task
@@ -181,13 +224,9 @@ def simulate(
                                nudge=nudge)
 
     t0, done = time.perf_counter(), 0
-    pending = launch(tasks[0])
     base_out = None
     probe = TippingProbe(min(cfg.run.tipping_paths, n_paths), len(pts))
-    for k, (start, valid, i) in enumerate(tasks):
-        current = pending
-        if k + 1 < len(tasks):
-            pending = launch(tasks[k + 1])
+    for (start, valid, i), current in _ahead(tasks, launch):
         out, fan = _to_host(current)
         probe.keep(i, start, out)
         if i == baseline:

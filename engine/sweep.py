@@ -199,12 +199,23 @@ def flatten(table: dict, prefix: str = "") -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
+# A `--set` value that is not TOML is taken as a string only if it is one bare word like this
+# (`policy.adl_rule=queue`, `name=2025_oct`); anything else (`[20,`, `"x`, `1.2.3`, `two words`)
+# is a mistake, not a string.
+BARE_WORD = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9_.\-]+")
+
+
 def parse_value(text: str) -> Any:
-    """A `--set` value: any TOML value (`5`, `0.1`, `[1, 2]`, `"x"`), else the bare string."""
+    """A `--set` value: any TOML value (`5`, `0.1`, `[1, 2]`, `"x y"`, `true`), or a bare word
+    (letters, digits, `_`, `.`, `-`, at least one letter) as a string; ValueError otherwise."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text.strip()
+    except tomllib.TOMLDecodeError as err:
+        if BARE_WORD.fullmatch(text.strip()):
+            return text.strip()
+        # the position tomllib gives is in "v = <text>", not in what the user typed
+        why = re.sub(r" \(at (end of document|line \d+, column \d+)\)$", "", str(err))
+        raise ValueError(f"not a TOML value ({why}); quote a string that is not one bare word") from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -214,7 +225,10 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(
             f"--set {item!r}: expected key=value with a dotted key, e.g. policy.leverage_cap=20"
         )
-    return key, parse_value(value)
+    try:
+        return key, parse_value(value)
+    except ValueError as err:
+        raise ConfigError(f"--set {item!r}: {err}") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from engine import ConfigError, simulate
@@ -40,6 +42,18 @@ BAD = {
         small_dict(policy={"insurance_fund_usd": float("nan")}),
         "policy.insurance_fund_usd",
     ),
+    "boolean leverage cap": (small_dict(policy={"leverage_cap": True}), "policy.leverage_cap"),
+    "boolean step count": (small_dict(run={**small_dict()["run"], "steps": True}), "run.steps"),
+    "headline shock after the last step": (small_dict(scenario={"shock": -0.1, "shock_start": 48}), "scenario.shock_start"),
+    "flow past the last step": (
+        small_dict(scenario={"flows": [{"usd": 1e9, "asset": "BTC", "start_step": 40, "steps": 10}]}),
+        "scenario.flows.0.start_step",
+    ),
+    "ragged correlation": (
+        small_dict(market={**small_dict()["market"], "correlation": [[1.0, 0.8], [0.8]]}),
+        "market.correlation: must be 2x2",
+    ),
+    "name longer than a file name allows": (small_dict(name="n" * 300), "name: at most 200 characters"),
     "GARCH not stationary": (
         small_dict(market={**small_dict()["market"], "garch_alpha": 0.1, "garch_beta": 0.9}),
         "garch_alpha + garch_beta",
@@ -62,5 +76,41 @@ def test_non_psd_correlation_with_valid_entries():
     d = small_dict()
     d["market"]["assets"]["ETH"] = dict(d["market"]["assets"]["BTC"], price=4000.0)
     d["market"]["correlation"] = [[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]]
-    with pytest.raises(ConfigError, match="market: correlation is not positive semi-definite"):
+    with pytest.raises(ConfigError, match="market.correlation: is not positive semi-definite"):
         validated(d)
+
+
+def _numeric_leaves(data, path=()):
+    """(path, value) of every number in a config dict, a list's first element standing for it."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _numeric_leaves(value, path + (key,))
+    elif isinstance(data, (list, tuple)) and data:
+        yield from _numeric_leaves(data[0], path + (0,))
+    elif isinstance(data, (int, float)) and not isinstance(data, bool):
+        yield path, data
+
+
+def _with(data: dict, path: tuple, value) -> dict:
+    out = copy.deepcopy(data)
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return out
+
+
+def test_every_number_refuses_a_boolean():
+    """`true` is not 1 anywhere: each numeric field of a full config (every default filled in),
+    given a boolean, is an error naming it."""
+    full = validated(small_dict(scenario={**small_dict()["scenario"], "flows": [
+        {"usd": 1e9, "asset": "BTC", "start_step": 1}]})).model_dump(mode="json")
+    leaves = list(_numeric_leaves(full))
+    assert len(leaves) > 50
+    for path, _ in leaves:
+        with pytest.raises(ConfigError) as err:
+            validated(_with(full, path, True))
+        field = list(path)
+        while isinstance(field[-1], int):  # a list of numbers is named as a whole
+            field.pop()
+        assert str(err.value).startswith(f"{'.'.join(map(str, field))}: must be a number, not true or false")

@@ -1,0 +1,75 @@
+"""Huge runs: `simulate` plans its chunks without listing them, and `liqstress run` says the
+chunks, memory and time before and after the first chunk instead of starting silently."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+import re
+
+import tomli_w
+from typer.testing import CliRunner
+
+from engine import cli, devices
+from engine import params as P
+from engine.config import Config
+from engine.progress import LogReporter
+from tests.conftest import small_dict
+
+S = importlib.import_module("engine.simulate")  # the module, not the function `engine.simulate`
+
+TINY = small_dict(run={**small_dict()["run"], "n_paths": 64, "steps": 8, "fan_points": 4})
+
+
+def test_plan_of_ten_billion_paths():
+    cfg = Config.model_validate({**TINY, "run": {**TINY["run"], "n_paths": 10**10}})
+    plan = S.plan(cfg)
+    static = P.static_of(cfg)
+    mesh = devices.path_mesh()
+    assert plan.chunk == S.chunk_size(cfg, static, mesh.size, per_device_budget=mesh.devices.flat[0].platform != "cpu")
+    assert plan.chunks == math.ceil(10**10 / plan.chunk)
+    assert plan.chunk_bytes == plan.chunk * S.bytes_per_path(static, 4)
+    assert f"10,000,000,000 paths per point in {plan.chunks:,} chunk(s) of {plan.chunk:,} paths" in plan.describe()
+
+
+def test_chunks_are_dispatched_one_ahead_without_listing_them():
+    """`_ahead` over an endless task stream: task k + 1 is launched before task k is handed
+    back (devices busy while the host reduces), and nothing beyond it is touched."""
+    launched = []
+
+    def launch(task):
+        launched.append(task)
+        return task * 10
+
+    stream = S._ahead(itertools.count(), launch)
+    assert next(stream) == (0, 0) and launched == [0, 1]
+    assert next(stream) == (1, 10) and launched == [0, 1, 2]
+    assert list(S._ahead(iter([7]), launch)) == [(7, 70)]
+    assert list(S._ahead(iter([]), launch)) == []
+
+
+class _StopAfter(LogReporter):
+    """The plain reporter, interrupted (as by Ctrl-C) at its third event: after the first chunk."""
+
+    def __call__(self, ev) -> None:
+        super().__call__(ev)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 3:
+            raise KeyboardInterrupt
+
+
+def test_ten_billion_paths_do_not_start_silently(tmp_path, monkeypatch):
+    (tmp_path / "tiny.toml").write_text(tomli_w.dumps(TINY))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "LogReporter", _StopAfter)
+    argv = ["run", "tiny.toml", "--paths", "10000000000", "--no-progress", "--no-report"]
+    result = CliRunner().invoke(cli.app, argv)
+    assert result.exit_code == 130, result.output
+    plan = S.plan({**TINY, "run": {**TINY["run"], "n_paths": 10**10}})
+    before, after = result.output.split("first chunk:", 1)
+    assert plan.describe() in before and "MiB of device memory per chunk" in before
+    done = re.match(r" ([\d,]+) path-points in ([\d.]+) s", after)
+    assert done and int(done[1].replace(",", "")) == plan.chunk
+    left = 10**10 - plan.chunk
+    assert f"the other {left:,} at that pace: about " in after
