@@ -420,7 +420,7 @@ def _axis_ticks(cube: xr.Dataset, dim: str) -> list[str]:
     return [_fmt_value(v) for v in cube[dim].values]
 
 
-def plot_heatmap(cube: xr.Dataset, dims: tuple[str, str], path: Path) -> None:
+def plot_heatmap(cube: xr.Dataset, dims: tuple[str, str], path: Path) -> Figure:
     """ES99 of liquidations and P(bad debt) over two sweep axes, other axes at the baseline.
     ES99 cells with too few paths behind them are hatched and their values marked `FLAG_MARK`."""
     x, y = dims
@@ -465,9 +465,10 @@ def plot_heatmap(cube: xr.Dataset, dims: tuple[str, str], path: Path) -> None:
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
+    return fig
 
 
-def plot_sweep_line(cube: xr.Dataset, dim: str, path: Path) -> None:
+def plot_sweep_line(cube: xr.Dataset, dim: str, path: Path) -> Figure:
     """Mean (with 95% MC interval) and ES99 of liquidations along the one sweep axis; ES99
     with too few paths behind it is a dotted grey line of hollow markers (`FLAGGED`)."""
     dims = str(cube.attrs["sweep_dims"]).split()
@@ -493,6 +494,7 @@ def plot_sweep_line(cube: xr.Dataset, dim: str, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
+    return fig
 
 
 def _clipped_note(pols: list[Policy], variables: list[str]) -> str:
@@ -505,7 +507,7 @@ def _clipped_note(pols: list[Policy], variables: list[str]) -> str:
     return "\ngaps: the band lies beyond the fan-chart histogram's range there (clipped, not an estimate)"
 
 
-def plot_fan_charts(pols: list[Policy], path: Path) -> None:
+def plot_fan_charts(pols: list[Policy], path: Path) -> Figure:
     """Bands of the mark price and cumulative liquidations `[time]` for the baseline, medians of
     up to `MAX_FAN_OTHERS` other policies; clipped (NaN) bands are gaps, named in the title."""
     ref = next(p for p in pols if p.baseline)
@@ -565,6 +567,7 @@ def plot_fan_charts(pols: list[Policy], path: Path) -> None:
     note = _clipped_note([ref, *others], [var for var, _ in rows])
     fig.suptitle(f"Fan charts: bands for the baseline ({ref.label}){others_text}{note}", fontsize=10)
     fig.savefig(path)
+    return fig
 
 
 def heatmap_dims(cube: xr.Dataset) -> list[str]:
