@@ -17,6 +17,10 @@ draws above the fund's size (`fund_note`), and says why another run's rows are u
   the baseline's values), or `sweep.png`, the mean and ES99 along the one axis there is;
 - `fan_charts.png`: bands of the mark price and cumulative liquidations over time, for the
   baseline, with the medians of up to four other policies.
+Quantiles and ES99 with too few paths to estimate them (`engine.summary.estimate`) are drawn
+where they lie but marked as not estimates: hollow grey markers, dotted grey lines, hatched
+heatmap cells whose values end in `*`, each keyed in a legend or title. Clipped fan bands are
+gaps, named in the title.
 """
 
 from __future__ import annotations
