@@ -39,7 +39,7 @@ from matplotlib.ticker import MaxNLocator
 from rich.table import Table
 
 from engine import tipping
-from engine.reduce import CLIPPED
+from engine.reduce import CLIPPED, ESTIMATED, quantile_status
 from engine.summary import cell, estimate, few_paths_note, paths_needed
 from engine.ticks import Amounts
 
@@ -511,9 +511,20 @@ def _clipped_note(pols: list[Policy], variables: list[str]) -> str:
     return "\ngaps: the band lies beyond the fan-chart histogram's range there (clipped, not an estimate)"
 
 
+def _band_estimable(ds: xr.Dataset, lo: float, hi: float) -> bool:
+    """Whether the cube estimates both edges of the fan band `lo`-`hi` (cubes without the
+    flags: judged by `n_paths`)."""
+    if "band_quantile_status" in ds:
+        status = ds["band_quantile_status"].sel(band_quantile=[lo, hi]).values
+    else:
+        status = quantile_status(int(ds.attrs["n_paths"]), [lo, hi])
+    return bool((status == ESTIMATED).all())
+
+
 def plot_fan_charts(pols: list[Policy], path: Path) -> Figure:
     """Bands of the mark price and cumulative liquidations `[time]` for the baseline, medians of
-    up to `MAX_FAN_OTHERS` other policies; clipped (NaN) bands are gaps, named in the title."""
+    up to `MAX_FAN_OTHERS` other policies; clipped (NaN) bands are gaps, named in the title, and
+    bands with too few paths to estimate them are left out, also named."""
     ref = next(p for p in pols if p.baseline)
     others = [p for p in pols if not p.baseline]
     if len(others) > MAX_FAN_OTHERS:
@@ -526,12 +537,14 @@ def plot_fan_charts(pols: list[Policy], path: Path) -> Figure:
         ("mark_price_band", "mark price (USD)"),
         ("cum_liquidations_band", "cumulative liquidations (USD)"),
     )
+    bands = ((0.01, 0.99, 0.15), (0.05, 0.95, 0.25), (0.25, 0.75, 0.4))
+    shown = [b for b in bands if _band_estimable(ref.ds, *b[:2])]
     for r, (var, ylabel) in enumerate(rows):
         for c, a in enumerate(assets):
             ax = axes[r, c]
             band = ref.ds[var].sel(asset=a)
             t = ref.ds["time"].values / 60.0
-            for lo, hi, alpha in ((0.01, 0.99, 0.15), (0.05, 0.95, 0.25), (0.25, 0.75, 0.4)):
+            for lo, hi, alpha in shown:
                 ax.fill_between(
                     t,
                     band.sel(band_quantile=lo),
@@ -569,6 +582,11 @@ def plot_fan_charts(pols: list[Policy], path: Path) -> Figure:
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=7)
     others_text = ", medians for others" if others else ""
     note = _clipped_note([ref, *others], [var for var, _ in rows])
+    note += "".join(
+        f"\n{lo:.0%}-{hi:.0%} band not drawn: {FLAGGED}; it needs {paths_needed(lo):,} paths"
+        for lo, hi, _ in bands
+        if not _band_estimable(ref.ds, lo, hi)
+    )
     fig.suptitle(f"Fan charts: bands for the baseline ({ref.label}){others_text}{note}", fontsize=10)
     fig.savefig(path)
     return fig

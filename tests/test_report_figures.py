@@ -283,3 +283,13 @@ def test_fan_chart_draws_clipped_bands_as_gaps_and_says_why(tmp_path):
     xs = np.concatenate([path.vertices[:, 0] for path in outer.get_paths()])
     assert np.isfinite(np.concatenate([path.vertices for path in outer.get_paths()])).all()
     assert set(np.round(xs, 6)) == {2.0}  # only the second time (hours) has both edges
+
+
+@pytest.mark.parametrize(("n_paths", "n_bands"), [(15, 1), (50, 2), (100, 3)])  # 1%-99%: 100, 5%-95%: 20
+def test_fan_chart_leaves_out_bands_with_too_few_paths_and_says_so(tmp_path, n_paths, n_bands):
+    pols = R.policies([("a", at_paths(made_up_cube(), n_paths))])
+    fig = R.plot_fan_charts(pols, tmp_path / "fan.png")
+    assert all(len(ax.collections) == n_bands for ax in fig.axes)
+    title = fig._suptitle.get_text()
+    assert ("1%-99% band not drawn" in title and "it needs 100 paths" in title) == (n_bands < 3)
+    assert ("5%-95% band not drawn" in title) == (n_bands < 2)
