@@ -20,7 +20,7 @@ draws above the fund's size (`fund_note`), and says why another run's rows are u
 Quantiles and ES99 with too few paths to estimate them (`engine.summary.estimate`) are drawn
 where they lie but marked as not estimates: hollow grey markers, dotted grey lines, hatched
 heatmap cells whose values end in `*`, each keyed in a legend or title. Clipped fan bands are
-gaps, named in the title.
+gaps, and fan bands with too few paths are left out, both named in the title.
 """
 
 from __future__ import annotations
@@ -365,11 +365,6 @@ def _with_status(ds: xr.Dataset, name: str, levels: tuple[float, ...]) -> list[t
     return out
 
 
-def _flagged_key(marker: str = "o") -> Line2D:
-    """The legend key of statistics drawn although too few paths back them."""
-    return Line2D([], [], ls="", marker=marker, mfc="none", mec=FLAG_COLOR, ms=5, label=FLAGGED)
-
-
 def plot_loss_distributions(pols: list[Policy], path: Path) -> Figure:
     """Median, q90, q99, q99.9 and ES99 of each loss per policy (one row each), legend below.
     Quantiles and ES99 with too few paths to estimate them are hollow grey markers, off the
@@ -413,7 +408,8 @@ def plot_loss_distributions(pols: list[Policy], path: Path) -> Figure:
         Line2D([], [], color=c, lw=1.5, alpha=0.6, label=lab)
         for c, lab in (("C3", "baseline"), ("C0", "other"))[: 1 + (n > 1)]
     ]
-    keys += [_flagged_key()] if any_flagged else []
+    if any_flagged:
+        keys += [Line2D([], [], ls="", marker="o", mfc="none", mec=FLAG_COLOR, ms=5, label=FLAGGED)]
     fig.legend(handles=keys, loc="outside lower center", ncol=len(keys), fontsize=8)
     fig.suptitle("Loss distributions per policy (* baseline)", fontsize=11)
     fig.savefig(path)
