@@ -175,3 +175,121 @@ def test_diagnostics_name_the_paths_and_the_fix():
     jumps = R.diagnostics(R.policies([("a", made_up_cube(n_jump_truncated=5))]))
     assert "5 of 256" in jumps[0] and "jump_intensity_per_day" in jumps[0]
     assert R.diagnostics(R.policies([("a", made_up_cube(n_cascade_unconverged=0))])) == []
+
+
+# --------------------------------------------------------------------------------------
+# Statistics with too few paths behind them (`engine.summary.estimate` says NaN) are drawn,
+# where they lie, in a style that says they are not estimates.
+# --------------------------------------------------------------------------------------
+
+
+def at_paths(cube: xr.Dataset, n_paths: int) -> xr.Dataset:
+    """`cube` as if it came from `n_paths` paths: the status flags follow from the count."""
+    return cube.assign_attrs(n_paths=n_paths)
+
+
+def hollow(line) -> bool:
+    return line.get_markerfacecolor() == "none"
+
+
+def markers_of(ax, marker: str) -> list:
+    return [ln for ln in ax.lines if ln.get_marker() == marker]
+
+
+def legend_texts(fig: Figure) -> list[str]:
+    return [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+
+
+@pytest.mark.parametrize(
+    ("n_paths", "flagged"),
+    [(512, {"^", "X"}), (1024, {"X"}), (20_000, set())],  # q99.9 needs 1,000 paths, ES99 10,000
+)
+def test_loss_markers_with_too_few_paths_are_hollow_grey_and_keyed(tmp_path, n_paths, flagged):
+    cubes = [("a", at_paths(made_up_cube(), n_paths)), ("b", at_paths(made_up_cube(scale=3.0), n_paths))]
+    pols = R.policies(cubes)
+    fig = R.plot_loss_distributions(pols, tmp_path / "loss.png")
+    ax = fig.axes[[n for n, _ in R.LOSSES].index("liquidated_total")]
+    for marker in ("o", "|", "D", "^", "X"):
+        lines = markers_of(ax, marker)
+        assert len(lines) == len(pols), marker
+        is_flagged = marker in flagged
+        assert all(hollow(ln) == is_flagged for ln in lines), marker
+        assert all((ln.get_color() == R.FLAG_COLOR) == is_flagged for ln in lines), marker
+    # drawn where the cube's values lie: q99.9 of policy b is 3 * 5 M, its ES99 1.1 times that
+    assert sorted(float(ln.get_xdata()[0]) for ln in markers_of(ax, "X")) == pytest.approx([5.5e6, 16.5e6])
+    # the policy's line spans its estimates only: median to q99.9, or to q99 when q99.9 is flagged
+    ranges = sorted(x for ln in ax.lines if ln.get_marker() == "None" for x in ln.get_xdata())
+    top = 4 if "^" in flagged else 5
+    assert ranges == pytest.approx(sorted([1e6, top * 1e6, 3e6, 3 * top * 1e6]))
+    assert (R.FLAGGED in legend_texts(fig)) == bool(flagged)
+
+
+def swept(es99_status: list[list[int]]) -> xr.Dataset:
+    """A 2 x 2 sweep of `made_up_cube` whose ES99 of liquidations is 10, 20, 30, 40 M over
+    (leverage_cap, breaker_kind), with the given ES99 flags."""
+    cube = made_up_cube().expand_dims(leverage_cap=[20.0, 125.0], breaker_kind=["none", "halt"])
+    cube["es99_liquidated_total"] = (("leverage_cap", "breaker_kind"), [[10e6, 20e6], [30e6, 40e6]])
+    cube["es99_status"] = (("leverage_cap", "breaker_kind"), np.int8(es99_status))
+    return cube.assign_attrs(sweep_dims="leverage_cap breaker_kind", baseline_point=0)
+
+
+@pytest.mark.parametrize("status", [[[0, 1], [1, 0]], [[0, 0], [0, 0]]])
+def test_heatmap_marks_and_hatches_es99_cells_with_too_few_paths(tmp_path, status):
+    fig = R.plot_heatmap(swept(status), ("leverage_cap", "breaker_kind"), tmp_path / "heat.png")
+    es_ax, p_ax = fig.axes[0], fig.axes[2]  # each panel is followed by its colour bar
+    texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in es_ax.texts}
+    for (i, lev), (j, kind) in ((a, b) for a in enumerate([20.0, 125.0]) for b in enumerate(["none", "halt"])):
+        value = R.usd(10e6 * (1 + 2 * i + j))
+        assert texts[(i, j)] == value + R.FLAG_MARK * status[i][j], (lev, kind)  # x: leverage, y: kind
+    hatched = [(p.get_x() + 0.5, p.get_y() + 0.5) for p in es_ax.patches if p.get_hatch() == "//"]
+    assert sorted(hatched) == sorted((i, j) for i in range(2) for j in range(2) if status[i][j])
+    assert not p_ax.patches and not any(R.FLAG_MARK in t.get_text() for t in p_ax.texts)
+    title = fig._suptitle.get_text()
+    assert (R.FLAGGED in title and "10,000 paths" in title) == any(map(any, status))
+
+
+@pytest.mark.parametrize("status", [[0, 1], [1, 1], [0, 0]])
+def test_sweep_line_draws_es99_with_too_few_paths_dotted_hollow_and_keyed(tmp_path, status):
+    cube = swept([[s, s] for s in status]).isel(breaker_kind=0).assign_attrs(sweep_dims="leverage_cap")
+    ax = R.plot_sweep_line(cube, "leverage_cap", tmp_path / "sweep.png").axes[0]
+    by_label = dict(zip(*reversed(ax.get_legend_handles_labels())))
+    flagged_label = f"ES99: {R.FLAGGED}"
+    es = np.array([10e6, 30e6])
+    if all(status):
+        assert "ES99" not in by_label
+    else:
+        np.testing.assert_array_equal(by_label["ES99"].get_ydata(), np.where(status, np.nan, es))
+        assert not hollow(by_label["ES99"])
+    if any(status):
+        line = by_label[flagged_label]
+        np.testing.assert_array_equal(line.get_ydata(), np.where(status, es, np.nan))
+        assert hollow(line) and line.get_linestyle() == ":" and line.get_color() == R.FLAG_COLOR
+    else:
+        assert flagged_label not in by_label
+
+
+def test_fan_chart_draws_clipped_bands_as_gaps_and_says_why(tmp_path):
+    plain = R.plot_fan_charts(R.policies([("a", made_up_cube())]), tmp_path / "plain.png")
+    assert "clipped" not in plain._suptitle.get_text()
+    cube = made_up_cube()
+    cube["mark_price_band"][0, 0, -1] = np.nan  # BTC's 99% band at the first time: beyond the bins
+    status = np.zeros(cube["mark_price_band"].shape, np.int8)
+    status[0, 0, -1] = 1
+    cube["mark_price_band_status"] = (cube["mark_price_band"].dims, status)
+    fig = R.plot_fan_charts(R.policies([("a", cube)]), tmp_path / "fan.png")
+    drawn(fig)
+    assert "clipped" in fig._suptitle.get_text()
+    outer = fig.axes[0].collections[0]  # the 1%-99% band of BTC's price
+    xs = np.concatenate([path.vertices[:, 0] for path in outer.get_paths()])
+    assert np.isfinite(np.concatenate([path.vertices for path in outer.get_paths()])).all()
+    assert set(np.round(xs, 6)) == {2.0}  # only the second time (hours) has both edges
+
+
+@pytest.mark.parametrize(("n_paths", "n_bands"), [(15, 1), (50, 2), (100, 3)])  # 1%-99%: 100, 5%-95%: 20
+def test_fan_chart_leaves_out_bands_with_too_few_paths_and_says_so(tmp_path, n_paths, n_bands):
+    pols = R.policies([("a", at_paths(made_up_cube(), n_paths))])
+    fig = R.plot_fan_charts(pols, tmp_path / "fan.png")
+    assert all(len(ax.collections) == n_bands for ax in fig.axes)
+    title = fig._suptitle.get_text()
+    assert ("1%-99% band not drawn" in title and "it needs 100 paths" in title) == (n_bands < 3)
+    assert ("5%-95% band not drawn" in title) == (n_bands < 2)
