@@ -443,10 +443,12 @@ def fitted_config(cc: CalibrationConfig, values) -> Config:
     return Config.model_validate(data)
 
 
-def calibrate(cc: CalibrationConfig, progress: Callable[[int, int, float], None] | None = None) -> list[Fit]:
-    """Fit once per seed of `calibration.seeds` (same compiled objective for all)."""
-    prob = make_problem(cc)
-    grad_fn = objective(prob)
+def calibrate(cc: CalibrationConfig, progress: Callable[[int, int, float], None] | None = None,
+              prob: Problem | None = None, grad_fn: Callable | None = None) -> list[Fit]:
+    """Fit once per seed of `calibration.seeds` (same compiled objective for all; `prob` and
+    `grad_fn` as from `make_problem` and `objective`, built here if not given)."""
+    prob = prob or make_problem(cc)
+    grad_fn = grad_fn or objective(prob)
     fits = []
     for k, seed in enumerate(cc.calibration.seeds):
         cb = (lambda i, loss, k=k: progress(k, i, loss)) if progress else None

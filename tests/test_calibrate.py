@@ -11,12 +11,18 @@ import pytest
 from engine import ConfigError, load_config
 from engine import params as P
 from engine.calibrate import (
+    NOT_CONVERGED_RATIO,
     CalibrationConfig,
+    Fit,
+    assess,
+    calibrate,
     differentiable_outputs,
     fit,
+    fitted_config,
     load_calibration,
     make_problem,
     objective,
+    rounded,
     to_unconstrained,
     write_outputs,
 )
@@ -125,6 +131,87 @@ def test_bad_target_is_a_config_error_naming_the_field(tmp_path, target, field):
 def test_shipped_calibration_config_is_valid():
     cc = load_calibration("configs/calibrate_oct10_2025.toml")
     assert len(cc.targets) >= 6 and cc.scenario.name == "oct10_2025"
+
+
+def test_shipped_calibration_loads_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_calibration("calibrate_oct10_2025").scenario.name == "oct10_2025"
+
+
+def test_shipped_calibration_does_not_depend_on_the_values_it_fits(tmp_path):
+    """The shipped default comes from the shipped command: that command must then give the same
+    fit whatever fitted values the default scenario holds (starting values and the untilted
+    leverage mix are the calibration config's own)."""
+    import tomli_w
+
+    from engine.configfile import packaged_configs_dir
+
+    shipped = load_config("oct10_2025")
+    data = shipped.model_dump(mode="json", exclude_none=True)
+    for a in data["market"]["assets"].values():
+        a["impact_y"], a["depth_kappa"] = 1.7, 1.9
+    data["book"]["leverage_weights"] = [1.0] * len(data["book"]["leverage_weights"])
+    data["scenario"]["shock"] = -0.15
+    (tmp_path / "oct10_2025.toml").write_text(tomli_w.dumps(data))
+    (tmp_path / "cal.toml").write_text((packaged_configs_dir() / "calibrate_oct10_2025.toml").read_text())
+    a, b = load_calibration("calibrate_oct10_2025"), load_calibration(tmp_path / "cal.toml")
+    assert b.scenario.market.assets["BTC"].impact_y == 1.7  # the perturbed scenario was read
+    values = np.array([0.3, 0.4, 0.5, 0.1, 0.6, -0.5, -0.07])
+    fitted_a, fitted_b = fitted_config(a, values), fitted_config(b, values)
+    for name in ("BTC", "ETH", "SOL", "XRP"):
+        assert fitted_a.market.assets[name].impact_y == fitted_b.market.assets[name].impact_y
+        assert fitted_a.market.assets[name].depth_kappa == fitted_b.market.assets[name].depth_kappa == 0.6
+    assert fitted_a.book.leverage_weights == fitted_b.book.leverage_weights
+    assert fitted_a.scenario.shock == fitted_b.scenario.shock == -0.07
+    assert [p.init for p in a.params] == [p.init for p in b.params] and None not in [p.init for p in a.params]
+
+
+def synthetic_fit(seed: int, loss: float, values, stats) -> Fit:
+    return Fit(seed=seed, values=np.asarray(values, float), statistics=np.asarray(stats, float),
+               losses=[2 * loss, loss], loss=loss)
+
+
+def test_assessment_leaves_out_seeds_far_above_the_median_loss():
+    cc = problem_config(calm_scenario(), [{"statistic": "max_drawdown.BTC", "value": 0.10, "tolerance": 0.02},
+                                          {"statistic": "liquidated_total_usd", "value": 5e9, "tolerance": 1e9}])
+    fits = [synthetic_fit(0, 1.0, [0.4, -0.06], [0.11, 9e9]),
+            synthetic_fit(1, 1.2, [0.6, -0.08], [0.13, 7e9]),
+            synthetic_fit(2, NOT_CONVERGED_RATIO * 1.2 + 0.01, [1.9, -0.19], [0.5, 1e9])]
+    a = assess(cc, fits)
+    assert a.converged.tolist() == [True, True, False]
+    np.testing.assert_allclose(a.values, [0.5, -0.07])
+    np.testing.assert_allclose(a.spread, [np.std([0.4, 0.6], ddof=1), np.std([-0.06, -0.08], ddof=1)])
+    np.testing.assert_allclose(a.statistics, [0.12, 8e9])
+    # |0.12 - 0.10| = 0.02 <= 0.02: within; |8e9 - 5e9| = 3e9 > 1e9: outside
+    assert a.within.tolist() == [True, False]
+
+
+def test_a_tiny_calibration_flags_an_unreachable_target_and_a_seed_stopped_after_one_step(tmp_path):
+    targets = [{"statistic": "max_drawdown.BTC", "value": 0.16, "tolerance": 0.02},
+               {"statistic": "long_share", "value": 0.0, "tolerance": 0.05, "weight": 0.01}]  # a long-heavy book
+    cc = problem_config(calm_scenario(n_paths=32), targets, seeds=[0, 1], iterations=40)
+    prob = make_problem(cc)
+    grad_fn = objective(prob)
+    fits = calibrate(cc, prob=prob, grad_fn=grad_fn)
+    stopped = problem_config(calm_scenario(n_paths=32), targets, iterations=1)
+    fits.append(fit(stopped, 2, prob, grad_fn))
+    assert len(fits[2].losses) == 1
+    summary = write_outputs(cc, fits, tmp_path)
+    losses = np.array(summary["best_loss"])
+    assert summary["converged"] == [True, True, False], losses
+    assert losses[2] > NOT_CONVERGED_RATIO * np.median(losses)
+    ok = np.array([f.values for f in fits[:2]])
+    np.testing.assert_allclose([p["mean"] for p in summary["params"]], ok.mean(0), rtol=1e-6)
+    drawdown, share = summary["targets"]
+    assert drawdown["within_tolerance"] and abs(drawdown["fitted_mean"] - 0.16) <= 0.02
+    assert not share["within_tolerance"] and share["fitted_mean"] > 0.5
+    assert share["fitted_mean"] == pytest.approx(np.mean(share["per_seed"][:2]))
+    assert any(w.startswith("seed 2: not converged") for w in summary["warnings"])
+    assert any(w.startswith("long_share: outside tolerance") for w in summary["warnings"])
+    report = (tmp_path / "report.md").read_text()
+    assert "| 2 |" in report and "**not converged**" in report and "**outside tolerance**" in report
+    fitted = load_config(tmp_path / "fitted_scenario.toml")
+    assert fitted.scenario.shock == rounded(summary["params"][1]["mean"])
 
 
 def test_outputs_include_a_runnable_fitted_scenario(tmp_path):
