@@ -599,7 +599,8 @@ def optimise(config: ConfigArg, run_dir: RunDirOpt = None, runs_root: RunsRootOp
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
-    """Run benchmarks/run.py of a source checkout (arguments pass through, e.g. --quick)."""
+    """Run benchmarks/run.py of a source checkout (arguments pass through, e.g. --quick);
+    results go to a new runs/<time>_bench_<name>/, to benchmarks/results/ only with --save."""
     import subprocess
 
     import engine
