@@ -23,8 +23,9 @@ compile time belong to that measurement alone. A worker reports:
 
 Results go to `runs/<time>_bench_<name>/<name>.json` under the current directory (`--out DIR`
 to choose), and to the tracked `benchmarks/results/<name>.json` only with `--save`; `--readme`
-rewrites the table in benchmarks/README.md from every JSON file in benchmarks/results/. Figures are measurements of this machine at
-the time; nothing is extrapolated here (see the README for estimates, marked as such).
+rewrites the table in benchmarks/README.md from every JSON file in benchmarks/results/. Figures
+are measurements of this machine at the time; nothing is extrapolated here (see the README for
+estimates, marked as such).
 """
 
 from __future__ import annotations
@@ -415,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--out", type=Path, help="directory of the results JSON (default: a new runs/<time>_bench_<name>/)")
     where.add_argument("--save", action="store_true", help=f"write to the tracked {RESULTS.relative_to(HERE.parent)}/")
     p.add_argument("--name", help="results file stem (default: quick / full / scaling)")
-    p.add_argument("--readme", action="store_true", help="rewrite the table in benchmarks/README.md from benchmarks/results/ (add --save to include this run)")
+    p.add_argument("--readme", action="store_true",
+                   help="rewrite the table in benchmarks/README.md from benchmarks/results/ (--save adds this run)")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
