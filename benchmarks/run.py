@@ -2,7 +2,7 @@
 
     python benchmarks/run.py                      # W1, W2, W3 at full size
     python benchmarks/run.py --quick              # the seconds-long variants (tests use these)
-    python benchmarks/run.py --workload W1 --paths 65536 --readme
+    python benchmarks/run.py --workload W1 --paths 65536 --save --readme
     python benchmarks/run.py --scaling --max-paths 10000000 --max-devices 8
     python benchmarks/run.py --scaling --scaling-axes cohorts --name scaling_cohorts
 
@@ -21,9 +21,11 @@ compile time belong to that measurement alone. A worker reports:
 - numpy: `engine.reference.simulate_paths` on a subset of paths (steps shortened where noted),
   its path-steps/s and `speedup` = liqstress path-steps/s over NumPy's.
 
-Results go to `benchmarks/results/<name>.json`; `--readme` rewrites the table in
-benchmarks/README.md from every JSON file there. Figures are measurements of this machine at
-the time; nothing is extrapolated here (see the README for estimates, marked as such).
+Results go to `runs/<time>_bench_<name>/<name>.json` under the current directory (`--out DIR`
+to choose), and to the tracked `benchmarks/results/<name>.json` only with `--save`; `--readme`
+rewrites the table in benchmarks/README.md from every JSON file in benchmarks/results/. Figures
+are measurements of this machine at the time; nothing is extrapolated here (see the README for
+estimates, marked as such).
 """
 
 from __future__ import annotations
@@ -377,6 +379,19 @@ def update_readme() -> None:
     README.write_text(pre + TABLE_START + "\n" + "\n\n".join(blocks) + "\n" + TABLE_END + post)
 
 
+def results_dir(out: Path | None, save: bool, name: str) -> Path:
+    """Where the results JSON goes: `out` if given, the tracked results folder with `--save`,
+    else a new run directory of the current directory's `runs/` (so that benchmarking never
+    dirties the checkout unless asked)."""
+    if out is not None:
+        return out
+    if save:
+        return RESULTS
+    from engine.runs import default_run_dir
+
+    return default_run_dir(Path("runs"), f"bench_{name}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="liqstress benchmarks (see benchmarks/README.md)")
     p.add_argument("--quick", action="store_true", help="the seconds-long variant of each workload")
@@ -397,9 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling-steps", type=int, default=48,
                    help="steps of the paths axis of --scaling (W1 has 288; fewer keep 10^7 paths short)")
     p.add_argument("--cache", action="store_true", help="keep the persistent compilation cache on")
-    p.add_argument("--out", type=Path, default=RESULTS, help="directory of the results JSON")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, help="directory of the results JSON (default: a new runs/<time>_bench_<name>/)")
+    where.add_argument("--save", action="store_true", help=f"write to the tracked {RESULTS.relative_to(HERE.parent)}/")
     p.add_argument("--name", help="results file stem (default: quick / full / scaling)")
-    p.add_argument("--readme", action="store_true", help="rewrite the table in benchmarks/README.md")
+    p.add_argument("--readme", action="store_true",
+                   help="rewrite the table in benchmarks/README.md from benchmarks/results/ (--save adds this run)")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
@@ -450,9 +468,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "records": records,
     }
-    a.out.mkdir(parents=True, exist_ok=True)
     name = a.name or ("scaling" if a.scaling else "quick" if a.quick else "full")
-    path = a.out / f"{name}.json"
+    out = results_dir(a.out, a.save, name)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
     path.write_text(json.dumps(doc, indent=1))
     print(render_table([{**r, "_file": name} for r in records if "axis" in r]))
     print(f"[bench] wrote {path}")

@@ -14,6 +14,13 @@ clipping, cosine-decayed learning rate) on
 
 where each statistic is a mean over the same paths (common random numbers across
 iterations, so the objective is deterministic). Several seeds give the spread of the fit.
+
+Honesty checks on the result (`assess`): a seed whose best loss exceeds
+`NOT_CONVERGED_RATIO` times the median best loss over seeds is "not converged" (it ended in a
+worse local minimum or stopped early) and is left out of the fitted mean and its spread; a
+target whose fitted mean (over converged seeds) is further from its value than its tolerance
+is "outside tolerance". Fitted values are written rounded to `SIGNIFICANT_DIGITS`
+significant digits, the precision at which the shipped defaults quote them.
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ STATISTICS = (
     "open_interest_decline",  # OI-weighted mean decline, or of one asset
     "insurance_fund_draw_usd",  # mean fund draw
 )
+# A seed is not converged when its best loss is above this multiple of the median over seeds.
+NOT_CONVERGED_RATIO = 1.5
+SIGNIFICANT_DIGITS = 3
 
 
 class FreeParam(Strict):
@@ -161,9 +171,10 @@ def resolve_scenario(data: dict, p: Path) -> dict:
 
 
 def load_calibration(path: str | Path) -> CalibrationConfig:
-    """A validated calibration config. Its `scenario` is the path of a scenario file
-    (relative to this one) or a table, optionally with `base` = a scenario file it overrides."""
-    p = Path(path)
+    """A validated calibration config, by path or by the name of a shipped one
+    (`calibrate_oct10_2025`). Its `scenario` is the path of a scenario file (relative to this
+    one) or a table, optionally with `base` = a scenario file it overrides."""
+    p = resolve_config_path(path)
     data = resolve_scenario(read_toml(p), p)
     try:
         return CalibrationConfig.model_validate(data)
@@ -306,10 +317,14 @@ def objective(prob: Problem) -> Callable:
 
 @dataclass
 class Fit:
+    """One seed's fit: `values` [n_free] and `statistics` [n_targets] at its best iterate,
+    `loss` there, `losses` per iteration."""
+
     seed: int
     values: np.ndarray
     statistics: np.ndarray
     losses: list[float]
+    loss: float
 
 
 def fit(cc: CalibrationConfig, seed: int, prob: Problem | None = None, grad_fn: Callable | None = None,
@@ -340,7 +355,7 @@ def fit(cc: CalibrationConfig, seed: int, prob: Problem | None = None, grad_fn: 
     if float(loss) < best[0]:
         best = (float(loss), u, st)
     values = np.asarray(to_values(best[1], prob.lower, prob.upper))
-    return Fit(seed=seed, values=values, statistics=np.asarray(best[2]), losses=losses)
+    return Fit(seed=seed, values=values, statistics=np.asarray(best[2]), losses=losses, loss=best[0])
 
 
 def starting_value(cc: CalibrationConfig, p: FreeParam) -> float:
@@ -360,17 +375,66 @@ def starting_value(cc: CalibrationConfig, p: FreeParam) -> float:
     return v if p.lower < v < p.upper else 0.5 * (p.lower + p.upper)
 
 
+@dataclass
+class Assessment:
+    """Which seeds converged and which targets the fit meets, from the seeds' fits.
+
+    converged: [seeds] bool; values, spread: [n_free] mean and sd (ddof 1; 0 for one seed)
+    over converged seeds; statistics: [n_targets] mean over converged seeds; within: [n_targets]
+    bool, |statistic - target| <= tolerance."""
+
+    converged: np.ndarray
+    values: np.ndarray
+    spread: np.ndarray
+    statistics: np.ndarray
+    within: np.ndarray
+
+
+def assess(cc: CalibrationConfig, fits: list[Fit]) -> Assessment:
+    """Flag seeds that did not converge and targets outside tolerance (see the module doc)."""
+    loss = np.array([f.loss for f in fits])
+    converged = loss <= NOT_CONVERGED_RATIO * np.median(loss)
+    vals = np.stack([f.values for f in fits])[converged]
+    stats = np.stack([f.statistics for f in fits])[converged].mean(0)
+    spread = vals.std(0, ddof=1) if len(vals) > 1 else np.zeros(vals.shape[1])
+    target = np.array([t.value for t in cc.targets])
+    tolerance = np.array([t.tolerance for t in cc.targets])
+    return Assessment(converged=converged, values=vals.mean(0), spread=spread, statistics=stats,
+                      within=np.abs(stats - target) <= tolerance)
+
+
+def flags(cc: CalibrationConfig, fits: list[Fit], a: Assessment) -> list[str]:
+    """One line per seed not converged and per target outside tolerance."""
+    median = float(np.median([f.loss for f in fits]))
+    lines = [
+        f"seed {f.seed}: not converged (best loss {f.loss:.4g} > {NOT_CONVERGED_RATIO} x the median {median:.4g}); "
+        "left out of the fitted values"
+        for f, ok in zip(fits, a.converged) if not ok
+    ]
+    lines += [
+        f"{t.statistic}: outside tolerance (fitted {st:.4g}, target {t.value:.4g} ± {t.tolerance:.3g})"
+        for t, st, ok in zip(cc.targets, a.statistics, a.within) if not ok
+    ]
+    return lines
+
+
+def rounded(x: float, digits: int = SIGNIFICANT_DIGITS) -> float:
+    """`x` rounded to `digits` significant digits."""
+    return float(f"{x:.{digits}g}")
+
+
 def fitted_config(cc: CalibrationConfig, values) -> Config:
-    """The scenario with fitted values written into its fields (ready for `liqstress run`)."""
+    """The scenario with fitted values written into its fields (ready for `liqstress run`),
+    rounded to SIGNIFICANT_DIGITS (leverage weights: percentages to 2 decimals)."""
     data = cc.scenario.model_dump(mode="json")
     lev = np.asarray(cc.scenario.book.leverage, float)
     for p, v in zip(cc.params, np.asarray(values, float)):
-        v = float(v)
+        v = rounded(float(v))
         if p.path == "scenario.shock":
             data["scenario"]["shock"] = v
         elif p.path == TILT:
             w = np.asarray(cc.scenario.book.leverage_weights, float) * lev**v
-            data["book"]["leverage_weights"] = [float(x) for x in w / w.sum() * 100.0]
+            data["book"]["leverage_weights"] = [round(float(x), 2) for x in w / w.sum() * 100.0]
         else:
             parts = p.path.split(".")
             names = [parts[2]] if len(parts) == 4 else list(data["market"]["assets"])
@@ -379,10 +443,12 @@ def fitted_config(cc: CalibrationConfig, values) -> Config:
     return Config.model_validate(data)
 
 
-def calibrate(cc: CalibrationConfig, progress: Callable[[int, int, float], None] | None = None) -> list[Fit]:
-    """Fit once per seed of `calibration.seeds` (same compiled objective for all)."""
-    prob = make_problem(cc)
-    grad_fn = objective(prob)
+def calibrate(cc: CalibrationConfig, progress: Callable[[int, int, float], None] | None = None,
+              prob: Problem | None = None, grad_fn: Callable | None = None) -> list[Fit]:
+    """Fit once per seed of `calibration.seeds` (same compiled objective for all; `prob` and
+    `grad_fn` as from `make_problem` and `objective`, built here if not given)."""
+    prob = prob or make_problem(cc)
+    grad_fn = grad_fn or objective(prob)
     fits = []
     for k, seed in enumerate(cc.calibration.seeds):
         cb = (lambda i, loss, k=k: progress(k, i, loss)) if progress else None
@@ -401,22 +467,27 @@ def write_outputs(cc: CalibrationConfig, fits: list[Fit], run_dir: Path) -> dict
     from engine.ticks import plain_log_axis
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    a = assess(cc, fits)
     vals = np.stack([f.values for f in fits])
     stats = np.stack([f.statistics for f in fits])
-    mean, spread = vals.mean(0), vals.std(0, ddof=1) if len(fits) > 1 else np.zeros(vals.shape[1])
     summary = {
         "params": [
             {"path": p.path, "lower": p.lower, "upper": p.upper, "mean": float(m), "std_over_seeds": float(s),
              "per_seed": [float(x) for x in vals[:, i]]}
-            for i, (p, m, s) in enumerate(zip(cc.params, mean, spread))
+            for i, (p, m, s) in enumerate(zip(cc.params, a.values, a.spread))
         ],
         "targets": [
             {"statistic": t.statistic, "target": t.value, "tolerance": t.tolerance,
-             "fitted_mean": float(stats[:, i].mean()), "per_seed": [float(x) for x in stats[:, i]]}
+             "fitted_mean": float(a.statistics[i]), "within_tolerance": bool(a.within[i]),
+             "per_seed": [float(x) for x in stats[:, i]]}
             for i, t in enumerate(cc.targets)
         ],
         "seeds": [f.seed for f in fits],
+        "converged": [bool(c) for c in a.converged],
+        "best_loss": [f.loss for f in fits],
         "final_loss": [f.losses[-1] for f in fits],
+        "not_converged_rule": f"best loss > {NOT_CONVERGED_RATIO} x the median best loss over seeds",
+        "warnings": flags(cc, fits, a),
         "settings": cc.calibration.model_dump(),
     }
     tmp = run_dir / "fitted.json.tmp"
@@ -437,19 +508,28 @@ def write_outputs(cc: CalibrationConfig, fits: list[Fit], run_dir: Path) -> dict
 
     intro = (
         f"Scenario `{cc.scenario.name}`, {cc.calibration.n_paths} paths per seed, "
-        f"seeds {[f.seed for f in fits]}, temperature {cc.calibration.temperature}."
+        f"seeds {[f.seed for f in fits]}, temperature {cc.calibration.temperature}. Means and spreads are over "
+        f"the converged seeds (a seed is not converged when {summary['not_converged_rule']})."
     )
-    lines = ["# Calibration report", "", intro, "", "## Fitted parameters", "",
-             "| parameter | lower | upper | fitted (mean) | spread over seeds (sd) |", "|---|---|---|---|---|"]
-    for p, m, s in zip(cc.params, mean, spread):
+    lines = ["# Calibration report", "", intro, "", "## Seeds", "", "| seed | best loss | converged |", "|---|---|---|"]
+    lines += [f"| {f.seed} | {f.loss:.4g} | {'yes' if c else '**not converged**'} |" for f, c in zip(fits, a.converged)]
+    lines += ["", "## Fitted parameters", "",
+              "| parameter | lower | upper | fitted (mean) | spread over seeds (sd) |", "|---|---|---|---|---|"]
+    for p, m, s in zip(cc.params, a.values, a.spread):
         lines.append(f"| `{p.path}` | {p.lower:g} | {p.upper:g} | {m:.4g} | {s:.2g} |")
-    lines += ["", "## Targets", "", "| statistic | target | tolerance | fitted (mean over seeds) | source |", "|---|---|---|---|---|"]
-    for i, t in enumerate(cc.targets):
-        lines.append(f"| `{t.statistic}` | {t.value:.4g} | {t.tolerance:.3g} | {stats[:, i].mean():.4g} | {t.source} |")
-    lines += ["", "![loss curve](loss_curve.png)", "", "`fitted_scenario.toml` runs as is: `liqstress run fitted_scenario.toml`.", ""]
+    lines += ["", "## Targets", "", "| statistic | target | tolerance | fitted (mean) | flag | source |",
+              "|---|---|---|---|---|---|"]
+    for t, st, ok in zip(cc.targets, a.statistics, a.within):
+        flag = "" if ok else "**outside tolerance**"
+        lines.append(f"| `{t.statistic}` | {t.value:.4g} | {t.tolerance:.3g} | {st:.4g} | {flag} | {t.source} |")
+    runnable = (
+        f"`fitted_scenario.toml` (the fitted means, {SIGNIFICANT_DIGITS} significant digits) runs as is: "
+        "`liqstress run fitted_scenario.toml`."
+    )
+    lines += ["", "![loss curve](loss_curve.png)", "", runnable, ""]
     (run_dir / "report.md").write_text("\n".join(lines))
 
-    fitted = fitted_config(cc, mean)
+    fitted = fitted_config(cc, a.values)
     (run_dir / "fitted_scenario.toml").write_text(tomli_w.dumps(fitted.model_dump(mode="json", exclude_none=True)))
     return summary
 

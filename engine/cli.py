@@ -626,61 +626,120 @@ def _show_cube(the_run: runs.Run, cube, write_report: bool) -> None:
     _out().print(f"run directory: {the_run.path}")
 
 
-def _fit(kind: str, config: Path, run_dir: Path | None, runs_root: Path, load, execute) -> tuple[dict, Path]:
-    """Validate (exit 2, nothing written), choose the run directory, run (exit 1 on failure)."""
+def _fit(kind: str, config: Path, run_dir: Path | None, runs_root: Path, load, execute, dry_run: bool, plan):
+    """Validate (exit 2, nothing written), choose the run directory, run (exit 1 on failure,
+    130 interrupted). With `dry_run`, print `plan(loaded config)` instead of running.
+    Returns (summary, run directory), or None after a dry run."""
     try:
-        name = load(config).scenario.name
-        target = run_dir if run_dir is not None else runs.default_run_dir(runs_root, f"{kind}_{name}")
+        loaded = load(config)
+        target = run_dir if run_dir is not None else runs.default_run_dir(runs_root, f"{kind}_{loaded.scenario.name}")
         runs.check_new_run_dir(target)
     except ConfigError as e:
         raise _fail(str(e), 2) from None
+    if dry_run:
+        _out().print(f"{config}: ok: {plan(loaded)}; would write to {target}", highlight=False, soft_wrap=True)
+        return None
     try:
         return execute(config, target, log=lambda line: _err().print(line, highlight=False)), target
     except (SimulationError, OSError, ValueError, RuntimeError) as e:
         raise _fail(f"{kind} failed: {e}", 1) from None
+    except KeyboardInterrupt:
+        raise _fail(f"{kind} interrupted; nothing more is written", 130) from None
 
 
-ConfigArg = Annotated[Path, typer.Argument(help="Config file (see configs/).")]
+ConfigArg = Annotated[
+    Path, typer.Argument(help="Config file, or the name of a shipped one (calibrate_oct10_2025, optimise_oct10_2025).")
+]
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Write results exactly here (new or empty).")]
 RunsRootOpt = Annotated[Path, typer.Option("--runs-root", help="Parent of new run directories.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Validate the config and say what would run; write nothing.")]
+
+
+def _calibration_plan(cc) -> str:
+    s = cc.calibration
+    return (
+        f"calibration of {cc.scenario.name}: {len(cc.params)} free parameters, {len(cc.targets)} targets, "
+        f"seeds {list(s.seeds)}, {s.iterations} iterations of {s.n_paths} paths"
+    )
+
+
+def _optimisation_plan(oc) -> str:
+    s = oc.optimise
+    return (
+        f"optimisation of {oc.scenario.name}: levers {[lv.path for lv in oc.levers]}, "
+        f"{oc.constraint.statistic} <= {oc.bound:,.4g} at confidence {s.confidence}, "
+        f"{s.iterations} iterations of {s.n_paths} paths, exact check on {s.check_paths} paths"
+    )
 
 
 @app.command()
-def calibrate(config: ConfigArg, run_dir: RunDirOpt = None, runs_root: RunsRootOpt = Path("runs")) -> None:
+def calibrate(config: ConfigArg, run_dir: RunDirOpt = None, runs_root: RunsRootOpt = Path("runs"),
+              dry_run: DryRunOpt = False) -> None:
     """Fit free parameters to observed targets (relaxed kernel, optax); one fit per seed."""
     from engine.calibrate import load_calibration, run_calibration
 
-    summary, target = _fit("calibrate", config, run_dir, runs_root, load_calibration, run_calibration)
-    t = Table(title="calibration")
+    done = _fit("calibrate", config, run_dir, runs_root, load_calibration, run_calibration, dry_run, _calibration_plan)
+    if done is None:
+        return
+    summary, target = done
+    t = Table(title="calibration (mean and sd over converged seeds)")
     for col in ("parameter", "fitted (mean)", "sd over seeds"):
         t.add_column(col)
     for p in summary["params"]:
         t.add_row(p["path"], f"{p['mean']:.4g}", f"{p['std_over_seeds']:.2g}")
     _out().print(t)
+    t = Table(title="targets")
+    for col in ("statistic", "target ± tolerance", "fitted", "flag"):
+        t.add_column(col)
+    for x in summary["targets"]:
+        flag = "" if x["within_tolerance"] else "[red]outside tolerance[/]"
+        t.add_row(x["statistic"], f"{x['target']:.4g} ± {x['tolerance']:.3g}", f"{x['fitted_mean']:.4g}", flag)
+    _out().print(t)
+    for line in summary["warnings"]:
+        _err().print(Text("warning: ", style="bold yellow") + Text(line), soft_wrap=True)
     _out().print(f"run directory: {target}  (fitted_scenario.toml runs with `liqstress run`)")
 
 
 @app.command()
-def optimise(config: ConfigArg, run_dir: RunDirOpt = None, runs_root: RunsRootOpt = Path("runs")) -> None:
+def optimise(config: ConfigArg, run_dir: RunDirOpt = None, runs_root: RunsRootOpt = Path("runs"),
+             dry_run: DryRunOpt = False) -> None:
     """Least restrictive policy under a tail-risk constraint (gradient search, exact check)."""
     from engine.optimise import load_optimisation, run_optimisation
 
-    summary, target = _fit("optimise", config, run_dir, runs_root, load_optimisation, run_optimisation)
+    done = _fit("optimise", config, run_dir, runs_root, load_optimisation, run_optimisation, dry_run, _optimisation_plan)
+    if done is None:
+        return
+    summary, target = done
     c = summary["check"]
-    levers = ", ".join(f"{n} = {v:.4g}" for n, v in zip(summary["levers"], summary["optimum"]))
+
+    def fmt(values) -> str:
+        return ", ".join(f"{n} = {v:.4g}" for n, v in zip(summary["levers"], values))
+
     _out().print(
-        f"optimum: {levers}; {summary['constraint']} = {c['statistic']:,.4g} ± {c['mc_se']:,.3g} "
-        f"(bound {summary['bound']:,.4g}); as good as the best grid point: "
+        f"optimum: {fmt(summary['optimum'])}; {summary['constraint']} = {c['statistic']:,.4g} ± {c['mc_se']:,.3g} "
+        f"(bound {summary['bound']:,.4g}); P(feasible) = {c['p_feasible']:.3f} "
+        f"(required {summary['confidence']}); as good as the best grid point: "
         f"{summary['optimum_at_least_as_good_as_grid']}",
         highlight=False,
         soft_wrap=True,
     )
+    rec = summary["recommended"]
+    if summary["optimum_accepted"]:
+        _out().print("accepted: feasible at the required confidence", highlight=False)
+    elif rec is None:
+        _err().print(Text("warning: ", style="bold yellow") + Text(
+            f"optimum not accepted: P(feasible) below {summary['confidence']}, and no grid point reaches it"))
+    else:
+        _err().print(Text("warning: ", style="bold yellow") + Text(
+            f"optimum not accepted: P(feasible) below {summary['confidence']}; the cheapest grid point that reaches it: "
+            f"{fmt(rec['values'])} (cost {rec['cost']:.3f}, P(feasible) = {rec['p_feasible']:.3f})"), soft_wrap=True)
     _out().print(f"run directory: {target}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
-    """Run benchmarks/run.py of a source checkout (arguments pass through, e.g. --quick)."""
+    """Run benchmarks/run.py of a source checkout (arguments pass through, e.g. --quick);
+    results go to a new runs/<time>_bench_<name>/, to benchmarks/results/ only with --save."""
     import subprocess
 
     import engine

@@ -8,12 +8,17 @@ restrictiveness of lever i (0 at its loosest bound, 1 at its tightest; in log sp
 shortfall at 99% of an output). Gradients come from the relaxed kernel (`engine.calibrate`)
 on a fixed set of paths (common random numbers across iterations); Adam from optax.
 
-The search starts from the cheapest feasible point of a coarse exact grid on scouting paths
-(the relaxed gradient carries little information far from a binding policy, e.g. for a breaker
-that never fires), and its end replaces that start only if it is feasible with a margin of two
-Monte Carlo errors and no costlier on the scouting paths. The optimum is then checked with the exact kernel on fresh paths, with
-Monte Carlo errors, against the same grid evaluated on those fresh paths: it should cost no
-more than the best feasible grid point and be feasible, within Monte Carlo error.
+A point is feasible with confidence `P(feasible) = Phi((bound - S) / se)`, the normal
+approximation with the exact kernel's statistic `S` and its Monte Carlo standard error `se`;
+it counts as feasible only when that reaches `confidence` (config, e.g. 0.95).
+
+The search starts from the cheapest confidently feasible point of a coarse exact grid on
+scouting paths (the relaxed gradient carries little information far from a binding policy, e.g.
+for a breaker that never fires), and its end replaces that start only if it is confidently
+feasible and no costlier on the scouting paths. The optimum is then checked with the exact
+kernel on fresh paths against the same grid evaluated on those fresh paths. It is accepted only
+if it is feasible at the required confidence there; otherwise the report recommends the
+cheapest grid point that is, or says that none is.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Annotated, Literal
 
 import jax
@@ -35,7 +41,7 @@ from pydantic import Field, ValidationError, model_validator
 from engine import params as P
 from engine.calibrate import differentiable_outputs, resolve_scenario, to_values
 from engine.config import Config, Strict
-from engine.configfile import read_toml
+from engine.configfile import read_toml, resolve_config_path
 from engine.errors import ConfigError, describe
 from engine.rollout import rollout
 
@@ -105,6 +111,8 @@ class Settings(Strict):
     check_paths: Annotated[int, Field(ge=100, le=1_000_000)] = 2048
     check_seed: Annotated[int, Field(ge=0)] = 987654321
     grid_points: Annotated[int, Field(ge=2, le=50)] = 5
+    # P(feasible) a point needs on the exact kernel (normal approximation of its Monte Carlo error)
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
 
 
 class OptimisationConfig(Strict):
@@ -136,8 +144,9 @@ class OptimisationConfig(Strict):
 
 
 def load_optimisation(path: str | Path) -> OptimisationConfig:
-    """A validated optimisation config; `scenario` as in `engine.calibrate.load_calibration`."""
-    p = Path(path)
+    """A validated optimisation config, by path or shipped name (`optimise_oct10_2025`);
+    `scenario` as in `engine.calibrate.load_calibration`."""
+    p = resolve_config_path(path)
     data = resolve_scenario(read_toml(p), p)
     try:
         oc = OptimisationConfig.model_validate(data)
@@ -225,7 +234,7 @@ def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Resu
     log(f"scouting a {s.grid_points}-point-per-lever grid with the exact kernel")
     scout = exact_evaluator(oc, cfg, s.check_seed + 1)
     scouted = [scout(v) for v in grid(oc)]
-    start = cheapest_feasible(scouted, bound) or min(scouted, key=lambda g: g["statistic"])
+    start = cheapest_feasible(scouted, s.confidence) or max(scouted, key=lambda g: g["p_feasible"])
     u = jnp.asarray(levers_to_unconstrained(oc, start["values"]), jnp.float32)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(s.learning_rate, s.iterations, 0.05)))
     state = opt.init(u)
@@ -246,21 +255,30 @@ def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Resu
         updates, state = opt.update(g, state, u)
         u = optax.apply_updates(u, updates)
     searched = scout(np.asarray(lever_values(oc, u)))
-    # keep the search's end if it is feasible with a margin of two Monte Carlo errors and no
-    # costlier than where it started (scouting paths), else the start: the margin guards
-    # against choosing a point that is feasible only on the scouting paths' noise
-    confident = searched["statistic"] + 2.0 * searched["mc_se"] <= bound
+    # keep the search's end if it is confidently feasible and no costlier than where it started
+    # (scouting paths), else the start: the confidence guards against choosing a point that is
+    # feasible only on the scouting paths' noise
+    confident = searched["p_feasible"] >= s.confidence
     chosen = searched if confident and searched["cost"] <= start["cost"] else start
     log("checking the optimum and the grid with the exact kernel on fresh paths")
     check_eval = exact_evaluator(oc, cfg, s.check_seed)
     check = check_eval(np.asarray(chosen["values"]))
     grid_checked = [check_eval(v) for v in grid(oc)]
     return Result(values=np.asarray(chosen["values"]), trajectory=trajectory, check=check, grid=grid_checked,
-                  best_grid=cheapest_feasible(grid_checked, bound), start=start, searched=searched)
+                  best_grid=cheapest_feasible(grid_checked, s.confidence), start=start, searched=searched)
 
 
-def cheapest_feasible(points: list[dict], bound: float) -> dict | None:
-    feasible = [g for g in points if g["statistic"] <= bound]
+def feasibility(statistic: float, mc_se: float, bound: float) -> float:
+    """P(feasible) = P(true statistic <= bound) = Phi((bound - statistic) / mc_se), the normal
+    approximation of the Monte Carlo error (USD in, probability out); 1 or 0 when mc_se is 0."""
+    if mc_se <= 0:
+        return float(statistic <= bound)
+    return NormalDist().cdf((bound - statistic) / mc_se)
+
+
+def cheapest_feasible(points: list[dict], confidence: float) -> dict | None:
+    """The cheapest point whose `p_feasible` reaches `confidence`, or None."""
+    feasible = [g for g in points if g["p_feasible"] >= confidence]
     return min(feasible, key=lambda g: g["cost"]) if feasible else None
 
 
@@ -297,9 +315,9 @@ def grid(oc: OptimisationConfig) -> list[np.ndarray]:
 
 
 def exact_evaluator(oc: OptimisationConfig, cfg: Config, seed: int) -> Callable[[np.ndarray], dict]:
-    """`evaluate(values) -> {values, statistic, mc_se, cost}` with the exact kernel on
-    `check_paths` paths of `seed` (the same paths for every call); the Monte Carlo error is a
-    bootstrap over paths."""
+    """`evaluate(values) -> {values, statistic, mc_se, p_feasible, cost}` with the exact kernel
+    on `check_paths` paths of `seed` (the same paths for every call); the Monte Carlo error is
+    a bootstrap over paths."""
     s = oc.optimise
     run = cfg.run.model_copy(update={"n_paths": s.check_paths, "seed": seed})
     ccfg = Config.model_validate(cfg.model_copy(update={"run": run}).model_dump())
@@ -316,7 +334,8 @@ def exact_evaluator(oc: OptimisationConfig, cfg: Config, seed: int) -> Callable[
         stat = float(risk_statistic(x, kind))
         se = float(np.std([risk_statistic(x[b], kind) for b in boot], ddof=1))
         cost = float(sum(lv.cost * restrictiveness(lv, float(v)) for lv, v in zip(oc.levers, values)))
-        return {"values": [float(v) for v in values], "statistic": stat, "mc_se": se, "cost": cost}
+        return {"values": [float(v) for v in values], "statistic": stat, "mc_se": se,
+                "p_feasible": feasibility(stat, se, oc.bound), "cost": cost}
 
     return evaluate
 
@@ -333,15 +352,19 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     bound = oc.bound
     names = [lv.path for lv in oc.levers]
+    confidence = oc.optimise.confidence
     c, b = res.check, res.best_grid
-    feasible = c["statistic"] - 2 * c["mc_se"] <= bound
+    accepted = c["p_feasible"] >= confidence
     no_costlier = b is None or c["cost"] <= b["cost"] + COST_TOLERANCE
-    within = feasible and no_costlier
+    within = accepted and no_costlier
     summary = {
         "levers": names, "optimum": res.values.tolist(), "constraint": oc.constraint.statistic, "bound": bound,
-        "check": c, "best_grid": b, "grid": res.grid, "trajectory": res.trajectory,
+        "confidence": confidence, "check": c, "best_grid": b, "grid": res.grid, "trajectory": res.trajectory,
         "start": res.start, "searched": res.searched,
-        "optimum_feasible_within_mc": bool(feasible),
+        "optimum_accepted": bool(accepted),
+        # what to use: the optimum if accepted, else the cheapest grid point feasible at the
+        # required confidence (None if no grid point is)
+        "recommended": c if accepted else b,
         "optimum_no_costlier_than_best_grid": bool(no_costlier),
         "optimum_at_least_as_good_as_grid": bool(within),
     }
@@ -353,7 +376,8 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
     traj = np.array([t["values"] for t in res.trajectory])
     if len(names) == 2:
         g = np.array([[*x["values"], x["statistic"]] for x in res.grid])
-        ax.scatter(g[:, 0], g[:, 1], c=g[:, 2] <= bound, cmap="RdYlGn", s=60, marker="s", label="grid (green: feasible)")
+        ok = [x["p_feasible"] >= confidence for x in res.grid]
+        ax.scatter(g[:, 0], g[:, 1], c=ok, cmap="RdYlGn", s=60, marker="s", label=f"grid (green: P(feasible) >= {confidence})")
         ax.plot(traj[:, 0], traj[:, 1], "-k", lw=1, label="optimisation path")
         ax.plot(*res.values, "*", color="navy", ms=14, label="optimum")
         ax.set_xlabel(names[0])
@@ -394,24 +418,35 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
         f"Started from the cheapest feasible point of an exact {oc.optimise.grid_points}-per-lever grid on "
         f"scouting paths ({fmt(st['values'])}: cost {st['cost']:.3f}, statistic {st['statistic']:,.4g}); the search "
         f"ended at {fmt(se['values'])} (cost {se['cost']:.3f}, statistic {se['statistic']:,.4g} on the same paths). "
-        "The optimum is the end of the search if it is feasible there with a margin of two Monte Carlo "
-        "errors and no costlier, else the start."
+        f"The optimum is the end of the search if it is feasible there with P(feasible) >= {confidence} "
+        "and no costlier, else the start."
     )
     lines += ["", start_text]
     lines += [
         "", f"## Exact check on {oc.optimise.check_paths} fresh paths", "",
-        "| policy | levers | cost | statistic ± MC s.e. | feasible |", "|---|---|---|---|---|",
-        f"| optimum | {fmt(c['values'])} | {c['cost']:.3f} | {c['statistic']:,.4g} ± {c['mc_se']:,.3g} | {c['statistic'] <= bound} |",
+        f"P(feasible) = Phi((bound - statistic) / s.e.); a point is accepted at P(feasible) >= {confidence}.", "",
+        "| policy | levers | cost | statistic ± MC s.e. | P(feasible) |", "|---|---|---|---|---|",
+        f"| optimum | {fmt(c['values'])} | {c['cost']:.3f} | {c['statistic']:,.4g} ± {c['mc_se']:,.3g} | {c['p_feasible']:.3f} |",
     ]
     if b:
-        lines.append(f"| best grid point | {fmt(b['values'])} | {b['cost']:.3f} | {b['statistic']:,.4g} ± {b['mc_se']:,.3g} | True |")
-    lines += [
-        "", f"Grid: {oc.optimise.grid_points} points per lever ({len(res.grid)} in all), same paths.",
-        f"The optimum is at least as good as the best feasible grid point within Monte Carlo error: {within}.",
-        "", "![trajectory](trajectory.png)", "",
-    ]
+        lines.append(f"| best grid point | {fmt(b['values'])} | {b['cost']:.3f} | {b['statistic']:,.4g} ± {b['mc_se']:,.3g} | {b['p_feasible']:.3f} |")
+    lines += ["", f"Grid: {oc.optimise.grid_points} points per lever ({len(res.grid)} in all), same paths.", ""]
+    lines.append(verdict(c, b, confidence, within, fmt))
+    lines += ["", "![trajectory](trajectory.png)", ""]
     (run_dir / "report.md").write_text("\n".join(lines))
     return summary
+
+
+def verdict(check: dict, best: dict | None, confidence: float, within: bool, fmt: Callable) -> str:
+    """The report's conclusion: accepted or not at `confidence`, and what to use instead."""
+    if check["p_feasible"] >= confidence:
+        return (f"**Accepted**: the optimum is feasible with P = {check['p_feasible']:.3f} >= {confidence}; "
+                f"at least as good as the best grid point: {within}.")
+    text = f"**Not accepted**: the optimum is feasible with P = {check['p_feasible']:.3f} only (< {confidence}). "
+    if best is None:
+        return text + f"No grid point is feasible at confidence {confidence} either."
+    return text + (f"The cheapest grid point feasible at that confidence is {fmt(best['values'])} "
+                   f"(cost {best['cost']:.3f}, P = {best['p_feasible']:.3f}).")
 
 
 def run_optimisation(path: str | Path, run_dir: Path, log: Callable[[str], None] = print) -> dict:

@@ -2,22 +2,45 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
+RESULTS = ROOT / "benchmarks" / "results"
 
 
-def test_quick_benchmark_writes_results(tmp_path):
+def bench_module():
+    sys.path.insert(0, str(RUN.parent))
+    try:
+        import run as bench
+    finally:
+        sys.path.pop(0)
+    return bench
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())}
+
+
+def test_quick_benchmark_writes_results_to_a_run_directory_not_the_checkout(tmp_path):
+    before = digests(RESULTS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--workload", "W1", "--out", str(tmp_path), "--name", "t"],
-        capture_output=True, text=True, timeout=600, check=False,
+        [sys.executable, str(RUN), "--quick", "--workload", "W1", "--name", "quick"],
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads((tmp_path / "t.json").read_text())
+    assert digests(RESULTS) == before  # the tracked results are untouched without --save
+    (written,) = (tmp_path / "runs").glob("*_bench_quick/quick.json")
+    assert f"wrote {written.relative_to(tmp_path)}" in proc.stdout
+    doc = json.loads(written.read_text())
     assert {"cpu_model", "cpu_cores", "jax", "platform", "devices"} <= set(doc["machine"])
     (rec,) = doc["records"]
     assert rec["workload"] == "W1" and rec["quick"]
@@ -31,12 +54,21 @@ def test_quick_benchmark_writes_results(tmp_path):
     assert "| W1 quick |" in proc.stdout
 
 
+def test_results_go_to_the_tracked_folder_only_with_save(tmp_path, monkeypatch):
+    bench = bench_module()
+    monkeypatch.chdir(tmp_path)
+    assert bench.results_dir(None, True, "quick") == RESULTS
+    assert bench.results_dir(tmp_path / "x", False, "quick") == tmp_path / "x"
+    default = bench.results_dir(None, False, "quick")
+    assert default.parent == Path("runs") and default.name.endswith("_bench_quick")
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--quick", "--save", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert not any(tmp_path.iterdir())
+
+
 def test_workloads_have_the_stated_shapes():
-    sys.path.insert(0, str(RUN.parent))
-    try:
-        import run as bench
-    finally:
-        sys.path.pop(0)
+    bench = bench_module()
     shapes = {}
     for name in ("W1", "W2", "W3"):
         cfg, pts, _ = bench.load_workload(name)

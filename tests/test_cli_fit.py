@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import tomli_w
 
@@ -31,11 +33,28 @@ def run_cli(args) -> int:
     return exit_.value.code
 
 
-def test_calibrate_writes_its_outputs(tmp_path):
+def test_calibrate_writes_its_outputs_and_flags_targets_outside_tolerance(tmp_path, capsys):
     out = tmp_path / "cal_run"
-    assert run_cli(["calibrate", calibration_file(tmp_path), "--run-dir", str(out)]) in (0, None)
+    targets = [{"statistic": "max_drawdown.BTC", "value": 0.1, "tolerance": 0.02},
+               {"statistic": "long_share", "value": 0.0, "tolerance": 0.01}]  # the book is long-heavy
+    assert run_cli(["calibrate", calibration_file(tmp_path, targets=targets), "--run-dir", str(out)]) in (0, None)
     for name in ("fitted.json", "loss_curve.png", "report.md", "fitted_scenario.toml"):
         assert (out / name).is_file()
+    captured = capsys.readouterr()
+    fitted = json.loads((out / "fitted.json").read_text())
+    share = fitted["targets"][1]
+    assert not share["within_tolerance"] and share["fitted_mean"] > 0.01
+    assert "warning: long_share: outside tolerance" in captured.err
+    assert "outside tolerance" in captured.out  # the targets table
+
+
+@pytest.mark.parametrize("command, name", [("calibrate", "calibrate_oct10_2025"), ("optimise", "optimise_oct10_2025")])
+def test_shipped_configs_run_by_name_from_any_directory(tmp_path, monkeypatch, capsys, command, name):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli([command, name, "--dry-run"]) in (0, None)
+    out = capsys.readouterr().out
+    assert f"{name}: ok: " in out and "oct10_2025" in out and "would write to runs" in out
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
 @pytest.mark.parametrize("command", ["calibrate", "optimise"])
