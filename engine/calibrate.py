@@ -43,7 +43,7 @@ from engine.cascade import by_side, side_matrix
 from engine.config import Config, Strict
 from engine.configfile import merge_tables, read_config_dict, read_toml, resolve_config_path
 from engine.errors import ConfigError, describe
-from engine.kernel import init_state, path_keys, step, step_draws
+from engine.kernel import init_state, path_keys, step, step_draws, word64
 from engine.outputs import extract
 
 # Free parameters: dotted config paths (per asset, or shared by all assets with no asset
@@ -94,7 +94,7 @@ class Target(Strict):
 class Settings(Strict):
     n_paths: Annotated[int, Field(ge=1, le=100_000)] = 128
     steps: Annotated[int, Field(ge=1)] | None = None
-    seeds: tuple[Annotated[int, Field(ge=0)], ...] = (0, 1, 2)
+    seeds: tuple[Annotated[int, Field(ge=0, lt=2**63)], ...] = (0, 1, 2)
     temperature: Annotated[float, Field(gt=0, le=1)] = 0.01
     iterations: Annotated[int, Field(ge=1, le=100_000)] = 150
     learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.05
@@ -339,8 +339,9 @@ def fit(cc: CalibrationConfig, seed: int, prob: Problem | None = None, grad_fn: 
     opt = optax.chain(optax.clip_by_global_norm(s.clip_norm), optax.adam(schedule))
     state = opt.init(u)
     losses, best = [], (math.inf, u, None)
+    key = word64(seed)  # two uint32 words: a traced int would overflow above 2**31
     for i in range(s.iterations):
-        (loss, st), g = grad_fn(u, seed)
+        (loss, st), g = grad_fn(u, key)
         loss = float(loss)
         losses.append(loss)
         if loss < best[0]:
@@ -351,7 +352,7 @@ def fit(cc: CalibrationConfig, seed: int, prob: Problem | None = None, grad_fn: 
             break
         updates, state = opt.update(g, state, u)
         u = optax.apply_updates(u, updates)
-    (loss, st), _ = grad_fn(u, seed)
+    (loss, st), _ = grad_fn(u, key)
     if float(loss) < best[0]:
         best = (float(loss), u, st)
     values = np.asarray(to_values(best[1], prob.lower, prob.upper))

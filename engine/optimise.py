@@ -43,6 +43,7 @@ from engine.calibrate import differentiable_outputs, resolve_scenario, to_values
 from engine.config import Config, Strict
 from engine.configfile import read_toml, resolve_config_path
 from engine.errors import ConfigError, describe
+from engine.kernel import word64
 from engine.rollout import rollout
 
 # Lever path -> PolicyParams field (and the breaker kind it needs, if any).
@@ -100,7 +101,7 @@ class Constraint(Strict):
 class Settings(Strict):
     n_paths: Annotated[int, Field(ge=8, le=100_000)] = 128
     steps: Annotated[int, Field(ge=1)] | None = None
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     temperature: Annotated[float, Field(gt=0, le=1)] = 0.05
     # The temperature is annealed geometrically to this value over the iterations, so the
     # relaxed statistic approaches the exact one as the search settles.
@@ -109,7 +110,7 @@ class Settings(Strict):
     learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.1
     penalty: Annotated[float, Field(gt=0)] = 100.0
     check_paths: Annotated[int, Field(ge=100, le=1_000_000)] = 2048
-    check_seed: Annotated[int, Field(ge=0)] = 987654321
+    check_seed: Annotated[int, Field(ge=0, lt=2**63 - 1)] = 987654321  # check_seed + 1 seeds the scout
     grid_points: Annotated[int, Field(ge=2, le=50)] = 5
     # P(feasible) a point needs on the exact kernel (normal approximation of its Monte Carlo error)
     confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
@@ -329,7 +330,7 @@ def exact_evaluator(oc: OptimisationConfig, cfg: Config, seed: int) -> Callable[
     boot = np.random.default_rng(0).integers(0, s.check_paths, size=(200, s.check_paths))
 
     def evaluate(values) -> dict:
-        out, _ = rollout(with_levers(params, oc, values), seed, 0, s.check_paths, static=static, n_paths=s.check_paths)
+        out, _ = rollout(with_levers(params, oc, values), word64(seed), 0, s.check_paths, static=static, n_paths=s.check_paths)
         x = np.asarray(out[out_name], np.float64)
         stat = float(risk_statistic(x, kind))
         se = float(np.std([risk_statistic(x[b], kind) for b in boot], ddof=1))

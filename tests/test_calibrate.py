@@ -264,3 +264,12 @@ def test_relaxed_halt_breaker_converges_to_exact():
     relaxed = differentiable_outputs(prob.base._replace(temperature=jnp.asarray(1e-9)), prob.static, 1, 64)
     for name in ("liquidated_total", "halted_steps", "max_drawdown"):
         np.testing.assert_allclose(np.asarray(relaxed[name]), np.asarray(exact[name]), rtol=1e-6, atol=1e-6)
+
+
+def test_seeds_beyond_31_bits_fit_on_their_own_paths():
+    cc = problem_config(calm_scenario(), iterations=1)
+    prob = make_problem(cc)
+    grad_fn = objective(prob)
+    big, small = fit(cc, 2**62 + 3, prob, grad_fn), fit(cc, 3, prob, grad_fn)
+    # the seed's high word reaches the paths: the same low word gives other paths
+    assert np.isfinite(big.loss) and big.loss != small.loss

@@ -12,7 +12,9 @@ from engine import ConfigError
 from engine.optimise import (
     OptimisationConfig,
     Result,
+    _setup,
     cheapest_feasible,
+    exact_evaluator,
     feasibility,
     load_optimisation,
     optimise,
@@ -138,3 +140,11 @@ def test_insurance_fund_bound_resolves_to_the_scenarios_fund():
     data["constraint"] = {"statistic": "es99_shortfall", "bound": "insurance_fund"}
     oc = OptimisationConfig.model_validate(data)
     assert oc.bound == oc.scenario.policy.insurance_fund_usd == 2e8
+
+
+def test_exact_check_takes_seeds_beyond_31_bits():
+    oc = small_problem(1e12)
+    cfg, _, _ = _setup(oc)
+    big, small = exact_evaluator(oc, cfg, 2**62 + 5), exact_evaluator(oc, cfg, 5)
+    a, b = big(np.array([20.0])), small(np.array([20.0]))
+    assert np.isfinite(a["statistic"]) and a["statistic"] != b["statistic"]
