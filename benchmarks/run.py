@@ -65,8 +65,14 @@ TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
 # ----------------------------------------------------------------------------------------
 
 
-def load_workload(name: str, quick: bool = False, paths: int | None = None, steps: int | None = None,
-                  points: int | None = None, entry_points: int | None = None):
+def load_workload(
+    name: str,
+    quick: bool = False,
+    paths: int | None = None,
+    steps: int | None = None,
+    points: int | None = None,
+    entry_points: int | None = None,
+):
     """(config, points, bench table) of workload `name`, with the quick or explicit sizes
     (`entry_points`: entry prices per leverage and size, which sets the number of cohorts)."""
     from engine.config import Config
@@ -165,8 +171,9 @@ def _rng_bound(cfg, params, static, size: int, n_tasks: int, repeats: int = 7) -
             acc, _ = jax.lax.scan(body, zero, jnp.arange(static.steps, dtype=jnp.int32))
             return jax.lax.psum(acc, devices.PATH_AXIS)
 
-        return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(),) * 3, out_specs=PartitionSpec(),
-                             check_vma=False)(params, seed, start)
+        return jax.shard_map(
+            local, mesh=mesh, in_specs=(PartitionSpec(),) * 3, out_specs=PartitionSpec(), check_vma=False
+        )(params, seed, start)
 
     draw_chunk(params, cfg.run.seed, 0, static=static).block_until_ready()
     times = []
@@ -175,8 +182,12 @@ def _rng_bound(cfg, params, static, size: int, n_tasks: int, repeats: int = 7) -
         draw_chunk(params, cfg.run.seed, r * size, static=static).block_until_ready()
         times.append(time.perf_counter() - t0)
     per_chunk = min(times)
-    return {"chunk_s": per_chunk, "chunks": n_tasks, "rng_s": per_chunk * n_tasks,
-            "method": f"one chunk timed (fastest of {repeats}) x chunk-points"}
+    return {
+        "chunk_s": per_chunk,
+        "chunks": n_tasks,
+        "rng_s": per_chunk * n_tasks,
+        "method": f"one chunk timed (fastest of {repeats}) x chunk-points",
+    }
 
 
 def _step_cost(params, static, n_paths: int) -> dict:
@@ -194,13 +205,19 @@ def _step_cost(params, static, n_paths: int) -> dict:
 
     def one_step(states, t):
         sched = params.schedule
-        return move(states, step_draws(keys, t, params, static), t, sched.shock[t], sched.flow[t], params, static)
+        return move(
+            states, step_draws(keys, t, params, static), t, sched.shock[t], sched.flow[t], params, static
+        )
 
     cost = jax.jit(one_step).lower(states, 0).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     per = lambda key: float(cost.get(key, 0.0)) / n_paths
-    return {"flops_per_path_step": per("flops"), "bytes_per_path_step": per("bytes accessed"),
-            "paths": n_paths, "method": "XLA cost analysis of one compiled step, one cascade round, no ADL"}
+    return {
+        "flops_per_path_step": per("flops"),
+        "bytes_per_path_step": per("bytes accessed"),
+        "paths": n_paths,
+        "method": "XLA cost analysis of one compiled step, one cascade round, no ADL",
+    }
 
 
 def _numpy_baseline(cfg, name: str, quick: bool) -> dict:
@@ -214,17 +231,35 @@ def _numpy_baseline(cfg, name: str, quick: bool) -> dict:
     n = min(n, cfg.run.n_paths)
     if quick:
         steps = None
-    run = cfg.run.model_copy(update={"n_paths": n, **({"steps": steps, "fan_points": min(cfg.run.fan_points, steps)} if steps else {})})
+    run = cfg.run.model_copy(
+        update={
+            "n_paths": n,
+            **({"steps": steps, "fan_points": min(cfg.run.fan_points, steps)} if steps else {}),
+        }
+    )
     small = cfg.model_copy(update={"run": run})
     t0 = time.perf_counter()
     reference.simulate_paths(small, n, cfg.run.seed)
     dt = time.perf_counter() - t0
-    return {"available": True, "paths": n, "steps": small.run.steps, "wall_s": dt,
-            "path_steps_per_s": n * small.run.steps / dt}
+    return {
+        "available": True,
+        "paths": n,
+        "steps": small.run.steps,
+        "wall_s": dt,
+        "path_steps_per_s": n * small.run.steps / dt,
+    }
 
 
-def measure(name: str, quick: bool, paths: int | None, steps: int | None, points: int | None,
-            numpy: bool, rng: bool, entry_points: int | None = None) -> dict:
+def measure(
+    name: str,
+    quick: bool,
+    paths: int | None,
+    steps: int | None,
+    points: int | None,
+    numpy: bool,
+    rng: bool,
+    entry_points: int | None = None,
+) -> dict:
     """One workload in this process: compile, steady state, memory, baselines."""
     import jax
 
@@ -309,20 +344,30 @@ def run_worker(args: list[str], devices: int | None, cache: bool) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "record.json"
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(out), *args],
-                              env=env, capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", str(out), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             return {"error": proc.stderr[-4000:], "args": args}
         return json.loads(out.read_text())
 
 
-def _worker_args(w: str, a: argparse.Namespace, paths=None, steps=None, numpy=None, rng=None,
-                 entry_points=None) -> list[str]:
+def _worker_args(
+    w: str, a: argparse.Namespace, paths=None, steps=None, numpy=None, rng=None, entry_points=None
+) -> list[str]:
     args = ["--workload", w]
     if a.quick:
         args.append("--quick")
-    for flag, v in (("--paths", paths or a.paths), ("--steps", steps or a.steps), ("--points", a.points),
-                    ("--entry-points", entry_points or a.entry_points)):
+    for flag, v in (
+        ("--paths", paths or a.paths),
+        ("--steps", steps or a.steps),
+        ("--points", a.points),
+        ("--entry-points", entry_points or a.entry_points),
+    ):
         if v:
             args += [flag, str(v)]
     if not (a.numpy if numpy is None else numpy):
@@ -342,8 +387,10 @@ def _fmt(x, unit=""):
 
 def render_table(records: list[dict]) -> str:
     """Markdown table of workload records (errors and scaling rows included)."""
-    head = ("| file | workload | paths × steps × points | cohorts per asset | devices | path-steps/s | wall s | compile s | "
-            "steady s | peak RSS MiB | RNG-only s | sim / RNG | NumPy path-steps/s | speed-up vs NumPy |")
+    head = (
+        "| file | workload | paths × steps × points | cohorts per asset | devices | path-steps/s | wall s | compile s | "
+        "steady s | peak RSS MiB | RNG-only s | sim / RNG | NumPy path-steps/s | speed-up vs NumPy |"
+    )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
         if "error" in r:
@@ -406,25 +453,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling", action="store_true", help="scaling curves (paths, devices, steps, cohorts)")
     p.add_argument("--max-paths", type=int, default=10**4, help="largest path count of --scaling")
     p.add_argument("--max-devices", type=int, default=8, help="largest device count of --scaling")
-    p.add_argument("--scaling-axes", default="paths,devices,steps",
-                   help="comma-separated axes of --scaling (paths, devices, steps, cohorts; "
-                        "default all but cohorts)")
-    p.add_argument("--scaling-steps", type=int, default=48,
-                   help="steps of the paths axis of --scaling (W1 has 288; fewer keep 10^7 paths short)")
+    p.add_argument(
+        "--scaling-axes",
+        default="paths,devices,steps",
+        help="comma-separated axes of --scaling (paths, devices, steps, cohorts; default all but cohorts)",
+    )
+    p.add_argument(
+        "--scaling-steps",
+        type=int,
+        default=48,
+        help="steps of the paths axis of --scaling (W1 has 288; fewer keep 10^7 paths short)",
+    )
     p.add_argument("--cache", action="store_true", help="keep the persistent compilation cache on")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--out", type=Path, help="directory of the results JSON (default: a new runs/<time>_bench_<name>/)")
-    where.add_argument("--save", action="store_true", help=f"write to the tracked {RESULTS.relative_to(HERE.parent)}/")
+    where.add_argument(
+        "--out", type=Path, help="directory of the results JSON (default: a new runs/<time>_bench_<name>/)"
+    )
+    where.add_argument(
+        "--save", action="store_true", help=f"write to the tracked {RESULTS.relative_to(HERE.parent)}/"
+    )
     p.add_argument("--name", help="results file stem (default: quick / full / scaling)")
-    p.add_argument("--readme", action="store_true",
-                   help="rewrite the table in benchmarks/README.md from benchmarks/results/ (--save adds this run)")
+    p.add_argument(
+        "--readme",
+        action="store_true",
+        help="rewrite the table in benchmarks/README.md from benchmarks/results/ (--save adds this run)",
+    )
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
     if a.worker:
         sys.path.insert(0, str(HERE.parent))
-        rec = measure((a.workload or ["W1"])[0], a.quick, a.paths, a.steps, a.points, a.numpy, a.rng,
-                      a.entry_points)
+        rec = measure(
+            (a.workload or ["W1"])[0], a.quick, a.paths, a.steps, a.points, a.numpy, a.rng, a.entry_points
+        )
         a.worker.write_text(json.dumps(rec))
         return 0
 
@@ -433,19 +494,33 @@ def main(argv: list[str] | None = None) -> int:
         axes = set(a.scaling_axes.split(","))
         jobs = []
         if "paths" in axes:
-            jobs += [("paths", n, a.devices, _worker_args("W1", a, paths=n, steps=a.scaling_steps, numpy=False))
-                     for n in SCALING_PATHS if n <= a.max_paths]
+            jobs += [
+                ("paths", n, a.devices, _worker_args("W1", a, paths=n, steps=a.scaling_steps, numpy=False))
+                for n in SCALING_PATHS
+                if n <= a.max_paths
+            ]
         if "devices" in axes:
             n_dev = min(a.max_paths, 16384)
-            jobs += [("devices", d, d, _worker_args("W1", a, paths=n_dev, numpy=False, rng=False))
-                     for d in SCALING_DEVICES if d <= a.max_devices]
+            jobs += [
+                ("devices", d, d, _worker_args("W1", a, paths=n_dev, numpy=False, rng=False))
+                for d in SCALING_DEVICES
+                if d <= a.max_devices
+            ]
         if "steps" in axes:
-            jobs += [("steps", s, a.devices, _worker_args("W1", a, paths=1024, steps=s, numpy=False, rng=False))
-                     for s in SCALING_STEPS]
+            jobs += [
+                ("steps", s, a.devices, _worker_args("W1", a, paths=1024, steps=s, numpy=False, rng=False))
+                for s in SCALING_STEPS
+            ]
         if "cohorts" in axes:
-            jobs += [("cohorts", 64 * e, a.devices,
-                      _worker_args("W1", a, paths=SCALING_COHORTS_PATHS, numpy=False, entry_points=e))
-                     for e in SCALING_ENTRY_POINTS]
+            jobs += [
+                (
+                    "cohorts",
+                    64 * e,
+                    a.devices,
+                    _worker_args("W1", a, paths=SCALING_COHORTS_PATHS, numpy=False, entry_points=e),
+                )
+                for e in SCALING_ENTRY_POINTS
+            ]
     else:
         jobs = [("workload", w, a.devices, _worker_args(w, a)) for w in (a.workload or sorted(WORKLOADS))]
     for axis, value, dev, args in jobs:
@@ -456,8 +531,11 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in rec:
             print(rec["error"], file=sys.stderr)
         else:
-            print(f"        {rec['path_steps_per_s']:,.0f} path-steps/s, compile {rec['compile_s']:.1f} s, "
-                  f"steady {rec['steady_s']:.1f} s, peak RSS {rec['peak_rss_bytes'] / 2**20:,.0f} MiB", flush=True)
+            print(
+                f"        {rec['path_steps_per_s']:,.0f} path-steps/s, compile {rec['compile_s']:.1f} s, "
+                f"steady {rec['steady_s']:.1f} s, peak RSS {rec['peak_rss_bytes'] / 2**20:,.0f} MiB",
+                flush=True,
+            )
 
     sys.path.insert(0, str(HERE.parent))
     import engine  # noqa: F401  (configures host devices like the workers)

@@ -139,8 +139,14 @@ class BinStats:
     """Per-bin statistics of some columns: counts `[bins, cols]`, and optionally exact sums,
     minima and maxima of the members `[bins, cols]` (else members are spread over `bounds`)."""
 
-    def __init__(self, counts: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None,
-                 sums: np.ndarray | None = None, mins: np.ndarray | None = None, maxs: np.ndarray | None = None):
+    def __init__(
+        self,
+        counts: np.ndarray,
+        bounds: tuple[np.ndarray, np.ndarray] | None,
+        sums: np.ndarray | None = None,
+        mins: np.ndarray | None = None,
+        maxs: np.ndarray | None = None,
+    ):
         cols = lambda a: np.asarray(a, float).reshape(np.shape(counts)[0], -1)
         self.c = cols(counts)
         self.cum = np.cumsum(self.c, axis=0)

@@ -130,7 +130,9 @@ def build_cohorts(cfg: Config) -> Cohorts:
         a_unit = amt_pos * entry / size_pos  # maintenance amount per unit held
         p_liq = liquidation_price(side, bankrupt, mmr, a_unit)
         distance = np.where(side * (asset.price - p_liq) > 0, np.abs(np.log(asset.price / p_liq)), 0.0)
-        alive = np.minimum(distance / book.barrier_ramp, 1.0) if book.barrier_ramp > 0 else (distance > 0) * 1.0
+        alive = (
+            np.minimum(distance / book.barrier_ramp, 1.0) if book.barrier_ramp > 0 else (distance > 0) * 1.0
+        )
         notional = np.zeros(shape)
         for i, share in enumerate([asset.long_share, 1.0 - asset.long_share]):
             wi = w[i] * alive[i]
@@ -138,8 +140,12 @@ def build_cohorts(cfg: Config) -> Cohorts:
             if total > 0:
                 notional[i] = asset.open_interest_usd * share * wi / total
         for name, arr in [
-            ("side", side), ("leverage", L), ("entry", entry),
-            ("quantity", notional / entry), ("bankrupt", bankrupt), ("mmr", mmr),
+            ("side", side),
+            ("leverage", L),
+            ("entry", entry),
+            ("quantity", notional / entry),
+            ("bankrupt", bankrupt),
+            ("mmr", mmr),
             ("maint_amount", a_unit),
         ]:
             out[name].append(np.asarray(arr, float).reshape(-1))

@@ -122,7 +122,9 @@ class CalibrationConfig(Strict):
         for i, t in enumerate(self.targets):
             _statistic_slot(t.statistic, assets, f"targets.{i}.statistic")
         if self.scenario.policy.partial_liquidation != 1.0:
-            raise ValueError("scenario.policy.partial_liquidation must be 1 for calibration (the relaxed kernel liquidates fully)")
+            raise ValueError(
+                "scenario.policy.partial_liquidation must be 1 for calibration (the relaxed kernel liquidates fully)"
+            )
         return self
 
 
@@ -144,7 +146,9 @@ def _param_slot(path: str, assets: list[str], where: str) -> tuple[str, int | No
 def _statistic_slot(name: str, assets: list[str], where: str) -> tuple[str, int | None]:
     base, _, asset = name.partition(".")
     if base not in STATISTICS:
-        raise ValueError(f"{where}: unknown statistic {name!r}; allowed: {list(STATISTICS)} (drawdown and OI decline may end in .ASSET)")
+        raise ValueError(
+            f"{where}: unknown statistic {name!r}; allowed: {list(STATISTICS)} (drawdown and OI decline may end in .ASSET)"
+        )
     if asset:
         if base not in ("max_drawdown", "open_interest_decline"):
             raise ValueError(f"{where}: {base} has no per-asset form")
@@ -215,16 +219,23 @@ def make_problem(cc: CalibrationConfig) -> Problem:
     params, static = P.build(cfg)
     static = P.Static(**{**static.__dict__, "relaxed": True})
     params = params._replace(temperature=jnp.asarray(s.temperature, params.market.price0.dtype))
-    unit_cfg = cfg.model_copy(update={"scenario": cfg.scenario.model_copy(update={"shock": 1.0, "shocks": (), "flows": ()})})
+    unit_cfg = cfg.model_copy(
+        update={"scenario": cfg.scenario.model_copy(update={"shock": 1.0, "shocks": (), "flows": ()})}
+    )
     assets = cfg.asset_names
     return Problem(
-        cfg=cfg, static=static, base=params,
+        cfg=cfg,
+        static=static,
+        base=params,
         unit_shock=P.schedule(unit_cfg).shock.astype(params.market.price0.dtype),
         slots=tuple(_param_slot(p.path, assets, p.path) for p in cc.params),
         stats=tuple(_statistic_slot(t.statistic, assets, t.statistic) for t in cc.targets),
-        lower=np.array([p.lower for p in cc.params]), upper=np.array([p.upper for p in cc.params]),
-        target=np.array([t.value for t in cc.targets]), tolerance=np.array([t.tolerance for t in cc.targets]),
-        weight=np.array([t.weight for t in cc.targets]), n_paths=s.n_paths,
+        lower=np.array([p.lower for p in cc.params]),
+        upper=np.array([p.upper for p in cc.params]),
+        target=np.array([t.value for t in cc.targets]),
+        tolerance=np.array([t.tolerance for t in cc.targets]),
+        weight=np.array([t.weight for t in cc.targets]),
+        n_paths=s.n_paths,
     )
 
 
@@ -289,7 +300,10 @@ def statistics(out: dict, params: P.Params, stats) -> jnp.ndarray:
         if base == "liquidated_total_usd":
             res.append(jnp.mean(out["liquidated_total"]))
         elif base == "long_share":
-            res.append(jnp.mean(jnp.sum(out["liquidated_notional"][:, :, 0], -1)) / jnp.maximum(jnp.mean(out["liquidated_total"]), 1e-30))
+            res.append(
+                jnp.mean(jnp.sum(out["liquidated_notional"][:, :, 0], -1))
+                / jnp.maximum(jnp.mean(out["liquidated_total"]), 1e-30)
+            )
         elif base == "max_drawdown":
             res.append(jnp.mean(out["max_drawdown"][:, asset]))
         elif base == "open_interest_decline":
@@ -327,8 +341,13 @@ class Fit:
     loss: float
 
 
-def fit(cc: CalibrationConfig, seed: int, prob: Problem | None = None, grad_fn: Callable | None = None,
-        progress: Callable[[int, float], None] | None = None) -> Fit:
+def fit(
+    cc: CalibrationConfig,
+    seed: int,
+    prob: Problem | None = None,
+    grad_fn: Callable | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> Fit:
     """Fit the free parameters on the paths of one seed."""
     prob = prob or make_problem(cc)
     grad_fn = grad_fn or objective(prob)
@@ -400,8 +419,13 @@ def assess(cc: CalibrationConfig, fits: list[Fit]) -> Assessment:
     spread = vals.std(0, ddof=1) if len(vals) > 1 else np.zeros(vals.shape[1])
     target = np.array([t.value for t in cc.targets])
     tolerance = np.array([t.tolerance for t in cc.targets])
-    return Assessment(converged=converged, values=vals.mean(0), spread=spread, statistics=stats,
-                      within=np.abs(stats - target) <= tolerance)
+    return Assessment(
+        converged=converged,
+        values=vals.mean(0),
+        spread=spread,
+        statistics=stats,
+        within=np.abs(stats - target) <= tolerance,
+    )
 
 
 def flags(cc: CalibrationConfig, fits: list[Fit], a: Assessment) -> list[str]:
@@ -410,11 +434,13 @@ def flags(cc: CalibrationConfig, fits: list[Fit], a: Assessment) -> list[str]:
     lines = [
         f"seed {f.seed}: not converged (best loss {f.loss:.4g} > {NOT_CONVERGED_RATIO} x the median {median:.4g}); "
         "left out of the fitted values"
-        for f, ok in zip(fits, a.converged) if not ok
+        for f, ok in zip(fits, a.converged)
+        if not ok
     ]
     lines += [
         f"{t.statistic}: outside tolerance (fitted {st:.4g}, target {t.value:.4g} ± {t.tolerance:.3g})"
-        for t, st, ok in zip(cc.targets, a.statistics, a.within) if not ok
+        for t, st, ok in zip(cc.targets, a.statistics, a.within)
+        if not ok
     ]
     return lines
 
@@ -444,8 +470,12 @@ def fitted_config(cc: CalibrationConfig, values) -> Config:
     return Config.model_validate(data)
 
 
-def calibrate(cc: CalibrationConfig, progress: Callable[[int, int, float], None] | None = None,
-              prob: Problem | None = None, grad_fn: Callable | None = None) -> list[Fit]:
+def calibrate(
+    cc: CalibrationConfig,
+    progress: Callable[[int, int, float], None] | None = None,
+    prob: Problem | None = None,
+    grad_fn: Callable | None = None,
+) -> list[Fit]:
     """Fit once per seed of `calibration.seeds` (same compiled objective for all; `prob` and
     `grad_fn` as from `make_problem` and `objective`, built here if not given)."""
     prob = prob or make_problem(cc)
@@ -473,14 +503,25 @@ def write_outputs(cc: CalibrationConfig, fits: list[Fit], run_dir: Path) -> dict
     stats = np.stack([f.statistics for f in fits])
     summary = {
         "params": [
-            {"path": p.path, "lower": p.lower, "upper": p.upper, "mean": float(m), "std_over_seeds": float(s),
-             "per_seed": [float(x) for x in vals[:, i]]}
+            {
+                "path": p.path,
+                "lower": p.lower,
+                "upper": p.upper,
+                "mean": float(m),
+                "std_over_seeds": float(s),
+                "per_seed": [float(x) for x in vals[:, i]],
+            }
             for i, (p, m, s) in enumerate(zip(cc.params, a.values, a.spread))
         ],
         "targets": [
-            {"statistic": t.statistic, "target": t.value, "tolerance": t.tolerance,
-             "fitted_mean": float(a.statistics[i]), "within_tolerance": bool(a.within[i]),
-             "per_seed": [float(x) for x in stats[:, i]]}
+            {
+                "statistic": t.statistic,
+                "target": t.value,
+                "tolerance": t.tolerance,
+                "fitted_mean": float(a.statistics[i]),
+                "within_tolerance": bool(a.within[i]),
+                "per_seed": [float(x) for x in stats[:, i]],
+            }
             for i, t in enumerate(cc.targets)
         ],
         "seeds": [f.seed for f in fits],
@@ -512,17 +553,41 @@ def write_outputs(cc: CalibrationConfig, fits: list[Fit], run_dir: Path) -> dict
         f"seeds {[f.seed for f in fits]}, temperature {cc.calibration.temperature}. Means and spreads are over "
         f"the converged seeds (a seed is not converged when {summary['not_converged_rule']})."
     )
-    lines = ["# Calibration report", "", intro, "", "## Seeds", "", "| seed | best loss | converged |", "|---|---|---|"]
-    lines += [f"| {f.seed} | {f.loss:.4g} | {'yes' if c else '**not converged**'} |" for f, c in zip(fits, a.converged)]
-    lines += ["", "## Fitted parameters", "",
-              "| parameter | lower | upper | fitted (mean) | spread over seeds (sd) |", "|---|---|---|---|---|"]
+    lines = [
+        "# Calibration report",
+        "",
+        intro,
+        "",
+        "## Seeds",
+        "",
+        "| seed | best loss | converged |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {f.seed} | {f.loss:.4g} | {'yes' if c else '**not converged**'} |"
+        for f, c in zip(fits, a.converged)
+    ]
+    lines += [
+        "",
+        "## Fitted parameters",
+        "",
+        "| parameter | lower | upper | fitted (mean) | spread over seeds (sd) |",
+        "|---|---|---|---|---|",
+    ]
     for p, m, s in zip(cc.params, a.values, a.spread):
         lines.append(f"| `{p.path}` | {p.lower:g} | {p.upper:g} | {m:.4g} | {s:.2g} |")
-    lines += ["", "## Targets", "", "| statistic | target | tolerance | fitted (mean) | flag | source |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| statistic | target | tolerance | fitted (mean) | flag | source |",
+        "|---|---|---|---|---|---|",
+    ]
     for t, st, ok in zip(cc.targets, a.statistics, a.within):
         flag = "" if ok else "**outside tolerance**"
-        lines.append(f"| `{t.statistic}` | {t.value:.4g} | {t.tolerance:.3g} | {st:.4g} | {flag} | {t.source} |")
+        lines.append(
+            f"| `{t.statistic}` | {t.value:.4g} | {t.tolerance:.3g} | {st:.4g} | {flag} | {t.source} |"
+        )
     runnable = (
         f"`fitted_scenario.toml` (the fitted means, {SIGNIFICANT_DIGITS} significant digits) runs as is: "
         "`liqstress run fitted_scenario.toml`."
@@ -531,7 +596,9 @@ def write_outputs(cc: CalibrationConfig, fits: list[Fit], run_dir: Path) -> dict
     (run_dir / "report.md").write_text("\n".join(lines))
 
     fitted = fitted_config(cc, a.values)
-    (run_dir / "fitted_scenario.toml").write_text(tomli_w.dumps(fitted.model_dump(mode="json", exclude_none=True)))
+    (run_dir / "fitted_scenario.toml").write_text(
+        tomli_w.dumps(fitted.model_dump(mode="json", exclude_none=True))
+    )
     return summary
 
 
@@ -542,7 +609,9 @@ def run_calibration(path: str | Path, run_dir: Path, log: Callable[[str], None] 
 
     def progress(k, i, loss):
         if i % every == 0 or i == cc.calibration.iterations - 1:
-            log(f"seed {cc.calibration.seeds[k]}: iteration {i + 1}/{cc.calibration.iterations}, loss {loss:.4g}")
+            log(
+                f"seed {cc.calibration.seeds[k]}: iteration {i + 1}/{cc.calibration.iterations}, loss {loss:.4g}"
+            )
 
     fits = calibrate(cc, progress)
     return write_outputs(cc, fits, Path(run_dir))

@@ -90,9 +90,23 @@ def side_sums(matrix: jnp.ndarray, *parts: jnp.ndarray) -> list[jnp.ndarray]:
 
 
 def run_cascade(
-    quantity, bankrupt, flow0, x_base, lo, hi, sigma, mmr, active, backstop_left,
-    book: BookParams, mp: MarketParams, pol: PolicyParams, rounds: int, early_exit: bool = True,
-    temperature=None, quantity0=None,
+    quantity,
+    bankrupt,
+    flow0,
+    x_base,
+    lo,
+    hi,
+    sigma,
+    mmr,
+    active,
+    backstop_left,
+    book: BookParams,
+    mp: MarketParams,
+    pol: PolicyParams,
+    rounds: int,
+    early_exit: bool = True,
+    temperature=None,
+    quantity0=None,
 ) -> Cascade:
     """Run `rounds` cascade rounds for one path.
 
@@ -135,7 +149,9 @@ def run_cascade(
             crossed = -s * jnp.log(p_r / jnp.maximum(p_liq, 1e-9 * p_r))
             gone = jnp.clip(crossed / temperature + 0.5, 0.0, 1.0) * active[:, None]
             remaining = q / jnp.where(quantity0 > 0, quantity0, 1.0)
-            w_full = jnp.where(q > 0, jnp.clip(1.0 - (1.0 - gone) / jnp.where(q > 0, remaining, 1.0), 0.0, 1.0), 0.0)
+            w_full = jnp.where(
+                q > 0, jnp.clip(1.0 - (1.0 - gone) / jnp.where(q > 0, remaining, 1.0), 0.0, 1.0), 0.0
+            )
             w_part = jnp.zeros_like(q)
             f = jnp.ones((), q.dtype)
             dq = w_full * q
@@ -182,12 +198,19 @@ def run_cascade(
         )
 
     start = Cascade(
-        quantity=quantity, bankrupt=bankrupt, flow=flow0,
+        quantity=quantity,
+        bankrupt=bankrupt,
+        flow=flow0,
         liquidated=jnp.zeros(quantity.shape[:1] + (2,), flow0.dtype),
         shortfall=jnp.zeros(quantity.shape[:1] + (2,), flow0.dtype),
-        trader_loss=zero, counterparty=zero, fund_inflow=zero,
-        backstop_left=backstop_left, backstop_qty=zero_a, backstop_cash=zero,
-        rounds=jnp.zeros((), jnp.int32), residual=zero,
+        trader_loss=zero,
+        counterparty=zero,
+        fund_inflow=zero,
+        backstop_left=backstop_left,
+        backstop_qty=zero_a,
+        backstop_cash=zero,
+        rounds=jnp.zeros((), jnp.int32),
+        residual=zero,
     )
     if early_exit:
         # A round without hits leaves the state unchanged, so stopping there gives the same
@@ -204,15 +227,29 @@ def run_cascade(
     else:
         end = jax.lax.fori_loop(0, rounds, one_round, start)
     p_end = (mp.price0 * jnp.exp(mark(end.flow)))[:, None]
-    left = (active[:, None] > 0) & (end.quantity > 0) & (
-        s * (p_end - liquidation_price(s, end.bankrupt, mmr, a)) <= 0
+    left = (
+        (active[:, None] > 0)
+        & (end.quantity > 0)
+        & (s * (p_end - liquidation_price(s, end.bankrupt, mmr, a)) <= 0)
     )
     return end._replace(residual=jnp.sum(jnp.where(left, end.quantity * p_end, 0.0)))
 
 
 def run_cascade_whole(
-    quantity, bankrupt, flow0, x_base, lo, hi, sigma, mmr, active, backstop_left,
-    book: BookParams, mp: MarketParams, pol: PolicyParams, rounds: int,
+    quantity,
+    bankrupt,
+    flow0,
+    x_base,
+    lo,
+    hi,
+    sigma,
+    mmr,
+    active,
+    backstop_left,
+    book: BookParams,
+    mp: MarketParams,
+    pol: PolicyParams,
+    rounds: int,
 ) -> Cascade:
     """`run_cascade` (exact kernel, early exit) when every liquidation closes the whole position.
 
@@ -260,8 +297,12 @@ def run_cascade_whole(
         )
 
     start = Rounds(
-        flow=flow0, backstop_left=backstop_left, fill=jnp.full_like(quantity, -1.0),
-        backstop_qty=jnp.zeros_like(flow0), backstop_cash=zero, busy=jnp.zeros((), jnp.int32),
+        flow=flow0,
+        backstop_left=backstop_left,
+        fill=jnp.full_like(quantity, -1.0),
+        backstop_qty=jnp.zeros_like(flow0),
+        backstop_cash=zero,
+        busy=jnp.zeros((), jnp.int32),
     )
 
     def more(carry):

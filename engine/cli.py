@@ -632,12 +632,18 @@ def _fit(kind: str, config: Path, run_dir: Path | None, runs_root: Path, load, e
     Returns (summary, run directory), or None after a dry run."""
     try:
         loaded = load(config)
-        target = run_dir if run_dir is not None else runs.default_run_dir(runs_root, f"{kind}_{loaded.scenario.name}")
+        target = (
+            run_dir
+            if run_dir is not None
+            else runs.default_run_dir(runs_root, f"{kind}_{loaded.scenario.name}")
+        )
         runs.check_new_run_dir(target)
     except ConfigError as e:
         raise _fail(str(e), 2) from None
     if dry_run:
-        _out().print(f"{config}: ok: {plan(loaded)}; would write to {target}", highlight=False, soft_wrap=True)
+        _out().print(
+            f"{config}: ok: {plan(loaded)}; would write to {target}", highlight=False, soft_wrap=True
+        )
         return None
     try:
         return execute(config, target, log=lambda line: _err().print(line, highlight=False)), target
@@ -648,11 +654,18 @@ def _fit(kind: str, config: Path, run_dir: Path | None, runs_root: Path, load, e
 
 
 ConfigArg = Annotated[
-    Path, typer.Argument(help="Config file, or the name of a shipped one (calibrate_oct10_2025, optimise_oct10_2025).")
+    Path,
+    typer.Argument(
+        help="Config file, or the name of a shipped one (calibrate_oct10_2025, optimise_oct10_2025)."
+    ),
 ]
-RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Write results exactly here (new or empty).")]
+RunDirOpt = Annotated[
+    Path | None, typer.Option("--run-dir", help="Write results exactly here (new or empty).")
+]
 RunsRootOpt = Annotated[Path, typer.Option("--runs-root", help="Parent of new run directories.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Validate the config and say what would run; write nothing.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Validate the config and say what would run; write nothing.")
+]
 
 
 def _calibration_plan(cc) -> str:
@@ -673,12 +686,18 @@ def _optimisation_plan(oc) -> str:
 
 
 @app.command()
-def calibrate(config: ConfigArg, run_dir: RunDirOpt = None, runs_root: RunsRootOpt = Path("runs"),
-              dry_run: DryRunOpt = False) -> None:
+def calibrate(
+    config: ConfigArg,
+    run_dir: RunDirOpt = None,
+    runs_root: RunsRootOpt = Path("runs"),
+    dry_run: DryRunOpt = False,
+) -> None:
     """Fit free parameters to observed targets (relaxed kernel, optax); one fit per seed."""
     from engine.calibrate import load_calibration, run_calibration
 
-    done = _fit("calibrate", config, run_dir, runs_root, load_calibration, run_calibration, dry_run, _calibration_plan)
+    done = _fit(
+        "calibrate", config, run_dir, runs_root, load_calibration, run_calibration, dry_run, _calibration_plan
+    )
     if done is None:
         return
     summary, target = done
@@ -693,7 +712,9 @@ def calibrate(config: ConfigArg, run_dir: RunDirOpt = None, runs_root: RunsRootO
         t.add_column(col)
     for x in summary["targets"]:
         flag = "" if x["within_tolerance"] else "[red]outside tolerance[/]"
-        t.add_row(x["statistic"], f"{x['target']:.4g} ± {x['tolerance']:.3g}", f"{x['fitted_mean']:.4g}", flag)
+        t.add_row(
+            x["statistic"], f"{x['target']:.4g} ± {x['tolerance']:.3g}", f"{x['fitted_mean']:.4g}", flag
+        )
     _out().print(t)
     for line in summary["warnings"]:
         _err().print(Text("warning: ", style="bold yellow") + Text(line), soft_wrap=True)
@@ -701,12 +722,25 @@ def calibrate(config: ConfigArg, run_dir: RunDirOpt = None, runs_root: RunsRootO
 
 
 @app.command()
-def optimise(config: ConfigArg, run_dir: RunDirOpt = None, runs_root: RunsRootOpt = Path("runs"),
-             dry_run: DryRunOpt = False) -> None:
+def optimise(
+    config: ConfigArg,
+    run_dir: RunDirOpt = None,
+    runs_root: RunsRootOpt = Path("runs"),
+    dry_run: DryRunOpt = False,
+) -> None:
     """Least restrictive policy under a tail-risk constraint (gradient search, exact check)."""
     from engine.optimise import load_optimisation, run_optimisation
 
-    done = _fit("optimise", config, run_dir, runs_root, load_optimisation, run_optimisation, dry_run, _optimisation_plan)
+    done = _fit(
+        "optimise",
+        config,
+        run_dir,
+        runs_root,
+        load_optimisation,
+        run_optimisation,
+        dry_run,
+        _optimisation_plan,
+    )
     if done is None:
         return
     summary, target = done
@@ -727,12 +761,21 @@ def optimise(config: ConfigArg, run_dir: RunDirOpt = None, runs_root: RunsRootOp
     if summary["optimum_accepted"]:
         _out().print("accepted: feasible at the required confidence", highlight=False)
     elif rec is None:
-        _err().print(Text("warning: ", style="bold yellow") + Text(
-            f"optimum not accepted: P(feasible) below {summary['confidence']}, and no grid point reaches it"))
+        _err().print(
+            Text("warning: ", style="bold yellow")
+            + Text(
+                f"optimum not accepted: P(feasible) below {summary['confidence']}, and no grid point reaches it"
+            )
+        )
     else:
-        _err().print(Text("warning: ", style="bold yellow") + Text(
-            f"optimum not accepted: P(feasible) below {summary['confidence']}; the cheapest grid point that reaches it: "
-            f"{fmt(rec['values'])} (cost {rec['cost']:.3f}, P(feasible) = {rec['p_feasible']:.3f})"), soft_wrap=True)
+        _err().print(
+            Text("warning: ", style="bold yellow")
+            + Text(
+                f"optimum not accepted: P(feasible) below {summary['confidence']}; the cheapest grid point that reaches it: "
+                f"{fmt(rec['values'])} (cost {rec['cost']:.3f}, P(feasible) = {rec['p_feasible']:.3f})"
+            ),
+            soft_wrap=True,
+        )
     _out().print(f"run directory: {target}")
 
 

@@ -112,8 +112,7 @@ class Exchange(Strict):
                 raise ValueError(f"tier {i}: mmr must not decrease ({hi.mmr} after {lo.mmr})")
             if not hi.max_leverage <= lo.max_leverage:
                 raise ValueError(
-                    f"tier {i}: max_leverage must not increase ({hi.max_leverage} after "
-                    f"{lo.max_leverage})"
+                    f"tier {i}: max_leverage must not increase ({hi.max_leverage} after {lo.max_leverage})"
                 )
         return tiers
 
@@ -227,7 +226,16 @@ class Book(Strict):
     """
 
     leverage: tuple[Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)], ...] = (
-        2, 3, 5, 10, 20, 25, 50, 75, 100, 125,
+        2,
+        3,
+        5,
+        10,
+        20,
+        25,
+        50,
+        75,
+        100,
+        125,
     )
     # Share of open interest at each leverage level (normalised); need not sum to one.
     leverage_weights: tuple[NonNegFloat, ...] = (4, 5, 10, 18, 20, 12, 16, 6, 6, 3)
@@ -304,8 +312,10 @@ class Scenario(Strict):
     flows: tuple[Flow, ...] = ()
 
     def all_shocks(self) -> tuple[Shock, ...]:
-        head = () if self.shock == 0 else (
-            Shock(size=self.shock, start_step=self.shock_start, steps=self.shock_steps),
+        head = (
+            ()
+            if self.shock == 0
+            else (Shock(size=self.shock, start_step=self.shock_start, steps=self.shock_steps),)
         )
         return head + self.shocks
 

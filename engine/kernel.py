@@ -87,19 +87,40 @@ def init_state(params: Params, static: Static) -> SimState:
     z = jnp.zeros((), dtype)
     quantity, bankrupt = policies.cap_leverage(params.book, pol)
     totals = Totals(
-        liquidated=jnp.zeros((static.n_assets, 2), dtype), trader_loss=z, counterparty=z,
-        fund_inflow=z, shortfall=z, fund_draw=z, adl_absorbed=z, adl_notional=z, bad_debt=z,
-        halted_steps=za, max_rounds=jnp.zeros((), jnp.int32), max_residual=z,
-        max_drawdown=za, nonfinite=jnp.zeros((), bool), jump_truncated=jnp.zeros((), bool),
+        liquidated=jnp.zeros((static.n_assets, 2), dtype),
+        trader_loss=z,
+        counterparty=z,
+        fund_inflow=z,
+        shortfall=z,
+        fund_draw=z,
+        adl_absorbed=z,
+        adl_notional=z,
+        bad_debt=z,
+        halted_steps=za,
+        max_rounds=jnp.zeros((), jnp.int32),
+        max_residual=z,
+        max_drawdown=za,
+        nonfinite=jnp.zeros((), bool),
+        jump_truncated=jnp.zeros((), bool),
     )
     return SimState(
-        x_fair=za, x_trans=za, x_mark=za, peak=za, variance=mp.sigma_init**2,
+        x_fair=za,
+        x_trans=za,
+        x_mark=za,
+        peak=za,
+        variance=mp.sigma_init**2,
         ring=jnp.zeros((static.n_assets, static.max_window), dtype),
-        halt_left=jnp.zeros(static.n_assets, jnp.int32), queue=za,
-        quantity=quantity, bankrupt=bankrupt, fund=pol.insurance_fund.astype(dtype),
+        halt_left=jnp.zeros(static.n_assets, jnp.int32),
+        queue=za,
+        quantity=quantity,
+        bankrupt=bankrupt,
+        fund=pol.insurance_fund.astype(dtype),
         deficit=jnp.zeros((static.n_assets, 2), dtype),
-        backstop_left=pol.backstop_capacity.astype(dtype), backstop_qty=za, backstop_cash=z,
-        totals=totals, halt_weight=za if static.relaxed else None,
+        backstop_left=pol.backstop_capacity.astype(dtype),
+        backstop_qty=za,
+        backstop_cash=z,
+        totals=totals,
+        halt_weight=za if static.relaxed else None,
     )
 
 
@@ -133,8 +154,20 @@ def market_step(state: SimState, draws: market.Draws, t, shock, flow, params: Pa
         relax = {}
 
     cascade_args = (
-        state.quantity, state.bankrupt, flow0, x_fair + x_trans, lo, hi, sigma, mmr, open_,
-        state.backstop_left, book, mp, pol, static.rounds,
+        state.quantity,
+        state.bankrupt,
+        flow0,
+        x_fair + x_trans,
+        lo,
+        hi,
+        sigma,
+        mmr,
+        open_,
+        state.backstop_left,
+        book,
+        mp,
+        pol,
+        static.rounds,
     )
     if static.whole_only and not static.relaxed:
         c = run_cascade_whole(*cascade_args)
@@ -179,11 +212,22 @@ def market_step(state: SimState, draws: market.Draws, t, shock, flow, params: Pa
         jump_truncated=tot.jump_truncated | market.jump_truncated(draws, mp),
     )
     return SimState(
-        x_fair=x_fair, x_trans=x_trans, x_mark=x_mark, peak=peak, variance=variance,
-        ring=ring, halt_left=halt_left, queue=queue, quantity=c.quantity,
-        bankrupt=c.bankrupt, fund=f.fund, deficit=f.deficit, backstop_left=c.backstop_left,
+        x_fair=x_fair,
+        x_trans=x_trans,
+        x_mark=x_mark,
+        peak=peak,
+        variance=variance,
+        ring=ring,
+        halt_left=halt_left,
+        queue=queue,
+        quantity=c.quantity,
+        bankrupt=c.bankrupt,
+        fund=f.fund,
+        deficit=f.deficit,
+        backstop_left=c.backstop_left,
         backstop_qty=state.backstop_qty + c.backstop_qty,
-        backstop_cash=state.backstop_cash + c.backstop_cash, totals=totals,
+        backstop_cash=state.backstop_cash + c.backstop_cash,
+        totals=totals,
         halt_weight=halt_weight,
     )
 

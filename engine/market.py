@@ -94,7 +94,9 @@ def exogenous_return(d: Draws, sigma: jnp.ndarray, shock: jnp.ndarray, mp: Marke
 def garch_variance(h: jnp.ndarray, realised: jnp.ndarray, mp: MarketParams) -> jnp.ndarray:
     """Next step's variance `[assets]` from this step's variance and realised log return."""
     s2 = mp.sigma0**2
-    h_next = s2 * (1.0 - mp.garch_alpha - mp.garch_beta) + mp.garch_alpha * (
-        realised - mp.mu
-    ) ** 2 + mp.garch_beta * h
+    h_next = (
+        s2 * (1.0 - mp.garch_alpha - mp.garch_beta)
+        + mp.garch_alpha * (realised - mp.mu) ** 2
+        + mp.garch_beta * h
+    )
     return jnp.minimum(h_next, MAX_VARIANCE_MULT * s2)

@@ -57,7 +57,14 @@ LEVERS = {
 }
 # Cost slack when comparing the optimum with the best grid point (cost units).
 COST_TOLERANCE = 0.02
-RISK_OUTPUTS = ("shortfall", "bad_debt", "liquidated_total", "trader_loss", "insurance_fund_draw", "adl_notional")
+RISK_OUTPUTS = (
+    "shortfall",
+    "bad_debt",
+    "liquidated_total",
+    "trader_loss",
+    "insurance_fund_draw",
+    "adl_notional",
+)
 
 
 class Lever(Strict):
@@ -131,11 +138,15 @@ class OptimisationConfig(Strict):
         for i, lv in enumerate(self.levers):
             need = LEVERS[lv.path][1]
             if need and kind != need:
-                raise ValueError(f"levers.{i}.path: {lv.path} needs scenario.policy.breaker.kind = {need!r} (it is {kind!r})")
+                raise ValueError(
+                    f"levers.{i}.path: {lv.path} needs scenario.policy.breaker.kind = {need!r} (it is {kind!r})"
+                )
         if len({lv.path for lv in self.levers}) != len(self.levers):
             raise ValueError("levers: each path may appear once")
         if self.scenario.policy.partial_liquidation != 1.0:
-            raise ValueError("scenario.policy.partial_liquidation must be 1 (the relaxed kernel liquidates fully)")
+            raise ValueError(
+                "scenario.policy.partial_liquidation must be 1 (the relaxed kernel liquidates fully)"
+            )
         return self
 
     @property
@@ -237,7 +248,10 @@ def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Resu
     scouted = [scout(v) for v in grid(oc)]
     start = cheapest_feasible(scouted, s.confidence) or max(scouted, key=lambda g: g["p_feasible"])
     u = jnp.asarray(levers_to_unconstrained(oc, start["values"]), jnp.float32)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(s.learning_rate, s.iterations, 0.05)))
+    opt = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adam(optax.cosine_decay_schedule(s.learning_rate, s.iterations, 0.05)),
+    )
     state = opt.init(u)
     trajectory = []
     every = max(1, s.iterations // 10)
@@ -246,10 +260,20 @@ def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Resu
         temperature = s.temperature * (s.final_temperature / s.temperature) ** frac
         (obj, (cost, stat)), g = grad_fn(u, jnp.asarray(temperature, base.temperature.dtype))
         v = np.asarray(lever_values(oc, u))
-        trajectory.append({"iteration": i, "values": v.tolist(), "objective": float(obj), "cost": float(cost),
-                           "statistic": float(stat), "temperature": temperature})
+        trajectory.append(
+            {
+                "iteration": i,
+                "values": v.tolist(),
+                "objective": float(obj),
+                "cost": float(cost),
+                "statistic": float(stat),
+                "temperature": temperature,
+            }
+        )
         if i % every == 0:
-            log(f"iteration {i + 1}/{s.iterations}: objective {float(obj):.4g}, cost {float(cost):.3f}, {oc.constraint.statistic} {float(stat):.4g} (bound {bound:.4g})")
+            log(
+                f"iteration {i + 1}/{s.iterations}: objective {float(obj):.4g}, cost {float(cost):.3f}, {oc.constraint.statistic} {float(stat):.4g} (bound {bound:.4g})"
+            )
         if not np.all(np.isfinite(np.asarray(g))):
             log(f"iteration {i + 1}: non-finite gradient, stopping the search here")
             break
@@ -265,8 +289,15 @@ def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Resu
     check_eval = exact_evaluator(oc, cfg, s.check_seed)
     check = check_eval(np.asarray(chosen["values"]))
     grid_checked = [check_eval(v) for v in grid(oc)]
-    return Result(values=np.asarray(chosen["values"]), trajectory=trajectory, check=check, grid=grid_checked,
-                  best_grid=cheapest_feasible(grid_checked, s.confidence), start=start, searched=searched)
+    return Result(
+        values=np.asarray(chosen["values"]),
+        trajectory=trajectory,
+        check=check,
+        grid=grid_checked,
+        best_grid=cheapest_feasible(grid_checked, s.confidence),
+        start=start,
+        searched=searched,
+    )
 
 
 def feasibility(statistic: float, mc_se: float, bound: float) -> float:
@@ -330,13 +361,25 @@ def exact_evaluator(oc: OptimisationConfig, cfg: Config, seed: int) -> Callable[
     boot = np.random.default_rng(0).integers(0, s.check_paths, size=(200, s.check_paths))
 
     def evaluate(values) -> dict:
-        out, _ = rollout(with_levers(params, oc, values), word64(seed), 0, s.check_paths, static=static, n_paths=s.check_paths)
+        out, _ = rollout(
+            with_levers(params, oc, values),
+            word64(seed),
+            0,
+            s.check_paths,
+            static=static,
+            n_paths=s.check_paths,
+        )
         x = np.asarray(out[out_name], np.float64)
         stat = float(risk_statistic(x, kind))
         se = float(np.std([risk_statistic(x[b], kind) for b in boot], ddof=1))
         cost = float(sum(lv.cost * restrictiveness(lv, float(v)) for lv, v in zip(oc.levers, values)))
-        return {"values": [float(v) for v in values], "statistic": stat, "mc_se": se,
-                "p_feasible": feasibility(stat, se, oc.bound), "cost": cost}
+        return {
+            "values": [float(v) for v in values],
+            "statistic": stat,
+            "mc_se": se,
+            "p_feasible": feasibility(stat, se, oc.bound),
+            "cost": cost,
+        }
 
     return evaluate
 
@@ -359,9 +402,17 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
     no_costlier = b is None or c["cost"] <= b["cost"] + COST_TOLERANCE
     within = accepted and no_costlier
     summary = {
-        "levers": names, "optimum": res.values.tolist(), "constraint": oc.constraint.statistic, "bound": bound,
-        "confidence": confidence, "check": c, "best_grid": b, "grid": res.grid, "trajectory": res.trajectory,
-        "start": res.start, "searched": res.searched,
+        "levers": names,
+        "optimum": res.values.tolist(),
+        "constraint": oc.constraint.statistic,
+        "bound": bound,
+        "confidence": confidence,
+        "check": c,
+        "best_grid": b,
+        "grid": res.grid,
+        "trajectory": res.trajectory,
+        "start": res.start,
+        "searched": res.searched,
         "optimum_accepted": bool(accepted),
         # what to use: the optimum if accepted, else the cheapest grid point feasible at the
         # required confidence (None if no grid point is)
@@ -378,7 +429,15 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
     if len(names) == 2:
         g = np.array([[*x["values"], x["statistic"]] for x in res.grid])
         ok = [x["p_feasible"] >= confidence for x in res.grid]
-        ax.scatter(g[:, 0], g[:, 1], c=ok, cmap="RdYlGn", s=60, marker="s", label=f"grid (green: P(feasible) >= {confidence})")
+        ax.scatter(
+            g[:, 0],
+            g[:, 1],
+            c=ok,
+            cmap="RdYlGn",
+            s=60,
+            marker="s",
+            label=f"grid (green: P(feasible) >= {confidence})",
+        )
         ax.plot(traj[:, 0], traj[:, 1], "-k", lw=1, label="optimisation path")
         ax.plot(*res.values, "*", color="navy", ms=14, label="optimum")
         ax.set_xlabel(names[0])
@@ -408,12 +467,20 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
         f"{oc.optimise.temperature} annealed to {oc.optimise.final_temperature})"
     )
     lines = [
-        "# Policy optimisation report", "", aim, "", path_title, "",
-        "| iteration | levers | cost | statistic | objective |", "|---|---|---|---|---|",
+        "# Policy optimisation report",
+        "",
+        aim,
+        "",
+        path_title,
+        "",
+        "| iteration | levers | cost | statistic | objective |",
+        "|---|---|---|---|---|",
     ]
     step = max(1, len(res.trajectory) // 10)
     for t in res.trajectory[::step] + [res.trajectory[-1]]:
-        lines.append(f"| {t['iteration']} | {fmt(t['values'])} | {t['cost']:.3f} | {t['statistic']:,.4g} | {t['objective']:.4g} |")
+        lines.append(
+            f"| {t['iteration']} | {fmt(t['values'])} | {t['cost']:.3f} | {t['statistic']:,.4g} | {t['objective']:.4g} |"
+        )
     st, se = res.start, res.searched
     start_text = (
         f"Started from the cheapest feasible point of an exact {oc.optimise.grid_points}-per-lever grid on "
@@ -424,14 +491,24 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
     )
     lines += ["", start_text]
     lines += [
-        "", f"## Exact check on {oc.optimise.check_paths} fresh paths", "",
-        f"P(feasible) = Phi((bound - statistic) / s.e.); a point is accepted at P(feasible) >= {confidence}.", "",
-        "| policy | levers | cost | statistic ± MC s.e. | P(feasible) |", "|---|---|---|---|---|",
+        "",
+        f"## Exact check on {oc.optimise.check_paths} fresh paths",
+        "",
+        f"P(feasible) = Phi((bound - statistic) / s.e.); a point is accepted at P(feasible) >= {confidence}.",
+        "",
+        "| policy | levers | cost | statistic ± MC s.e. | P(feasible) |",
+        "|---|---|---|---|---|",
         f"| optimum | {fmt(c['values'])} | {c['cost']:.3f} | {c['statistic']:,.4g} ± {c['mc_se']:,.3g} | {c['p_feasible']:.3f} |",
     ]
     if b:
-        lines.append(f"| best grid point | {fmt(b['values'])} | {b['cost']:.3f} | {b['statistic']:,.4g} ± {b['mc_se']:,.3g} | {b['p_feasible']:.3f} |")
-    lines += ["", f"Grid: {oc.optimise.grid_points} points per lever ({len(res.grid)} in all), same paths.", ""]
+        lines.append(
+            f"| best grid point | {fmt(b['values'])} | {b['cost']:.3f} | {b['statistic']:,.4g} ± {b['mc_se']:,.3g} | {b['p_feasible']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Grid: {oc.optimise.grid_points} points per lever ({len(res.grid)} in all), same paths.",
+        "",
+    ]
     lines.append(verdict(c, b, confidence, within, fmt))
     lines += ["", "![trajectory](trajectory.png)", ""]
     (run_dir / "report.md").write_text("\n".join(lines))
@@ -441,13 +518,17 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
 def verdict(check: dict, best: dict | None, confidence: float, within: bool, fmt: Callable) -> str:
     """The report's conclusion: accepted or not at `confidence`, and what to use instead."""
     if check["p_feasible"] >= confidence:
-        return (f"**Accepted**: the optimum is feasible with P = {check['p_feasible']:.3f} >= {confidence}; "
-                f"at least as good as the best grid point: {within}.")
+        return (
+            f"**Accepted**: the optimum is feasible with P = {check['p_feasible']:.3f} >= {confidence}; "
+            f"at least as good as the best grid point: {within}."
+        )
     text = f"**Not accepted**: the optimum is feasible with P = {check['p_feasible']:.3f} only (< {confidence}). "
     if best is None:
         return text + f"No grid point is feasible at confidence {confidence} either."
-    return text + (f"The cheapest grid point feasible at that confidence is {fmt(best['values'])} "
-                   f"(cost {best['cost']:.3f}, P = {best['p_feasible']:.3f}).")
+    return text + (
+        f"The cheapest grid point feasible at that confidence is {fmt(best['values'])} "
+        f"(cost {best['cost']:.3f}, P = {best['p_feasible']:.3f})."
+    )
 
 
 def run_optimisation(path: str | Path, run_dir: Path, log: Callable[[str], None] = print) -> dict:

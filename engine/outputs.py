@@ -25,23 +25,81 @@ class Output:
 
 
 OUTPUTS: tuple[Output, ...] = (
-    Output("liquidated_notional", ("asset", "side"), "USD", "notional liquidated at fill price", lambda s: B.usd(), True),
-    Output("liquidated_total", (), "USD", "notional liquidated, all assets and sides", lambda s: B.usd(), True),
-    Output("max_drawdown", ("asset",), "1", "maximum peak-to-trough fall of the mark price", lambda s: B.fraction()),
-    Output("insurance_fund_draw", (), "USD", "insurance fund paid out for shortfalls", lambda s: B.usd(), True),
-    Output("adl_notional", (), "USD", "notional of positions closed by auto-deleveraging", lambda s: B.usd(), True),
-    Output("adl_absorbed", (), "USD", "profit given up by auto-deleveraged positions", lambda s: B.usd(), True),
+    Output(
+        "liquidated_notional",
+        ("asset", "side"),
+        "USD",
+        "notional liquidated at fill price",
+        lambda s: B.usd(),
+        True,
+    ),
+    Output(
+        "liquidated_total", (), "USD", "notional liquidated, all assets and sides", lambda s: B.usd(), True
+    ),
+    Output(
+        "max_drawdown",
+        ("asset",),
+        "1",
+        "maximum peak-to-trough fall of the mark price",
+        lambda s: B.fraction(),
+    ),
+    Output(
+        "insurance_fund_draw", (), "USD", "insurance fund paid out for shortfalls", lambda s: B.usd(), True
+    ),
+    Output(
+        "adl_notional",
+        (),
+        "USD",
+        "notional of positions closed by auto-deleveraging",
+        lambda s: B.usd(),
+        True,
+    ),
+    Output(
+        "adl_absorbed", (), "USD", "profit given up by auto-deleveraged positions", lambda s: B.usd(), True
+    ),
     Output("bad_debt", (), "USD", "deficit left after fund and ADL", lambda s: B.usd(), True),
     Output("trader_loss", (), "USD", "margin lost by liquidated traders", lambda s: B.usd(), True),
     Output("shortfall", (), "USD", "liquidation losses beyond posted margin", lambda s: B.usd(), True),
-    Output("fund_inflow", (), "USD", "leftover margin and fees paid into the insurance fund", lambda s: B.usd()),
-    Output("counterparty_gain", (), "USD", "gain of the fills' other side relative to liquidated entries", lambda s: B.usd()),
+    Output(
+        "fund_inflow", (), "USD", "leftover margin and fees paid into the insurance fund", lambda s: B.usd()
+    ),
+    Output(
+        "counterparty_gain",
+        (),
+        "USD",
+        "gain of the fills' other side relative to liquidated entries",
+        lambda s: B.usd(),
+    ),
     Output("backstop_pnl", (), "USD", "backstop vault profit, marked at the final price", lambda s: B.usd()),
     Output("halted_steps", ("asset",), "1", "steps with trading halted", lambda s: B.count(s.steps)),
-    Output("cascade_rounds", (), "1", "most cascade rounds with liquidations in one step", lambda s: B.count(s.rounds)),
-    Output("residual_notional", (), "USD", "largest notional left crossing when the cascade rounds ran out", lambda s: B.usd()),
-    Output("deferred_notional", (), "USD", "notional beyond its liquidation price at the end (queued, not executed)", lambda s: B.usd()),
-    Output("open_interest_decline", ("asset",), "1", "1 - final open interest (USD) / initial (after the leverage cap)", lambda s: B.ratio()),
+    Output(
+        "cascade_rounds",
+        (),
+        "1",
+        "most cascade rounds with liquidations in one step",
+        lambda s: B.count(s.rounds),
+    ),
+    Output(
+        "residual_notional",
+        (),
+        "USD",
+        "largest notional left crossing when the cascade rounds ran out",
+        lambda s: B.usd(),
+    ),
+    Output(
+        "deferred_notional",
+        (),
+        "USD",
+        "notional beyond its liquidation price at the end (queued, not executed)",
+        lambda s: B.usd(),
+    ),
+    Output(
+        "open_interest_decline",
+        ("asset",),
+        "1",
+        "1 - final open interest (USD) / initial (after the leverage cap)",
+        lambda s: B.ratio(),
+    ),
 )
 BY_NAME = {o.name: o for o in OUTPUTS}
 # Per-point counts of paths where a static limit of the kernel bit (cube variables, int32).

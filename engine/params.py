@@ -245,9 +245,7 @@ def schedule(cfg: Config) -> Schedule:
 
 def build(cfg: Config) -> tuple[Params, Static]:
     """All traced parameters of one configuration, cast to the run's float type."""
-    params = Params(
-        market_params(cfg), book_params(cfg), policy_params(cfg), schedule(cfg), jnp.asarray(0.0)
-    )
+    params = Params(market_params(cfg), book_params(cfg), policy_params(cfg), schedule(cfg), jnp.asarray(0.0))
     return cast(params, dtype_of(cfg)), static_of(cfg)
 
 

@@ -144,11 +144,16 @@ class PointAccumulator:
 
     def stats(self, name: str) -> B.BinStats:
         """The binned statistics of output `name` (columns: its trailing dims, flattened)."""
-        return B.BinStats(self.counts[name], None, self.bin_sums[name], self.bin_min[name], self.bin_max[name])
+        return B.BinStats(
+            self.counts[name], None, self.bin_sums[name], self.bin_min[name], self.bin_max[name]
+        )
 
     def result(self, price0: np.ndarray) -> dict[str, np.ndarray]:
         """Statistics of this point: `{variable: array}` (see `engine.simulate` for the list)."""
-        out: dict[str, np.ndarray] = {"n_paths": np.asarray(self.n), "n_nonfinite": np.asarray(self.nonfinite)}
+        out: dict[str, np.ndarray] = {
+            "n_paths": np.asarray(self.n),
+            "n_nonfinite": np.asarray(self.nonfinite),
+        }
         # kernel diagnostics: paths whose cascade ran out of rounds, or with a truncated jump count
         out["n_cascade_unconverged"] = self.positive["residual_notional"].astype(np.int32)
         out["n_jump_truncated"] = np.asarray(self.jump_truncated, np.int32)

@@ -484,7 +484,9 @@ def plot_sweep_line(cube: xr.Dataset, dim: str, path: Path) -> Figure:
     if not flagged.all():
         ax.plot(xs, np.where(flagged, np.nan, es), "s--", color="C1", label="ES99")
     if flagged.any():
-        ax.plot(xs, np.where(flagged, es, np.nan), "s:", color=FLAG_COLOR, mfc="none", label=f"ES99: {FLAGGED}")
+        ax.plot(
+            xs, np.where(flagged, es, np.nan), "s:", color=FLAG_COLOR, mfc="none", label=f"ES99: {FLAGGED}"
+        )
     ax.plot(xs, estimate(sub, "liquidated_total", 0.5).values, "^:", color="C2", label="median")
     ax.set_xticks(xs, _axis_ticks(sub, dim))
     ax.set_xlabel(cube[dim].attrs.get("sweep_path", dim))
@@ -500,7 +502,10 @@ def plot_sweep_line(cube: xr.Dataset, dim: str, path: Path) -> Figure:
 def _clipped_note(pols: list[Policy], variables: list[str]) -> str:
     """A line saying why fan-chart bands have gaps, if any band shown is clipped (NaN)."""
     clipped = any(
-        bool((p.ds[f"{var}_status"] == CLIPPED).any()) for p in pols for var in variables if f"{var}_status" in p.ds
+        bool((p.ds[f"{var}_status"] == CLIPPED).any())
+        for p in pols
+        for var in variables
+        if f"{var}_status" in p.ds
     )
     if not clipped:
         return ""

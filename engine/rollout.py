@@ -82,8 +82,9 @@ def _begin(params: Params, static: Static, n_paths: int) -> Carry:
     return Carry(states, fan)
 
 
-def _advance(carry: Carry, params: Params, seed, start, n_valid, t0, static: Static, n_steps: int,
-             nudge=0.0) -> Carry:
+def _advance(
+    carry: Carry, params: Params, seed, start, n_valid, t0, static: Static, n_steps: int, nudge=0.0
+) -> Carry:
     """Steps `t0 .. t0 + n_steps - 1` of global paths `start ..` (steps from `static.steps` on
     are skipped, so the last of several segments may overrun). Only the first `n_valid` paths
     enter the fan charts (a chunk is padded to its compiled size). nudge: see `step_draws`."""
@@ -169,8 +170,19 @@ def sharded_begin(params: Params, static: Static, n_paths: int, mesh: Mesh) -> C
 
 
 @partial(jax.jit, static_argnames=("static", "n_paths", "n_steps", "mesh"), donate_argnums=(0,))
-def sharded_advance(carry: Carry, params: Params, seed, start, n_valid, t0, static: Static, n_paths: int,
-                    n_steps: int, mesh: Mesh, nudge=0.0) -> Carry:
+def sharded_advance(
+    carry: Carry,
+    params: Params,
+    seed,
+    start,
+    n_valid,
+    t0,
+    static: Static,
+    n_paths: int,
+    n_steps: int,
+    mesh: Mesh,
+    nudge=0.0,
+) -> Carry:
     """`_advance` of a chunk split over `mesh`: device d holds paths `start + d * n_paths /
     mesh.size ...` and counts its fan charts for those of them below `n_valid`."""
 
@@ -184,7 +196,10 @@ def sharded_advance(carry: Carry, params: Params, seed, start, n_valid, t0, stat
         return out._replace(fan=_per_device(out.fan))
 
     return jax.shard_map(
-        local, mesh=mesh, in_specs=(P(PATH_AXIS), P(), P(), P(), P(), P(), P()), out_specs=P(PATH_AXIS),
+        local,
+        mesh=mesh,
+        in_specs=(P(PATH_AXIS), P(), P(), P(), P(), P(), P()),
+        out_specs=P(PATH_AXIS),
         check_vma=False,  # the kernel's loops start from replicated constants; no manual typing needed
     )(carry, params, seed, start, n_valid, t0, nudge)
 
@@ -202,8 +217,17 @@ def sharded_finish(carry: Carry, params: Params, static: Static, mesh: Mesh):
     )(carry, params)
 
 
-def sharded_rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int, mesh: Mesh,
-                    segment_steps: int = SEGMENT_STEPS, nudge=0.0):
+def sharded_rollout(
+    params: Params,
+    seed,
+    start,
+    n_valid,
+    static: Static,
+    n_paths: int,
+    mesh: Mesh,
+    segment_steps: int = SEGMENT_STEPS,
+    nudge=0.0,
+):
     """`rollout` of global paths `start .. start + n_paths - 1` split over `mesh`'s devices, in
     calls of at most `segment_steps` steps (dispatched asynchronously; see `SEGMENT_STEPS`).
 
@@ -216,6 +240,17 @@ def sharded_rollout(params: Params, seed, start, n_valid, static: Static, n_path
     n_steps = min(segment_steps, static.steps)
     carry = sharded_begin(params, static=static, n_paths=n_paths, mesh=mesh)
     for t0 in range(0, static.steps, n_steps):
-        carry = sharded_advance(carry, params, seed, start, n_valid, t0, static=static, n_paths=n_paths,
-                                n_steps=n_steps, mesh=mesh, nudge=nudge)
+        carry = sharded_advance(
+            carry,
+            params,
+            seed,
+            start,
+            n_valid,
+            t0,
+            static=static,
+            n_paths=n_paths,
+            n_steps=n_steps,
+            mesh=mesh,
+            nudge=nudge,
+        )
     return sharded_finish(carry, params, static=static, mesh=mesh)

@@ -576,7 +576,9 @@ class Leader:
         """`engine.simulate(config, points, baseline=...)`, run on every process."""
         if self._listening:  # (a single process builds no message)
             points_json = [c.model_dump(mode="json") for c in points]
-            self._tell({"config": config.model_dump(mode="json"), "points": points_json, "baseline": baseline})
+            self._tell(
+                {"config": config.model_dump(mode="json"), "points": points_json, "baseline": baseline}
+            )
         self._inside = self._listening
         ds = simulate(config, points, baseline=baseline, progress=progress)
         self._inside = False
@@ -901,7 +903,9 @@ def load_cube(path: Path) -> xr.Dataset:
             if f.name == CUBE
             else ""
         )
-        raise ConfigError(f"{f}: cannot read it as netCDF: not a netCDF file, or damaged ({why}){rebuild}") from None
+        raise ConfigError(
+            f"{f}: cannot read it as netCDF: not a netCDF file, or damaged ({why}){rebuild}"
+        ) from None
     missing = [f"attribute {a}" for a in CUBE_ATTRS if a not in cube.attrs]
     missing += [f"variable {o.name}" for o in OUTPUTS if o.name not in cube.data_vars]
     if missing:

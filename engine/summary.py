@@ -45,7 +45,11 @@ def estimate(ds: xr.Dataset, name: str, level: float | None = None) -> xr.DataAr
         status = ds["es99_status"] if "es99_status" in ds else es_status(n)
     else:
         value = ds[name].sel(quantile=level)
-        status = ds["quantile_status"].sel(quantile=level) if "quantile_status" in ds else quantile_status(n, [level])[0]
+        status = (
+            ds["quantile_status"].sel(quantile=level)
+            if "quantile_status" in ds
+            else quantile_status(n, [level])[0]
+        )
     return value.where(status == ESTIMATED)
 
 
@@ -88,16 +92,22 @@ def summary_table(ds: xr.Dataset, point: int = 0) -> str:
         t.add_column(col, justify="right" if col != "metric" else "left")
     for name, label in ROWS:
         t.add_row(
-            label, cell(float(estimate(p, name, 0.5)), _usd), cell(float(estimate(p, name, 0.99)), _usd),
-            cell(float(estimate(p, name)), _usd), _usd(float(p[f"{name}_mean"])),
+            label,
+            cell(float(estimate(p, name, 0.5)), _usd),
+            cell(float(estimate(p, name, 0.99)), _usd),
+            cell(float(estimate(p, name)), _usd),
+            _usd(float(p[f"{name}_mean"])),
             _usd(float(p[f"{name}_mc_se"])),
         )
     pct = lambda v: f"{v:.1%}"
     for a in ds.asset.values:
         dd = p.sel(asset=a)
         t.add_row(
-            f"Max drawdown {a}", cell(float(estimate(dd, "max_drawdown", 0.5)), pct),
-            cell(float(estimate(dd, "max_drawdown", 0.99)), pct), "", pct(float(dd["max_drawdown_mean"])),
+            f"Max drawdown {a}",
+            cell(float(estimate(dd, "max_drawdown", 0.5)), pct),
+            cell(float(estimate(dd, "max_drawdown", 0.99)), pct),
+            "",
+            pct(float(dd["max_drawdown_mean"])),
             f"{float(dd['max_drawdown_mc_se']):.2%}",
         )
     long = float(p["liquidated_notional_mean"].sel(side="long").sum())

@@ -99,8 +99,9 @@ def _adl_pro_rata(profit, need, side):
     return share * profit, share * (profit > 0)
 
 
-def auto_deleverage(quantity, bankrupt, price, deficit, book: BookParams, pol: PolicyParams,
-                    temperature=None) -> Adl:
+def auto_deleverage(
+    quantity, bankrupt, price, deficit, book: BookParams, pol: PolicyParams, temperature=None
+) -> Adl:
     """Cover `deficit` `[assets, 2]` (USD; long, short) from opposite profitable positions.
 
     quantity, bankrupt: `[assets, cohorts]`; price: mark `[assets]` (USD). temperature: None
@@ -121,14 +122,17 @@ def auto_deleverage(quantity, bankrupt, price, deficit, book: BookParams, pol: P
     rule = pol.adl_rule
     # only the point's rule runs (the rule is the same for every path of a point, so under
     # vmap this stays a branch, not a select of all three)
-    closed = jax.lax.switch(
-        rule,
-        [
-            lambda: jnp.zeros_like(profit),
-            lambda: _adl_queue(profit, score, need, s)[1],
-            lambda: _adl_pro_rata(profit, need, s)[1],
-        ],
-    ) * quantity
+    closed = (
+        jax.lax.switch(
+            rule,
+            [
+                lambda: jnp.zeros_like(profit),
+                lambda: _adl_queue(profit, score, need, s)[1],
+                lambda: _adl_pro_rata(profit, need, s)[1],
+            ],
+        )
+        * quantity
+    )
     # per asset and side both rules cover min(need, available profit); summing that instead of
     # the per-cohort shares keeps bad debt exactly zero when ADL covers the deficit
     covered = jnp.where(rule > 0, smooth_min(need, by_side(profit, side_matrix(s)), temperature), 0.0)

@@ -22,8 +22,9 @@ def small_static(n_paths: int = 512) -> tuple[Config, Static]:
     return cfg, static_of(cfg)
 
 
-def heavy_values(kind: str, shape: tuple[int, ...], rng: np.random.Generator, max_count: int = 12,
-                 tight: bool = False) -> np.ndarray:
+def heavy_values(
+    kind: str, shape: tuple[int, ...], rng: np.random.Generator, max_count: int = 12, tight: bool = False
+) -> np.ndarray:
     """Heavy-tailed values of a bins kind, `shape` (paths first); `tight`: a cluster a few bins
     wide (many paths per bin, where a binned estimate must interpolate inside bins)."""
     if tight and kind != "count":
@@ -39,7 +40,9 @@ def heavy_values(kind: str, shape: tuple[int, ...], rng: np.random.Generator, ma
     return np.minimum(rng.geometric(0.4, shape) - 1, max_count).astype(float)
 
 
-def outputs_of(static: Static, n: int, rng: np.random.Generator, tight: bool = False) -> dict[str, np.ndarray]:
+def outputs_of(
+    static: Static, n: int, rng: np.random.Generator, tight: bool = False
+) -> dict[str, np.ndarray]:
     """Per-path values `{name: [n, ...]}` of every output, of its bins' kind (see `heavy_values`)."""
     sizes = {"asset": static.n_assets, "side": 2}
     out = {}

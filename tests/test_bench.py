@@ -34,7 +34,12 @@ def test_quick_benchmark_writes_results_to_a_run_directory_not_the_checkout(tmp_
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, str(RUN), "--quick", "--workload", "W1", "--name", "quick"],
-        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=tmp_path,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert digests(RESULTS) == before  # the tracked results are untouched without --save
@@ -72,7 +77,13 @@ def test_workloads_have_the_stated_shapes():
     shapes = {}
     for name in ("W1", "W2", "W3"):
         cfg, pts, _ = bench.load_workload(name)
-        shapes[name] = (len(cfg.market.assets), cfg.run.n_paths, cfg.run.steps, cfg.book.cohorts_per_asset, len(pts))
+        shapes[name] = (
+            len(cfg.market.assets),
+            cfg.run.n_paths,
+            cfg.run.steps,
+            cfg.book.cohorts_per_asset,
+            len(pts),
+        )
         quick, qpts, _ = bench.load_workload(name, quick=True)
         assert quick.run.n_paths * quick.run.steps * len(qpts) <= 50_000
     assert shapes == {

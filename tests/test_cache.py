@@ -40,11 +40,21 @@ def test_second_call_does_not_recompile():
 
 
 def _probe(cache_dir: Path) -> dict:
-    env = {**os.environ, "LIQSTRESS_CACHE_DIR": str(cache_dir), "LIQSTRESS_CPU_DEVICES": "1",
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "LIQSTRESS_CACHE_DIR": str(cache_dir),
+        "LIQSTRESS_CPU_DEVICES": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     env.pop("XLA_FLAGS", None)
-    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(TINY)], env=env, capture_output=True,
-                         text=True, check=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(TINY)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

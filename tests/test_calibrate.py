@@ -53,17 +53,29 @@ STATS = ["liquidated_total_usd", "max_drawdown.BTC", "open_interest_decline.BTC"
 
 def problem_config(scenario: dict, targets=None, **settings) -> CalibrationConfig:
     targets = targets or [{"statistic": s, "value": 1.0, "tolerance": 1.0} for s in STATS]
-    cal = {"n_paths": scenario["run"]["n_paths"], "iterations": 80, "seeds": [0], "learning_rate": 0.1,
-           "temperature": 0.05, **settings}
-    return CalibrationConfig.model_validate({"scenario": scenario, "calibration": cal, "params": PARAMS, "targets": targets})
+    cal = {
+        "n_paths": scenario["run"]["n_paths"],
+        "iterations": 80,
+        "seeds": [0],
+        "learning_rate": 0.1,
+        "temperature": 0.05,
+        **settings,
+    }
+    return CalibrationConfig.model_validate(
+        {"scenario": scenario, "calibration": cal, "params": PARAMS, "targets": targets}
+    )
 
 
 def test_recovers_known_parameters_from_synthetic_targets():
     truth = np.array([0.4, -0.06])
     cc = problem_config(calm_scenario())
     prob = make_problem(cc)
-    (_, stats), _ = objective(prob)(jnp.asarray(to_unconstrained(truth, prob.lower, prob.upper), jnp.float32), 0)
-    targets = [{"statistic": s, "value": float(v), "tolerance": 0.02 * abs(float(v))} for s, v in zip(STATS, stats)]
+    (_, stats), _ = objective(prob)(
+        jnp.asarray(to_unconstrained(truth, prob.lower, prob.upper), jnp.float32), 0
+    )
+    targets = [
+        {"statistic": s, "value": float(v), "tolerance": 0.02 * abs(float(v))} for s, v in zip(STATS, stats)
+    ]
     result = fit(problem_config(calm_scenario(), targets, iterations=150), seed=0)
     # stated tolerances: impact coefficient within 15%, shock within 5% (relative)
     rel = np.abs(result.values - truth) / np.abs(truth)
@@ -117,15 +129,18 @@ BAD_TARGETS = [
 
 @pytest.mark.parametrize("target, field", BAD_TARGETS)
 def test_bad_target_is_a_config_error_naming_the_field(tmp_path, target, field):
-    p = write(tmp_path, f"""
-        scenario = "{(load_config.__globals__['default_config_path']())}"
+    p = write(
+        tmp_path,
+        f"""
+        scenario = "{(load_config.__globals__["default_config_path"]())}"
         [[params]]
         path = "scenario.shock"
         lower = -0.2
         upper = -0.01
         [[targets]]
         {target}
-    """)
+    """,
+    )
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_calibration(p)
 
@@ -186,7 +201,8 @@ def test_shipped_default_scenario_is_an_output_of_the_shipped_calibration():
     assets = shipped.market.assets
     impact = [assets[a].impact_y for a in ("BTC", "ETH", "SOL", "XRP")]
     matches = [
-        tilt for tilt in np.round(np.arange(slope - 0.01, slope + 0.01, 0.001), 3)
+        tilt
+        for tilt in np.round(np.arange(slope - 0.01, slope + 0.01, 0.001), 3)
         if fitted_config(cc, impact + [assets["BTC"].depth_kappa, tilt, shipped.scenario.shock]).model_dump()
         == shipped.model_dump()
     ]
@@ -194,16 +210,28 @@ def test_shipped_default_scenario_is_an_output_of_the_shipped_calibration():
 
 
 def synthetic_fit(seed: int, loss: float, values, stats) -> Fit:
-    return Fit(seed=seed, values=np.asarray(values, float), statistics=np.asarray(stats, float),
-               losses=[2 * loss, loss], loss=loss)
+    return Fit(
+        seed=seed,
+        values=np.asarray(values, float),
+        statistics=np.asarray(stats, float),
+        losses=[2 * loss, loss],
+        loss=loss,
+    )
 
 
 def test_assessment_leaves_out_seeds_far_above_the_median_loss():
-    cc = problem_config(calm_scenario(), [{"statistic": "max_drawdown.BTC", "value": 0.10, "tolerance": 0.02},
-                                          {"statistic": "liquidated_total_usd", "value": 5e9, "tolerance": 1e9}])
-    fits = [synthetic_fit(0, 1.0, [0.4, -0.06], [0.11, 9e9]),
-            synthetic_fit(1, 1.2, [0.6, -0.08], [0.13, 7e9]),
-            synthetic_fit(2, NOT_CONVERGED_RATIO * 1.2 + 0.01, [1.9, -0.19], [0.5, 1e9])]
+    cc = problem_config(
+        calm_scenario(),
+        [
+            {"statistic": "max_drawdown.BTC", "value": 0.10, "tolerance": 0.02},
+            {"statistic": "liquidated_total_usd", "value": 5e9, "tolerance": 1e9},
+        ],
+    )
+    fits = [
+        synthetic_fit(0, 1.0, [0.4, -0.06], [0.11, 9e9]),
+        synthetic_fit(1, 1.2, [0.6, -0.08], [0.13, 7e9]),
+        synthetic_fit(2, NOT_CONVERGED_RATIO * 1.2 + 0.01, [1.9, -0.19], [0.5, 1e9]),
+    ]
     a = assess(cc, fits)
     assert a.converged.tolist() == [True, True, False]
     np.testing.assert_allclose(a.values, [0.5, -0.07])
@@ -214,8 +242,10 @@ def test_assessment_leaves_out_seeds_far_above_the_median_loss():
 
 
 def test_a_tiny_calibration_flags_an_unreachable_target_and_a_seed_stopped_after_one_step(tmp_path):
-    targets = [{"statistic": "max_drawdown.BTC", "value": 0.16, "tolerance": 0.02},
-               {"statistic": "long_share", "value": 0.0, "tolerance": 0.05, "weight": 0.01}]  # a long-heavy book
+    targets = [
+        {"statistic": "max_drawdown.BTC", "value": 0.16, "tolerance": 0.02},
+        {"statistic": "long_share", "value": 0.0, "tolerance": 0.05, "weight": 0.01},
+    ]  # a long-heavy book
     cc = problem_config(calm_scenario(n_paths=32), targets, seeds=[0, 1], iterations=40)
     prob = make_problem(cc)
     grad_fn = objective(prob)
@@ -256,7 +286,11 @@ def test_outputs_include_a_runnable_fitted_scenario(tmp_path):
 
 def test_relaxed_halt_breaker_converges_to_exact():
     d = calm_scenario(dtype="float64", n_paths=64)
-    d["policy"] = {**d["policy"], "adl_rule": "off", "breaker": {"kind": "halt", "threshold": 0.03, "window": 4, "duration": 3}}
+    d["policy"] = {
+        **d["policy"],
+        "adl_rule": "off",
+        "breaker": {"kind": "halt", "threshold": 0.03, "window": 4, "duration": 3},
+    }
     prob = make_problem(problem_config(d))
     params, static = P.build(prob.cfg)
     exact, _ = rollout(params, 1, 0, 64, static=static, n_paths=64)

@@ -127,24 +127,73 @@ CASES = [
         ["validate", QUICK, "--set", "policy.partial_liquidation=2"],
         "policy.partial_liquidation",
     ),
-    ("broken TOML in --set", {}, ["run", QUICK, "--set", "policy.leverage_cap=[20,"], "--set 'policy.leverage_cap=[20,'"),
-    ("two words unquoted in --set", {}, ["validate", QUICK, "--set", "description=two words"], "not a TOML value"),
-    ("boolean for a number", {"c.toml": f'base = "{QUICK}"\n[policy]\nleverage_cap = true\n'}, ["run", "c.toml"],
-     "policy.leverage_cap: must be a number, not true or false"),
-    ("boolean in a list of numbers", {}, ["validate", QUICK, "--set", "book.leverage=[5, true, 50]"], "book.leverage"),
-    ("headline shock after the last step", {}, ["run", QUICK, "--set", "scenario.shock_start=48"],
-     "scenario.shock_start = 48: it covers steps 48 to 49, past the last step 47"),
-    ("headline shock running past the last step", {}, ["validate", QUICK, "--set", "scenario.shock_start=47"],
-     "allowed start steps for its 2 step(s): 0 to 46"),
-    ("extra shock after the last step", {},
-     ["run", QUICK, "--set", "scenario.shocks=[{size=-0.1, start_step=100}]"], "scenario.shocks.0.start_step"),
-    ("300-character name", {"c.toml": f'base = "{QUICK}"\nname = "{"n" * 300}"\n'}, ["validate", "c.toml"],
-     "name: at most 200 characters (got 300)"),
-    ("300-character name in a run", {}, ["run", QUICK, "--set", f"name={'n' * 300}"], "at most 200 characters"),
-    ("ragged correlation", {}, ["validate", QUICK, "--set", "market.correlation=[[1.0, 0.5], [0.5]]"],
-     "market.correlation: must be 2x2: 2 rows of 2 numbers, one per asset in the order of market.assets (BTC, SOL)"),
+    (
+        "broken TOML in --set",
+        {},
+        ["run", QUICK, "--set", "policy.leverage_cap=[20,"],
+        "--set 'policy.leverage_cap=[20,'",
+    ),
+    (
+        "two words unquoted in --set",
+        {},
+        ["validate", QUICK, "--set", "description=two words"],
+        "not a TOML value",
+    ),
+    (
+        "boolean for a number",
+        {"c.toml": f'base = "{QUICK}"\n[policy]\nleverage_cap = true\n'},
+        ["run", "c.toml"],
+        "policy.leverage_cap: must be a number, not true or false",
+    ),
+    (
+        "boolean in a list of numbers",
+        {},
+        ["validate", QUICK, "--set", "book.leverage=[5, true, 50]"],
+        "book.leverage",
+    ),
+    (
+        "headline shock after the last step",
+        {},
+        ["run", QUICK, "--set", "scenario.shock_start=48"],
+        "scenario.shock_start = 48: it covers steps 48 to 49, past the last step 47",
+    ),
+    (
+        "headline shock running past the last step",
+        {},
+        ["validate", QUICK, "--set", "scenario.shock_start=47"],
+        "allowed start steps for its 2 step(s): 0 to 46",
+    ),
+    (
+        "extra shock after the last step",
+        {},
+        ["run", QUICK, "--set", "scenario.shocks=[{size=-0.1, start_step=100}]"],
+        "scenario.shocks.0.start_step",
+    ),
+    (
+        "300-character name",
+        {"c.toml": f'base = "{QUICK}"\nname = "{"n" * 300}"\n'},
+        ["validate", "c.toml"],
+        "name: at most 200 characters (got 300)",
+    ),
+    (
+        "300-character name in a run",
+        {},
+        ["run", QUICK, "--set", f"name={'n' * 300}"],
+        "at most 200 characters",
+    ),
+    (
+        "ragged correlation",
+        {},
+        ["validate", QUICK, "--set", "market.correlation=[[1.0, 0.5], [0.5]]"],
+        "market.correlation: must be 2x2: 2 rows of 2 numbers, one per asset in the order of market.assets (BTC, SOL)",
+    ),
     ("seed beyond the range", {}, ["run", QUICK, "--seed", str(2**63)], "--seed 9223372036854775808"),
-    ("compare on a text file", {"notes.txt": "not a cube\n"}, ["compare", "notes.txt"], "notes.txt: cannot read it as netCDF"),
+    (
+        "compare on a text file",
+        {"notes.txt": "not a cube\n"},
+        ["compare", "notes.txt"],
+        "notes.txt: cannot read it as netCDF",
+    ),
 ]
 
 
@@ -174,10 +223,16 @@ def test_there_are_at_least_twenty_distinct_cases():
     "argv, named, not_named",
     [
         (["validate", QUICK, "--set", "policy.leverage_cap=0"], "--set policy.leverage_cap=0:", QUICK),
-        (["run", QUICK, "--set", "policy.adl_rule=fifo", "--set", "policy.dynamic_margin=1"],
-         "--set policy.adl_rule=fifo:", "dynamic_margin"),
-        (["validate", QUICK, "--set", "sweep.policy.leverage_cap=[0, 5]"], "--set sweep.policy.leverage_cap=[0, 5]:",
-         QUICK),
+        (
+            ["run", QUICK, "--set", "policy.adl_rule=fifo", "--set", "policy.dynamic_margin=1"],
+            "--set policy.adl_rule=fifo:",
+            "dynamic_margin",
+        ),
+        (
+            ["validate", QUICK, "--set", "sweep.policy.leverage_cap=[0, 5]"],
+            "--set sweep.policy.leverage_cap=[0, 5]:",
+            QUICK,
+        ),
         (["run", QUICK, "--paths", "20000000000"], "--paths 20000000000:\nrun.n_paths", "--set"),
         (["run", "c.toml", "--set", "policy.dynamic_margin=1"], "c.toml:\npolicy.leverage_cap", "--set"),
     ],
@@ -195,9 +250,16 @@ def test_errors_name_the_option_that_caused_them(tmp_path, monkeypatch, argv, na
 
 @pytest.mark.parametrize(
     "text, value",
-    [("queue", "queue"), (" pro_rata ", "pro_rata"), ("BTC-PERP.v2", "BTC-PERP.v2"), ("2025_oct", "2025_oct"),
-     ('"two words"', "two words"),
-     ("[5, 10]", [5, 10]), ("1e3", 1000.0), ("true", True)],
+    [
+        ("queue", "queue"),
+        (" pro_rata ", "pro_rata"),
+        ("BTC-PERP.v2", "BTC-PERP.v2"),
+        ("2025_oct", "2025_oct"),
+        ('"two words"', "two words"),
+        ("[5, 10]", [5, 10]),
+        ("1e3", 1000.0),
+        ("true", True),
+    ],
 )
 def test_set_values_are_toml_or_one_bare_word(text, value):
     assert sweep.parse_override(f"k={text}") == ("k", value)
@@ -221,7 +283,11 @@ def _netcdf_files(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize(
     "which, why",
-    [("foreign", "not a liqstress cube"), ("truncated", "cannot read it as netCDF"), ("empty", "cannot read it as netCDF")],
+    [
+        ("foreign", "not a liqstress cube"),
+        ("truncated", "cannot read it as netCDF"),
+        ("empty", "cannot read it as netCDF"),
+    ],
 )
 def test_compare_refuses_files_that_are_not_cubes(tmp_path, monkeypatch, which, why):
     files = _netcdf_files(tmp_path)

@@ -35,9 +35,14 @@ def run_cli(args) -> int:
 
 def test_calibrate_writes_its_outputs_and_flags_targets_outside_tolerance(tmp_path, capsys):
     out = tmp_path / "cal_run"
-    targets = [{"statistic": "max_drawdown.BTC", "value": 0.1, "tolerance": 0.02},
-               {"statistic": "long_share", "value": 0.0, "tolerance": 0.01}]  # the book is long-heavy
-    assert run_cli(["calibrate", calibration_file(tmp_path, targets=targets), "--run-dir", str(out)]) in (0, None)
+    targets = [
+        {"statistic": "max_drawdown.BTC", "value": 0.1, "tolerance": 0.02},
+        {"statistic": "long_share", "value": 0.0, "tolerance": 0.01},
+    ]  # the book is long-heavy
+    assert run_cli(["calibrate", calibration_file(tmp_path, targets=targets), "--run-dir", str(out)]) in (
+        0,
+        None,
+    )
     for name in ("fitted.json", "loss_curve.png", "report.md", "fitted_scenario.toml"):
         assert (out / name).is_file()
     captured = capsys.readouterr()
@@ -48,7 +53,9 @@ def test_calibrate_writes_its_outputs_and_flags_targets_outside_tolerance(tmp_pa
     assert "outside tolerance" in captured.out  # the targets table
 
 
-@pytest.mark.parametrize("command, name", [("calibrate", "calibrate_oct10_2025"), ("optimise", "optimise_oct10_2025")])
+@pytest.mark.parametrize(
+    "command, name", [("calibrate", "calibrate_oct10_2025"), ("optimise", "optimise_oct10_2025")]
+)
 def test_shipped_configs_run_by_name_from_any_directory(tmp_path, monkeypatch, capsys, command, name):
     monkeypatch.chdir(tmp_path)
     assert run_cli([command, name, "--dry-run"]) in (0, None)
@@ -59,7 +66,9 @@ def test_shipped_configs_run_by_name_from_any_directory(tmp_path, monkeypatch, c
 
 @pytest.mark.parametrize("command", ["calibrate", "optimise"])
 def test_bad_config_exits_2_and_writes_nothing(tmp_path, capsys, command):
-    bad = calibration_file(tmp_path, targets=[{"statistic": "max_drawdown.BTC", "value": 0.1, "tolerance": -1.0}])
+    bad = calibration_file(
+        tmp_path, targets=[{"statistic": "max_drawdown.BTC", "value": 0.1, "tolerance": -1.0}]
+    )
     out = tmp_path / "never"
     assert run_cli([command, bad, "--run-dir", str(out)]) == 2
     assert not out.exists()

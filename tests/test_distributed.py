@@ -56,7 +56,9 @@ def _free_port() -> int:
 
 
 def _start_two(
-    argv: Callable[[str, int], list[str]], cwd: Path, port: int | None = None,
+    argv: Callable[[str, int], list[str]],
+    cwd: Path,
+    port: int | None = None,
     env_of: Callable[[str, int], dict] = lambda port, i: {},
 ) -> list[subprocess.Popen]:
     """Processes 0 and 1 (command `argv(port, i)`, extra environment `env_of(port, i)`) of one
@@ -72,8 +74,12 @@ def _start_two(
     port = str(port or _free_port())
     return [
         subprocess.Popen(
-            argv(port, i), env={**env, **env_of(port, i)}, cwd=cwd, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            argv(port, i),
+            env={**env, **env_of(port, i)},
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
     ]
@@ -98,8 +104,17 @@ def _two_processes(argv, cwd: Path, port: int | None = None, env_of=lambda port,
 def _liqstress_argv(args: list[str]) -> Callable[[str, int], list[str]]:
     """`liqstress run ARGS` as process i of a two-process run on `port`."""
     return lambda port, i: [
-        sys.executable, "-m", "engine", "run", *args,
-        "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+        sys.executable,
+        "-m",
+        "engine",
+        "run",
+        *args,
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        "2",
+        "--process-id",
+        str(i),
     ]
 
 
@@ -214,8 +229,12 @@ def test_distributed_run_under_slurm_matches_one_process(single, tmp_path):
     host): JAX finds the coordinator, process count and id itself."""
     port = _slurm_port()
     slurm = lambda _, i: {
-        "SLURM_JOB_ID": str(port - 61440 + 4096), "SLURM_STEP_NODELIST": "127.0.0.1",
-        "SLURM_NTASKS": "2", "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i), "SLURM_STEP_NUM_NODES": "1",
+        "SLURM_JOB_ID": str(port - 61440 + 4096),
+        "SLURM_STEP_NODELIST": "127.0.0.1",
+        "SLURM_NTASKS": "2",
+        "SLURM_PROCID": str(i),
+        "SLURM_LOCALID": str(i),
+        "SLURM_STEP_NUM_NODES": "1",
     }
     d = tmp_path / "run"
     argv = lambda *_: [sys.executable, "-m", "engine", "run", *RUN_ARGS, "--run-dir", str(d), "--distributed"]

@@ -44,7 +44,10 @@ BAD = {
     ),
     "boolean leverage cap": (small_dict(policy={"leverage_cap": True}), "policy.leverage_cap"),
     "boolean step count": (small_dict(run={**small_dict()["run"], "steps": True}), "run.steps"),
-    "headline shock after the last step": (small_dict(scenario={"shock": -0.1, "shock_start": 48}), "scenario.shock_start"),
+    "headline shock after the last step": (
+        small_dict(scenario={"shock": -0.1, "shock_start": 48}),
+        "scenario.shock_start",
+    ),
     "flow past the last step": (
         small_dict(scenario={"flows": [{"usd": 1e9, "asset": "BTC", "start_step": 40, "steps": 10}]}),
         "scenario.flows.0.start_step",
@@ -103,8 +106,11 @@ def _with(data: dict, path: tuple, value) -> dict:
 def test_every_number_refuses_a_boolean():
     """`true` is not 1 anywhere: each numeric field of a full config (every default filled in),
     given a boolean, is an error naming it."""
-    full = validated(small_dict(scenario={**small_dict()["scenario"], "flows": [
-        {"usd": 1e9, "asset": "BTC", "start_step": 1}]})).model_dump(mode="json")
+    full = validated(
+        small_dict(
+            scenario={**small_dict()["scenario"], "flows": [{"usd": 1e9, "asset": "BTC", "start_step": 1}]}
+        )
+    ).model_dump(mode="json")
     leaves = list(_numeric_leaves(full))
     assert len(leaves) > 50
     for path, _ in leaves:

@@ -161,4 +161,3 @@ def test_liquidation_spiral_exists():
     assert np.all(on["liquidated_total"] > 1.2 * off["liquidated_total"])
     assert np.all(on["cascade_rounds"] >= 3) and np.all(off["cascade_rounds"] == 1)
     assert np.all(on["max_drawdown"].max(-1) > off["max_drawdown"].max(-1) + 0.01)
-

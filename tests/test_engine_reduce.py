@@ -175,7 +175,13 @@ def test_es99_never_below_q99_and_close_to_the_exact_tail_mean():
                 start = s[max(n - int(np.ceil(B.tail_weight(n, ES_LEVEL))), 0)]
                 members = s[bins.index(s) == bins.index(start)]
                 spread = members[-1] - members[0]
-                assert abs(es[col] - want) <= spread + 1e-12 * max(abs(want), 1.0), (trial, n, o.name, es[col], want)
+                assert abs(es[col] - want) <= spread + 1e-12 * max(abs(want), 1.0), (
+                    trial,
+                    n,
+                    o.name,
+                    es[col],
+                    want,
+                )
 
 
 def test_reductions_are_bitwise_independent_of_chunking():
@@ -218,10 +224,13 @@ def test_fan_bands_follow_moves_beyond_the_old_histogram_range():
     log marks within the bins of the order statistics it reads, none clipped."""
     run = {"n_paths": 256, "seed": 3, "steps": 8, "dt_minutes": 180.0, "fan_points": 2, "cascade_rounds": 2}
     assets = small_dict()["market"]["assets"]
-    cfg = Config.model_validate(small_dict(
-        run=run, market={"assets": {**assets, "SOL": {**assets["SOL"], "vol_annual": 12.0}}},
-        book={"leverage": [5, 50], "leverage_weights": [1, 1], "entry_points": 1},
-    ))
+    cfg = Config.model_validate(
+        small_dict(
+            run=run,
+            market={"assets": {**assets, "SOL": {**assets["SOL"], "vol_annual": 12.0}}},
+            book={"leverage": [5, 50], "leverage_weights": [1, 1], "entry_points": 1},
+        )
+    )
     params, static = P.build(cfg)
     n = run["n_paths"]
     final = jax.jit(lambda p: _advance(_begin(p, static, n), p, 3, 0, n, 0, static, static.steps))(params)

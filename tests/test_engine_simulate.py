@@ -69,7 +69,9 @@ def test_kernel_forms_are_chosen_per_point(monkeypatch):
     monkeypatch.setattr(simulate_module, "sharded_rollout", spy)
     cfg = config(n_paths=256)
     partial = Config.model_validate(
-        small_dict(run={**RUN, "n_paths": 256}, policy={"insurance_fund_usd": 2e8, "partial_liquidation": 0.5})
+        small_dict(
+            run={**RUN, "n_paths": 256}, policy={"insurance_fund_usd": 2e8, "partial_liquidation": 0.5}
+        )
     )
     simulate(cfg, [cfg, partial])
     assert seen == [True, False] * 2  # the run, then the tipping probe's rerun
@@ -80,10 +82,16 @@ def test_a_points_numbers_do_not_depend_on_the_other_points_of_the_call():
     with partial liquidation: the same statistics (what a sweep split into parts relies on)."""
     cfg = config(n_paths=256)
     others = [
-        Config.model_validate(small_dict(run={**RUN, "n_paths": 256}, market={"tail_dof": 3.5},
-                                         policy={"insurance_fund_usd": 2e8})),
-        Config.model_validate(small_dict(run={**RUN, "n_paths": 256},
-                                         policy={"insurance_fund_usd": 2e8, "partial_liquidation": 0.5})),
+        Config.model_validate(
+            small_dict(
+                run={**RUN, "n_paths": 256}, market={"tail_dof": 3.5}, policy={"insurance_fund_usd": 2e8}
+            )
+        ),
+        Config.model_validate(
+            small_dict(
+                run={**RUN, "n_paths": 256}, policy={"insurance_fund_usd": 2e8, "partial_liquidation": 0.5}
+            )
+        ),
     ]
     alone = simulate(cfg)
     mixed = simulate(cfg, [cfg, *others])

@@ -74,13 +74,17 @@ def test_sharded_rollout_lowers_for_cuda():
     params, static = built()
     mesh = devices.path_mesh()
     n = 64 * mesh.size
-    assert_runs_on_cuda(export.export(sharded_begin, platforms=["cuda"])(params, static=static, n_paths=n, mesh=mesh))
+    assert_runs_on_cuda(
+        export.export(sharded_begin, platforms=["cuda"])(params, static=static, n_paths=n, mesh=mesh)
+    )
     carry = jax.eval_shape(lambda: sharded_begin(params, static=static, n_paths=n, mesh=mesh))
     advance = export.export(sharded_advance, platforms=["cuda"])(
         carry, params, 1, 0, n, 0, static=static, n_paths=n, n_steps=static.steps, mesh=mesh
     )
     assert_runs_on_cuda(advance)
-    assert_runs_on_cuda(export.export(sharded_finish, platforms=["cuda"])(carry, params, static=static, mesh=mesh))
+    assert_runs_on_cuda(
+        export.export(sharded_finish, platforms=["cuda"])(carry, params, static=static, mesh=mesh)
+    )
 
 
 def test_calibration_gradient_lowers_for_cuda():
@@ -88,10 +92,10 @@ def test_calibration_gradient_lowers_for_cuda():
     relaxed = P.Static(**{**static.__dict__, "relaxed": True})
 
     def loss(fund, temperature):
-        p = params._replace(
-            policy=params.policy._replace(insurance_fund=fund), temperature=temperature
-        )
+        p = params._replace(policy=params.policy._replace(insurance_fund=fund), temperature=temperature)
         return jnp.mean(differentiable_outputs(p, relaxed, 1, 32)["insurance_fund_draw"])
 
     grad = jax.jit(jax.grad(loss))
-    assert_runs_on_cuda(export.export(grad, platforms=["cuda"])(params.policy.insurance_fund, jnp.float32(0.01)))
+    assert_runs_on_cuda(
+        export.export(grad, platforms=["cuda"])(params.policy.insurance_fund, jnp.float32(0.01))
+    )

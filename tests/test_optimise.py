@@ -25,14 +25,24 @@ from tests.conftest import small_dict
 
 
 def small_problem(bound: float, **settings) -> OptimisationConfig:
-    d = small_dict(run={"n_paths": 64, "steps": 24, "seed": 1, "cascade_rounds": 4, "max_window": 16, "fan_points": 4})
-    return OptimisationConfig.model_validate({
-        "scenario": d,
-        "optimise": {"n_paths": 64, "iterations": 80, "learning_rate": 0.2, "check_paths": 512, "grid_points": 6,
-                     **settings},
-        "levers": [{"path": "policy.leverage_cap", "lower": 2.0, "upper": 100.0}],
-        "constraint": {"statistic": "mean_liquidated_total", "bound": bound},
-    })
+    d = small_dict(
+        run={"n_paths": 64, "steps": 24, "seed": 1, "cascade_rounds": 4, "max_window": 16, "fan_points": 4}
+    )
+    return OptimisationConfig.model_validate(
+        {
+            "scenario": d,
+            "optimise": {
+                "n_paths": 64,
+                "iterations": 80,
+                "learning_rate": 0.2,
+                "check_paths": 512,
+                "grid_points": 6,
+                **settings,
+            },
+            "levers": [{"path": "policy.leverage_cap", "lower": 2.0, "upper": 100.0}],
+            "constraint": {"statistic": "mean_liquidated_total", "bound": bound},
+        }
+    )
 
 
 def test_optimum_is_feasible_and_no_costlier_than_the_best_grid_point(tmp_path):
@@ -63,14 +73,17 @@ def test_restrictiveness_runs_from_loose_to_tight():
     assert 0.0 < restrictiveness(lv, 10.0) < 1.0
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"levers": [{"path": "policy.leverage_kap", "lower": 2, "upper": 100}]}, "levers.0"),
-    ({"levers": [{"path": "policy.breaker.threshold", "lower": 0.02, "upper": 0.2}]}, "levers.0.path"),
-    ({"constraint": {"statistic": "es95_bad_debt"}}, "constraint"),
-    ({"levers": [{"path": "policy.leverage_cap", "lower": 100, "upper": 2}]}, "levers.0"),
-    ({"optimise": {"confidence": 0.5}}, "optimise.confidence"),
-    ({"optimise": {"confidence": 1.0}}, "optimise.confidence"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"levers": [{"path": "policy.leverage_kap", "lower": 2, "upper": 100}]}, "levers.0"),
+        ({"levers": [{"path": "policy.breaker.threshold", "lower": 0.02, "upper": 0.2}]}, "levers.0.path"),
+        ({"constraint": {"statistic": "es95_bad_debt"}}, "constraint"),
+        ({"levers": [{"path": "policy.leverage_cap", "lower": 100, "upper": 2}]}, "levers.0"),
+        ({"optimise": {"confidence": 0.5}}, "optimise.confidence"),
+        ({"optimise": {"confidence": 1.0}}, "optimise.confidence"),
+    ],
+)
 def test_bad_optimisation_config_names_the_field(tmp_path, change, field):
     import tomli_w
 
@@ -105,23 +118,46 @@ def test_feasibility_is_the_normal_probability_of_staying_under_the_bound():
 
 
 def point(cap: float, statistic: float, se: float, oc: OptimisationConfig) -> dict:
-    return {"values": [cap], "statistic": statistic, "mc_se": se, "p_feasible": feasibility(statistic, se, oc.bound),
-            "cost": float(restrictiveness(oc.levers[0], cap))}
+    return {
+        "values": [cap],
+        "statistic": statistic,
+        "mc_se": se,
+        "p_feasible": feasibility(statistic, se, oc.bound),
+        "cost": float(restrictiveness(oc.levers[0], cap)),
+    }
 
 
 @pytest.mark.parametrize("confidence, accepted", [(0.95, False), (0.85, True)])
 def test_optimum_is_accepted_only_at_the_required_confidence(tmp_path, confidence, accepted):
     oc = small_problem(4e10, confidence=confidence)
     check = point(60.0, 3.908e10, 7.84e8, oc)  # P(feasible) = 0.880
-    grid = [point(100.0, 3.99e10, 1e9, oc),  # P = 0.54: feasible on average only
-            point(40.0, 3.80e10, 1e9, oc),  # P = 0.977: the cheapest confident point
-            point(10.0, 3.0e10, 1e9, oc)]  # P = 1, costlier
-    traj = [{"iteration": i, "values": [60.0], "objective": 0.1, "cost": check["cost"], "statistic": 3.9e10,
-             "temperature": 0.05} for i in range(2)]
+    grid = [
+        point(100.0, 3.99e10, 1e9, oc),  # P = 0.54: feasible on average only
+        point(40.0, 3.80e10, 1e9, oc),  # P = 0.977: the cheapest confident point
+        point(10.0, 3.0e10, 1e9, oc),
+    ]  # P = 1, costlier
+    traj = [
+        {
+            "iteration": i,
+            "values": [60.0],
+            "objective": 0.1,
+            "cost": check["cost"],
+            "statistic": 3.9e10,
+            "temperature": 0.05,
+        }
+        for i in range(2)
+    ]
     best = cheapest_feasible(grid, confidence)
     assert best is grid[1]
-    res = Result(values=np.array([60.0]), trajectory=traj, check=check, grid=grid, best_grid=best,
-                 start=grid[1], searched=check)
+    res = Result(
+        values=np.array([60.0]),
+        trajectory=traj,
+        check=check,
+        grid=grid,
+        best_grid=best,
+        start=grid[1],
+        searched=check,
+    )
     summary = write_report(oc, res, tmp_path)
     assert summary["check"]["p_feasible"] == pytest.approx(0.8796, abs=1e-3)
     assert summary["optimum_accepted"] is accepted

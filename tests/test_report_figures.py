@@ -238,7 +238,9 @@ def test_heatmap_marks_and_hatches_es99_cells_with_too_few_paths(tmp_path, statu
     fig = R.plot_heatmap(swept(status), ("leverage_cap", "breaker_kind"), tmp_path / "heat.png")
     es_ax, p_ax = fig.axes[0], fig.axes[2]  # each panel is followed by its colour bar
     texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in es_ax.texts}
-    for (i, lev), (j, kind) in ((a, b) for a in enumerate([20.0, 125.0]) for b in enumerate(["none", "halt"])):
+    for (i, lev), (j, kind) in (
+        (a, b) for a in enumerate([20.0, 125.0]) for b in enumerate(["none", "halt"])
+    ):
         value = R.usd(10e6 * (1 + 2 * i + j))
         assert texts[(i, j)] == value + R.FLAG_MARK * status[i][j], (lev, kind)  # x: leverage, y: kind
     hatched = [(p.get_x() + 0.5, p.get_y() + 0.5) for p in es_ax.patches if p.get_hatch() == "//"]

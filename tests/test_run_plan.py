@@ -27,10 +27,15 @@ def test_plan_of_ten_billion_paths():
     plan = S.plan(cfg)
     static = P.static_of(cfg)
     mesh = devices.path_mesh()
-    assert plan.chunk == S.chunk_size(cfg, static, mesh.size, per_device_budget=mesh.devices.flat[0].platform != "cpu")
+    assert plan.chunk == S.chunk_size(
+        cfg, static, mesh.size, per_device_budget=mesh.devices.flat[0].platform != "cpu"
+    )
     assert plan.chunks == math.ceil(10**10 / plan.chunk)
     assert plan.chunk_bytes == plan.chunk * S.bytes_per_path(static, 4)
-    assert f"10,000,000,000 paths per point in {plan.chunks:,} chunk(s) of {plan.chunk:,} paths" in plan.describe()
+    assert (
+        f"10,000,000,000 paths per point in {plan.chunks:,} chunk(s) of {plan.chunk:,} paths"
+        in plan.describe()
+    )
 
 
 def test_chunks_are_dispatched_one_ahead_without_listing_them():

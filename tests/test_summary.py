@@ -69,5 +69,11 @@ def test_report_tables_show_n_e_where_the_cube_flags_too_few_paths():
     head, rows, _, _ = R.tables(pols, "BTC")
     row = dict(zip(head, rows[0]))
     assert row["liq. median"] == R.usd(np.quantile(values["liquidated_total"], 0.5))
-    assert row["liq. q99"] == row["liq. ES99"] == row["fund draw q99"] == row["BTC drawdown q99"] == NOT_ESTIMABLE
+    assert (
+        row["liq. q99"]
+        == row["liq. ES99"]
+        == row["fund draw q99"]
+        == row["BTC drawdown q99"]
+        == NOT_ESTIMABLE
+    )
     assert any("only 3 paths" in note for note in R.few_paths_notes(pols))

@@ -94,8 +94,11 @@ def test_share_is_that_of_the_kernel_rerun_with_nudged_draws(run, points):
         static = P.specialise(static, [cfg])
         size = chunk_size(cfg, static, mesh.size)
         out = [
-            np.asarray(sharded_rollout(params, cfg.run.seed, 0, N_PATHS, static=static, n_paths=size,
-                                       mesh=mesh, nudge=nudge)[0]["liquidated_total"])[:SAMPLE]
+            np.asarray(
+                sharded_rollout(
+                    params, cfg.run.seed, 0, N_PATHS, static=static, n_paths=size, mesh=mesh, nudge=nudge
+                )[0]["liquidated_total"]
+            )[:SAMPLE]
             for nudge in (0.0, NUDGE_ULPS)
         ]
         assert float(run["tipping_share"][i]) == np.mean(tips(*out))
