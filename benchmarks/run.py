@@ -75,7 +75,7 @@ def load_workload(
 ):
     """(config, points, bench table) of workload `name`, with the quick or explicit sizes
     (`entry_points`: entry prices per leverage and size, which sets the number of cohorts)."""
-    from engine.config import Config
+    from engine.config.schema import Config
 
     data = tomllib.loads((HERE / WORKLOADS[name]).read_text())
     bench = data.pop("bench")
@@ -117,7 +117,7 @@ def machine_info() -> dict:
     import jax
     import psutil
 
-    from engine import devices
+    from engine.sim import devices
 
     model = platform.processor()
     try:
@@ -152,8 +152,8 @@ def _rng_bound(cfg, params, static, size: int, n_tasks: int, repeats: int = 7) -
     import jax.numpy as jnp
     from jax.sharding import PartitionSpec
 
-    from engine import devices
-    from engine.kernel import path_keys, step_draws
+    from engine.model.kernel import path_keys, step_draws
+    from engine.sim import devices
 
     mesh = devices.path_mesh()
     per = size // mesh.size
@@ -196,8 +196,8 @@ def _step_cost(params, static, n_paths: int) -> dict:
     one cascade round), the ADL branch left out. The inputs of the GPU bound in the README."""
     import jax
 
-    from engine.kernel import market_step, path_keys, step_draws
-    from engine.rollout import _begin
+    from engine.model.kernel import market_step, path_keys, step_draws
+    from engine.sim.rollout import _begin
 
     states = _begin(params, static, n_paths).states
     keys = path_keys(0, 0, n_paths)
@@ -222,7 +222,7 @@ def _step_cost(params, static, n_paths: int) -> dict:
 
 def _numpy_baseline(cfg, name: str, quick: bool) -> dict:
     try:
-        from engine import reference
+        from engine.sim import reference
     except ImportError:
         return {"available": False, "note": "engine/reference.py not present"}
     if not hasattr(reference, "simulate_paths"):
@@ -263,9 +263,9 @@ def measure(
     """One workload in this process: compile, steady state, memory, baselines."""
     import jax
 
-    from engine import devices
-    from engine import params as P
-    from engine.simulate import chunk_size, simulate
+    from engine.model import params as P
+    from engine.sim import devices
+    from engine.sim.simulate import chunk_size, simulate
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     cfg, pts, _ = load_workload(name, quick, paths, steps, points, entry_points)
@@ -434,7 +434,7 @@ def results_dir(out: Path | None, save: bool, name: str) -> Path:
         return out
     if save:
         return RESULTS
-    from engine.runs import default_run_dir
+    from engine.runs.execute import default_run_dir
 
     return default_run_dir(Path("runs"), f"bench_{name}")
 

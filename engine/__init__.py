@@ -11,15 +11,15 @@ Importing the package asks JAX for one host CPU device per core (see `engine.dev
 `LIQSTRESS_CPU_DEVICES=1` turns that off) so that simulations use every core.
 """
 
-from engine.devices import configure_host_devices
+from engine.sim.devices import configure_host_devices
 
 configure_host_devices()
 
-from engine.config import Config, Policy, Scenario
-from engine.configfile import default_config_path, load_config
-from engine.errors import ConfigError, SimulationError
-from engine.simulate import Progress, simulate
-from engine.summary import summary_table
+from engine.config.errors import ConfigError, SimulationError
+from engine.config.files import default_config_path, load_config
+from engine.config.schema import Config, Policy, Scenario
+from engine.report.summary import summary_table
+from engine.sim.simulate import Progress, simulate
 
 __version__ = "0.1.0"
 

@@ -37,14 +37,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from engine import distributed, runs, tipping
-from engine import report as R
-from engine.configfile import load_study
-from engine.errors import ConfigError, SimulationError
-from engine.progress import BarReporter, LogReporter
-from engine.simulate import plan
-from engine.summary import summary_table
-from engine.sweep import Study
+from engine.config.errors import ConfigError, SimulationError
+from engine.config.files import load_study
+from engine.config.sweep import Study
+from engine.report import compare as R
+from engine.report.progress import BarReporter, LogReporter
+from engine.report.summary import summary_table
+from engine.runs import execute as runs
+from engine.sim import distributed, tipping
+from engine.sim.simulate import plan
 
 
 class _Group(typer.core.TyperGroup):
@@ -693,7 +694,7 @@ def calibrate(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Fit free parameters to observed targets (relaxed kernel, optax); one fit per seed."""
-    from engine.calibrate import load_calibration, run_calibration
+    from engine.fit.calibrate import load_calibration, run_calibration
 
     done = _fit(
         "calibrate", config, run_dir, runs_root, load_calibration, run_calibration, dry_run, _calibration_plan
@@ -729,7 +730,7 @@ def optimise(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Least restrictive policy under a tail-risk constraint (gradient search, exact check)."""
-    from engine.optimise import load_optimisation, run_optimisation
+    from engine.fit.optimise import load_optimisation, run_optimisation
 
     done = _fit(
         "optimise",

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from engine.config import Config
+from engine.config.schema import Config
 
 SMALL = {
     "name": "small",

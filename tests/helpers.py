@@ -15,9 +15,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from engine.config import Config
-from engine.kernel import path_keys, step_draws
-from engine.params import Params, Static
+from engine.config.schema import Config
+from engine.model.kernel import path_keys, step_draws
+from engine.model.params import Params, Static
 
 PARITY_RTOL = 1e-9
 F32_RTOL = 1e-5

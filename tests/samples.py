@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine import bins as B
-from engine.config import Config
-from engine.outputs import OUTPUTS
-from engine.params import Static, static_of
-from engine.reduce import ATOM, PointAccumulator
+from engine.config.schema import Config
+from engine.model import bins as B
+from engine.model.outputs import OUTPUTS
+from engine.model.params import Static, static_of
+from engine.sim.reduce import ATOM, PointAccumulator
 from tests.conftest import small_dict
 
 

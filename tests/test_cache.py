@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from engine import simulate
-from engine.config import Config
-from engine.rollout import sharded_advance
+from engine.config.schema import Config
+from engine.sim.rollout import sharded_advance
 from tests.conftest import small_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ import jax
 hits = []
 jax.monitoring.register_event_listener(lambda name, **kw: hits.append(name))
 import engine
-from engine.config import Config
+from engine.config.schema import Config
 engine.simulate(Config.model_validate(json.loads(sys.argv[1])))
 print(json.dumps({"hits": hits.count("/jax/compilation_cache/cache_hits"),
                   "misses": hits.count("/jax/compilation_cache/cache_misses")}))

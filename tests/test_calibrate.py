@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from engine import ConfigError, load_config
-from engine import params as P
-from engine.calibrate import (
+from engine.fit.calibrate import (
     NOT_CONVERGED_RATIO,
     CalibrationConfig,
     Fit,
@@ -28,7 +27,8 @@ from engine.calibrate import (
     to_unconstrained,
     write_outputs,
 )
-from engine.rollout import rollout
+from engine.model import params as P
+from engine.sim.rollout import rollout
 from tests.conftest import small_dict
 
 RUN = {"n_paths": 96, "steps": 24, "seed": 1, "cascade_rounds": 4, "max_window": 16, "fan_points": 4}
@@ -161,7 +161,7 @@ def test_shipped_calibration_does_not_depend_on_the_values_it_fits(tmp_path):
     leverage mix are the calibration config's own)."""
     import tomli_w
 
-    from engine.configfile import packaged_configs_dir
+    from engine.config.files import packaged_configs_dir
 
     shipped = load_config("oct10_2025")
     data = shipped.model_dump(mode="json", exclude_none=True)

@@ -8,8 +8,9 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from engine import cli, sweep
-from engine.errors import ConfigError
+from engine import cli
+from engine.config import sweep
+from engine.config.errors import ConfigError
 
 QUICK = str(Path(__file__).resolve().parent.parent / "configs" / "quick.toml")
 THREE_ASSETS_NON_PSD = """

@@ -14,9 +14,9 @@ from compliance_checker.suite import CheckSuite
 from typer.testing import CliRunner
 
 from engine import cli
-from engine import cube as C
-from engine.simulate import TIME_ATTRS
-from engine.sweep import build_study
+from engine.config.sweep import build_study
+from engine.runs import cube as C
+from engine.sim.simulate import TIME_ATTRS
 from tests.conftest import small_dict
 
 SWEEPS = {

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from engine import cli, simulate
-from engine import params as P
-from engine import report as R
-from engine.config import Config
+from engine.config.schema import Config
+from engine.model import params as P
+from engine.report import compare as R
 from tests.conftest import small_dict
 
 RUN = {"n_paths": 256, "seed": 3, "steps": 24, "cascade_rounds": 1, "max_window": 16, "fan_points": 6}

@@ -19,9 +19,11 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from engine import cli, distributed, runs, simulate
-from engine.config import Config
-from engine.errors import SimulationError
+from engine import cli, simulate
+from engine.config.errors import SimulationError
+from engine.config.schema import Config
+from engine.runs import execute as runs
+from engine.sim import distributed
 from tests.conftest import small_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,11 +38,11 @@ RUN_ATTRS = ("history", "run_id")
 
 WORKER = """
 import json, sys
-from engine import distributed
+from engine.sim import distributed
 distributed.initialize(f"127.0.0.1:{sys.argv[1]}", 2, int(sys.argv[2]))
 import jax
 import engine
-from engine.config import Config
+from engine.config.schema import Config
 assert jax.process_count() == 2 and len(jax.devices()) == 2
 ds = engine.simulate(Config.model_validate(json.loads(sys.argv[3])))
 if distributed.is_writer():
@@ -293,8 +295,9 @@ def test_sigterm_to_process_0_ends_both_and_keeps_the_run_resumable(tmp_path):
 FAIL_ON_PROCESS_1 = """
 import sys
 import jax
-from engine import cli, runs
-from engine.errors import SimulationError
+from engine import cli
+from engine.runs import execute as runs
+from engine.config.errors import SimulationError
 real = runs.simulate
 def simulate(*args, **kwargs):
     if jax.process_index() == 1:

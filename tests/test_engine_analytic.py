@@ -18,8 +18,8 @@ import math
 from scipy.stats import norm
 
 from engine import simulate
-from engine.book import liquidation_price
-from engine.config import Config, sigma_step
+from engine.config.book import liquidation_price
+from engine.config.schema import Config, sigma_step
 
 BGK = 0.5826
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import book
-from engine.config import Config
+from engine.config import book
+from engine.config.schema import Config
 from tests.conftest import SMALL
 
 

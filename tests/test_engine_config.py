@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from engine import ConfigError, simulate
-from engine.errors import validated
+from engine.config.errors import validated
 from tests.conftest import small_dict
 
 

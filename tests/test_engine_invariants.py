@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from engine import params as P
-from engine.config import Config
-from engine.rollout import rollout
+from engine.config.schema import Config
+from engine.model import params as P
+from engine.sim.rollout import rollout
 from tests.conftest import SMALL, small_dict
 from tests.helpers import F32_RTOL, assert_close
 

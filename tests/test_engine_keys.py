@@ -7,12 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from engine import cache, simulate
-from engine import params as P
-from engine.config import Config
-from engine.devices import path_mesh
-from engine.kernel import path_keys, word64
-from engine.rollout import sharded_rollout
+from engine import simulate
+from engine.config.schema import Config
+from engine.model import params as P
+from engine.model.kernel import path_keys, word64
+from engine.sim import cache
+from engine.sim.devices import path_mesh
+from engine.sim.rollout import sharded_rollout
 from tests.conftest import small_dict
 from tests.helpers import F32_RTOL, assert_close, usd_scale
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from engine import market
-from engine import params as P
-from engine.config import Config
+from engine.config.schema import Config
+from engine.model import market
+from engine.model import params as P
 from tests.conftest import small_dict
 
 N = 200_000

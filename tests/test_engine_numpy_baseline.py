@@ -7,10 +7,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from engine import params as P
-from engine import reference
-from engine.config import Config
-from engine.rollout import rollout
+from engine.config.schema import Config
+from engine.model import params as P
+from engine.sim import reference
+from engine.sim.rollout import rollout
 from tests.conftest import small_dict
 
 N_PATHS = 256

@@ -24,12 +24,12 @@ import jax
 import numpy as np
 import pytest
 
-from engine import params as P
-from engine import reference
-from engine.config import Config
-from engine.reduce import QUANTILES
-from engine.rollout import rollout
-from engine.tipping import NUDGE_ULPS, tips
+from engine.config.schema import Config
+from engine.model import params as P
+from engine.sim import reference
+from engine.sim.reduce import QUANTILES
+from engine.sim.rollout import rollout
+from engine.sim.tipping import NUDGE_ULPS, tips
 from tests.helpers import engine_draws, usd_scale
 from tests.test_tipping import near_threshold
 

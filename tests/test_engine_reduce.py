@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from engine import bins as B
-from engine import params as P
-from engine.config import Config
-from engine.outputs import OUTPUTS
-from engine.reduce import (
+from engine.config.schema import Config
+from engine.model import bins as B
+from engine.model import params as P
+from engine.model.outputs import OUTPUTS
+from engine.sim.reduce import (
     BAND_QUANTILES,
     CLIPPED,
     ES_LEVEL,
@@ -25,7 +25,7 @@ from engine.reduce import (
     es_status,
     quantile_status,
 )
-from engine.rollout import _advance, _begin, rollout
+from engine.sim.rollout import _advance, _begin, rollout
 from tests.conftest import small_dict
 from tests.helpers import assert_close
 from tests.samples import accumulate, outputs_of, small_static

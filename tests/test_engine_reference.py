@@ -15,10 +15,11 @@ import jax
 import numpy as np
 import pytest
 
-from engine import kernel, reference, waterfall
-from engine import params as P
-from engine.config import Config
-from engine.rollout import rollout
+from engine.config.schema import Config
+from engine.model import kernel, waterfall
+from engine.model import params as P
+from engine.sim import reference
+from engine.sim.rollout import rollout
 from tests.conftest import small_dict
 from tests.helpers import PARITY_RTOL, assert_close, engine_draws, usd_scale
 

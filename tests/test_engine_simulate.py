@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import xarray as xr
 
-from engine import params as P
 from engine import simulate
-from engine.config import Config
-from engine.rollout import rollout
+from engine.config.schema import Config
+from engine.model import params as P
+from engine.sim import simulate as simulate_module
+from engine.sim.rollout import rollout
 from tests.conftest import small_dict
-
-simulate_module = importlib.import_module("engine.simulate")
 
 RUN = {"n_paths": 700, "seed": 5, "steps": 24, "cascade_rounds": 6, "max_window": 16, "fan_points": 6}
 

@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
-from engine import devices
-from engine import params as P
-from engine.calibrate import differentiable_outputs
-from engine.config import Config
-from engine.rollout import rollout, sharded_advance, sharded_begin, sharded_finish
+from engine.config.schema import Config
+from engine.fit.calibrate import differentiable_outputs
+from engine.model import params as P
+from engine.sim import devices
+from engine.sim.rollout import rollout, sharded_advance, sharded_begin, sharded_finish
 from tests.conftest import small_dict
 
 FORMS = {

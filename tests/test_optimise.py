@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine import ConfigError
-from engine.optimise import (
+from engine.fit.optimise import (
     OptimisationConfig,
     Result,
     _setup,

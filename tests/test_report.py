@@ -5,7 +5,7 @@ import math
 import numpy as np
 import xarray as xr
 
-from engine import report as R
+from engine.report import compare as R
 
 
 def _point(mean: float, se: float, diff: float, diff_se: float) -> xr.Dataset:

@@ -11,9 +11,9 @@ import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from engine import report as R
-from engine.reduce import BAND_QUANTILES, QUANTILES
-from engine.ticks import Amounts, plain_log_axis
+from engine.report import compare as R
+from engine.report.ticks import Amounts, plain_log_axis
+from engine.sim.reduce import BAND_QUANTILES, QUANTILES
 
 CONFIG = """name = "made_up"
 [run]

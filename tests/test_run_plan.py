@@ -3,7 +3,6 @@ chunks, memory and time before and after the first chunk instead of starting sil
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 import re
@@ -11,13 +10,13 @@ import re
 import tomli_w
 from typer.testing import CliRunner
 
-from engine import cli, devices
-from engine import params as P
-from engine.config import Config
-from engine.progress import LogReporter
+from engine import cli
+from engine.config.schema import Config
+from engine.model import params as P
+from engine.report.progress import LogReporter
+from engine.sim import devices
+from engine.sim import simulate as S  # the module, not the function `engine.simulate`
 from tests.conftest import small_dict
-
-S = importlib.import_module("engine.simulate")  # the module, not the function `engine.simulate`
 
 TINY = small_dict(run={**small_dict()["run"], "n_paths": 64, "steps": 8, "fan_points": 4})
 

@@ -19,9 +19,10 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from engine import cli, runs
-from engine.configfile import load_study
-from engine.errors import ConfigError
+from engine import cli
+from engine.config.errors import ConfigError
+from engine.config.files import load_study
+from engine.runs import execute as runs
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = str(ROOT / "configs" / "quick.toml")
@@ -192,7 +193,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_path):
 
 
 def test_runtime_failure_exits_1_keeps_finished_parts_and_resumes(straight, tmp_path, monkeypatch):
-    from engine.errors import SimulationError
+    from engine.config.errors import SimulationError
 
     real, calls = runs.simulate, []
 

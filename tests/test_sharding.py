@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from engine import devices, simulate
-from engine import params as P
-from engine.config import Config
-from engine.params import Static, static_of
-from engine.reduce import ATOM
-from engine.rollout import sharded_rollout
-from engine.simulate import bytes_per_path, chunk_size, cpu_paths_per_device
+from engine import simulate
+from engine.config.schema import Config
+from engine.model import params as P
+from engine.model.params import Static, static_of
+from engine.sim import devices
+from engine.sim.reduce import ATOM
+from engine.sim.rollout import sharded_rollout
+from engine.sim.simulate import bytes_per_path, chunk_size, cpu_paths_per_device
 from tests.conftest import small_dict
 
 # 700 paths over chunks of 512: a full chunk and a padded one, both split over devices; and a

@@ -12,7 +12,8 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from engine import cli, runs
+from engine import cli
+from engine.runs import execute as runs
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = str(ROOT / "configs" / "quick.toml")

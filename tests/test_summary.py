@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from engine import report as R
-from engine.reduce import ESTIMATED, QUANTILES, TOO_FEW_PATHS
-from engine.simulate import to_dataset
-from engine.summary import NOT_ESTIMABLE, summary_table
+from engine.report import compare as R
+from engine.report.summary import NOT_ESTIMABLE, summary_table
+from engine.sim.reduce import ESTIMATED, QUANTILES, TOO_FEW_PATHS
+from engine.sim.simulate import to_dataset
 from tests.samples import accumulate, outputs_of, small_static
 
 

@@ -4,9 +4,9 @@ import tomllib
 
 import pytest
 
-from engine.configfile import load_study, read_config_dict
-from engine.errors import ConfigError
-from engine.sweep import _dim_names, apply_overrides, build_study, parse_value
+from engine.config.errors import ConfigError
+from engine.config.files import load_study, read_config_dict
+from engine.config.sweep import _dim_names, apply_overrides, build_study, parse_value
 from tests.conftest import small_dict
 
 

@@ -7,12 +7,13 @@ import pytest
 import xarray as xr
 from pydantic import ValidationError
 
-from engine import devices, simulate
-from engine import params as P
-from engine.config import Config
-from engine.rollout import sharded_rollout
-from engine.simulate import chunk_size
-from engine.tipping import NUDGE_ULPS, TIPPING_RTOL, TippingProbe, summary_line, tips
+from engine import simulate
+from engine.config.schema import Config
+from engine.model import params as P
+from engine.sim import devices
+from engine.sim.rollout import sharded_rollout
+from engine.sim.simulate import chunk_size
+from engine.sim.tipping import NUDGE_ULPS, TIPPING_RTOL, TippingProbe, summary_line, tips
 from tests.conftest import small_dict
 
 N_PATHS, SAMPLE = 256, 200

@@ -43,9 +43,9 @@ from typing import Annotated, Any
 import tomli_w
 from pydantic import Field, ValidationError
 
-from engine import params as P
-from engine.config import Config, Strict
-from engine.errors import ConfigError, describe
+from engine.config.errors import ConfigError, describe
+from engine.config.schema import Config, Strict
+from engine.model import params as P
 
 SWEEP_KEYS = ("baseline", "points_per_part")
 # Top-level settings that are not sweepable: run.* decides sizes and compiled shapes.

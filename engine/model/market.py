@@ -29,7 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from engine.params import MarketParams
+from engine.model.params import MarketParams
 
 # Variance is capped at this multiple of the long-run variance (keeps GARCH finite under
 # extreme impact feedback).

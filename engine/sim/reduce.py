@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine import bins as B
-from engine.outputs import OUTPUTS
-from engine.params import Static
+from engine.model import bins as B
+from engine.model.outputs import OUTPUTS
+from engine.model.params import Static
 
 ATOM = 256
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from engine.params import BookParams, PolicyParams
+from engine.model.params import BookParams, PolicyParams
 
 # Maintenance rates are capped below 1 so that the liquidation price stays finite.
 MAX_MMR = 0.9

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from engine.runs import Event
+from engine.runs.execute import Event
 
 
 class _Rate(ProgressColumn):

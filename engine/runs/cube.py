@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from engine.sweep import Study
+from engine.config.sweep import Study
 
 CONVENTIONS = "CF-1.8"
 COORD_ATTRS = {

@@ -67,13 +67,13 @@ from typing import Literal
 import xarray as xr
 from pydantic import BaseModel, ValidationError
 
-from engine import cube as C
-from engine import distributed
-from engine.config import Config
-from engine.errors import ConfigError, describe
-from engine.outputs import OUTPUTS
-from engine.simulate import simulate
-from engine.sweep import Study, build_study
+from engine.config.errors import ConfigError, describe
+from engine.config.schema import Config
+from engine.config.sweep import Study, build_study
+from engine.model.outputs import OUTPUTS
+from engine.runs import cube as C
+from engine.sim import distributed
+from engine.sim.simulate import simulate
 
 MANIFEST = "manifest.json"
 CONFIG = "config.toml"
@@ -119,7 +119,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def git_info() -> dict:
     """Commit and dirty flag of the source tree the package runs from (None outside git)."""
-    src = Path(__file__).resolve().parent.parent
+    src = Path(__file__).resolve().parents[2]  # the checkout holding engine/
     try:
         commit = subprocess.run(
             ["git", "-C", str(src), "rev-parse", "HEAD"],

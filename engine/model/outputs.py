@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from engine import bins as B
-from engine.book import liquidation_price
-from engine.kernel import SimState
-from engine.params import JUMP_MAX, Params, Static
-from engine.policies import cap_leverage, maintenance_rate
+from engine.config.book import liquidation_price
+from engine.model import bins as B
+from engine.model.kernel import SimState
+from engine.model.params import JUMP_MAX, Params, Static
+from engine.model.policies import cap_leverage, maintenance_rate
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import poisson
 
-from engine.book import build_cohorts
-from engine.config import Config
+from engine.config.book import build_cohorts
+from engine.config.schema import Config
 
 # A breaker that is off is a limit too wide to bind (log units).
 NO_LIMIT = 1e6

@@ -29,11 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry_2x32
 
-from engine import market, policies
-from engine.cascade import run_cascade, run_cascade_whole
-from engine.impact import impact
-from engine.params import Params, Static
-from engine.waterfall import auto_deleverage, pay_from_fund
+from engine.model import market, policies
+from engine.model.cascade import run_cascade, run_cascade_whole
+from engine.model.impact import impact
+from engine.model.params import Params, Static
+from engine.model.waterfall import auto_deleverage, pay_from_fund
 
 
 class Totals(NamedTuple):

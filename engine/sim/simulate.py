@@ -28,14 +28,14 @@ import numpy as np
 import xarray as xr
 from jax.experimental import multihost_utils
 
-from engine import cache, devices
-from engine import params as P
-from engine.config import Config
-from engine.errors import SimulationError, validated
-from engine.outputs import DIAGNOSTICS, OUTPUTS
-from engine.reduce import ATOM, BAND_QUANTILES, MIN_ES_TAIL_PATHS, QUANTILES, PointAccumulator
-from engine.rollout import EXTRACT_BLOCK, sharded_rollout
-from engine.tipping import NUDGE_ULPS, TIPPING_RTOL, TippingProbe
+from engine.config.errors import SimulationError, validated
+from engine.config.schema import Config
+from engine.model import params as P
+from engine.model.outputs import DIAGNOSTICS, OUTPUTS
+from engine.sim import cache, devices
+from engine.sim.reduce import ATOM, BAND_QUANTILES, MIN_ES_TAIL_PATHS, QUANTILES, PointAccumulator
+from engine.sim.rollout import EXTRACT_BLOCK, sharded_rollout
+from engine.sim.tipping import NUDGE_ULPS, TIPPING_RTOL, TippingProbe
 
 # Configs carry no calendar date, so every scenario starts at this documented reference time
 # (CF needs "minutes since <time>"); `engine.cube.read` keeps the values as minutes.

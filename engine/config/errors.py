@@ -8,7 +8,7 @@ import typing
 
 from pydantic import BaseModel, ValidationError
 
-from engine.config import Config
+from engine.config.schema import Config
 
 
 class ConfigError(ValueError):

@@ -38,13 +38,13 @@ import numpy as np
 import optax
 from pydantic import Field, ValidationError, model_validator
 
-from engine import params as P
-from engine.cascade import by_side, side_matrix
-from engine.config import Config, Strict
-from engine.configfile import merge_tables, read_config_dict, read_toml, resolve_config_path
-from engine.errors import ConfigError, describe
-from engine.kernel import init_state, path_keys, step, step_draws, word64
-from engine.outputs import extract
+from engine.config.errors import ConfigError, describe
+from engine.config.files import merge_tables, read_config_dict, read_toml, resolve_config_path
+from engine.config.schema import Config, Strict
+from engine.model import params as P
+from engine.model.cascade import by_side, side_matrix
+from engine.model.kernel import init_state, path_keys, step, step_draws, word64
+from engine.model.outputs import extract
 
 # Free parameters: dotted config paths (per asset, or shared by all assets with no asset
 # name) and the leverage-distribution tilt.
@@ -495,7 +495,7 @@ def write_outputs(cc: CalibrationConfig, fits: list[Fit], run_dir: Path) -> dict
     import matplotlib.pyplot as plt
     import tomli_w
 
-    from engine.ticks import plain_log_axis
+    from engine.report.ticks import plain_log_axis
 
     run_dir.mkdir(parents=True, exist_ok=True)
     a = assess(cc, fits)

@@ -38,10 +38,10 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from rich.table import Table
 
-from engine import tipping
-from engine.reduce import CLIPPED, ESTIMATED, quantile_status
-from engine.summary import cell, estimate, few_paths_note, paths_needed
-from engine.ticks import Amounts
+from engine.report.summary import cell, estimate, few_paths_note, paths_needed
+from engine.report.ticks import Amounts
+from engine.sim import tipping
+from engine.sim.reduce import CLIPPED, ESTIMATED, quantile_status
 
 Z95 = 1.959963984540054
 LOSSES = (

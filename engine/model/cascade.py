@@ -36,9 +36,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from engine.book import liquidation_price
-from engine.impact import impact
-from engine.params import BookParams, MarketParams, PolicyParams
+from engine.config.book import liquidation_price
+from engine.model.impact import impact
+from engine.model.params import BookParams, MarketParams, PolicyParams
 
 
 class Cascade(NamedTuple):

@@ -38,13 +38,13 @@ import numpy as np
 import optax
 from pydantic import Field, ValidationError, model_validator
 
-from engine import params as P
-from engine.calibrate import differentiable_outputs, resolve_scenario, to_values
-from engine.config import Config, Strict
-from engine.configfile import read_toml, resolve_config_path
-from engine.errors import ConfigError, describe
-from engine.kernel import word64
-from engine.rollout import rollout
+from engine.config.errors import ConfigError, describe
+from engine.config.files import read_toml, resolve_config_path
+from engine.config.schema import Config, Strict
+from engine.fit.calibrate import differentiable_outputs, resolve_scenario, to_values
+from engine.model import params as P
+from engine.model.kernel import word64
+from engine.sim.rollout import rollout
 
 # Lever path -> PolicyParams field (and the breaker kind it needs, if any).
 LEVERS = {
@@ -391,7 +391,7 @@ def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from engine.ticks import plain_log_axis
+    from engine.report.ticks import plain_log_axis
 
     run_dir.mkdir(parents=True, exist_ok=True)
     bound = oc.bound

@@ -19,9 +19,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from engine.cascade import by_side, side_matrix
-from engine.params import BookParams, PolicyParams
-from engine.smooth import smooth_min
+from engine.model.cascade import by_side, side_matrix
+from engine.model.params import BookParams, PolicyParams
+from engine.model.smooth import smooth_min
 
 # Bisection of the ADL queue threshold: log scores in [-30, 30], halved 26 times (to 1e-6).
 ADL_LOG_RANGE = 30.0

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.stats import norm
 
-from engine.config import Config, Tier
+from engine.config.schema import Config, Tier
 
 
 class Cohorts(NamedTuple):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from engine.params import MarketParams
+from engine.model.params import MarketParams
 
 
 def impact(flow: jnp.ndarray, sigma: jnp.ndarray, mp: MarketParams) -> jnp.ndarray:

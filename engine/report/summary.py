@@ -14,7 +14,7 @@ import xarray as xr
 from rich.console import Console
 from rich.table import Table
 
-from engine.reduce import ES_LEVEL, ESTIMATED, MIN_ES_TAIL_PATHS, QUANTILES, es_status, quantile_status
+from engine.sim.reduce import ES_LEVEL, ESTIMATED, MIN_ES_TAIL_PATHS, QUANTILES, es_status, quantile_status
 
 NOT_ESTIMABLE = "n/e"
 # Below this many paths even q99 is not estimable: the whole table describes a handful of paths.

@@ -26,9 +26,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from engine import bins as B
-from engine.devices import PATH_AXIS
-from engine.kernel import (
+from engine.model import bins as B
+from engine.model.kernel import (
     SimState,
     add_offsets,
     adl_step,
@@ -38,8 +37,9 @@ from engine.kernel import (
     step_draws,
     word64,
 )
-from engine.outputs import extract
-from engine.params import Params, Static
+from engine.model.outputs import extract
+from engine.model.params import Params, Static
+from engine.sim.devices import PATH_AXIS
 
 EXTRACT_BLOCK = 32
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from engine.config import Config
-from engine.errors import ConfigError, describe
-from engine.sweep import Study, apply_overrides, build_study
+from engine.config.errors import ConfigError, describe
+from engine.config.schema import Config
+from engine.config.sweep import Study, apply_overrides, build_study
 
 DEFAULT_SCENARIO = "oct10_2025"
 

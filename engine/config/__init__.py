@@ -1,0 +1,1 @@
+"""Configuration: the pydantic schema, config files and overrides, sweep grids, errors, and the build of model parameters from a config."""

@@ -1,0 +1,1 @@
+"""Fitting: calibration to observed events and policy optimisation on the relaxed kernel."""

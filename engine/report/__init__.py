@@ -1,0 +1,1 @@
+"""Reports: comparison tables and plots, fit reports, terminal summaries and progress."""

@@ -1,0 +1,1 @@
+"""Run directories: manifests, parts, sessions, shards, resume, listing and result cubes."""

@@ -1,0 +1,1 @@
+"""Simulation: rollouts over paths and devices, streaming reductions, the multi-process protocol, diagnostics."""
