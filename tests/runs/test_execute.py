@@ -24,7 +24,7 @@ from engine.config.errors import ConfigError
 from engine.config.files import load_study
 from engine.runs import execute as runs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUICK = str(ROOT / "configs" / "quick.toml")
 REQUIRED = (
     "liquidated_notional",

@@ -14,7 +14,7 @@ from engine.config.schema import Config
 from engine.sim.rollout import sharded_advance
 from tests.conftest import small_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = small_dict(run={"n_paths": 256, "steps": 8, "fan_points": 2, "cascade_rounds": 2})
 
 PROBE = """

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from engine import cli
 from engine.runs import execute as runs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUICK = str(ROOT / "configs" / "quick.toml")
 ONE_POINT_PARTS = ("--set", "sweep.points_per_part=1")  # four parts: two for each of two shards
 QUIET = ("--no-progress", "--no-report")

@@ -31,7 +31,7 @@ from engine.sim.reduce import QUANTILES
 from engine.sim.rollout import rollout
 from engine.sim.tipping import NUDGE_ULPS, tips
 from tests.helpers import engine_draws, usd_scale
-from tests.test_tipping import near_threshold
+from tests.sim.test_tipping import near_threshold
 
 N_PATHS, SEED = 512, 9
 F32_PATH_RTOL = 1e-5

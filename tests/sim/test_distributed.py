@@ -26,7 +26,7 @@ from engine.runs import execute as runs
 from engine.sim import distributed
 from tests.conftest import small_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # 600 paths: two chunks of 512 over 2 global devices, the second one padded.
 CFG = small_dict(run={"n_paths": 600, "steps": 12, "fan_points": 4, "chunk_size": 512, "cascade_rounds": 4})
 # The same sizes for `liqstress run`: configs/quick.toml's 2x2 grid in two parts.

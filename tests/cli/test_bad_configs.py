@@ -12,7 +12,7 @@ from engine import cli
 from engine.config import sweep
 from engine.config.errors import ConfigError
 
-QUICK = str(Path(__file__).resolve().parent.parent / "configs" / "quick.toml")
+QUICK = str(Path(__file__).resolve().parents[2] / "configs" / "quick.toml")
 THREE_ASSETS_NON_PSD = """
 name = "bad"
 [market]
