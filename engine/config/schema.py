@@ -11,7 +11,6 @@ steps are simulation time steps of `run.dt_minutes` minutes.
 
 from __future__ import annotations
 
-import math
 import types
 import typing
 from typing import Annotated, Any, Literal
@@ -361,7 +360,7 @@ class Policy(Strict):
 # --------------------------------------------------------------------------------------
 
 
-class Run(Strict):
+class RunSettings(Strict):
     """Size and numerics of a simulation."""
 
     n_paths: Annotated[int, Field(ge=1, le=10**10)] = 10_000
@@ -392,7 +391,7 @@ class Config(Strict):
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")] = "scenario"
     description: str = ""
-    run: Run = Run()
+    run: RunSettings = RunSettings()
     market: Market
     book: Book = Book()
     exchange: Exchange = Exchange()
@@ -453,8 +452,3 @@ class Config(Strict):
     @property
     def steps_per_day(self) -> float:
         return 24.0 * 60.0 / self.run.dt_minutes
-
-
-def sigma_step(vol_annual: float, steps_per_year: float) -> float:
-    """Per-step volatility (log units) from an annualised one."""
-    return vol_annual / math.sqrt(steps_per_year)

@@ -75,7 +75,7 @@ DIAGNOSTIC_ADVICE = {
 
 
 @dataclass(frozen=True)
-class Policy:
+class PolicyResult:
     """One grid point of one run: its statistics (no sweep dims) and how to compare it."""
 
     label: str
@@ -96,7 +96,7 @@ def _config(cube: xr.Dataset) -> dict:
     return tomllib.loads(str(cube.attrs.get("config", "")))
 
 
-def policies(cubes: list[tuple[str, xr.Dataset]]) -> list[Policy]:
+def policies(cubes: list[tuple[str, xr.Dataset]]) -> list[PolicyResult]:
     """The policies of one or more cubes, the first cube's baseline marked as the reference."""
     out = []
     for k, (run, cube) in enumerate(cubes):
@@ -107,7 +107,7 @@ def policies(cubes: list[tuple[str, xr.Dataset]]) -> list[Policy]:
         fund_dim = next((d for d in dims if cube[d].attrs.get("sweep_path") == FUND_PATH), None)
         if not dims:
             name = str(cube.attrs.get("title", run)).removeprefix("liqstress loss distributions: ")
-            out.append(Policy(run if len(cubes) > 1 else name, cube, run, k == 0, k == 0, fund))
+            out.append(PolicyResult(run if len(cubes) > 1 else name, cube, run, k == 0, k == 0, fund))
             continue
         stacked = cube.stack(point=dims)
         for i in range(stacked.sizes["point"]):
@@ -115,7 +115,7 @@ def policies(cubes: list[tuple[str, xr.Dataset]]) -> list[Policy]:
             label = ", ".join(f"{d}={_fmt_value(p[d].values)}" for d in dims)
             fund_here = float(p[fund_dim]) if fund_dim else fund
             p = p.drop_vars(["point", *dims])
-            out.append(Policy(prefix + label, p, run, k == 0 and i == base, k == 0, fund_here))
+            out.append(PolicyResult(prefix + label, p, run, k == 0 and i == base, k == 0, fund_here))
     return out
 
 
@@ -123,7 +123,7 @@ def _lead(da: xr.DataArray) -> xr.DataArray:
     return da.isel(asset=0) if "asset" in da.dims else da
 
 
-def metrics(p: Policy) -> dict[str, float]:
+def metrics(p: PolicyResult) -> dict[str, float]:
     """The key figures of a policy (USD, drawdown as a fraction of the lead asset's price);
     NaN for a quantile or ES99 with too few paths to estimate it."""
     ds = p.ds
@@ -141,7 +141,7 @@ def metrics(p: Policy) -> dict[str, float]:
     }
 
 
-def difference(p: Policy, ref: Policy, name: str) -> tuple[float, float, bool]:
+def difference(p: PolicyResult, ref: PolicyResult, name: str) -> tuple[float, float, bool]:
     """Mean difference of `name` against the reference, its standard error, and whether paired."""
     if p.paired:
         return float(_lead(p.ds[f"{name}_diff_mean"])), float(_lead(p.ds[f"{name}_diff_se"])), True
@@ -172,7 +172,7 @@ def lead_asset(cube: xr.Dataset) -> str:
     return str(cube.asset.values[0])
 
 
-def tables(pols: list[Policy], asset: str) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+def tables(pols: list[PolicyResult], asset: str) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
     """Header and rows of the metrics table and of the differences table (quantiles and ES99
     with too few paths to estimate them read `n/e`)."""
     ref = next(p for p in pols if p.baseline)
@@ -227,13 +227,13 @@ def tables(pols: list[Policy], asset: str) -> tuple[list[str], list[list[str]], 
     return head, rows, dhead, drows
 
 
-def few_paths_notes(pols: list[Policy]) -> list[str]:
+def few_paths_notes(pols: list[PolicyResult]) -> list[str]:
     """What the policies' runs have too few paths to estimate (one note per run size)."""
     sizes = dict.fromkeys(int(p.ds.attrs["n_paths"]) for p in pols)
     return [note for n in sizes if (note := few_paths_note(n))]
 
 
-def rich_table(pols: list[Policy], asset: str, title: str) -> Table:
+def rich_table(pols: list[PolicyResult], asset: str, title: str) -> Table:
     """The metrics and the paired difference of liquidations, for the terminal."""
     _, rows, _, drows = tables(pols, asset)
     diff_by_label = {r[0]: r[1] for r in drows}
@@ -256,7 +256,7 @@ def rich_table(pols: list[Policy], asset: str, title: str) -> Table:
     return t
 
 
-def fund_note(pols: list[Policy]) -> str | None:
+def fund_note(pols: list[PolicyResult]) -> str | None:
     """Why an insurance-fund draw can exceed the fund's size, if a figure shown does."""
     over = []
     for p in pols:
@@ -309,7 +309,7 @@ def pairing_notes(cubes: list[tuple[str, xr.Dataset]]) -> list[str]:
     return notes
 
 
-def diagnostics(pols: list[Policy]) -> list[str]:
+def diagnostics(pols: list[PolicyResult]) -> list[str]:
     """Warnings, one per kernel limit that bit (`DIAGNOSTIC_ADVICE`): how many paths of which
     policies, what it means, and what to change. Empty when no path was affected."""
     out = []
@@ -365,7 +365,7 @@ def _with_status(ds: xr.Dataset, name: str, levels: tuple[float, ...]) -> list[t
     return out
 
 
-def plot_loss_distributions(pols: list[Policy], path: Path) -> Figure:
+def plot_loss_distributions(pols: list[PolicyResult], path: Path) -> Figure:
     """Median, q90, q99, q99.9 and ES99 of each loss per policy (one row each), legend below.
     Quantiles and ES99 with too few paths to estimate them are hollow grey markers, off the
     policy's line (`FLAGGED` in the legend)."""
@@ -499,7 +499,7 @@ def plot_sweep_line(cube: xr.Dataset, dim: str, path: Path) -> Figure:
     return fig
 
 
-def _clipped_note(pols: list[Policy], variables: list[str]) -> str:
+def _clipped_note(pols: list[PolicyResult], variables: list[str]) -> str:
     """A line saying why fan-chart bands have gaps, if any band shown is clipped (NaN)."""
     clipped = any(
         bool((p.ds[f"{var}_status"] == CLIPPED).any())
@@ -522,7 +522,7 @@ def _band_estimable(ds: xr.Dataset, lo: float, hi: float) -> bool:
     return bool((status == ESTIMATED).all())
 
 
-def plot_fan_charts(pols: list[Policy], path: Path) -> Figure:
+def plot_fan_charts(pols: list[PolicyResult], path: Path) -> Figure:
     """Bands of the mark price and cumulative liquidations `[time]` for the baseline, medians of
     up to `MAX_FAN_OTHERS` other policies; clipped (NaN) bands are gaps, named in the title, and
     bands with too few paths to estimate them are left out, also named."""

@@ -23,8 +23,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec
 
 from engine.model import bins as B
 from engine.model.kernel import (
@@ -166,7 +165,9 @@ def sharded_begin(params: Params, static: Static, n_paths: int, mesh: Mesh) -> C
         c = _begin(params, static, n_paths // mesh.size)
         return c._replace(fan=_per_device(c.fan))
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(),), out_specs=P(PATH_AXIS), check_vma=False)(params)
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(PartitionSpec(),), out_specs=PartitionSpec(PATH_AXIS), check_vma=False
+    )(params)
 
 
 @partial(jax.jit, static_argnames=("static", "n_paths", "n_steps", "mesh"), donate_argnums=(0,))
@@ -198,8 +199,16 @@ def sharded_advance(
     return jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(P(PATH_AXIS), P(), P(), P(), P(), P(), P()),
-        out_specs=P(PATH_AXIS),
+        in_specs=(
+            PartitionSpec(PATH_AXIS),
+            PartitionSpec(),
+            PartitionSpec(),
+            PartitionSpec(),
+            PartitionSpec(),
+            PartitionSpec(),
+            PartitionSpec(),
+        ),
+        out_specs=PartitionSpec(PATH_AXIS),
         check_vma=False,  # the kernel's loops start from replicated constants; no manual typing needed
     )(carry, params, seed, start, n_valid, t0, nudge)
 
@@ -213,7 +222,11 @@ def sharded_finish(carry: Carry, params: Params, static: Static, mesh: Mesh):
         return _finish(carry, params, static), jax.lax.psum(fan, PATH_AXIS)
 
     return jax.shard_map(
-        local, mesh=mesh, in_specs=(P(PATH_AXIS), P()), out_specs=(P(PATH_AXIS), P()), check_vma=False
+        local,
+        mesh=mesh,
+        in_specs=(PartitionSpec(PATH_AXIS), PartitionSpec()),
+        out_specs=(PartitionSpec(PATH_AXIS), PartitionSpec()),
+        check_vma=False,
     )(carry, params)
 
 

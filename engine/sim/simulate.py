@@ -50,7 +50,7 @@ TIME_ATTRS = {
 
 
 @dataclass(frozen=True)
-class Progress:
+class ChunkProgress:
     """What `simulate` reports after each chunk of each point."""
 
     paths_done: int  # path-points finished
@@ -172,7 +172,7 @@ def simulate(
     points: Sequence[Config | dict] | None = None,
     *,
     baseline: int = 0,
-    progress: Callable[[Progress], None] | None = None,
+    progress: Callable[[ChunkProgress], None] | None = None,
 ) -> xr.Dataset:
     """Simulate `config.run.n_paths` paths under each point and return their statistics.
 
@@ -235,7 +235,7 @@ def simulate(
         accs[i].add(out, fan, valid, base_out)
         done += valid
         if progress:
-            progress(Progress(done, n_paths * len(pts), time.perf_counter() - t0))
+            progress(ChunkProgress(done, n_paths * len(pts), time.perf_counter() - t0))
     bad = [i for i, a in enumerate(accs) if a.nonfinite]
     if bad:
         raise SimulationError(

@@ -22,9 +22,9 @@ def _point(mean: float, se: float, diff: float, diff_se: float) -> xr.Dataset:
 
 
 def test_paired_difference_uses_the_cube_and_unpaired_combines_errors():
-    ref = R.Policy("base", _point(10.0, 3.0, 0.0, 0.0), "a", True, True)
-    same_run = R.Policy("p", _point(7.0, 3.0, -3.0, 0.5), "a", False, True)
-    other_run = R.Policy("q", _point(7.0, 4.0, 99.0, 99.0), "b", False, False)
+    ref = R.PolicyResult("base", _point(10.0, 3.0, 0.0, 0.0), "a", True, True)
+    same_run = R.PolicyResult("p", _point(7.0, 3.0, -3.0, 0.5), "a", False, True)
+    other_run = R.PolicyResult("q", _point(7.0, 4.0, 99.0, 99.0), "b", False, False)
     assert R.difference(same_run, ref, "bad_debt") == (-3.0, 0.5, True)
     d, se, paired = R.difference(other_run, ref, "bad_debt")
     assert (d, paired) == (-3.0, False) and math.isclose(se, 5.0)
