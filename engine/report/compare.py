@@ -40,6 +40,7 @@ from rich.table import Table
 
 from engine.report.summary import cell, estimate, few_paths_note, paths_needed
 from engine.report.ticks import Amounts
+from engine.report.units import usd
 from engine.sim import tipping
 from engine.sim.reduce import CLIPPED, ESTIMATED, quantile_status
 
@@ -148,14 +149,6 @@ def difference(p: PolicyResult, ref: PolicyResult, name: str) -> tuple[float, fl
     d = float(_lead(p.ds[f"{name}_mean"])) - float(_lead(ref.ds[f"{name}_mean"]))
     se = math.hypot(float(_lead(p.ds[f"{name}_mc_se"])), float(_lead(ref.ds[f"{name}_mc_se"])))
     return d, se, False
-
-
-def usd(x: float, signed: bool = False) -> str:
-    sign = "+" if signed and x > 0 else ""
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{sign}{x / div:,.2f} {unit}"
-    return f"{sign}{x:,.0f}"
 
 
 def pct(x: float) -> str:
