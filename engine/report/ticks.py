@@ -11,7 +11,6 @@ from matplotlib.ticker import Formatter, FuncFormatter
 from engine.report.units import UNITS
 
 
-
 def amount(x: float, step: float | None = None, scale: float | None = None) -> str:
     """`1.5e9` -> "1.5 B", `0.3` -> "0.3". With `step` (the spacing of neighbouring ticks) as
     many decimals as keep them apart ("3.2225 B"); else three significant digits. The suffix
