@@ -3,7 +3,7 @@
 Every model forbids unknown keys, so a typo is an error that names its dotted path. Values are
 checked where they are declared (ranges) and across fields (a correlation matrix must be
 positive semi-definite and match the assets, a tier table must be increasing, ...). The
-validated objects are plain data: `engine.params` turns them into JAX pytrees.
+validated objects are plain data: `engine.config.build` turns them into JAX pytrees.
 
 Units: prices in USD, notionals in USD, volatilities annualised (fraction per sqrt(year)),
 steps are simulation time steps of `run.dt_minutes` minutes.
@@ -56,9 +56,7 @@ class Strict(BaseModel):
         return value
 
 
-# --------------------------------------------------------------------------------------
-# Exchange rules
-# --------------------------------------------------------------------------------------
+# -------- Exchange rules -----------------------------------------------------------
 
 
 class Tier(Strict):
@@ -116,9 +114,7 @@ class Exchange(Strict):
         return tiers
 
 
-# --------------------------------------------------------------------------------------
-# Market
-# --------------------------------------------------------------------------------------
+# -------- Market -------------------------------------------------------------------
 
 
 class Asset(Strict):
@@ -213,9 +209,7 @@ class Market(Strict):
         return np.eye(n) if self.correlation is None else np.asarray(self.correlation, float)
 
 
-# --------------------------------------------------------------------------------------
-# Book of positions
-# --------------------------------------------------------------------------------------
+# -------- Book of positions --------------------------------------------------------
 
 
 class Book(Strict):
@@ -274,9 +268,7 @@ class Book(Strict):
         return 2 * len(self.leverage) * self.entry_points * len(self.position_sizes_usd)
 
 
-# --------------------------------------------------------------------------------------
-# Scenario: shocks and flows
-# --------------------------------------------------------------------------------------
+# -------- Scenario: shocks and flows -----------------------------------------------
 
 
 class Shock(Strict):
@@ -319,9 +311,7 @@ class Scenario(Strict):
         return head + self.shocks
 
 
-# --------------------------------------------------------------------------------------
-# Policy
-# --------------------------------------------------------------------------------------
+# -------- Policy -------------------------------------------------------------------
 
 
 class Breaker(Strict):
@@ -355,9 +345,7 @@ class Policy(Strict):
     dynamic_margin: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.0
 
 
-# --------------------------------------------------------------------------------------
-# Run settings and the whole scenario
-# --------------------------------------------------------------------------------------
+# -------- Run settings and the whole scenario --------------------------------------
 
 
 class RunSettings(Strict):

@@ -236,20 +236,30 @@ def simulate(
         done += valid
         if progress:
             progress(ChunkProgress(done, n_paths * len(pts), time.perf_counter() - t0))
+    _check_finite(accs)
+    _rerun_nudged(probe, launch, order, n_paths, probe.chunk(size, EXTRACT_BLOCK * mesh.size))
+    price0 = [np.asarray(b[0].market.price0, float) for b in built]
+    results = [a.result(p0) | probe.result(i) for i, (a, p0) in enumerate(zip(accs, price0))]
+    return to_dataset(cfg, results, static)
+
+
+def _check_finite(accs: list[PointAccumulator]) -> None:
+    """Raise `SimulationError` naming the points where some path produced NaN or infinity."""
     bad = [i for i, a in enumerate(accs) if a.nonfinite]
     if bad:
         raise SimulationError(
             f"non-finite values (NaN or infinity) on some paths at point(s) {bad}: the parameters "
             "drive prices or balances out of range; check volatility, impact and leverage inputs"
         )
-    chunk = probe.chunk(size, EXTRACT_BLOCK * mesh.size)
-    for start in probe.starts(chunk):  # after the run, so that its chunks do not wait
+
+
+def _rerun_nudged(probe: TippingProbe, launch: Callable, order: list[int], n_paths: int, chunk: int) -> None:
+    """Rerun the probe's paths of every point with every draw nudged by `NUDGE_ULPS`, in chunks of
+    `chunk` paths, and let the probe compare them; after the run, so that its chunks do not wait."""
+    for start in probe.starts(chunk):
         for i in order:
             nudged, _ = _to_host(launch((start, min(chunk, n_paths - start), i), NUDGE_ULPS, chunk))
             probe.compare(i, start, nudged)
-    price0 = [np.asarray(b[0].market.price0, float) for b in built]
-    results = [a.result(p0) | probe.result(i) for i, (a, p0) in enumerate(zip(accs, price0))]
-    return to_dataset(cfg, results, static)
 
 
 def _flags(meanings: str, long_name: str, comment: str) -> dict:
@@ -308,14 +318,15 @@ def _status_variables(results: list[dict]) -> dict:
     }
 
 
-def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset:
-    """Stack per-point results into a Dataset with units and long names."""
-    assets = cfg.asset_names
+def _output_variables(results: list[dict]) -> dict:
+    """The statistics of every output of `OUTPUTS` over `point`: quantiles, mean, Monte Carlo
+    error, paired difference to the baseline, probability of a positive value, and for losses
+    ES99 (the output's units, or 1 for probabilities)."""
+    stack = lambda key: np.stack([r[key] for r in results])
     data = {}
     for o in OUTPUTS:
         d = o.dims
         attrs = {"units": o.units, "long_name": o.long_name}
-        stack = lambda key: np.stack([r[key] for r in results])
         data[o.name] = (
             ("point", "quantile") + d,
             stack(o.name),
@@ -352,6 +363,13 @@ def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset
                 stack(f"es99_{o.name}"),
                 {**attrs, "long_name": f"expected shortfall at 99% of {o.long_name}"},
             )
+    return data
+
+
+def _run_variables(results: list[dict]) -> dict:
+    """Per-point variables beside the outputs' statistics: P(bad debt), the fan-chart bands
+    `[point, time, asset, band_quantile]` (USD), the tipping share if measured, path counts."""
+    data = {}
     data["p_bad_debt"] = (
         ("point",),
         np.stack([r["p_bad_debt_positive"] for r in results]),
@@ -393,6 +411,13 @@ def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset
             np.stack([r[name] for r in results]).astype(np.float64),
             {"units": "1", "long_name": long_name},
         )
+    return data
+
+
+def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset:
+    """Stack per-point results into a Dataset with units and long names."""
+    assets = cfg.asset_names
+    data = _output_variables(results) | _run_variables(results)
     data.update(_status_variables(results))
     for o in OUTPUTS:
         data[o.name][2]["ancillary_variables"] = "quantile_status"
