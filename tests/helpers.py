@@ -50,7 +50,7 @@ def usd_scale(cfg: Config) -> float:
 
 
 def engine_draws(params: Params, static: Static, seed: int, n_paths: int):
-    """`t -> Draws` with a leading path axis: exactly the numbers `engine.rollout.rollout`
+    """`t -> Draws` with a leading path axis: exactly the numbers `engine.sim.rollout.rollout`
     draws for global paths 0 .. n_paths - 1 of `seed` (NumPy float64)."""
     keys = path_keys(seed, 0, n_paths)
     at = jax.jit(lambda t: step_draws(keys, t, params, static))

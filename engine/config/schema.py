@@ -365,7 +365,7 @@ class RunSettings(Strict):
     fan_points: Annotated[int, Field(ge=1, le=100_000)] = 96
     dtype: Literal["float32", "float64"] = "float32"
     # Paths (the first ones) rerun with every random draw nudged by a rounding-sized amount to
-    # measure the share of tipping paths (`engine.tipping`); 0 turns the probe off.
+    # measure the share of tipping paths (`engine.sim.tipping`); 0 turns the probe off.
     tipping_paths: Annotated[int, Field(ge=0, le=10**7)] = 256
 
 

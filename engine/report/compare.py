@@ -31,7 +31,7 @@ from engine.sim import tipping
 
 MAX_LISTED = 4  # policies named in a note; the rest are counted
 BASELINE_DIFF = "0 ± 0"  # the baseline against itself: every per-path difference is 0
-# What each kernel diagnostic (`engine.outputs.DIAGNOSTICS`) means for the figures, and the fix.
+# What each kernel diagnostic (`engine.model.outputs.DIAGNOSTICS`) means for the figures, and the fix.
 DIAGNOSTIC_ADVICE = {
     "n_cascade_unconverged": (
         (
@@ -42,7 +42,7 @@ DIAGNOSTIC_ADVICE = {
     ),
     "n_jump_truncated": (
         (
-            "had a step with more jumps than the kernel counts (engine.params.JUMP_MAX), so "
+            "had a step with more jumps than the kernel counts (engine.model.params.JUMP_MAX), so "
             "their jump moves are understated"
         ),
         "lower `market.jump_intensity_per_day` or `run.dt_minutes` (fewer jumps per step)",

@@ -1,6 +1,6 @@
 """A plain-text summary of a simulation's key figures (rich table).
 
-Quantiles and ES99 that the cube flags as not estimable (too few paths; `engine.reduce`) are
+Quantiles and ES99 that the cube flags as not estimable (too few paths; `engine.sim.reduce`) are
 shown as `n/e`, with a note that says what each needs; runs of fewer than 100 paths also get
 a warning.
 """

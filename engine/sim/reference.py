@@ -137,7 +137,7 @@ def liquidation_price(side, bankrupt, mmr, maint_amount):
 
 
 def cascade(q, b, flow, x_base, lo, hi, sigma, mmr, active, backstop_left, params: Params, rounds: int):
-    """The in-step cascade of `engine.cascade`, round by round, for all paths.
+    """The in-step cascade of `engine.model.cascade`, round by round, for all paths.
 
     q, b, mmr: `[paths, assets, cohorts]`; flow, x_base, lo, hi, sigma, active: `[paths,
     assets]`; backstop_left: `[paths]`. Returns a dict of the cascade's results.
@@ -307,7 +307,7 @@ def _add_step(tot: Totals, c: dict, w: dict, halted, drawdown, nonfinite, trunca
 
 
 def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, static: Static) -> SimState:
-    """One step of every path: `engine.kernel.step` with a leading path axis."""
+    """One step of every path: `engine.model.kernel.step` with a leading path axis."""
     mp, pol, bk = params.market, params.policy, params.book
     sigma = np.sqrt(st.variance)
     x_fair = st.x_fair + exogenous_return(d, sigma, shock, mp)
@@ -390,7 +390,7 @@ def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, stat
 def reference_step(
     state: SimState, draws: Draws, t: int, shock, flow, params_np: Params, static: Static
 ) -> SimState:
-    """One step of one path (no path axis), mirroring `engine.kernel.step`.
+    """One step of one path (no path axis), mirroring `engine.model.kernel.step`.
 
     state, draws: one path's `SimState` and `Draws` (NumPy or JAX leaves); shock, flow:
     `[assets]` log shock and USD flow of step t; params_np: `to_numpy(params)`.
@@ -408,7 +408,7 @@ def reference_step(
 
 
 def extract(st: SimState, params: Params) -> dict[str, np.ndarray]:
-    """Per-path outputs `{name: [paths, ...]}`, the names of `engine.outputs.extract`."""
+    """Per-path outputs `{name: [paths, ...]}`, the names of `engine.model.outputs.extract`."""
     mp, bk, t = params.market, params.book, st.totals
     price = mp.price0 * np.exp(st.x_mark)
     oi0 = np.sum(capped_book(params)[0], -1) * mp.price0
@@ -453,7 +453,7 @@ def run_paths(params_np: Params, static: Static, n_paths: int, draws_at: Callabl
 
 
 def numpy_draws(rng: np.random.Generator, n_paths: int, n_assets: int, tail_dof: float) -> Draws:
-    """One step's random numbers for every path, distributed as `engine.market.draw`."""
+    """One step's random numbers for every path, distributed as `engine.model.market.draw`."""
     z = rng.standard_normal((n_paths, n_assets))
     chi2 = rng.chisquare(tail_dof, n_paths) if tail_dof > 0 else np.ones(n_paths)
     return Draws(z=z, chi2=chi2, u_jump=rng.random(n_paths), z_jump=rng.standard_normal((n_paths, n_assets)))

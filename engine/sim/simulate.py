@@ -8,12 +8,12 @@ Paths are processed in chunks of whole `ATOM`s chosen from `run.memory_budget_mb
 chunk is padded so that a single compiled kernel serves every chunk and every point. The loop
 is chunk-outer, point-inner so that paired differences are formed chunk by chunk.
 
-Each chunk is split over the devices of `engine.devices.path_mesh()` (host CPU devices, GPUs,
-or every device of every process under `engine.distributed`); the next chunk is dispatched
+Each chunk is split over the devices of `engine.sim.devices.path_mesh()` (host CPU devices, GPUs,
+or every device of every process under `engine.sim.distributed`); the next chunk is dispatched
 before the host reduces the current one, so devices and host overlap. Under several processes
 every process runs the same loop, the chunk's per-path outputs are gathered to every process
 and reduced there in the same atom order, so the statistics equal a single-process run's.
-Compiled kernels are kept in the persistent cache of `engine.cache`.
+Compiled kernels are kept in the persistent cache of `engine.sim.cache`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from engine.sim.rollout import EXTRACT_BLOCK, sharded_rollout
 from engine.sim.tipping import NUDGE_ULPS, TIPPING_RTOL, TippingProbe
 
 # Configs carry no calendar date, so every scenario starts at this documented reference time
-# (CF needs "minutes since <time>"); `engine.cube.read` keeps the values as minutes.
+# (CF needs "minutes since <time>"); `engine.runs.cube.read` keeps the values as minutes.
 SCENARIO_START = "1970-01-01 00:00:00"
 TIME_ATTRS = {
     "standard_name": "time",
@@ -181,11 +181,11 @@ def simulate(
     Run size and seed come from `config.run`.
 
     Returns a Dataset over `point` (and `asset`, `side`, `quantile`, `band_quantile`, `time`):
-    for each output of `engine.outputs.OUTPUTS` its quantiles, `_mean`, `_mc_se`, paired
+    for each output of `engine.model.outputs.OUTPUTS` its quantiles, `_mean`, `_mc_se`, paired
     `_diff_mean`/`_diff_se` against point `baseline`, `p_<name>_positive`, `es99_<name>`
     for losses, plus `p_bad_debt` and fan-chart bands `mark_price_band` and
     `cum_liquidations_band` `[point, asset, band_quantile, time]` (USD), and unless
-    `run.tipping_paths` is 0 `tipping_share` and `tipping_sampled` `[point]` (`engine.tipping`).
+    `run.tipping_paths` is 0 `tipping_share` and `tipping_sampled` `[point]` (`engine.sim.tipping`).
     `time` is in minutes since `SCENARIO_START` (CF units), the end of each fan-chart interval.
     """
     cfg = validated(config)

@@ -1,4 +1,4 @@
-"""`engine.tipping`: the share of paths that a rounding-sized change of the draws flips."""
+"""`engine.sim.tipping`: the share of paths that a rounding-sized change of the draws flips."""
 
 from __future__ import annotations
 
