@@ -1,12 +1,11 @@
 """Comparison arithmetic: paired differences come from the cube, unpaired ones combine errors."""
 
-import math
-
 import numpy as np
 import xarray as xr
 
 from engine.report import policies as pol
 from engine.report.units import usd
+from tests.helpers import EXACT_RTOL, assert_close
 
 
 def _point(mean: float, se: float, diff: float, diff_se: float) -> xr.Dataset:
@@ -28,7 +27,8 @@ def test_paired_difference_uses_the_cube_and_unpaired_combines_errors():
     other_run = pol.PolicyResult("q", _point(7.0, 4.0, 99.0, 99.0), "b", False, False)
     assert pol.difference(same_run, ref, "bad_debt") == (-3.0, 0.5, True)
     d, se, paired = pol.difference(other_run, ref, "bad_debt")
-    assert (d, paired) == (-3.0, False) and math.isclose(se, 5.0)
+    assert (d, paired) == (-3.0, False)
+    assert_close(se, 5.0, EXACT_RTOL)
     assert pol.difference(same_run, ref, "max_drawdown")[0] == -3.0  # the lead asset
 
 

@@ -3,8 +3,6 @@ tick labels, the baseline's 0 ± 0, the fund-draw note, unpaired runs, diagnosti
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import xarray as xr
@@ -17,6 +15,7 @@ from engine.report import policies as pol
 from engine.report.ticks import Amounts, plain_log_axis
 from engine.report.units import usd
 from engine.sim.reduce import BAND_QUANTILES, QUANTILES
+from tests.helpers import EXACT_RTOL, F32_RTOL, assert_close
 
 CONFIG = """name = "made_up"
 [run]
@@ -153,7 +152,7 @@ def test_fund_draw_above_the_fund_is_explained_only_when_shown():
     assert note and "fees flow into the fund" in note and "5.50 M against 1.00 M" in note
     under = pol.policies([("a", made_up_cube(scale=0.1))])  # draws up to 0.55 M
     assert R.fund_note(under) is None
-    assert math.isclose(over[0].fund_usd, 1e6)
+    assert_close(over[0].fund_usd, 1e6, EXACT_RTOL)
     many = pol.policies([(f"run{k}", made_up_cube()) for k in range(R.MAX_LISTED + 2)])
     assert R.fund_note(many).endswith("; and 2 more policies.")
 
@@ -219,11 +218,11 @@ def test_loss_markers_with_too_few_paths_are_hollow_grey_and_keyed(tmp_path, n_p
         assert all(hollow(ln) == is_flagged for ln in lines), marker
         assert all((ln.get_color() == plots.FLAG_COLOR) == is_flagged for ln in lines), marker
     # drawn where the cube's values lie: q99.9 of policy b is 3 * 5 M, its ES99 1.1 times that
-    assert sorted(float(ln.get_xdata()[0]) for ln in markers_of(ax, "X")) == pytest.approx([5.5e6, 16.5e6])
+    assert_close(sorted(float(ln.get_xdata()[0]) for ln in markers_of(ax, "X")), [5.5e6, 16.5e6], F32_RTOL)
     # the policy's line spans its estimates only: median to q99.9, or to q99 when q99.9 is flagged
     ranges = sorted(x for ln in ax.lines if ln.get_marker() == "None" for x in ln.get_xdata())
     top = 4 if "^" in flagged else 5
-    assert ranges == pytest.approx(sorted([1e6, top * 1e6, 3e6, 3 * top * 1e6]))
+    assert_close(ranges, sorted([1e6, top * 1e6, 3e6, 3 * top * 1e6]), F32_RTOL)
     assert (plots.FLAGGED in legend_texts(fig)) == bool(flagged)
 
 
