@@ -19,7 +19,8 @@ from engine.config.errors import ConfigError, SimulationError
 from engine.config.files import default_config_path, load_config
 from engine.config.schema import Config, Policy, Scenario
 from engine.report.summary import summary_table
-from engine.sim.simulate import Progress, simulate
+from engine.sim.simulate import ChunkProgress as Progress
+from engine.sim.simulate import simulate
 
 __version__ = "0.1.0"
 

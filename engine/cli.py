@@ -190,7 +190,7 @@ def _leading() -> Iterator[runs.Leader]:
             _abandon(code)
 
 
-def _warn(pols: list[R.Policy]) -> None:
+def _warn(pols: list[R.PolicyResult]) -> None:
     """The kernel's diagnostics (paths where a static limit bit) as warnings on stderr."""
     for line in R.diagnostics(pols):
         _err().print(Text("warning: ", style="bold yellow") + Text(line), soft_wrap=True)

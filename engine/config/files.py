@@ -2,7 +2,7 @@
 
 A config file may start from another with `base = "oct10_2025.toml"` (a path relative to the
 file, or the name of a config shipped in the package): tables are merged key by key, the
-including file wins. A file may hold a `[sweep]` table (`engine.sweep`); `load_config` ignores
+including file wins. A file may hold a `[sweep]` table (`engine.config.sweep`); `load_config` ignores
 it and returns the base scenario, `load_study` expands it.
 """
 
@@ -103,7 +103,7 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 def load_study(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Study:
-    """A validated `engine.sweep.Study` from a config file and `--set key=value` overrides.
+    """A validated `engine.config.sweep.Study` from a config file and `--set key=value` overrides.
 
     A problem that the file alone does not have is reported as the `--set` items' (those that
     cause it on their own, else all of them), not the file's.

@@ -3,7 +3,7 @@
 Every model forbids unknown keys, so a typo is an error that names its dotted path. Values are
 checked where they are declared (ranges) and across fields (a correlation matrix must be
 positive semi-definite and match the assets, a tier table must be increasing, ...). The
-validated objects are plain data: `engine.params` turns them into JAX pytrees.
+validated objects are plain data: `engine.config.build` turns them into JAX pytrees.
 
 Units: prices in USD, notionals in USD, volatilities annualised (fraction per sqrt(year)),
 steps are simulation time steps of `run.dt_minutes` minutes.
@@ -11,7 +11,6 @@ steps are simulation time steps of `run.dt_minutes` minutes.
 
 from __future__ import annotations
 
-import math
 import types
 import typing
 from typing import Annotated, Any, Literal
@@ -57,9 +56,7 @@ class Strict(BaseModel):
         return value
 
 
-# --------------------------------------------------------------------------------------
-# Exchange rules
-# --------------------------------------------------------------------------------------
+# -------- Exchange rules -----------------------------------------------------------
 
 
 class Tier(Strict):
@@ -117,9 +114,7 @@ class Exchange(Strict):
         return tiers
 
 
-# --------------------------------------------------------------------------------------
-# Market
-# --------------------------------------------------------------------------------------
+# -------- Market -------------------------------------------------------------------
 
 
 class Asset(Strict):
@@ -214,9 +209,7 @@ class Market(Strict):
         return np.eye(n) if self.correlation is None else np.asarray(self.correlation, float)
 
 
-# --------------------------------------------------------------------------------------
-# Book of positions
-# --------------------------------------------------------------------------------------
+# -------- Book of positions --------------------------------------------------------
 
 
 class Book(Strict):
@@ -275,9 +268,7 @@ class Book(Strict):
         return 2 * len(self.leverage) * self.entry_points * len(self.position_sizes_usd)
 
 
-# --------------------------------------------------------------------------------------
-# Scenario: shocks and flows
-# --------------------------------------------------------------------------------------
+# -------- Scenario: shocks and flows -----------------------------------------------
 
 
 class Shock(Strict):
@@ -320,9 +311,7 @@ class Scenario(Strict):
         return head + self.shocks
 
 
-# --------------------------------------------------------------------------------------
-# Policy
-# --------------------------------------------------------------------------------------
+# -------- Policy -------------------------------------------------------------------
 
 
 class Breaker(Strict):
@@ -356,12 +345,10 @@ class Policy(Strict):
     dynamic_margin: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.0
 
 
-# --------------------------------------------------------------------------------------
-# Run settings and the whole scenario
-# --------------------------------------------------------------------------------------
+# -------- Run settings and the whole scenario --------------------------------------
 
 
-class Run(Strict):
+class RunSettings(Strict):
     """Size and numerics of a simulation."""
 
     n_paths: Annotated[int, Field(ge=1, le=10**10)] = 10_000
@@ -378,7 +365,7 @@ class Run(Strict):
     fan_points: Annotated[int, Field(ge=1, le=100_000)] = 96
     dtype: Literal["float32", "float64"] = "float32"
     # Paths (the first ones) rerun with every random draw nudged by a rounding-sized amount to
-    # measure the share of tipping paths (`engine.tipping`); 0 turns the probe off.
+    # measure the share of tipping paths (`engine.sim.tipping`); 0 turns the probe off.
     tipping_paths: Annotated[int, Field(ge=0, le=10**7)] = 256
 
 
@@ -392,7 +379,7 @@ class Config(Strict):
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")] = "scenario"
     description: str = ""
-    run: Run = Run()
+    run: RunSettings = RunSettings()
     market: Market
     book: Book = Book()
     exchange: Exchange = Exchange()
@@ -453,8 +440,3 @@ class Config(Strict):
     @property
     def steps_per_day(self) -> float:
         return 24.0 * 60.0 / self.run.dt_minutes
-
-
-def sigma_step(vol_annual: float, steps_per_year: float) -> float:
-    """Per-step volatility (log units) from an annualised one."""
-    return vol_annual / math.sqrt(steps_per_year)

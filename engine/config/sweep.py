@@ -343,63 +343,48 @@ def _dim_names(paths: list[str]) -> list[str]:
     return names
 
 
-def build_study(data: dict, source: str = "config") -> Study:
-    """Validate a raw config dict (with an optional `sweep` table) into a `Study`.
-
-    Raises `ConfigError` with one line per problem, each naming its dotted field.
-    """
-    data = dict(data)
-    table = flatten_sweep(data.pop("sweep", {}) or {})
+def _axis_values(base: dict, path: str, values: tuple[Scalar, ...], static: tuple) -> tuple[Scalar, ...]:
+    """The values of sweep axis `path` as the validated config holds them, after checking that
+    the path names one swept field and that every value keeps the compiled shape `static`."""
+    parts = split_path(path)
+    if parts[0] in FIXED_ROOTS:
+        raise ConfigError(
+            f"sweep.{path}: {parts[0]} settings cannot be swept (they set the run's size, "
+            "seed and compiled shapes); start separate runs instead"
+        )
     try:
-        config = Config.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"{source}:\n{describe(err)}") from None
-    spec = _spec(table)
-    base = config.model_dump()
-    static = (P.static_of(config), config.run.dtype)
-
-    checked: dict[str, tuple[Scalar, ...]] = {}
-    for path, values in spec.axes.items():
-        parts = split_path(path)
-        if parts[0] in FIXED_ROOTS:
-            raise ConfigError(
-                f"sweep.{path}: {parts[0]} settings cannot be swept (they set the run's size, "
-                "seed and compiled shapes); start separate runs instead"
-            )
+        current = get_path(base, parts)
+    except KeyError as err:
+        raise ConfigError(f"sweep.{path}: unknown sweep path: {err.args[0]}") from None
+    if isinstance(current, (dict, list, tuple)):
+        raise ConfigError(f"sweep.{path}: is a table or list, not a single value; sweep one of its fields")
+    resolved = []
+    for v in values:
         try:
-            current = get_path(base, parts)
-        except KeyError as err:
-            raise ConfigError(f"sweep.{path}: unknown sweep path: {err.args[0]}") from None
-        if isinstance(current, (dict, list, tuple)):
+            point = Config.model_validate(_point(base, [(parts, v)]))
+        except ValidationError as err:
+            raise ConfigError(f"sweep.{path} = {v!r}:\n{describe(err)}") from None
+        if (P.static_of(point), point.run.dtype) != static:
             raise ConfigError(
-                f"sweep.{path}: is a table or list, not a single value; sweep one of its fields"
+                f"sweep.{path} = {v!r}: changes a compiled shape (assets, cohorts per asset, "
+                "steps, cascade rounds); sweep values of one shape only, or start separate runs"
             )
-        resolved = []
-        for v in values:
-            try:
-                point = Config.model_validate(_point(base, [(parts, v)]))
-            except ValidationError as err:
-                raise ConfigError(f"sweep.{path} = {v!r}:\n{describe(err)}") from None
-            if (P.static_of(point), point.run.dtype) != static:
-                raise ConfigError(
-                    f"sweep.{path} = {v!r}: changes a compiled shape (assets, cohorts per asset, "
-                    "steps, cascade rounds); sweep values of one shape only, or start separate runs"
-                )
-            resolved.append(get_path(point.model_dump(), parts))
-        if len(set(resolved)) != len(resolved):
-            raise ConfigError(f"sweep.{path}: repeated values {values!r}")
-        if isinstance(resolved[0], (int, float)) and not _monotonic(resolved):
-            raise ConfigError(
-                f"sweep.{path}: numbers must be in increasing or decreasing order (the axis is a "
-                f"coordinate of the cube); e.g. {sorted(values)!r}"
-            )
-        checked[path] = tuple(resolved)
-    names = _dim_names(list(checked))
-    axes = [Axis(path, name, values) for (path, values), name in zip(checked.items(), names)]
+        resolved.append(get_path(point.model_dump(), parts))
+    if len(set(resolved)) != len(resolved):
+        raise ConfigError(f"sweep.{path}: repeated values {values!r}")
+    if isinstance(resolved[0], (int, float)) and not _monotonic(resolved):
+        raise ConfigError(
+            f"sweep.{path}: numbers must be in increasing or decreasing order (the axis is a "
+            f"coordinate of the cube); e.g. {sorted(values)!r}"
+        )
+    return tuple(resolved)
 
+
+def _baseline_choice(base: dict, axes: list[Axis], baseline: dict[str, Scalar]) -> dict[str, Scalar]:
+    """The baseline's value on every axis: `sweep.baseline`'s where given, else the axis's first."""
     by_path = {a.path: a for a in axes}
     choice = {a.path: a.values[0] for a in axes}
-    for path, v in spec.baseline.items():
+    for path, v in baseline.items():
         if path not in by_path:
             allowed = ", ".join(by_path) or "none (the sweep has no axes)"
             raise ConfigError(f"sweep.baseline.{path}: not a sweep axis (axes: {allowed})")
@@ -417,6 +402,27 @@ def build_study(data: dict, source: str = "config") -> Study:
                 f"pick one, e.g. --set sweep.baseline.{path}={_fmt(axis.values[0])}"
             )
         choice[path] = value
+    return choice
+
+
+def build_study(data: dict, source: str = "config") -> Study:
+    """Validate a raw config dict (with an optional `sweep` table) into a `Study`.
+
+    Raises `ConfigError` with one line per problem, each naming its dotted field.
+    """
+    data = dict(data)
+    table = flatten_sweep(data.pop("sweep", {}) or {})
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}:\n{describe(err)}") from None
+    spec = _spec(table)
+    base = config.model_dump()
+    static = (P.static_of(config), config.run.dtype)
+    checked = {path: _axis_values(base, path, values, static) for path, values in spec.axes.items()}
+    names = _dim_names(list(checked))
+    axes = [Axis(path, name, values) for (path, values), name in zip(checked.items(), names)]
+    choice = _baseline_choice(base, axes, spec.baseline)
 
     coords = list(itertools.product(*(a.values for a in axes)))
     points = []

@@ -1,6 +1,6 @@
 """A plain-text summary of a simulation's key figures (rich table).
 
-Quantiles and ES99 that the cube flags as not estimable (too few paths; `engine.reduce`) are
+Quantiles and ES99 that the cube flags as not estimable (too few paths; `engine.sim.reduce`) are
 shown as `n/e`, with a note that says what each needs; runs of fewer than 100 paths also get
 a warning.
 """
@@ -14,6 +14,7 @@ import xarray as xr
 from rich.console import Console
 from rich.table import Table
 
+from engine.report.units import usd
 from engine.sim.reduce import ES_LEVEL, ESTIMATED, MIN_ES_TAIL_PATHS, QUANTILES, es_status, quantile_status
 
 NOT_ESTIMABLE = "n/e"
@@ -27,13 +28,6 @@ ROWS = (
     ("adl_notional", "ADL notional (USD)"),
     ("bad_debt", "Bad debt (USD)"),
 )
-
-
-def _usd(x: float) -> str:
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:,.2f} {unit}"
-    return f"{x:,.0f}"
 
 
 def estimate(ds: xr.Dataset, name: str, level: float | None = None) -> xr.DataArray:
@@ -93,11 +87,11 @@ def summary_table(ds: xr.Dataset, point: int = 0) -> str:
     for name, label in ROWS:
         t.add_row(
             label,
-            cell(float(estimate(p, name, 0.5)), _usd),
-            cell(float(estimate(p, name, 0.99)), _usd),
-            cell(float(estimate(p, name)), _usd),
-            _usd(float(p[f"{name}_mean"])),
-            _usd(float(p[f"{name}_mc_se"])),
+            cell(float(estimate(p, name, 0.5)), usd),
+            cell(float(estimate(p, name, 0.99)), usd),
+            cell(float(estimate(p, name)), usd),
+            usd(float(p[f"{name}_mean"])),
+            usd(float(p[f"{name}_mc_se"])),
         )
     pct = lambda v: f"{v:.1%}"
     for a in ds.asset.values:

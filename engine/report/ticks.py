@@ -8,7 +8,7 @@ import math
 from matplotlib.axis import Axis
 from matplotlib.ticker import Formatter, FuncFormatter
 
-UNITS = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"))
+from engine.report.units import UNITS
 
 
 def amount(x: float, step: float | None = None, scale: float | None = None) -> str:

@@ -54,11 +54,3 @@ def enable() -> Path | None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     _enabled = d
     return d
-
-
-def entries(directory: Path | None = None) -> list[Path]:
-    """Cache entries (files) in `directory` (default: the one in use)."""
-    d = directory if directory is not None else (_enabled or cache_dir())
-    if d is None or not Path(d).is_dir():
-        return []
-    return sorted(p for p in Path(d).iterdir() if p.is_file())

@@ -13,7 +13,7 @@ it does nothing when
 sharding off on a CPU). On GPUs the setting is ignored: every GPU is a device already.
 
 `LIQSTRESS_DEVICES=N` limits a simulation to the first N devices of the process (all by
-default); across processes (`engine.distributed`) every process uses all its local devices.
+default); across processes (`engine.sim.distributed`) every process uses all its local devices.
 """
 
 from __future__ import annotations

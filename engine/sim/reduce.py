@@ -1,7 +1,7 @@
 """Streaming reductions of per-path outputs into loss distributions, on the host.
 
 For every output and policy point the accumulator keeps histogram counts and per-bin sums,
-minima and maxima (`engine.bins`), the path count, sums of x and x^2, the number of paths
+minima and maxima (`engine.model.bins`), the path count, sums of x and x^2, the number of paths
 with x > 0, and sums of the paired difference to the baseline point (same paths, common
 random numbers). Nothing grows with the number of paths.
 
@@ -149,7 +149,7 @@ class PointAccumulator:
         )
 
     def result(self, price0: np.ndarray) -> dict[str, np.ndarray]:
-        """Statistics of this point: `{variable: array}` (see `engine.simulate` for the list)."""
+        """Statistics of this point: `{variable: array}` (see `engine.sim.simulate` for the list)."""
         out: dict[str, np.ndarray] = {
             "n_paths": np.asarray(self.n),
             "n_nonfinite": np.asarray(self.nonfinite),

@@ -1,16 +1,18 @@
 """A slow, obvious NumPy implementation of the model, written apart from the JAX kernel.
 
-The equations are the ones stated in the docstrings of `engine.market`, `engine.impact`,
-`engine.policies`, `engine.cascade`, `engine.waterfall` and `engine.kernel`; this module
-implements them again with plain loops over cascade rounds and steps, and with an explicit
-sort for the ADL queue (cohorts ranked by score, exact ties closed together and sharing the
+The equations are the ones stated in the docstrings of `engine.model.market`, `impact`,
+`policies`, `cascade`, `waterfall` and `kernel`; this module implements them again with plain
+loops over cascade rounds and steps, and with an explicit sort for the ADL queue (cohorts ranked by score, exact ties closed together and sharing the
 marginal amount pro rata), the definition the kernel's bisection must reproduce.
 
 Every array has a leading path axis `[paths, ...]`, so the same code is both the one-path
-reference the tests compare `engine.kernel.step` with (`reference_step`) and the NumPy
+reference the tests compare `engine.model.kernel.step` with (`reference_step`) and the NumPy
 baseline of `benchmarks/` (`simulate_paths`, vectorised over paths). It always computes in
 float64. States and parameters use the kernel's containers (`SimState`, `Totals`, `Params`)
 with NumPy leaves, so the two implementations can be compared field by field.
+
+The module stays whole (over 450 lines) on purpose: it is the model written once more, and
+a reader checks it against the model's equations from top to bottom in one file.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def liquidation_price(side, bankrupt, mmr, maint_amount):
 
 
 def cascade(q, b, flow, x_base, lo, hi, sigma, mmr, active, backstop_left, params: Params, rounds: int):
-    """The in-step cascade of `engine.cascade`, round by round, for all paths.
+    """The in-step cascade of `engine.model.cascade`, round by round, for all paths.
 
     q, b, mmr: `[paths, assets, cohorts]`; flow, x_base, lo, hi, sigma, active: `[paths,
     assets]`; backstop_left: `[paths]`. Returns a dict of the cascade's results.
@@ -281,8 +283,31 @@ def waterfall(st_fund, inflow, shortfall, q, b, price, params: Params):
     }
 
 
+def _add_step(tot: Totals, c: dict, w: dict, halted, drawdown, nonfinite, truncated) -> Totals:
+    """The totals after one more step: sums of the step's cascade (`c`) and waterfall (`w`)
+    results, running maxima of rounds, residual and drawdown `[paths, assets]`, and the
+    non-finite and jump-truncation flags `[paths]`."""
+    return Totals(
+        liquidated=tot.liquidated + c["liquidated"],
+        trader_loss=tot.trader_loss + c["trader_loss"],
+        counterparty=tot.counterparty + c["counterparty"],
+        fund_inflow=tot.fund_inflow + c["fund_inflow"],
+        shortfall=tot.shortfall + c["shortfall"].sum((1, 2)),
+        fund_draw=tot.fund_draw + w["draw"],
+        adl_absorbed=tot.adl_absorbed + w["absorbed"],
+        adl_notional=tot.adl_notional + w["notional"],
+        bad_debt=tot.bad_debt + w["bad_debt"],
+        halted_steps=tot.halted_steps + halted,
+        max_rounds=np.maximum(tot.max_rounds, c["rounds"]),
+        max_residual=np.maximum(tot.max_residual, c["residual"]),
+        max_drawdown=np.maximum(tot.max_drawdown, drawdown),
+        nonfinite=tot.nonfinite | nonfinite,
+        jump_truncated=tot.jump_truncated | truncated,
+    )
+
+
 def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, static: Static) -> SimState:
-    """One step of every path: `engine.kernel.step` with a leading path axis."""
+    """One step of every path: `engine.model.kernel.step` with a leading path axis."""
     mp, pol, bk = params.market, params.policy, params.book
     sigma = np.sqrt(st.variance)
     x_fair = st.x_fair + exogenous_return(d, sigma, shock, mp)
@@ -339,25 +364,9 @@ def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, stat
         mp.price0 * np.exp(x_mark),
         params,
     )
-    tot = st.totals
     finite = np.isfinite(x_mark).all(-1) & np.isfinite(w["fund"]) & np.isfinite(c["quantity"]).all((1, 2))
-    totals = Totals(
-        liquidated=tot.liquidated + c["liquidated"],
-        trader_loss=tot.trader_loss + c["trader_loss"],
-        counterparty=tot.counterparty + c["counterparty"],
-        fund_inflow=tot.fund_inflow + c["fund_inflow"],
-        shortfall=tot.shortfall + c["shortfall"].sum((1, 2)),
-        fund_draw=tot.fund_draw + w["draw"],
-        adl_absorbed=tot.adl_absorbed + w["absorbed"],
-        adl_notional=tot.adl_notional + w["notional"],
-        bad_debt=tot.bad_debt + w["bad_debt"],
-        halted_steps=tot.halted_steps + halted,
-        max_rounds=np.maximum(tot.max_rounds, c["rounds"]),
-        max_residual=np.maximum(tot.max_residual, c["residual"]),
-        max_drawdown=np.maximum(tot.max_drawdown, 1.0 - np.exp(x_mark - peak)),
-        nonfinite=tot.nonfinite | ~finite,
-        jump_truncated=tot.jump_truncated | (d.u_jump > mp.jump_cdf_max),
-    )
+    drawdown = 1.0 - np.exp(x_mark - peak)
+    totals = _add_step(st.totals, c, w, halted, drawdown, ~finite, d.u_jump > mp.jump_cdf_max)
     return SimState(
         x_fair=x_fair,
         x_trans=x_trans,
@@ -381,7 +390,7 @@ def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, stat
 def reference_step(
     state: SimState, draws: Draws, t: int, shock, flow, params_np: Params, static: Static
 ) -> SimState:
-    """One step of one path (no path axis), mirroring `engine.kernel.step`.
+    """One step of one path (no path axis), mirroring `engine.model.kernel.step`.
 
     state, draws: one path's `SimState` and `Draws` (NumPy or JAX leaves); shock, flow:
     `[assets]` log shock and USD flow of step t; params_np: `to_numpy(params)`.
@@ -399,7 +408,7 @@ def reference_step(
 
 
 def extract(st: SimState, params: Params) -> dict[str, np.ndarray]:
-    """Per-path outputs `{name: [paths, ...]}`, the names of `engine.outputs.extract`."""
+    """Per-path outputs `{name: [paths, ...]}`, the names of `engine.model.outputs.extract`."""
     mp, bk, t = params.market, params.book, st.totals
     price = mp.price0 * np.exp(st.x_mark)
     oi0 = np.sum(capped_book(params)[0], -1) * mp.price0
@@ -444,7 +453,7 @@ def run_paths(params_np: Params, static: Static, n_paths: int, draws_at: Callabl
 
 
 def numpy_draws(rng: np.random.Generator, n_paths: int, n_assets: int, tail_dof: float) -> Draws:
-    """One step's random numbers for every path, distributed as `engine.market.draw`."""
+    """One step's random numbers for every path, distributed as `engine.model.market.draw`."""
     z = rng.standard_normal((n_paths, n_assets))
     chi2 = rng.chisquare(tail_dof, n_paths) if tail_dof > 0 else np.ones(n_paths)
     return Draws(z=z, chi2=chi2, u_jump=rng.random(n_paths), z_jump=rng.standard_normal((n_paths, n_assets)))

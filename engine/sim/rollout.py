@@ -2,7 +2,7 @@
 
 The scan carries only per-path state and the fan-chart histograms; per-path outputs are read
 from the final state. Peak memory is therefore flat in the number of steps and linear in the
-chunk size, which `engine.simulate` chooses from a memory budget.
+chunk size, which `engine.sim.simulate` chooses from a memory budget.
 
 `sharded_rollout` splits a chunk's paths over the devices of a mesh with `shard_map`: each
 device runs `rollout`'s body on its contiguous slice of global path indices (keys come from the
@@ -23,8 +23,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec
 
 from engine.model import bins as B
 from engine.model.kernel import (
@@ -129,13 +128,13 @@ def _finish(carry: Carry, params: Params, static: Static):
 
 def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int, nudge=0.0):
     """Simulate global paths `start .. start + n_paths - 1` under one parameter point, all
-    steps in one call. seed, start: `engine.kernel.word64(n)` for any n below 2**64 (a plain
+    steps in one call. seed, start: `engine.model.kernel.word64(n)` for any n below 2**64 (a plain
     int is traced as int32, so it must be below 2**31).
 
     Only the first `n_valid` paths enter the fan-chart histograms (the last chunk of a run is
     padded to the compiled size). nudge: `[]` ulps by which every draw moves (`step_draws`).
 
-    Returns (outputs, fan): outputs maps each name of `engine.outputs.OUTPUTS` to
+    Returns (outputs, fan): outputs maps each name of `engine.model.outputs.OUTPUTS` to
     `[n_paths, ...]`; fan holds int32 histograms `price` `[fan_points, assets, 640]` (log mark)
     and `liquidated` `[fan_points, assets, bins]` (cumulative USD), counted over the chunk.
     """
@@ -166,7 +165,9 @@ def sharded_begin(params: Params, static: Static, n_paths: int, mesh: Mesh) -> C
         c = _begin(params, static, n_paths // mesh.size)
         return c._replace(fan=_per_device(c.fan))
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(),), out_specs=P(PATH_AXIS), check_vma=False)(params)
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(PartitionSpec(),), out_specs=PartitionSpec(PATH_AXIS), check_vma=False
+    )(params)
 
 
 @partial(jax.jit, static_argnames=("static", "n_paths", "n_steps", "mesh"), donate_argnums=(0,))
@@ -198,8 +199,16 @@ def sharded_advance(
     return jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(P(PATH_AXIS), P(), P(), P(), P(), P(), P()),
-        out_specs=P(PATH_AXIS),
+        in_specs=(
+            PartitionSpec(PATH_AXIS),
+            PartitionSpec(),
+            PartitionSpec(),
+            PartitionSpec(),
+            PartitionSpec(),
+            PartitionSpec(),
+            PartitionSpec(),
+        ),
+        out_specs=PartitionSpec(PATH_AXIS),
         check_vma=False,  # the kernel's loops start from replicated constants; no manual typing needed
     )(carry, params, seed, start, n_valid, t0, nudge)
 
@@ -213,7 +222,11 @@ def sharded_finish(carry: Carry, params: Params, static: Static, mesh: Mesh):
         return _finish(carry, params, static), jax.lax.psum(fan, PATH_AXIS)
 
     return jax.shard_map(
-        local, mesh=mesh, in_specs=(P(PATH_AXIS), P()), out_specs=(P(PATH_AXIS), P()), check_vma=False
+        local,
+        mesh=mesh,
+        in_specs=(PartitionSpec(PATH_AXIS), PartitionSpec()),
+        out_specs=(PartitionSpec(PATH_AXIS), PartitionSpec()),
+        check_vma=False,
     )(carry, params)
 
 

@@ -8,12 +8,12 @@ Paths are processed in chunks of whole `ATOM`s chosen from `run.memory_budget_mb
 chunk is padded so that a single compiled kernel serves every chunk and every point. The loop
 is chunk-outer, point-inner so that paired differences are formed chunk by chunk.
 
-Each chunk is split over the devices of `engine.devices.path_mesh()` (host CPU devices, GPUs,
-or every device of every process under `engine.distributed`); the next chunk is dispatched
+Each chunk is split over the devices of `engine.sim.devices.path_mesh()` (host CPU devices, GPUs,
+or every device of every process under `engine.sim.distributed`); the next chunk is dispatched
 before the host reduces the current one, so devices and host overlap. Under several processes
 every process runs the same loop, the chunk's per-path outputs are gathered to every process
 and reduced there in the same atom order, so the statistics equal a single-process run's.
-Compiled kernels are kept in the persistent cache of `engine.cache`.
+Compiled kernels are kept in the persistent cache of `engine.sim.cache`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from engine.sim.rollout import EXTRACT_BLOCK, sharded_rollout
 from engine.sim.tipping import NUDGE_ULPS, TIPPING_RTOL, TippingProbe
 
 # Configs carry no calendar date, so every scenario starts at this documented reference time
-# (CF needs "minutes since <time>"); `engine.cube.read` keeps the values as minutes.
+# (CF needs "minutes since <time>"); `engine.runs.cube.read` keeps the values as minutes.
 SCENARIO_START = "1970-01-01 00:00:00"
 TIME_ATTRS = {
     "standard_name": "time",
@@ -50,7 +50,7 @@ TIME_ATTRS = {
 
 
 @dataclass(frozen=True)
-class Progress:
+class ChunkProgress:
     """What `simulate` reports after each chunk of each point."""
 
     paths_done: int  # path-points finished
@@ -172,7 +172,7 @@ def simulate(
     points: Sequence[Config | dict] | None = None,
     *,
     baseline: int = 0,
-    progress: Callable[[Progress], None] | None = None,
+    progress: Callable[[ChunkProgress], None] | None = None,
 ) -> xr.Dataset:
     """Simulate `config.run.n_paths` paths under each point and return their statistics.
 
@@ -181,11 +181,11 @@ def simulate(
     Run size and seed come from `config.run`.
 
     Returns a Dataset over `point` (and `asset`, `side`, `quantile`, `band_quantile`, `time`):
-    for each output of `engine.outputs.OUTPUTS` its quantiles, `_mean`, `_mc_se`, paired
+    for each output of `engine.model.outputs.OUTPUTS` its quantiles, `_mean`, `_mc_se`, paired
     `_diff_mean`/`_diff_se` against point `baseline`, `p_<name>_positive`, `es99_<name>`
     for losses, plus `p_bad_debt` and fan-chart bands `mark_price_band` and
     `cum_liquidations_band` `[point, asset, band_quantile, time]` (USD), and unless
-    `run.tipping_paths` is 0 `tipping_share` and `tipping_sampled` `[point]` (`engine.tipping`).
+    `run.tipping_paths` is 0 `tipping_share` and `tipping_sampled` `[point]` (`engine.sim.tipping`).
     `time` is in minutes since `SCENARIO_START` (CF units), the end of each fan-chart interval.
     """
     cfg = validated(config)
@@ -235,21 +235,31 @@ def simulate(
         accs[i].add(out, fan, valid, base_out)
         done += valid
         if progress:
-            progress(Progress(done, n_paths * len(pts), time.perf_counter() - t0))
+            progress(ChunkProgress(done, n_paths * len(pts), time.perf_counter() - t0))
+    _check_finite(accs)
+    _rerun_nudged(probe, launch, order, n_paths, probe.chunk(size, EXTRACT_BLOCK * mesh.size))
+    price0 = [np.asarray(b[0].market.price0, float) for b in built]
+    results = [a.result(p0) | probe.result(i) for i, (a, p0) in enumerate(zip(accs, price0))]
+    return to_dataset(cfg, results, static)
+
+
+def _check_finite(accs: list[PointAccumulator]) -> None:
+    """Raise `SimulationError` naming the points where some path produced NaN or infinity."""
     bad = [i for i, a in enumerate(accs) if a.nonfinite]
     if bad:
         raise SimulationError(
             f"non-finite values (NaN or infinity) on some paths at point(s) {bad}: the parameters "
             "drive prices or balances out of range; check volatility, impact and leverage inputs"
         )
-    chunk = probe.chunk(size, EXTRACT_BLOCK * mesh.size)
-    for start in probe.starts(chunk):  # after the run, so that its chunks do not wait
+
+
+def _rerun_nudged(probe: TippingProbe, launch: Callable, order: list[int], n_paths: int, chunk: int) -> None:
+    """Rerun the probe's paths of every point with every draw nudged by `NUDGE_ULPS`, in chunks of
+    `chunk` paths, and let the probe compare them; after the run, so that its chunks do not wait."""
+    for start in probe.starts(chunk):
         for i in order:
             nudged, _ = _to_host(launch((start, min(chunk, n_paths - start), i), NUDGE_ULPS, chunk))
             probe.compare(i, start, nudged)
-    price0 = [np.asarray(b[0].market.price0, float) for b in built]
-    results = [a.result(p0) | probe.result(i) for i, (a, p0) in enumerate(zip(accs, price0))]
-    return to_dataset(cfg, results, static)
 
 
 def _flags(meanings: str, long_name: str, comment: str) -> dict:
@@ -308,14 +318,15 @@ def _status_variables(results: list[dict]) -> dict:
     }
 
 
-def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset:
-    """Stack per-point results into a Dataset with units and long names."""
-    assets = cfg.asset_names
+def _output_variables(results: list[dict]) -> dict:
+    """The statistics of every output of `OUTPUTS` over `point`: quantiles, mean, Monte Carlo
+    error, paired difference to the baseline, probability of a positive value, and for losses
+    ES99 (the output's units, or 1 for probabilities)."""
+    stack = lambda key: np.stack([r[key] for r in results])
     data = {}
     for o in OUTPUTS:
         d = o.dims
         attrs = {"units": o.units, "long_name": o.long_name}
-        stack = lambda key: np.stack([r[key] for r in results])
         data[o.name] = (
             ("point", "quantile") + d,
             stack(o.name),
@@ -352,6 +363,13 @@ def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset
                 stack(f"es99_{o.name}"),
                 {**attrs, "long_name": f"expected shortfall at 99% of {o.long_name}"},
             )
+    return data
+
+
+def _run_variables(results: list[dict]) -> dict:
+    """Per-point variables beside the outputs' statistics: P(bad debt), the fan-chart bands
+    `[point, time, asset, band_quantile]` (USD), the tipping share if measured, path counts."""
+    data = {}
     data["p_bad_debt"] = (
         ("point",),
         np.stack([r["p_bad_debt_positive"] for r in results]),
@@ -393,6 +411,13 @@ def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset
             np.stack([r[name] for r in results]).astype(np.float64),
             {"units": "1", "long_name": long_name},
         )
+    return data
+
+
+def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset:
+    """Stack per-point results into a Dataset with units and long names."""
+    assets = cfg.asset_names
+    data = _output_variables(results) | _run_variables(results)
     data.update(_status_variables(results))
     for o in OUTPUTS:
         data[o.name][2]["ancillary_variables"] = "quantile_status"

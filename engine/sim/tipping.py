@@ -6,7 +6,7 @@ outcome. Such paths are why two backends (CPU, GPU) or two dtypes, fed the same 
 the distribution of a run's outputs within Monte Carlo error but not on every path.
 
 The probe reruns the first `n` paths of a run (`run.tipping_paths`) under the same point with
-every random draw scaled by (1 + `NUDGE_ULPS` eps) (`engine.kernel.step_draws`) and counts
+every random draw scaled by (1 + `NUDGE_ULPS` eps) (`engine.model.kernel.step_draws`) and counts
 the paths whose total liquidated notional L moves by more than `TIPPING_RTOL` of itself:
 
     tipping[p] = |L[p] - L'[p]| > TIPPING_RTOL * max(|L[p]|, |L'[p]|)

@@ -3,6 +3,7 @@
 import numpy as np
 
 from engine import simulate
+from tests.helpers import F32_RTOL, assert_close
 
 
 def test_small_run_has_cascade_and_consistent_totals(small):
@@ -11,7 +12,7 @@ def test_small_run_has_cascade_and_consistent_totals(small):
     total = float(p.liquidated_total_mean)
     by_parts = float(p.liquidated_notional_mean.sum())
     assert total > 0
-    np.testing.assert_allclose(total, by_parts, rtol=1e-6)
+    assert_close(total, by_parts, F32_RTOL)
     # quantiles are ordered
     q = p.liquidated_total.values
     assert np.all(np.diff(q) >= 0)

@@ -30,6 +30,7 @@ from engine.fit.calibrate import (
 from engine.model import params as P
 from engine.sim.rollout import rollout
 from tests.conftest import small_dict
+from tests.helpers import EXACT_RTOL, F32_RTOL, FD_RTOL, RELAXED_RTOL, assert_close
 
 RUN = {"n_paths": 96, "steps": 24, "seed": 1, "cascade_rounds": 4, "max_window": 16, "fan_points": 4}
 
@@ -94,7 +95,7 @@ def test_gradient_matches_finite_differences():
         (lp, _), _ = grad_fn(u.at[i].add(h), 0)
         (lm, _), _ = grad_fn(u.at[i].add(-h), 0)
         fd = (float(lp) - float(lm)) / (2 * h)
-        np.testing.assert_allclose(float(g[i]), fd, rtol=1e-3, atol=1e-6 * abs(fd) + 1e-9)
+        assert_close(float(g[i]), fd, FD_RTOL, scale=1e-6)
 
 
 def test_relaxed_kernel_converges_to_exact_as_temperature_falls():
@@ -234,9 +235,9 @@ def test_assessment_leaves_out_seeds_far_above_the_median_loss():
     ]
     a = assess(cc, fits)
     assert a.converged.tolist() == [True, True, False]
-    np.testing.assert_allclose(a.values, [0.5, -0.07])
-    np.testing.assert_allclose(a.spread, [np.std([0.4, 0.6], ddof=1), np.std([-0.06, -0.08], ddof=1)])
-    np.testing.assert_allclose(a.statistics, [0.12, 8e9])
+    assert_close(a.values, [0.5, -0.07], EXACT_RTOL)
+    assert_close(a.spread, [np.std([0.4, 0.6], ddof=1), np.std([-0.06, -0.08], ddof=1)], EXACT_RTOL)
+    assert_close(a.statistics, [0.12, 8e9], EXACT_RTOL)
     # |0.12 - 0.10| = 0.02 <= 0.02: within; |8e9 - 5e9| = 3e9 > 1e9: outside
     assert a.within.tolist() == [True, False]
 
@@ -258,7 +259,7 @@ def test_a_tiny_calibration_flags_an_unreachable_target_and_a_seed_stopped_after
     assert summary["converged"] == [True, True, False], losses
     assert losses[2] > NOT_CONVERGED_RATIO * np.median(losses)
     ok = np.array([f.values for f in fits[:2]])
-    np.testing.assert_allclose([p["mean"] for p in summary["params"]], ok.mean(0), rtol=1e-6)
+    assert_close([p["mean"] for p in summary["params"]], ok.mean(0), F32_RTOL)
     drawdown, share = summary["targets"]
     assert drawdown["within_tolerance"] and abs(drawdown["fitted_mean"] - 0.16) <= 0.02
     assert not share["within_tolerance"] and share["fitted_mean"] > 0.5
@@ -297,7 +298,7 @@ def test_relaxed_halt_breaker_converges_to_exact():
     assert float(jnp.sum(exact["halted_steps"])) > 0
     relaxed = differentiable_outputs(prob.base._replace(temperature=jnp.asarray(1e-9)), prob.static, 1, 64)
     for name in ("liquidated_total", "halted_steps", "max_drawdown"):
-        np.testing.assert_allclose(np.asarray(relaxed[name]), np.asarray(exact[name]), rtol=1e-6, atol=1e-6)
+        assert_close(relaxed[name], exact[name], RELAXED_RTOL, what=name)
 
 
 def test_seeds_beyond_31_bits_fit_on_their_own_paths():

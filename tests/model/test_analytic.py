@@ -19,7 +19,7 @@ from scipy.stats import norm
 
 from engine import simulate
 from engine.config.book import liquidation_price
-from engine.config.schema import Config, sigma_step
+from engine.config.schema import Config
 
 BGK = 0.5826
 
@@ -74,7 +74,7 @@ def test_liquidation_probability_is_the_barrier_hitting_probability():
     )
     p0 = 100_000.0
     d = -math.log(liquidation_price(1.0, p0 * (1.0 - 1.0 / lev), mmr, 0.0) / p0)
-    s = sigma_step(1.2, cfg.steps_per_year)
+    s = 1.2 / math.sqrt(cfg.steps_per_year)  # per-step volatility
     m = -15.0 / cfg.steps_per_year
     expected = barrier_probability(d + BGK * s, m, s, steps)
     assert 0.2 < expected < 0.8  # a case where the test has power

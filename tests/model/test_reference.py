@@ -21,7 +21,7 @@ from engine.model import params as P
 from engine.sim import reference
 from engine.sim.rollout import rollout
 from tests.conftest import small_dict
-from tests.helpers import PARITY_RTOL, assert_close, engine_draws, usd_scale
+from tests.helpers import EXACT_RTOL, F32_RTOL, PARITY_RTOL, assert_close, engine_draws, usd_scale
 
 N_PATHS, SEED = 4, 3
 
@@ -174,7 +174,7 @@ def test_adl_queue_closes_by_score_and_ties_together():
     np.testing.assert_array_equal(closed[0, 0], [1, 1, 1, 0, 0, 0])
     absorbed, kernel_closed = waterfall._adl_queue(profit[0], score[0], need[0], side)
     np.testing.assert_array_equal(np.asarray(kernel_closed)[0], [1, 1, 1, 0, 0, 0])
-    np.testing.assert_allclose(np.asarray(absorbed)[0], [5, 1, 1, 0, 0, 0], rtol=1e-6)
+    assert_close(np.asarray(absorbed)[0], [5, 1, 1, 0, 0, 0], F32_RTOL)
     # nothing needed: nothing closed; more needed than held: every profitable cohort closed
     for amount, expect in ((0.0, [0, 0, 0, 0, 0, 0]), (100.0, [1, 1, 1, 1, 0, 0])):
         need = np.array([[[amount, 0.0]]])
@@ -184,4 +184,4 @@ def test_adl_queue_closes_by_score_and_ties_together():
         )
     # pro rata: every profitable cohort gives the same share of its profit and size
     closed = reference.adl_closures(profit, score, np.array([[[7.0, 1.0]]]), side, rule=2)
-    np.testing.assert_allclose(closed[0, 0], [7 / 15] * 4 + [0, 0.5])
+    assert_close(closed[0, 0], [7 / 15] * 4 + [0, 0.5], EXACT_RTOL)

@@ -1,16 +1,16 @@
 """Comparison arithmetic: paired differences come from the cube, unpaired ones combine errors."""
 
-import math
-
 import numpy as np
 import xarray as xr
 
-from engine.report import compare as R
+from engine.report import policies as pol
+from engine.report.units import usd
+from tests.helpers import EXACT_RTOL, assert_close
 
 
 def _point(mean: float, se: float, diff: float, diff_se: float) -> xr.Dataset:
     v = {}
-    for name in R.DIFFS:
+    for name in pol.DIFFS:
         lead = name == "max_drawdown"
 
         def val(x, lead=lead):
@@ -22,18 +22,17 @@ def _point(mean: float, se: float, diff: float, diff_se: float) -> xr.Dataset:
 
 
 def test_paired_difference_uses_the_cube_and_unpaired_combines_errors():
-    ref = R.Policy("base", _point(10.0, 3.0, 0.0, 0.0), "a", True, True)
-    same_run = R.Policy("p", _point(7.0, 3.0, -3.0, 0.5), "a", False, True)
-    other_run = R.Policy("q", _point(7.0, 4.0, 99.0, 99.0), "b", False, False)
-    assert R.difference(same_run, ref, "bad_debt") == (-3.0, 0.5, True)
-    d, se, paired = R.difference(other_run, ref, "bad_debt")
-    assert (d, paired) == (-3.0, False) and math.isclose(se, 5.0)
-    assert R.difference(same_run, ref, "max_drawdown")[0] == -3.0  # the lead asset
+    ref = pol.PolicyResult("base", _point(10.0, 3.0, 0.0, 0.0), "a", True, True)
+    same_run = pol.PolicyResult("p", _point(7.0, 3.0, -3.0, 0.5), "a", False, True)
+    other_run = pol.PolicyResult("q", _point(7.0, 4.0, 99.0, 99.0), "b", False, False)
+    assert pol.difference(same_run, ref, "bad_debt") == (-3.0, 0.5, True)
+    d, se, paired = pol.difference(other_run, ref, "bad_debt")
+    assert (d, paired) == (-3.0, False)
+    assert_close(se, 5.0, EXACT_RTOL)
+    assert pol.difference(same_run, ref, "max_drawdown")[0] == -3.0  # the lead asset
 
 
 def test_usd_formatting():
     assert (
-        R.usd(1.5e9) == "1.50 B"
-        and R.usd(-2e6, signed=True) == "-2.00 M"
-        and R.usd(3e3, signed=True) == "+3.00 k"
+        usd(1.5e9) == "1.50 B" and usd(-2e6, signed=True) == "-2.00 M" and usd(3e3, signed=True) == "+3.00 k"
     )

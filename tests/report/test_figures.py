@@ -3,8 +3,6 @@ tick labels, the baseline's 0 ± 0, the fund-draw note, unpaired runs, diagnosti
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import xarray as xr
@@ -12,8 +10,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from engine.report import compare as R
+from engine.report import plots
+from engine.report import policies as pol
 from engine.report.ticks import Amounts, plain_log_axis
+from engine.report.units import usd
 from engine.sim.reduce import BAND_QUANTILES, QUANTILES
+from tests.helpers import EXACT_RTOL, F32_RTOL, assert_close
 
 CONFIG = """name = "made_up"
 [run]
@@ -33,7 +35,7 @@ def made_up_cube(scale: float = 1.0, seed: int = 7, config: str = CONFIG, **coun
     q = np.asarray(QUANTILES)
     amounts = scale * np.arange(1, len(q) + 1) * 1e6
     v: dict = {"time": ("time", [60.0, 120.0])}
-    for name in R.DIFFS:
+    for name in pol.DIFFS:
         lead = name == "max_drawdown"
         vals = amounts * 1e-8 if lead else (0 * amounts if name == "bad_debt" else amounts)
         v[name] = (("quantile", "asset"), np.stack([vals] * 2, -1)) if lead else (("quantile",), vals)
@@ -65,8 +67,8 @@ def drawn(fig: Figure) -> FigureCanvasAgg:
 
 @pytest.fixture
 def loss_figure(tmp_path):
-    pols = R.policies([("a", made_up_cube()), ("b", made_up_cube(scale=3.0))])
-    fig = R.plot_loss_distributions(pols, tmp_path / "loss.png")
+    pols = pol.policies([("a", made_up_cube()), ("b", made_up_cube(scale=3.0))])
+    fig = plots.plot_loss_distributions(pols, tmp_path / "loss.png")
     drawn(fig)
     return fig, pols
 
@@ -82,7 +84,7 @@ def test_loss_legend_sits_outside_every_panel(loss_figure):
 
 def test_loss_panels_hold_every_marker_with_a_margin(loss_figure):
     fig, pols = loss_figure
-    for ax, (name, _) in zip(fig.axes, R.LOSSES):
+    for ax, (name, _) in zip(fig.axes, pol.LOSSES):
         if name == "bad_debt":
             continue
         values = [float(x) for p in pols for x in (*p.ds[name].values, p.ds[f"es99_{name}"])]
@@ -93,7 +95,7 @@ def test_loss_panels_hold_every_marker_with_a_margin(loss_figure):
 
 def test_all_zero_panel_has_one_tick_at_zero_not_a_fractional_symmetric_axis(loss_figure):
     fig, _ = loss_figure
-    ax = fig.axes[[n for n, _ in R.LOSSES].index("bad_debt")]
+    ax = fig.axes[[n for n, _ in pol.LOSSES].index("bad_debt")]
     lo, hi = ax.get_xlim()
     assert -0.1 < lo < 0 < hi and hi >= 1 and abs(lo) < 0.1 * hi
     assert list(ax.get_xticks()) == [0.0]
@@ -136,7 +138,7 @@ def test_single_run_report_is_titled_report_and_a_comparison_comparison(tmp_path
 
 
 def test_baseline_differences_are_zero_plus_minus_zero_even_when_the_cube_says_nan(tmp_path):
-    pols = R.policies([("a", made_up_cube()), ("b", made_up_cube(scale=2.0))])
+    pols = pol.policies([("a", made_up_cube()), ("b", made_up_cube(scale=2.0))])
     _, _, _, drows = R.tables(pols, "BTC")
     assert drows[0][1:6] == ["0 ± 0"] * 5 and "nan" not in " ".join(drows[0]).lower()
     text = R.write_report([("a", made_up_cube()), ("b", made_up_cube(scale=2.0))], tmp_path).read_text()
@@ -145,13 +147,13 @@ def test_baseline_differences_are_zero_plus_minus_zero_even_when_the_cube_says_n
 
 
 def test_fund_draw_above_the_fund_is_explained_only_when_shown():
-    over = R.policies([("a", made_up_cube(scale=1.0))])  # draws 1..5 M, ES99 5.5 M; fund 1 M
+    over = pol.policies([("a", made_up_cube(scale=1.0))])  # draws 1..5 M, ES99 5.5 M; fund 1 M
     note = R.fund_note(over)
     assert note and "fees flow into the fund" in note and "5.50 M against 1.00 M" in note
-    under = R.policies([("a", made_up_cube(scale=0.1))])  # draws up to 0.55 M
+    under = pol.policies([("a", made_up_cube(scale=0.1))])  # draws up to 0.55 M
     assert R.fund_note(under) is None
-    assert math.isclose(over[0].fund_usd, 1e6)
-    many = R.policies([(f"run{k}", made_up_cube()) for k in range(R.MAX_LISTED + 2)])
+    assert_close(over[0].fund_usd, 1e6, EXACT_RTOL)
+    many = pol.policies([(f"run{k}", made_up_cube()) for k in range(R.MAX_LISTED + 2)])
     assert R.fund_note(many).endswith("; and 2 more policies.")
 
 
@@ -167,14 +169,14 @@ def test_runs_with_other_paths_or_scenarios_are_called_unpaired_plainly():
 
 
 def test_diagnostics_name_the_paths_and_the_fix():
-    pols = R.policies([("a", made_up_cube(n_cascade_unconverged=3, n_jump_truncated=0))])
+    pols = pol.policies([("a", made_up_cube(n_cascade_unconverged=3, n_jump_truncated=0))])
     lines = R.diagnostics(pols)
     assert len(lines) == 1
     assert lines[0].startswith("3 paths ran out of cascade rounds") and "3 of 256" in lines[0]
     assert "raise `run.cascade_rounds`" in lines[0]
-    jumps = R.diagnostics(R.policies([("a", made_up_cube(n_jump_truncated=5))]))
+    jumps = R.diagnostics(pol.policies([("a", made_up_cube(n_jump_truncated=5))]))
     assert "5 of 256" in jumps[0] and "jump_intensity_per_day" in jumps[0]
-    assert R.diagnostics(R.policies([("a", made_up_cube(n_cascade_unconverged=0))])) == []
+    assert R.diagnostics(pol.policies([("a", made_up_cube(n_cascade_unconverged=0))])) == []
 
 
 # --------------------------------------------------------------------------------------
@@ -206,22 +208,22 @@ def legend_texts(fig: Figure) -> list[str]:
 )
 def test_loss_markers_with_too_few_paths_are_hollow_grey_and_keyed(tmp_path, n_paths, flagged):
     cubes = [("a", at_paths(made_up_cube(), n_paths)), ("b", at_paths(made_up_cube(scale=3.0), n_paths))]
-    pols = R.policies(cubes)
-    fig = R.plot_loss_distributions(pols, tmp_path / "loss.png")
-    ax = fig.axes[[n for n, _ in R.LOSSES].index("liquidated_total")]
+    pols = pol.policies(cubes)
+    fig = plots.plot_loss_distributions(pols, tmp_path / "loss.png")
+    ax = fig.axes[[n for n, _ in pol.LOSSES].index("liquidated_total")]
     for marker in ("o", "|", "D", "^", "X"):
         lines = markers_of(ax, marker)
         assert len(lines) == len(pols), marker
         is_flagged = marker in flagged
         assert all(hollow(ln) == is_flagged for ln in lines), marker
-        assert all((ln.get_color() == R.FLAG_COLOR) == is_flagged for ln in lines), marker
+        assert all((ln.get_color() == plots.FLAG_COLOR) == is_flagged for ln in lines), marker
     # drawn where the cube's values lie: q99.9 of policy b is 3 * 5 M, its ES99 1.1 times that
-    assert sorted(float(ln.get_xdata()[0]) for ln in markers_of(ax, "X")) == pytest.approx([5.5e6, 16.5e6])
+    assert_close(sorted(float(ln.get_xdata()[0]) for ln in markers_of(ax, "X")), [5.5e6, 16.5e6], F32_RTOL)
     # the policy's line spans its estimates only: median to q99.9, or to q99 when q99.9 is flagged
     ranges = sorted(x for ln in ax.lines if ln.get_marker() == "None" for x in ln.get_xdata())
     top = 4 if "^" in flagged else 5
-    assert ranges == pytest.approx(sorted([1e6, top * 1e6, 3e6, 3 * top * 1e6]))
-    assert (R.FLAGGED in legend_texts(fig)) == bool(flagged)
+    assert_close(ranges, sorted([1e6, top * 1e6, 3e6, 3 * top * 1e6]), F32_RTOL)
+    assert (plots.FLAGGED in legend_texts(fig)) == bool(flagged)
 
 
 def swept(es99_status: list[list[int]]) -> xr.Dataset:
@@ -235,27 +237,27 @@ def swept(es99_status: list[list[int]]) -> xr.Dataset:
 
 @pytest.mark.parametrize("status", [[[0, 1], [1, 0]], [[0, 0], [0, 0]]])
 def test_heatmap_marks_and_hatches_es99_cells_with_too_few_paths(tmp_path, status):
-    fig = R.plot_heatmap(swept(status), ("leverage_cap", "breaker_kind"), tmp_path / "heat.png")
+    fig = plots.plot_heatmap(swept(status), ("leverage_cap", "breaker_kind"), tmp_path / "heat.png")
     es_ax, p_ax = fig.axes[0], fig.axes[2]  # each panel is followed by its colour bar
     texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in es_ax.texts}
     for (i, lev), (j, kind) in (
         (a, b) for a in enumerate([20.0, 125.0]) for b in enumerate(["none", "halt"])
     ):
-        value = R.usd(10e6 * (1 + 2 * i + j))
-        assert texts[(i, j)] == value + R.FLAG_MARK * status[i][j], (lev, kind)  # x: leverage, y: kind
+        value = usd(10e6 * (1 + 2 * i + j))
+        assert texts[(i, j)] == value + plots.FLAG_MARK * status[i][j], (lev, kind)  # x: leverage, y: kind
     hatched = [(p.get_x() + 0.5, p.get_y() + 0.5) for p in es_ax.patches if p.get_hatch() == "//"]
     assert sorted(hatched) == sorted((i, j) for i in range(2) for j in range(2) if status[i][j])
-    assert not p_ax.patches and not any(R.FLAG_MARK in t.get_text() for t in p_ax.texts)
+    assert not p_ax.patches and not any(plots.FLAG_MARK in t.get_text() for t in p_ax.texts)
     title = fig._suptitle.get_text()
-    assert (R.FLAGGED in title and "10,000 paths" in title) == any(map(any, status))
+    assert (plots.FLAGGED in title and "10,000 paths" in title) == any(map(any, status))
 
 
 @pytest.mark.parametrize("status", [[0, 1], [1, 1], [0, 0]])
 def test_sweep_line_draws_es99_with_too_few_paths_dotted_hollow_and_keyed(tmp_path, status):
     cube = swept([[s, s] for s in status]).isel(breaker_kind=0).assign_attrs(sweep_dims="leverage_cap")
-    ax = R.plot_sweep_line(cube, "leverage_cap", tmp_path / "sweep.png").axes[0]
+    ax = plots.plot_sweep_line(cube, "leverage_cap", tmp_path / "sweep.png").axes[0]
     by_label = dict(zip(*reversed(ax.get_legend_handles_labels())))
-    flagged_label = f"ES99: {R.FLAGGED}"
+    flagged_label = f"ES99: {plots.FLAGGED}"
     es = np.array([10e6, 30e6])
     if all(status):
         assert "ES99" not in by_label
@@ -265,20 +267,20 @@ def test_sweep_line_draws_es99_with_too_few_paths_dotted_hollow_and_keyed(tmp_pa
     if any(status):
         line = by_label[flagged_label]
         np.testing.assert_array_equal(line.get_ydata(), np.where(status, es, np.nan))
-        assert hollow(line) and line.get_linestyle() == ":" and line.get_color() == R.FLAG_COLOR
+        assert hollow(line) and line.get_linestyle() == ":" and line.get_color() == plots.FLAG_COLOR
     else:
         assert flagged_label not in by_label
 
 
 def test_fan_chart_draws_clipped_bands_as_gaps_and_says_why(tmp_path):
-    plain = R.plot_fan_charts(R.policies([("a", made_up_cube())]), tmp_path / "plain.png")
+    plain = plots.plot_fan_charts(pol.policies([("a", made_up_cube())]), tmp_path / "plain.png")
     assert "clipped" not in plain._suptitle.get_text()
     cube = made_up_cube()
     cube["mark_price_band"][0, 0, -1] = np.nan  # BTC's 99% band at the first time: beyond the bins
     status = np.zeros(cube["mark_price_band"].shape, np.int8)
     status[0, 0, -1] = 1
     cube["mark_price_band_status"] = (cube["mark_price_band"].dims, status)
-    fig = R.plot_fan_charts(R.policies([("a", cube)]), tmp_path / "fan.png")
+    fig = plots.plot_fan_charts(pol.policies([("a", cube)]), tmp_path / "fan.png")
     drawn(fig)
     assert "clipped" in fig._suptitle.get_text()
     outer = fig.axes[0].collections[0]  # the 1%-99% band of BTC's price
@@ -289,8 +291,8 @@ def test_fan_chart_draws_clipped_bands_as_gaps_and_says_why(tmp_path):
 
 @pytest.mark.parametrize(("n_paths", "n_bands"), [(15, 1), (50, 2), (100, 3)])  # 1%-99%: 100, 5%-95%: 20
 def test_fan_chart_leaves_out_bands_with_too_few_paths_and_says_so(tmp_path, n_paths, n_bands):
-    pols = R.policies([("a", at_paths(made_up_cube(), n_paths))])
-    fig = R.plot_fan_charts(pols, tmp_path / "fan.png")
+    pols = pol.policies([("a", at_paths(made_up_cube(), n_paths))])
+    fig = plots.plot_fan_charts(pols, tmp_path / "fan.png")
     assert all(len(ax.collections) == n_bands for ax in fig.axes)
     title = fig._suptitle.get_text()
     assert ("1%-99% band not drawn" in title and "it needs 100 paths" in title) == (n_bands < 3)

@@ -8,7 +8,9 @@ import pytest
 import xarray as xr
 
 from engine.report import compare as R
+from engine.report import policies as pol
 from engine.report.summary import NOT_ESTIMABLE, summary_table
+from engine.report.units import usd
 from engine.sim.reduce import ESTIMATED, QUANTILES, TOO_FEW_PATHS
 from engine.sim.simulate import to_dataset
 from tests.samples import accumulate, outputs_of, small_static
@@ -49,7 +51,7 @@ def test_summary_shows_n_e_and_warns_for_three_paths():
     text = summary_table(ds)
     cells = _row(text, "Bad debt (USD)")
     median = np.quantile(values["bad_debt"], 0.5)
-    assert cells[1] == R.usd(median) and cells[2:4] == [NOT_ESTIMABLE, NOT_ESTIMABLE]
+    assert cells[1] == usd(median) and cells[2:4] == [NOT_ESTIMABLE, NOT_ESTIMABLE]
     assert "Warning: only 3 paths" in " ".join(text.split())
     assert "q99 needs 100" in " ".join(text.split())
 
@@ -58,17 +60,17 @@ def test_summary_of_a_thousand_paths_shows_q99_but_not_es99():
     ds, values = cube_of(1000)
     text = summary_table(ds)
     cells = _row(text, "Bad debt (USD)")
-    assert cells[2] == R.usd(np.quantile(values["bad_debt"], 0.99)) and cells[3] == NOT_ESTIMABLE
+    assert cells[2] == usd(np.quantile(values["bad_debt"], 0.99)) and cells[3] == NOT_ESTIMABLE
     flat = " ".join(text.split())
     assert "Warning" not in flat and "ES99 needs 10,000" in flat and "q99.9" not in flat
 
 
 def test_report_tables_show_n_e_where_the_cube_flags_too_few_paths():
     ds, values = cube_of(3)
-    pols = R.policies([("tiny", ds.isel(point=0))])
+    pols = pol.policies([("tiny", ds.isel(point=0))])
     head, rows, _, _ = R.tables(pols, "BTC")
     row = dict(zip(head, rows[0]))
-    assert row["liq. median"] == R.usd(np.quantile(values["liquidated_total"], 0.5))
+    assert row["liq. median"] == usd(np.quantile(values["liquidated_total"], 0.5))
     assert (
         row["liq. q99"]
         == row["liq. ES99"]
