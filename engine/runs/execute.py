@@ -369,4 +369,3 @@ def load_cube(path: Path) -> xr.Dataset:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise ConfigError(f"{f}: not a liqstress cube (written by `liqstress run`): no {shown}")
     return cube
-

@@ -394,7 +394,6 @@ def join_run(study: Study, path: Path, *, source: str, command: str) -> RunDir:
     return run
 
 
-
 @contextlib.contextmanager
 def flock(path: Path, mode: int, busy: str | None = None) -> Iterator[None]:
     """Hold an `flock` (`mode`: LOCK_EX or LOCK_SH) on `path`, creating the file. Waits for it,
@@ -427,5 +426,3 @@ def is_locked(path: Path) -> bool:
         return True
     finally:
         os.close(fd)
-
-
