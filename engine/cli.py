@@ -285,7 +285,8 @@ def _run(
         _say_rebuilding(the_run)
 
     path, study = the_run.path, the_run.study
-    again = f"liqstress run --resume {path}" + (f" --shard {shard}" if the_shard else "")
+    shard_opt = f" --shard {the_shard[0]}/{the_shard[1]}" if the_shard else ""
+    again = f"liqstress run --resume {path}{shard_opt}"
     title = f"{study.name}: {len(study.points)} points x {study.config.run.n_paths:,} paths"
     use_bar = _err().is_terminal if bar is None else bar
     reporter = BarReporter(_err(), study.name) if use_bar else LogReporter(sys.stderr, title)
