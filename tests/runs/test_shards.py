@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from engine import cli
 from engine.runs import execute, listing
+from tests.runs.holding import held_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = str(ROOT / "configs" / "quick.toml")
