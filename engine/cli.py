@@ -14,8 +14,12 @@ options, prints, and maps exceptions to exit codes.
 
 With no command it runs the default scenario. Exit codes: 0 success; 2 invalid config or
 usage (one message, nothing written); 1 runtime failure (parts already written are kept for
-`--resume`); 130 interrupted (Ctrl-C or SIGTERM; also resumable).
+`--resume`); 130 interrupted (Ctrl-C or SIGTERM; also resumable): `engine.sim.distributed.EXIT_*`.
 """
+
+# Longer than the ~450 lines a module should have, and kept whole: it holds only the option
+# declarations and the printing of every command, which read best side by side; the work is
+# done by `engine.runs.launch`, `engine.runs.execute`, `engine.sim.distributed` and `engine.report`.
 
 from __future__ import annotations
 
@@ -90,13 +94,15 @@ def _join_processes(
     if not cluster and (coordinator, num_processes, process_id) == (None, None, None):
         return False
     if None not in (num_processes, process_id) and process_id >= num_processes:
-        raise _fail(f"--process-id must be below --num-processes ({num_processes}), got {process_id}", 2)
+        raise _fail(
+            f"--process-id must be below --num-processes ({num_processes}), got {process_id}", EXIT_USAGE
+        )
     try:
         distributed.initialize(coordinator, num_processes, process_id)
     except ValueError as e:
-        raise _fail(f"cannot join a multi-process run: {e}", 2) from None
+        raise _fail(f"cannot join a multi-process run: {e}", EXIT_USAGE) from None
     except RuntimeError as e:
-        raise _fail(f"cannot join a multi-process run: {e}", 1) from None
+        raise _fail(f"cannot join a multi-process run: {e}", EXIT_FAILED) from None
     return True
 
 
@@ -359,7 +365,7 @@ def compare(
                 name = f"{name}_{len(cubes)}"
             cubes.append((name, cube))
     except ConfigError as e:
-        raise _fail(str(e), 2) from None
+        raise _fail(str(e), EXIT_USAGE) from None
     if out_dir is None:
         one = run_dirs[0]
         out_dir = (
@@ -371,7 +377,7 @@ def compare(
     try:
         rep = R.write_report(cubes, out_dir)
     except OSError as e:
-        raise _fail(f"cannot write the report: {e}", 1) from None
+        raise _fail(f"cannot write the report: {e}", EXIT_FAILED) from None
     _out().print(f"report: {rep}")
 
 
@@ -412,7 +418,7 @@ def validate(
     try:
         study = load_study(config, list(overrides or []))
     except ConfigError as e:
-        raise _fail(str(e), 2) from None
+        raise _fail(str(e), EXIT_USAGE) from None
     cfg = study.config
     axes = ", ".join(f"{a.path} ({len(a.values)})" for a in study.axes) or "none"
     _out().print(
@@ -441,11 +447,13 @@ def combine(
         with Interrupts():
             cube = execute.combine(the_run)
     except KeyboardInterrupt:
-        raise _fail(f"interrupted; the parts are kept: `liqstress combine {run_dir}` again", 130) from None
+        raise _fail(
+            f"interrupted; the parts are kept: `liqstress combine {run_dir}` again", EXIT_INTERRUPTED
+        ) from None
     except ConfigError as e:
-        raise _fail(str(e), 2) from None
+        raise _fail(str(e), EXIT_USAGE) from None
     except (OSError, ValueError, RuntimeError) as e:
-        raise _fail(f"cannot assemble the cube: {e}", 1) from None
+        raise _fail(f"cannot assemble the cube: {e}", EXIT_FAILED) from None
     if cube is None:
         _already_complete(the_run, write_report)
         return
@@ -463,7 +471,7 @@ def _already_complete(the_run: RunDir, write_report: bool) -> None:
     try:
         cube = execute.load_cube(the_run.path)
     except ConfigError as e:
-        raise _fail(str(e), 1) from None
+        raise _fail(str(e), EXIT_FAILED) from None
     if write_report and the_run.manifest.get("report") == "pending":
         _out().print("its report was not finished: writing it")
         _show_cube(the_run, cube, write_report)
@@ -486,9 +494,11 @@ def _show_cube(the_run: RunDir, cube, write_report: bool) -> None:
                 rep = R.write_report([(the_run.manifest["run_id"], cube)], the_run.path)
                 the_run.mark(report="done")
         except KeyboardInterrupt:
-            raise _fail(f"interrupted while writing the report; the cube is complete: {again}", 130) from None
+            raise _fail(
+                f"interrupted while writing the report; the cube is complete: {again}", EXIT_INTERRUPTED
+            ) from None
         except (OSError, ValueError, RuntimeError) as e:
-            raise _fail(f"the cube is written, but the report failed: {e}; {again}", 1) from None
+            raise _fail(f"the cube is written, but the report failed: {e}; {again}", EXIT_FAILED) from None
         _out().print(f"report: {rep}")
     _out().print(f"run directory: {the_run.path}")
 
@@ -656,7 +666,9 @@ def bench(ctx: typer.Context) -> None:
 
     script = Path(engine.__file__).resolve().parents[1] / "benchmarks" / "run.py"
     if not script.is_file():
-        raise _fail(f"{script} not found: benchmarks live in the source checkout (pip install -e .)", 2)
+        raise _fail(
+            f"{script} not found: benchmarks live in the source checkout (pip install -e .)", EXIT_USAGE
+        )
     raise typer.Exit(subprocess.call([sys.executable, str(script), *ctx.args]))
 
 

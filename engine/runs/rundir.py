@@ -394,6 +394,11 @@ def join_run(study: Study, path: Path, *, source: str, command: str) -> RunDir:
     return run
 
 
+# --------------------------------------------------------------------------------------
+# Locks
+# --------------------------------------------------------------------------------------
+
+
 @contextlib.contextmanager
 def flock(path: Path, mode: int, busy: str | None = None) -> Iterator[None]:
     """Hold an `flock` (`mode`: LOCK_EX or LOCK_SH) on `path`, creating the file. Waits for it,
@@ -415,6 +420,7 @@ def locked(run: RunDir) -> contextlib.AbstractContextManager[None]:
 
 
 def is_locked(path: Path) -> bool:
+    """Whether a process holds the run's `.lock` (a live session, shard or `combine`)."""
     try:
         fd = os.open(path / LOCK, os.O_RDWR)
     except OSError:
