@@ -60,7 +60,6 @@ def test_resume_state_of_a_complete_run_checks_its_cube(tmp_path):
     (run.path / "cube.nc").write_bytes(b"cube")
     run.mark(cube_sha256="0" * 64)
     assert launch.resume_state(run) == "rebuild"  # altered
-
     run.mark(cube_sha256=hashlib.sha256(b"cube").hexdigest())
     assert launch.resume_state(run) == "complete"
     assert json.loads((run.path / "manifest.json").read_text())["status"] == "complete"
