@@ -1,9 +1,9 @@
 """Progress of a run for people: a rich progress bar on a terminal, plain log lines otherwise,
 and a forecast after the first chunk (`FirstChunk`).
 
-All take `engine.runs.execute.RunProgress` events. Work is counted in path-points (one path under one grid
-point, the baseline's repeat in each part included), so the rate is paths per second and the
-ETA covers the whole sweep.
+All take `engine.runs.execute.RunProgress` events. Work is counted in path-points (one path
+under one grid point, the baseline's repeat in each part included), so the rate is paths per
+second and the ETA covers the whole sweep.
 """
 
 from __future__ import annotations
@@ -138,8 +138,9 @@ class FirstChunk:
             self.told = True
             elapsed, done = now - t0, ev.work_done - work0
             self.say(
-                f"first chunk: {done:,} path-points in {elapsed:.1f} s, compilation included (so this overestimates); "
-                f"the other {left:,} at that pace: about {duration(left * elapsed / done)}"
+                f"first chunk: {done:,} path-points in {elapsed:.1f} s, compilation included "
+                f"(so this overestimates); the other {left:,} at that pace: "
+                f"about {duration(left * elapsed / done)}"
             )
 
 
