@@ -434,7 +434,7 @@ def results_dir(out: Path | None, save: bool, name: str) -> Path:
         return out
     if save:
         return RESULTS
-    from engine.runs.execute import default_run_dir
+    from engine.runs.rundir import default_run_dir
 
     return default_run_dir(Path("runs"), f"bench_{name}")
 

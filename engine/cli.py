@@ -1,5 +1,6 @@
 """Command-line interface `liqstress` (also `python -m engine`): a thin shell over
-`engine.configfile`, `engine.runs` and `engine.report`.
+`engine.config`, `engine.runs`, `engine.sim.distributed` and `engine.report` that parses
+options, prints, and maps exceptions to exit codes.
 
     liqstress run [CONFIG] [--run-dir DIR] [--paths N] [--seed S] [--set key=value ...]
     liqstress run --resume DIR
@@ -13,24 +14,21 @@
 
 With no command it runs the default scenario. Exit codes: 0 success; 2 invalid config or
 usage (one message, nothing written); 1 runtime failure (parts already written are kept for
-`--resume`); 130 interrupted (Ctrl-C or SIGTERM; also resumable).
+`--resume`); 130 interrupted (Ctrl-C or SIGTERM; also resumable): `engine.sim.distributed.EXIT_*`.
 """
+
+# Longer than the ~450 lines a module should have, and kept whole: it holds only the option
+# declarations and the printing of every command, which read best side by side; the work is
+# done by `engine.runs.launch`, `engine.runs.execute`, `engine.sim.distributed` and `engine.report`.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shlex
-import signal
 import sys
-import time
-import traceback
-from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
-import jax
 import typer
 import typer.core
 from rich.console import Console
@@ -39,12 +37,13 @@ from rich.text import Text
 
 from engine.config.errors import ConfigError, SimulationError
 from engine.config.files import load_study
-from engine.config.sweep import Study
 from engine.report import compare as R
-from engine.report.progress import BarReporter, LogReporter
+from engine.report.progress import BarReporter, FirstChunk, LogReporter
 from engine.report.summary import summary_table
-from engine.runs import execute as runs
+from engine.runs import execute, launch, listing, rundir
+from engine.runs.rundir import RunDir
 from engine.sim import distributed, tipping
+from engine.sim.distributed import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Interrupts
 from engine.sim.simulate import plan
 
 
@@ -87,43 +86,6 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-# Set by a SIGTERM inside `_sigterm_interrupts`: its KeyboardInterrupt is lost when the handler
-# runs in code whose exceptions Python ignores (seen: JAX's garbage-collection callback), so
-# `_checked` raises it again at the next progress report.
-_terminated = False
-
-
-def _terminate(signum, frame) -> None:
-    global _terminated
-    _terminated = True
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Inside the block SIGTERM (e.g. from SLURM or `kill`) raises KeyboardInterrupt."""
-    global _terminated
-    _terminated = False
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _checked(progress: Callable | None = None) -> Callable:
-    """A progress callback (called after every chunk) that first calls `progress`, then raises
-    KeyboardInterrupt if a SIGTERM came whose own KeyboardInterrupt was lost."""
-
-    def report(event) -> None:
-        if progress:
-            progress(event)
-        if _terminated:
-            raise KeyboardInterrupt
-
-    return report
-
-
 def _join_processes(
     coordinator: str | None, num_processes: int | None, process_id: int | None, cluster: bool
 ) -> bool:
@@ -132,62 +94,16 @@ def _join_processes(
     if not cluster and (coordinator, num_processes, process_id) == (None, None, None):
         return False
     if None not in (num_processes, process_id) and process_id >= num_processes:
-        raise _fail(f"--process-id must be below --num-processes ({num_processes}), got {process_id}", 2)
+        raise _fail(
+            f"--process-id must be below --num-processes ({num_processes}), got {process_id}", EXIT_USAGE
+        )
     try:
         distributed.initialize(coordinator, num_processes, process_id)
     except ValueError as e:
-        raise _fail(f"cannot join a multi-process run: {e}", 2) from None
+        raise _fail(f"cannot join a multi-process run: {e}", EXIT_USAGE) from None
     except RuntimeError as e:
-        raise _fail(f"cannot join a multi-process run: {e}", 1) from None
+        raise _fail(f"cannot join a multi-process run: {e}", EXIT_FAILED) from None
     return True
-
-
-def _abandon(code: int) -> NoReturn:
-    """Leave a multi-process run at once with `code`, while the other processes wait in a
-    collective this one will not join: JAX's shutdown at exit would wait for them (up to its
-    5-minute timeout) while they wait for this process. Exiting ends this process's part of the
-    runtime, and the runtime (or the collective's broken connection) ends the others within
-    seconds."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def _follow() -> int:
-    """A process other than 0 of a multi-process run: simulate what process 0 sends (printing
-    nothing) and return its exit code. Interrupted (130) or failing (1) itself, it leaves at
-    once (`_abandon`): process 0 waits in a collective of the same simulation."""
-    try:
-        with _sigterm_interrupts():
-            return runs.follow(progress=_checked())
-    except KeyboardInterrupt:
-        _abandon(130)
-    except (SimulationError, OSError, ValueError, RuntimeError) as e:
-        _fail(f"process {jax.process_index()}: {e}", 1)
-        _abandon(1)
-
-
-@contextlib.contextmanager
-def _leading() -> Iterator[runs.Leader]:
-    """Process 0's `run` (the only process of most runs): a `runs.Leader` that finally tells
-    the other processes, if any, the exit code (0, a `typer.Exit`'s, 130 interrupted, 1)."""
-    leader, code = runs.Leader(), 1
-    try:
-        yield leader
-        code = 0
-    except typer.Exit as e:
-        code = e.exit_code
-        raise
-    except KeyboardInterrupt:
-        code = 130
-        raise
-    finally:
-        leader.release(code)
-        if leader.stranded:
-            kind = sys.exc_info()[0]
-            if kind is not None and not issubclass(kind, (typer.Exit, KeyboardInterrupt)):
-                traceback.print_exc()  # no message reported it, and `_abandon` skips Python's report
-            _abandon(code)
 
 
 def _warn(pols: list[R.PolicyResult]) -> None:
@@ -332,13 +248,13 @@ def run(
 ) -> None:
     """Run a scenario and its sweep; write cube.nc, manifest.json, config.toml and a report."""
     if _join_processes(coordinator, num_processes, process_id, cluster) and not distributed.is_writer():
-        raise typer.Exit(_follow())
-    with _leading() as leader:
+        raise typer.Exit(distributed.following(tell=lambda message: _fail(message, EXIT_FAILED)))
+    with distributed.leading() as leader:
         _run(leader, config, run_dir, resume, paths, seed, overrides, runs_root, write_report, bar, shard)
 
 
 def _run(
-    leader: runs.Leader,
+    leader: distributed.Leader,
     config: str | None,
     run_dir: Path | None,
     resume: Path | None,
@@ -352,123 +268,79 @@ def _run(
 ) -> None:
     """`run` on process 0 (the only process of most runs), with the options of `run`."""
     try:
-        the_shard = runs.parse_shard(shard) if shard is not None else None
-        if the_shard and resume is None and run_dir is None:
-            raise ConfigError("--shard needs --run-dir DIR (the directory all shards share)")
-        if resume is not None:
-            given = [
-                n
-                for n, v in (
-                    ("CONFIG", config),
-                    ("--run-dir", run_dir),
-                    ("--paths", paths),
-                    ("--seed", seed),
-                    ("--set", overrides),
-                )
-                if v
-            ]
-            if given:
-                raise ConfigError(f"--resume uses the run's own config.toml; drop {', '.join(given)}")
-            the_run = runs.open_run(resume)
-            if the_run.manifest["status"] == "complete":
-                if runs.cube_intact(the_run):
-                    _already_complete(the_run, write_report)
-                    return
-                _say_rebuilding(the_run)
-        else:
-            study = _load_with_options(config, overrides, paths, seed)
-            command = "liqstress " + " ".join(shlex.quote(a) for a in _argv)
-            source = str(config or "default")
-            if the_shard:
-                the_run = runs.join_run(study, run_dir, source=source, command=command)
-            else:
-                target = run_dir if run_dir is not None else runs.default_run_dir(runs_root, study.name)
-                runs.check_new_run_dir(target)
-                the_run = runs.create_run(study, target, source=source, command=command)
+        the_shard = _parse_shard(shard) if shard is not None else None
+        command = "liqstress " + " ".join(shlex.quote(a) for a in _argv)
+        the_run = launch.start(
+            config,
+            sets=overrides or (),
+            n_paths=paths,
+            seed=seed,
+            run_dir=run_dir,
+            resume=resume,
+            shard=the_shard,
+            runs_root=runs_root,
+            command=command,
+        )
+        state = launch.resume_state(the_run) if resume is not None else "run"
     except ConfigError as e:
-        raise _fail(str(e), 2) from None
+        raise _fail(str(e), EXIT_USAGE) from None
+    if state == "complete":
+        _already_complete(the_run, write_report)
+        return
+    if state == "rebuild":
+        _say_rebuilding(the_run)
 
-    path = the_run.path
+    path, study = the_run.path, the_run.study
     shard_opt = f" --shard {the_shard[0]}/{the_shard[1]}" if the_shard else ""
     again = f"liqstress run --resume {path}{shard_opt}"
-    study = the_run.study
     title = f"{study.name}: {len(study.points)} points x {study.config.run.n_paths:,} paths"
     use_bar = _err().is_terminal if bar is None else bar
     reporter = BarReporter(_err(), study.name) if use_bar else LogReporter(sys.stderr, title)
     _err().print(f"{study.name}: {plan(study.config).describe()}", highlight=False, soft_wrap=True)
     try:
-        with _sigterm_interrupts(), reporter:
-            progress = _checked(_FirstChunk(reporter))
-            cube = runs.execute(the_run, progress=progress, shard=the_shard, leader=leader)
+        with Interrupts() as interrupts, reporter:
+            progress = interrupts.checked(FirstChunk(reporter, _say))
+            cube = execute.execute(the_run, progress=progress, shard=the_shard, leader=leader)
     except KeyboardInterrupt:
-        raise _fail(f"interrupted; finished parts are kept: continue with `{again}`", 130) from None
+        raise _fail(
+            f"interrupted; finished parts are kept: continue with `{again}`", EXIT_INTERRUPTED
+        ) from None
     except ConfigError as e:
-        raise _fail(str(e), 2) from None
+        raise _fail(str(e), EXIT_USAGE) from None
     except (SimulationError, OSError, ValueError, RuntimeError) as e:
-        raise _fail(f"{e}\nfinished parts are kept in {path}; continue with `{again}`", 1) from None
-
+        raise _fail(f"{e}\nfinished parts are kept in {path}; continue with `{again}`", EXIT_FAILED) from None
     if cube is None:
-        rest = (
-            "the run is complete"
-            if the_run.manifest["status"] == "complete"
-            else "other shards' parts are not done yet: the last shard to finish writes cube.nc "
-            f"(or run `liqstress combine {path}` once they are)"
-        )
-        _out().print(f"shard {the_shard[0]}/{the_shard[1]}: its parts are done; {rest}")
-        _out().print(f"run directory: {path}")
+        _shard_done(the_run, the_shard)
         return
     _show_cube(the_run, cube, write_report)
 
 
-def _load_with_options(
-    config: str | None, overrides: list[str] | None, paths: int | None, seed: int | None
-) -> Study:
-    """`load_study` with `--paths` and `--seed` as `run.*` overrides; errors name the option."""
-    options = {f"run.n_paths={paths}": f"--paths {paths}"} if paths is not None else {}
-    options |= {f"run.seed={seed}": f"--seed {seed}"} if seed is not None else {}
+def _parse_shard(text: str) -> tuple[int, int]:
+    """`--shard i/n` -> (i, n) with 0 <= i < n, or `ConfigError` naming `--shard`."""
     try:
-        return load_study(config, list(overrides or []) + list(options))
-    except ConfigError as e:
-        message = str(e)
-        for item, option in options.items():
-            message = message.replace(f"--set {item}", option)
-        raise ConfigError(message) from None
+        i_text, n_text = text.split("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/8), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
 
 
-class _FirstChunk:
-    """Progress that, once the run's first chunk is done, says how long it took (compilation
-    included) and how long the rest takes at that pace, then passes every event on."""
-
-    def __init__(self, progress: Callable):
-        self.progress = progress
-        self.start: tuple[float, int] | None = None  # (time, work done) of the first event
-        self.told = False
-
-    def __call__(self, ev: runs.Event) -> None:
-        self.progress(ev)
-        now = time.perf_counter()
-        if self.start is None:
-            self.start = (now, ev.work_done)
-            return
-        t0, work0 = self.start
-        left = ev.work_total - ev.work_done
-        if not self.told and ev.work_done > work0 and left > 0:
-            self.told = True
-            elapsed, done = now - t0, ev.work_done - work0
-            _err().print(
-                f"first chunk: {done:,} path-points in {elapsed:.1f} s, compilation included (so this overestimates); "
-                f"the other {left:,} at that pace: about {_duration(left * elapsed / done)}",
-                highlight=False,
-                soft_wrap=True,
-            )
+def _say(line: str) -> None:
+    _err().print(line, highlight=False, soft_wrap=True)
 
 
-def _duration(seconds: float) -> str:
-    """`42 s`, `3.5 min`, `7.2 h`, `12.3 days`, `4.1 years`."""
-    for unit, size in (("years", 365 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= 2 * size:
-            return f"{seconds / size:,.1f} {unit}"
-    return f"{seconds:.0f} s"
+def _shard_done(the_run: RunDir, shard: tuple[int, int]) -> None:
+    """The end of a shard that did not assemble the cube: whether others must still finish."""
+    rest = (
+        "the run is complete"
+        if the_run.manifest["status"] == "complete"
+        else "other shards' parts are not done yet: the last shard to finish writes cube.nc "
+        f"(or run `liqstress combine {the_run.path}` once they are)"
+    )
+    _out().print(f"shard {shard[0]}/{shard[1]}: its parts are done; {rest}")
+    _out().print(f"run directory: {the_run.path}")
 
 
 @app.command()
@@ -487,17 +359,17 @@ def compare(
     try:
         cubes = []
         for d in run_dirs:
-            cube = runs.load_cube(d)
+            cube = execute.load_cube(d)
             name = str(cube.attrs.get("run_id", d.name))
             if any(name == c[0] for c in cubes):
                 name = f"{name}_{len(cubes)}"
             cubes.append((name, cube))
     except ConfigError as e:
-        raise _fail(str(e), 2) from None
+        raise _fail(str(e), EXIT_USAGE) from None
     if out_dir is None:
         one = run_dirs[0]
         out_dir = (
-            one if len(run_dirs) == 1 and one.is_dir() else runs.default_run_dir(Path("runs"), "compare")
+            one if len(run_dirs) == 1 and one.is_dir() else rundir.default_run_dir(Path("runs"), "compare")
         )
     pols = R.policies(cubes)
     _out().print(R.rich_table(pols, R.lead_asset(cubes[0][1]), "liqstress compare"))
@@ -505,7 +377,7 @@ def compare(
     try:
         rep = R.write_report(cubes, out_dir)
     except OSError as e:
-        raise _fail(f"cannot write the report: {e}", 1) from None
+        raise _fail(f"cannot write the report: {e}", EXIT_FAILED) from None
     _out().print(f"report: {rep}")
 
 
@@ -514,7 +386,7 @@ def list_(
     root: Annotated[Path, typer.Argument(help="Directory holding run directories.")] = Path("runs"),
 ) -> None:
     """Show past runs: config name, size and status."""
-    infos = runs.list_runs(root)
+    infos = listing.list_runs(root)
     if not infos:
         _out().print(f"no runs under {root}/")
         return
@@ -546,7 +418,7 @@ def validate(
     try:
         study = load_study(config, list(overrides or []))
     except ConfigError as e:
-        raise _fail(str(e), 2) from None
+        raise _fail(str(e), EXIT_USAGE) from None
     cfg = study.config
     axes = ", ".join(f"{a.path} ({len(a.values)})" for a in study.axes) or "none"
     _out().print(
@@ -569,35 +441,37 @@ def combine(
 ) -> None:
     """Assemble cube.nc of a run whose parts are all done; exit 2 naming the parts that are not."""
     try:
-        the_run = runs.open_run(run_dir, flag="combine")
-        if the_run.manifest["status"] == "complete" and not runs.cube_intact(the_run):
+        the_run = rundir.open_run(run_dir, flag="combine")
+        if launch.resume_state(the_run) == "rebuild":
             _say_rebuilding(the_run)
-        with _sigterm_interrupts():
-            cube = runs.combine(the_run)
+        with Interrupts():
+            cube = execute.combine(the_run)
     except KeyboardInterrupt:
-        raise _fail(f"interrupted; the parts are kept: `liqstress combine {run_dir}` again", 130) from None
+        raise _fail(
+            f"interrupted; the parts are kept: `liqstress combine {run_dir}` again", EXIT_INTERRUPTED
+        ) from None
     except ConfigError as e:
-        raise _fail(str(e), 2) from None
+        raise _fail(str(e), EXIT_USAGE) from None
     except (OSError, ValueError, RuntimeError) as e:
-        raise _fail(f"cannot assemble the cube: {e}", 1) from None
+        raise _fail(f"cannot assemble the cube: {e}", EXIT_FAILED) from None
     if cube is None:
         _already_complete(the_run, write_report)
         return
     _show_cube(the_run, cube, write_report)
 
 
-def _say_rebuilding(the_run: runs.Run) -> None:
-    _err().print(f"{the_run.path}: {runs.CUBE} is missing or damaged; rebuilding it from the parts")
+def _say_rebuilding(the_run: RunDir) -> None:
+    _err().print(f"{the_run.path}: {rundir.CUBE} is missing or damaged; rebuilding it from the parts")
 
 
-def _already_complete(the_run: runs.Run, write_report: bool) -> None:
+def _already_complete(the_run: RunDir, write_report: bool) -> None:
     """`run --resume` or `combine` of a complete run with an intact cube: the summary, and the
     report if an interrupted or failed session left it unfinished."""
     _out().print(f"{the_run.path}: already complete")
     try:
-        cube = runs.load_cube(the_run.path)
+        cube = execute.load_cube(the_run.path)
     except ConfigError as e:
-        raise _fail(str(e), 1) from None
+        raise _fail(str(e), EXIT_FAILED) from None
     if write_report and the_run.manifest.get("report") == "pending":
         _out().print("its report was not finished: writing it")
         _show_cube(the_run, cube, write_report)
@@ -606,7 +480,7 @@ def _already_complete(the_run: runs.Run, write_report: bool) -> None:
     _out().print(f"run directory: {the_run.path}")
 
 
-def _show_cube(the_run: runs.Run, cube, write_report: bool) -> None:
+def _show_cube(the_run: RunDir, cube, write_report: bool) -> None:
     """The end of `run` and `combine`: the summary table, the report, the run directory.
 
     The manifest's `report` is `pending` while the report is written and `done` after, so a
@@ -615,14 +489,16 @@ def _show_cube(the_run: runs.Run, cube, write_report: bool) -> None:
     if write_report:
         again = f"write it with `liqstress run --resume {the_run.path}`"
         try:
-            with _sigterm_interrupts():
+            with Interrupts():
                 the_run.mark(report="pending")
                 rep = R.write_report([(the_run.manifest["run_id"], cube)], the_run.path)
                 the_run.mark(report="done")
         except KeyboardInterrupt:
-            raise _fail(f"interrupted while writing the report; the cube is complete: {again}", 130) from None
+            raise _fail(
+                f"interrupted while writing the report; the cube is complete: {again}", EXIT_INTERRUPTED
+            ) from None
         except (OSError, ValueError, RuntimeError) as e:
-            raise _fail(f"the cube is written, but the report failed: {e}; {again}", 1) from None
+            raise _fail(f"the cube is written, but the report failed: {e}; {again}", EXIT_FAILED) from None
         _out().print(f"report: {rep}")
     _out().print(f"run directory: {the_run.path}")
 
@@ -636,9 +512,9 @@ def _fit(kind: str, config: Path, run_dir: Path | None, runs_root: Path, load, e
         target = (
             run_dir
             if run_dir is not None
-            else runs.default_run_dir(runs_root, f"{kind}_{loaded.scenario.name}")
+            else rundir.default_run_dir(runs_root, f"{kind}_{loaded.scenario.name}")
         )
-        runs.check_new_run_dir(target)
+        rundir.check_new_run_dir(target)
     except ConfigError as e:
         raise _fail(str(e), 2) from None
     if dry_run:
@@ -790,7 +666,9 @@ def bench(ctx: typer.Context) -> None:
 
     script = Path(engine.__file__).resolve().parents[1] / "benchmarks" / "run.py"
     if not script.is_file():
-        raise _fail(f"{script} not found: benchmarks live in the source checkout (pip install -e .)", 2)
+        raise _fail(
+            f"{script} not found: benchmarks live in the source checkout (pip install -e .)", EXIT_USAGE
+        )
     raise typer.Exit(subprocess.call([sys.executable, str(script), *ctx.args]))
 
 

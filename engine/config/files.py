@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from engine.config.errors import ConfigError, describe
 from engine.config.schema import Config
-from engine.config.sweep import Study, apply_overrides, build_study
+from engine.config.sweep import Study, apply_overrides, build_study, set_path
 
 DEFAULT_SCENARIO = "oct10_2025"
 
@@ -102,36 +102,58 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{p}:\n{describe(err)}") from None
 
 
-def load_study(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Study:
-    """A validated `engine.config.sweep.Study` from a config file and `--set key=value` overrides.
+def load_study(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    n_paths: int | None = None,
+    seed: int | None = None,
+) -> Study:
+    """A validated `engine.config.sweep.Study` from a config file and `--set key=value` overrides;
+    `n_paths` and `seed` (the CLI's `--paths`, `--seed`), if given, replace `run.n_paths` and
+    `run.seed` after the overrides.
 
-    A problem that the file alone does not have is reported as the `--set` items' (those that
-    cause it on their own, else all of them), not the file's.
+    A problem that the file alone does not have is reported as the `--set` items' (or
+    `--paths`', `--seed`'s: those that cause it on their own, else all of them), not the file's.
     """
     p = resolve_config_path(path) if path is not None else default_config_path()
     raw = read_config_dict(p)
-    data = apply_overrides(raw, overrides)
+    edits: list[tuple[str, str | tuple[str, int]]] = [(f"--set {item}", item) for item in overrides]
+    for option, field, value in (("--paths", "n_paths", n_paths), ("--seed", "seed", seed)):
+        if value is not None:
+            edits.append((f"{option} {value}", (field, value)))
+    data = _edited(raw, [e for _, e in edits])
     try:
         return build_study(data, source=str(p))
     except ConfigError as err:
-        culprits = _culprits(raw, overrides, str(p))
+        culprits = _culprits(raw, edits, str(p))
         if not culprits:
             raise
-        where = ", ".join(f"--set {item}" for item in culprits)
+        where = ", ".join(culprits)
         raise ConfigError(f"{where}:\n{str(err).removeprefix(f'{p}:').lstrip()}") from None
 
 
-def _culprits(raw: dict, overrides: list[str] | tuple[str, ...], source: str) -> list[str]:
-    """The `--set` items to blame for a failed validation: none if the file alone fails; else
-    those that fail on their own, or all when only their combination does."""
+def _edited(raw: dict, edits: list[str | tuple[str, int]]) -> dict:
+    """A copy of `raw` with the `--set` items among `edits` applied, then the typed
+    `(run field, value)` ones."""
+    data = apply_overrides(raw, [e for e in edits if isinstance(e, str)])
+    for field, value in (e for e in edits if not isinstance(e, str)):
+        set_path(data, ["run", field], value, create=True)
+    return data
 
-    def fails(items) -> bool:
+
+def _culprits(raw: dict, edits: list[tuple[str, str | tuple[str, int]]], source: str) -> list[str]:
+    """The names (`--set item`, `--paths N`) of the `edits` to blame for a failed validation:
+    none if the file alone fails; else those that fail on their own, or all when only their
+    combination does."""
+
+    def fails(chosen) -> bool:
         try:
-            build_study(apply_overrides(raw, items), source=source)
+            build_study(_edited(raw, [e for _, e in chosen]), source=source)
         except ConfigError:
             return True
         return False
 
-    if not overrides or fails([]):
+    if not edits or fails([]):
         return []
-    return [item for item in overrides if fails([item])] or list(overrides)
+    return [name for name, e in edits if fails([(name, e)])] or [name for name, _ in edits]

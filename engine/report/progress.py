@@ -1,8 +1,9 @@
-"""Progress of a run for people: a rich progress bar on a terminal, plain log lines otherwise.
+"""Progress of a run for people: a rich progress bar on a terminal, plain log lines otherwise,
+and a forecast after the first chunk (`FirstChunk`).
 
-Both take `engine.runs.Event`s. Work is counted in path-points (one path under one grid
-point, the baseline's repeat in each part included), so the rate is paths per second and the
-ETA covers the whole sweep.
+All take `engine.runs.execute.RunProgress` events. Work is counted in path-points (one path
+under one grid point, the baseline's repeat in each part included), so the rate is paths per
+second and the ETA covers the whole sweep.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from collections.abc import Callable
 from typing import Self, TextIO
 
 from rich.console import Console
@@ -24,7 +26,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from engine.runs.execute import Event
+from engine.runs.execute import RunProgress
 
 
 class _Rate(ProgressColumn):
@@ -64,7 +66,7 @@ class BarReporter:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def __call__(self, ev: Event) -> None:
+    def __call__(self, ev: RunProgress) -> None:
         points = f"{ev.points_done}/{ev.points_total}"
         if self.task is None:
             self.task = self.progress.add_task(
@@ -87,7 +89,7 @@ class LogReporter:
     def __exit__(self, *exc) -> None:
         pass
 
-    def __call__(self, ev: Event) -> None:
+    def __call__(self, ev: RunProgress) -> None:
         now = time.perf_counter()
         if self.t0 is None:
             self.t0, self.last, self.work0 = now, now, ev.work_done
@@ -112,3 +114,39 @@ class LogReporter:
     def _line(self, text: str) -> None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         print(f"[{stamp}] {text}", file=self.stream, flush=True)
+
+
+class FirstChunk:
+    """Progress that, once the run's first chunk is done, says (through `say`) how long it took
+    (compilation included) and how long the rest takes at that pace, then passes every event on
+    to `progress`."""
+
+    def __init__(self, progress: Callable[[RunProgress], None], say: Callable[[str], None]):
+        self.progress, self.say = progress, say
+        self.start: tuple[float, int] | None = None  # (time, work done) of the first event
+        self.told = False
+
+    def __call__(self, ev: RunProgress) -> None:
+        self.progress(ev)
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = (now, ev.work_done)
+            return
+        t0, work0 = self.start
+        left = ev.work_total - ev.work_done
+        if not self.told and ev.work_done > work0 and left > 0:
+            self.told = True
+            elapsed, done = now - t0, ev.work_done - work0
+            self.say(
+                f"first chunk: {done:,} path-points in {elapsed:.1f} s, compilation included "
+                f"(so this overestimates); the other {left:,} at that pace: "
+                f"about {duration(left * elapsed / done)}"
+            )
+
+
+def duration(seconds: float) -> str:
+    """`42 s`, `3.5 min`, `7.2 h`, `12.3 days`, `4.1 years`."""
+    for unit, size in (("years", 365 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:.0f} s"

@@ -14,7 +14,10 @@ Launching:
   `LIQSTRESS_COORDINATOR`, `LIQSTRESS_NUM_PROCESSES`, `LIQSTRESS_PROCESS_ID`.
 
 `liqstress run` joins with `--coordinator/--num-processes/--process-id` (or those variables)
-or `--distributed` (auto-detection); see `engine.runs.Leader` for who writes what.
+or `--distributed` (auto-detection). The whole lifecycle of such a run lives here: the runtime
+(`initialize`), the messages (`broadcast_json`), who decides and who follows (`Leader`,
+`leading`, `follow`, `following`), signals (`Interrupts`: SIGTERM as KeyboardInterrupt) and the
+exit codes (`EXIT_*`, `exit_code`, `abandon`).
 
 On CPUs the cross-process collectives use gloo (TCP); on GPUs JAX uses NCCL.
 """
@@ -25,13 +28,26 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
-from collections.abc import Iterator
-from typing import Any
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, Self
 
 import jax
 import numpy as np
+import xarray as xr
 from jax.experimental import multihost_utils
+
+from engine.config.errors import SimulationError
+from engine.config.schema import Config
+from engine.sim.simulate import simulate
+
+# Exit codes of `liqstress` and of every process of a multi-process run.
+EXIT_OK = 0
+EXIT_FAILED = 1  # a runtime failure (parts already written are kept)
+EXIT_USAGE = 2  # an invalid config or usage (one message, nothing written)
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
 
 ENV_COORDINATOR = "LIQSTRESS_COORDINATOR"
 ENV_NUM_PROCESSES = "LIQSTRESS_NUM_PROCESSES"
@@ -124,3 +140,166 @@ def broadcast_json(value: Any = None) -> Any:
         buf[: len(text)] = np.frombuffer(text, np.uint8)
         data = multihost_utils.broadcast_one_to_all(buf)
     return json.loads(data.tobytes().rstrip(b"\0"))
+
+
+class Leader:
+    """Process 0's side of a multi-process run; with one process it only calls `simulate`.
+
+    Every process must make the same collective calls (`simulate` gathers each chunk) in the
+    same order, yet only process 0 knows what the run directory holds: whether it could be
+    created or locked, which parts are done. So process 0 decides everything and the others
+    `follow`: before each `simulate` call it broadcasts the call (base config, points,
+    baseline; JSON), and at the end its exit code, which they return. The others thus never
+    read or write the directory and a resume skips the same parts on every process. If process
+    0 fails inside `simulate`, it sends nothing more: the others fail in the same collective.
+
+    Process 0 passes its leader to `engine.runs.execute.execute` and calls `release` (also after a
+    failure); `leading` does both.
+    """
+
+    def __init__(self) -> None:
+        self._listening = joined()  # the others wait in `follow` for a message
+        # the others are inside a `simulate` this process has not finished (see `stranded`)
+        self._inside = False
+
+    def simulate(
+        self, config: Config, points: list[Config], baseline: int, progress: Callable | None = None
+    ) -> xr.Dataset:
+        """`engine.simulate(config, points, baseline=...)`, run on every process."""
+        if self._listening:  # (a single process builds no message)
+            points_json = [c.model_dump(mode="json") for c in points]
+            self._tell(
+                {"config": config.model_dump(mode="json"), "points": points_json, "baseline": baseline}
+            )
+        self._inside = self._listening
+        ds = simulate(config, points, baseline=baseline, progress=progress)
+        self._inside = False
+        return ds
+
+    @property
+    def stranded(self) -> bool:
+        """True after `simulate` failed on this process while others ran it too: they wait in
+        one of its collectives and cannot be told anything more (see `leading`)."""
+        return self._inside
+
+    def release(self, code: int) -> None:
+        """Let the other processes end with exit code `code` (`follow` returns it), unless they
+        are `stranded` in a failed simulation."""
+        if not self._inside:
+            self._tell({"exit": code})
+        self._listening = False
+
+    def _tell(self, message: dict) -> None:
+        if self._listening:
+            broadcast_json(message)
+
+
+def follow(progress: Callable | None = None) -> int:
+    """A process other than 0 in a multi-process run (see `Leader`): simulate each call process
+    0 sends (with `progress`, called after each chunk), write nothing, and return process 0's
+    exit code once it sends that."""
+    while "exit" not in (message := broadcast_json()):
+        simulate(message["config"], message["points"], baseline=message["baseline"], progress=progress)
+    return message["exit"]
+
+
+# --------------------------------------------------------------------------------------
+# Signals and exit codes
+# --------------------------------------------------------------------------------------
+
+
+class Interrupts:
+    """Inside `with Interrupts() as interrupts:` SIGTERM (e.g. from SLURM or `kill`) raises
+    KeyboardInterrupt, like Ctrl-C.
+
+    That KeyboardInterrupt is lost when the handler runs in code whose exceptions Python ignores
+    (seen: JAX's garbage-collection callback), so the block also remembers the signal
+    (`terminated`), and a progress callback wrapped by `checked` raises it again at the next
+    progress report.
+    """
+
+    def __init__(self) -> None:
+        self.terminated = False
+        self._previous: Any = None
+
+    def __enter__(self) -> Self:
+        self.terminated = False
+        self._previous = signal.signal(signal.SIGTERM, self._terminate)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _terminate(self, signum, frame) -> None:
+        self.terminated = True
+        raise KeyboardInterrupt
+
+    def checked(self, progress: Callable | None = None) -> Callable:
+        """A progress callback (called after every chunk) that first calls `progress`, then
+        raises KeyboardInterrupt if a SIGTERM came whose own KeyboardInterrupt was lost."""
+
+        def report(event) -> None:
+            if progress:
+                progress(event)
+            if self.terminated:
+                raise KeyboardInterrupt
+
+        return report
+
+
+def exit_code(err: BaseException) -> tuple[int, bool]:
+    """The exit code that `err` ends the program with, and whether a message already told the
+    user why: 130 for an interrupt, its own for an exit (`SystemExit`, click's `Exit`, which
+    the CLI raises after printing its message), else 1 and False."""
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, True
+    code = err.code if isinstance(err, SystemExit) else getattr(err, "exit_code", None)
+    if isinstance(code, int):
+        return code, True
+    return EXIT_FAILED, False
+
+
+def abandon(code: int) -> NoReturn:
+    """Leave a multi-process run at once with `code`, while the other processes wait in a
+    collective this one will not join: JAX's shutdown at exit would wait for them (up to its
+    5-minute timeout) while they wait for this process. Exiting ends this process's part of the
+    runtime, and the runtime (or the collective's broken connection) ends the others within
+    seconds."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def following(tell: Callable[[str], None]) -> int:
+    """A process other than 0 of a multi-process run: simulate what process 0 sends (`follow`)
+    and return its exit code. Interrupted (130) or failing (1; `tell` gets the message) itself,
+    it leaves at once (`abandon`): process 0 waits in a collective of the same simulation."""
+    try:
+        with Interrupts() as interrupts:
+            return follow(progress=interrupts.checked())
+    except KeyboardInterrupt:
+        abandon(EXIT_INTERRUPTED)
+    except (SimulationError, OSError, ValueError, RuntimeError) as e:
+        tell(f"process {jax.process_index()}: {e}")
+        abandon(EXIT_FAILED)
+
+
+@contextlib.contextmanager
+def leading() -> Iterator[Leader]:
+    """Process 0's side of a run (the only process of most runs): a `Leader` that finally tells
+    the other processes, if any, the exit code the block ends with (`exit_code`). If it leaves
+    them stranded in a failed simulation, this process leaves at once (`abandon`), printing the
+    traceback of an error no message reported."""
+    leader, code, told = Leader(), EXIT_FAILED, True
+    try:
+        yield leader
+        code = EXIT_OK
+    except BaseException as err:
+        code, told = exit_code(err)
+        raise
+    finally:
+        leader.release(code)
+        if leader.stranded:
+            if not told:
+                traceback.print_exc()  # `abandon` skips Python's report
+            abandon(code)

@@ -1,10 +1,8 @@
 """The command line's dispatch and small commands (no simulation here)."""
 
-import signal
 import subprocess
 import sys
 
-import pytest
 from typer.testing import CliRunner
 
 from engine import cli
@@ -46,24 +44,3 @@ def test_python_dash_m_engine_is_the_cli():
     assert out.returncode == 0
     for command in ("run", "compare", "list", "validate"):
         assert command in out.stdout
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the ignored one
-def test_a_sigterm_whose_interrupt_was_lost_stops_the_run_at_the_next_chunk():
-    """A SIGTERM handled where Python ignores exceptions (a `__del__`, a GC callback) still
-    interrupts: the progress callback of the next chunk raises."""
-
-    class Dying:
-        def __del__(self):
-            cli._terminate(signal.SIGTERM, None)  # its KeyboardInterrupt is ignored here
-
-    seen = []
-    with cli._sigterm_interrupts():
-        report = cli._checked(seen.append)
-        report("chunk 1")
-        Dying()  # collected at once
-        with pytest.raises(KeyboardInterrupt):
-            report("chunk 2")
-    assert seen == ["chunk 1", "chunk 2"]
-    with cli._sigterm_interrupts():  # a new run starts clean
-        cli._checked()("chunk")

@@ -22,7 +22,9 @@ from typer.testing import CliRunner
 from engine import cli
 from engine.config.errors import ConfigError
 from engine.config.files import load_study
-from engine.runs import execute as runs
+from engine.runs import execute, listing, rundir
+from engine.sim import distributed
+from tests.runs.holding import held_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = str(ROOT / "configs" / "quick.toml")
@@ -54,7 +56,7 @@ def straight(tmp_path_factory) -> Path:
 
 
 def test_cube_has_every_variable_dimension_and_attribute(straight):
-    cube = runs.load_cube(straight)  # time in minutes, with its CF units
+    cube = execute.load_cube(straight)  # time in minutes, with its CF units
     assert {"leverage_cap", "breaker_kind", "asset", "side", "quantile", "time"} <= set(cube.dims)
     assert list(cube.leverage_cap.values) == [20.0, 125.0]
     assert list(cube.breaker_kind.values) == ["none", "halt"]  # string axis, config order
@@ -134,10 +136,8 @@ def _wait_for(predicate, proc, deadline_s=300.0):
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_path):
     d = tmp_path / "killed"
     # one point per part and a different chunk size: neither may change the numbers
-    argv = [
-        sys.executable,
-        "-m",
-        "engine",
+    argv = held_argv(  # stopped just before part 1's file is renamed
+        1,
         "run",
         QUICK,
         "--run-dir",
@@ -147,9 +147,8 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_path):
         "sweep.points_per_part=1",
         "--set",
         "run.chunk_size=256",
-    ]
-    env = {**os.environ, "LIQSTRESS_HOLD_PART": "1"}  # stop just before part 1's file is renamed
-    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    )
+    proc = subprocess.Popen(argv, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
 
         def part0_recorded_part1_in_flight():
@@ -168,7 +167,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_path):
     m = json.loads((d / "manifest.json").read_text())
     assert [p["status"] for p in m["parts"]] == ["done", "pending", "pending", "pending"]
     assert not (d / "cube.nc").exists()
-    info = {r.run_id: r for r in runs.list_runs(tmp_path)}["killed"]
+    info = {r.run_id: r for r in listing.list_runs(tmp_path)}["killed"]
     assert info.status == "interrupted"
     # the killed session's time counts, up to its last finished part
     assert m["timings"]["elapsed_s"] == m["sessions"][0]["elapsed_s"] >= m["parts"][0]["elapsed_s"] > 0
@@ -195,7 +194,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(straight, tmp_path):
 def test_runtime_failure_exits_1_keeps_finished_parts_and_resumes(straight, tmp_path, monkeypatch):
     from engine.config.errors import SimulationError
 
-    real, calls = runs.simulate, []
+    real, calls = distributed.simulate, []
 
     def failing_second_call(*args, **kwargs):
         calls.append(1)
@@ -203,13 +202,13 @@ def test_runtime_failure_exits_1_keeps_finished_parts_and_resumes(straight, tmp_
             raise SimulationError("non-finite values (injected)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runs, "simulate", failing_second_call)
+    monkeypatch.setattr(distributed, "simulate", failing_second_call)
     d = tmp_path / "failed"
     result = CliRunner().invoke(cli.app, ["run", QUICK, "--run-dir", str(d), "--no-progress", "--no-report"])
     assert result.exit_code == 1 and "injected" in result.output and "--resume" in result.output
     m = json.loads((d / "manifest.json").read_text())
     assert m["status"] == "failed" and [p["status"] for p in m["parts"]] == ["done", "pending"]
-    monkeypatch.setattr(runs, "simulate", real)
+    monkeypatch.setattr(distributed, "simulate", real)
     invoke("run", "--resume", str(d), "--no-progress", "--no-report")
     for name in ("liquidated_notional", "bad_debt_diff_mean", "mark_price_band"):
         np.testing.assert_array_equal(
@@ -241,7 +240,7 @@ def test_list_shows_damaged_manifests_as_unreadable(straight, tmp_path):
     (tmp_path / "not_a_run").mkdir()
     (tmp_path / ".good.0123.new").mkdir()  # a run directory being created
     shutil.copy(straight / "manifest.json", tmp_path / ".good.0123.new")
-    status = {r.path.name: r.status for r in runs.list_runs(tmp_path)}
+    status = {r.path.name: r.status for r in listing.list_runs(tmp_path)}
     bad = {"array": "unreadable", "partial": "unreadable", "torn": "unreadable"}
     assert status == {"good": "complete", **bad}
     out = invoke("list", str(tmp_path)).output
@@ -273,12 +272,12 @@ def test_a_run_directory_filled_meanwhile_is_not_overwritten(tmp_path, monkeypat
     """The claim step alone: a second run whose check passed before the first one existed."""
     d = tmp_path / "run"
     d.mkdir()  # an existing empty --run-dir is fine
-    first = runs.create_run(load_study(QUICK, ["run.n_paths=256"]), d, source="a", command="a")
+    first = rundir.create_run(load_study(QUICK, ["run.n_paths=256"]), d, source="a", command="a")
     assert first.path == d and json.loads((d / "manifest.json").read_text())["n_paths"] == 256
     before = snapshot(d)
-    monkeypatch.setattr(runs, "check_new_run_dir", lambda path: None)  # both passed the check
+    monkeypatch.setattr(rundir, "check_new_run_dir", lambda path: None)  # both passed the check
     with pytest.raises(ConfigError, match="another process wrote there"):
-        runs.create_run(load_study(QUICK, []), d, source="b", command="b")
+        rundir.create_run(load_study(QUICK, []), d, source="b", command="b")
     assert snapshot(d) == before
     assert [f.name for f in tmp_path.iterdir()] == ["run"]  # the loser's temporary is gone
 
@@ -286,13 +285,13 @@ def test_a_run_directory_filled_meanwhile_is_not_overwritten(tmp_path, monkeypat
 def test_runs_started_together_in_one_directory_leave_one_consistent_run(tmp_path, monkeypatch):
     """Two threads race to create each of 8 directories: exactly one wins each, the loser
     writes nothing, and the directory holds the winner's config and manifest."""
-    check = runs.check_new_run_dir
+    check = rundir.check_new_run_dir
 
     def slow_check(path):  # as on a loaded machine: both see the directory empty
         check(path)
         time.sleep(0.05)
 
-    monkeypatch.setattr(runs, "check_new_run_dir", slow_check)
+    monkeypatch.setattr(rundir, "check_new_run_dir", slow_check)
     studies = [load_study(QUICK, [f"run.n_paths={n}"]) for n in (256, 512)]
     for k in range(8):
         d = tmp_path / f"run{k}"
@@ -301,7 +300,7 @@ def test_runs_started_together_in_one_directory_leave_one_consistent_run(tmp_pat
         def create(study, d=d, start=start, outcome=outcome):
             start.wait()
             try:
-                runs.create_run(study, d, source="race", command="race")
+                rundir.create_run(study, d, source="race", command="race")
                 outcome[study.config.run.n_paths] = "won"
             except ConfigError as err:
                 outcome[study.config.run.n_paths] = str(err)
@@ -341,7 +340,7 @@ def test_two_cli_runs_into_one_new_directory(tmp_path):
     assert "--run-dir" in loser and "Traceback" not in loser
     m = json.loads((d / "manifest.json").read_text())
     assert m["status"] == "complete" and len(m["sessions"]) == 1
-    assert int(runs.load_cube(d).attrs["n_paths"]) == m["n_paths"]
+    assert int(execute.load_cube(d).attrs["n_paths"]) == m["n_paths"]
 
 
 def _same_cube(d: Path, reference: Path) -> None:
@@ -427,14 +426,14 @@ def test_a_full_disk_is_named_cleaned_up_and_resumed(straight, tmp_path, monkeyp
     stale.append(d / "parts" / ".part-0001.nc.99999999.tmp")
     for f in stale:
         f.write_bytes(bytes(1024))
-    real_write = runs.write_text_atomic
+    real_write = rundir.write_text_atomic
 
     def full_while_stale(path, text):
         if any(f.exists() for f in stale):
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(path, text)
 
-    monkeypatch.setattr(runs, "write_text_atomic", full_while_stale)
+    monkeypatch.setattr(rundir, "write_text_atomic", full_while_stale)
     invoke("run", "--resume", str(d), "--no-progress", "--no-report")
     assert not any(f.exists() for f in stale)
     _same_cube(d, straight)

@@ -2,7 +2,6 @@
 other or at the same time, assemble the same cube as an unsharded run; `combine` and bad usage."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,7 +12,8 @@ import xarray as xr
 from typer.testing import CliRunner
 
 from engine import cli
-from engine.runs import execute as runs
+from engine.runs import execute, listing
+from tests.runs.holding import held_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = str(ROOT / "configs" / "quick.toml")
@@ -43,7 +43,7 @@ def assert_same_cube(got: xr.Dataset, ref: xr.Dataset) -> None:
 def unsharded(tmp_path_factory) -> xr.Dataset:
     d = tmp_path_factory.mktemp("unsharded") / "run"
     cli_run("run", QUICK, "--run-dir", str(d), *ONE_POINT_PARTS, *QUIET)
-    return runs.load_cube(d)
+    return execute.load_cube(d)
 
 
 def test_shards_run_one_after_the_other_and_the_last_writes_the_cube(unsharded, tmp_path):
@@ -58,11 +58,11 @@ def test_shards_run_one_after_the_other_and_the_last_writes_the_cube(unsharded, 
     assert not (d / "cube.nc").exists()
 
     cli_run(*shard_argv(d, "0/2"))
-    assert_same_cube(runs.load_cube(d), unsharded)
+    assert_same_cube(execute.load_cube(d), unsharded)
     m = json.loads((d / "manifest.json").read_text())
     assert m["status"] == "complete" and m["shards"] == 2
     assert [s["shard"] for s in m["sessions"]] == ["1/2", "0/2"]
-    assert "shard 0/2 by pid" in runs.load_cube(d).attrs["history"]
+    assert "shard 0/2 by pid" in execute.load_cube(d).attrs["history"]
 
     assert "already complete" in cli_run("combine", str(d)).output
     # every shard of a run has the same n and the same config
@@ -91,15 +91,13 @@ def test_shards_started_together_build_one_cube(unsharded, tmp_path):
     assert sorted(s["shard"] for s in m["sessions"]) == ["0/2", "1/2"]
     assert all("finished" in s for s in m["sessions"])
     assert (d / "run.log").read_text().count("cube written") == 1
-    assert_same_cube(runs.load_cube(d), unsharded)
+    assert_same_cube(execute.load_cube(d), unsharded)
 
 
 def test_a_running_shard_excludes_itself_and_unsharded_sessions(tmp_path):
     d = tmp_path / "run"
-    env = {**os.environ, "LIQSTRESS_HOLD_PART": "0"}  # shard 0/2 stops before part 0 is in place
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", *shard_argv(d, "0/2")], env=env, cwd=tmp_path, stderr=subprocess.PIPE
-    )
+    # shard 0/2 stops before part 0 is in place
+    proc = subprocess.Popen(held_argv(0, *shard_argv(d, "0/2")), cwd=tmp_path, stderr=subprocess.PIPE)
     try:
         end = time.monotonic() + 300  # a guard against a hang, not a timing check
         while not any((d / "parts").glob(".part-0000.nc.*.tmp")):
@@ -109,7 +107,7 @@ def test_a_running_shard_excludes_itself_and_unsharded_sessions(tmp_path):
         assert "shard 0/2 is already running" in cli_run(*shard_argv(d, "0/2"), code=2).output
         assert "another process" in cli_run("run", "--resume", str(d), *QUIET, code=2).output
         assert "not done" in cli_run("combine", str(d), code=2).output
-        assert {r.run_id: r.status for r in runs.list_runs(tmp_path)}["run"] == "running"
+        assert {r.run_id: r.status for r in listing.list_runs(tmp_path)}["run"] == "running"
     finally:
         proc.kill()
         proc.wait()

@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 from engine import cli, simulate
 from engine.config.errors import SimulationError
 from engine.config.schema import Config
-from engine.runs import execute as runs
 from engine.sim import distributed
 from tests.conftest import small_dict
 
@@ -180,7 +179,7 @@ def test_two_process_run_writes_one_run_directory_from_process_0(single, tmp_pat
 
 
 def test_two_process_resume_skips_the_same_parts_on_both(single, tmp_path, monkeypatch):
-    real, calls = runs.simulate, []
+    real, calls = distributed.simulate, []
 
     def failing_second_part(*args, **kwargs):
         calls.append(1)
@@ -188,7 +187,7 @@ def test_two_process_resume_skips_the_same_parts_on_both(single, tmp_path, monke
             raise SimulationError("injected")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runs, "simulate", failing_second_part)
+    monkeypatch.setattr(distributed, "simulate", failing_second_part)
     d = tmp_path / "run"
     result = CliRunner().invoke(cli.app, ["run", *RUN_ARGS, "--run-dir", str(d)])
     assert result.exit_code == 1 and "injected" in result.output
@@ -296,14 +295,14 @@ FAIL_ON_PROCESS_1 = """
 import sys
 import jax
 from engine import cli
-from engine.runs import execute as runs
 from engine.config.errors import SimulationError
-real = runs.simulate
+from engine.sim import distributed
+real = distributed.simulate
 def simulate(*args, **kwargs):
     if jax.process_index() == 1:
         raise SimulationError("injected on process 1")
     return real(*args, **kwargs)
-runs.simulate = simulate
+distributed.simulate = simulate
 sys.argv = ["liqstress", *sys.argv[1:]]
 cli.app()
 """
@@ -321,3 +320,26 @@ def test_a_failure_of_process_1_inside_the_simulation_ends_both(tmp_path):
     assert "Traceback" not in err1  # the message alone
     assert code0 == 1, err0[-3000:]  # its collective failed: a failed simulation
     assert json.loads((d / "manifest.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the ignored one
+def test_a_sigterm_whose_interrupt_was_lost_stops_the_run_at_the_next_chunk():
+    """A SIGTERM handled where Python ignores exceptions (a `__del__`, a GC callback) still
+    interrupts: the progress callback of the next chunk raises."""
+
+    interrupts = distributed.Interrupts()
+
+    class Dying:
+        def __del__(self):
+            interrupts._terminate(signal.SIGTERM, None)  # its KeyboardInterrupt is ignored here
+
+    seen = []
+    with interrupts:
+        report = interrupts.checked(seen.append)
+        report("chunk 1")
+        Dying()  # collected at once
+        with pytest.raises(KeyboardInterrupt):
+            report("chunk 2")
+    assert seen == ["chunk 1", "chunk 2"]
+    with interrupts:  # a new run starts clean
+        interrupts.checked()("chunk")
