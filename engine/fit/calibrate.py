@@ -201,32 +201,27 @@ def make_problem(cc: CalibrationConfig) -> Problem:
     s = cc.calibration
     cfg = sized(cc.scenario, s.n_paths, s.steps)
     with precision(cfg.run.dtype):
-        return _problem(cc, cfg)
-
-
-def _problem(cc: CalibrationConfig, cfg: Config) -> Problem:
-    s = cc.calibration
-    params, static = P.build(cfg)
-    static = relaxed_static(static)
-    params = params._replace(temperature=jnp.asarray(s.temperature, params.market.price0.dtype))
-    unit_cfg = cfg.model_copy(
-        update={"scenario": cfg.scenario.model_copy(update={"shock": 1.0, "shocks": (), "flows": ()})}
-    )
-    assets = cfg.asset_names
-    return Problem(
-        cfg=cfg,
-        static=static,
-        base=params,
-        unit_shock=P.schedule(unit_cfg).shock.astype(params.market.price0.dtype),
-        slots=tuple(_param_slot(p.path, assets, p.path) for p in cc.params),
-        stats=tuple(_statistic_slot(t.statistic, assets, t.statistic) for t in cc.targets),
-        lower=np.array([p.lower for p in cc.params]),
-        upper=np.array([p.upper for p in cc.params]),
-        target=np.array([t.value for t in cc.targets]),
-        tolerance=np.array([t.tolerance for t in cc.targets]),
-        weight=np.array([t.weight for t in cc.targets]),
-        n_paths=s.n_paths,
-    )
+        params, static = P.build(cfg)
+        static = relaxed_static(static)
+        params = params._replace(temperature=jnp.asarray(s.temperature, params.market.price0.dtype))
+        unit_cfg = cfg.model_copy(
+            update={"scenario": cfg.scenario.model_copy(update={"shock": 1.0, "shocks": (), "flows": ()})}
+        )
+        assets = cfg.asset_names
+        return Problem(
+            cfg=cfg,
+            static=static,
+            base=params,
+            unit_shock=P.schedule(unit_cfg).shock.astype(params.market.price0.dtype),
+            slots=tuple(_param_slot(p.path, assets, p.path) for p in cc.params),
+            stats=tuple(_statistic_slot(t.statistic, assets, t.statistic) for t in cc.targets),
+            lower=np.array([p.lower for p in cc.params]),
+            upper=np.array([p.upper for p in cc.params]),
+            target=np.array([t.value for t in cc.targets]),
+            tolerance=np.array([t.tolerance for t in cc.targets]),
+            weight=np.array([t.weight for t in cc.targets]),
+            n_paths=s.n_paths,
+        )
 
 
 def apply_values(prob: Problem, values) -> P.Params:
