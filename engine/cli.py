@@ -570,10 +570,15 @@ def calibrate(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Fit free parameters to observed targets (relaxed kernel, optax); one fit per seed."""
-    from engine.fit.calibrate import load_calibration, run_calibration
+    from engine.fit import calibrate as fit
+    from engine.report.fits import write_calibration
+
+    def execute(path, target, log):
+        cc = fit.load_calibration(path)
+        return write_calibration(cc, fit.calibrate(cc, fit.logged_progress(cc, log)), target)
 
     done = _fit(
-        "calibrate", config, run_dir, runs_root, load_calibration, run_calibration, dry_run, _calibration_plan
+        "calibrate", config, run_dir, runs_root, fit.load_calibration, execute, dry_run, _calibration_plan
     )
     if done is None:
         return
@@ -606,17 +611,15 @@ def optimise(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Least restrictive policy under a tail-risk constraint (gradient search, exact check)."""
-    from engine.fit.optimise import load_optimisation, run_optimisation
+    from engine.fit import optimise as fit
+    from engine.report.fits import write_optimisation
+
+    def execute(path, target, log):
+        oc = fit.load_optimisation(path)
+        return write_optimisation(oc, fit.optimise(oc, log), target)
 
     done = _fit(
-        "optimise",
-        config,
-        run_dir,
-        runs_root,
-        load_optimisation,
-        run_optimisation,
-        dry_run,
-        _optimisation_plan,
+        "optimise", config, run_dir, runs_root, fit.load_optimisation, execute, dry_run, _optimisation_plan
     )
     if done is None:
         return

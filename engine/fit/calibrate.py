@@ -2,13 +2,12 @@
 
 The exact kernel has discontinuities (a cohort is liquidated or not), so gradients of outcome
 statistics with respect to parameters are zero almost everywhere. Calibration therefore runs
-the relaxed kernel (`Static.relaxed`, see `engine.cascade`): a cohort's liquidated share is a
+the relaxed kernel (`Static.relaxed`, see `engine.model.cascade`): a cohort's liquidated share is a
 ramp of width `temperature` (log price) in how far the mark crossed its liquidation price.
 As the temperature goes to zero the relaxed kernel converges to the exact one.
 
-Free parameters live in bounded intervals through a sigmoid transform,
-`value = lower + (upper - lower) * sigmoid(u)`, and `u` is fitted with Adam (gradient
-clipping, cosine-decayed learning rate) on
+Free parameters live in bounded intervals (the sigmoid transform of `engine.fit.common`),
+and their unconstrained values are fitted by `engine.fit.common.descend` (Adam) on
 
     loss(u) = sum_i weight_i * ((statistic_i(u) - target_i) / tolerance_i)^2
 
@@ -25,8 +24,6 @@ significant digits, the precision at which the shipped defaults quote them.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +32,23 @@ from typing import Annotated, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from engine.config.errors import ConfigError, describe
-from engine.config.files import merge_tables, read_config_dict, read_toml, resolve_config_path
 from engine.config.schema import Config, Strict
+from engine.fit.common import (
+    descend,
+    differentiable_outputs,
+    in_precision,
+    load_fit_config,
+    relaxed_static,
+    sized,
+    to_unconstrained,
+    to_values,
+)
 from engine.model import params as P
 from engine.model.cascade import by_side, side_matrix
-from engine.model.kernel import init_state, path_keys, step, step_draws, word64
-from engine.model.outputs import extract
+from engine.model.kernel import word64
+from engine.sim.simulate import precision
 
 # Free parameters: dotted config paths (per asset, or shared by all assets with no asset
 # name) and the leverage-distribution tilt.
@@ -91,7 +95,9 @@ class Target(Strict):
     source: str = ""
 
 
-class Settings(Strict):
+class CalibrationSettings(Strict):
+    """`[calibration]`: paths per seed, seeds, relaxed-kernel temperature and the search."""
+
     n_paths: Annotated[int, Field(ge=1, le=100_000)] = 128
     steps: Annotated[int, Field(ge=1)] | None = None
     seeds: tuple[Annotated[int, Field(ge=0, lt=2**63)], ...] = (0, 1, 2)
@@ -106,7 +112,7 @@ class CalibrationConfig(Strict):
 
     kind: Literal["calibration"] = "calibration"
     scenario: Config
-    calibration: Settings = Settings()
+    calibration: CalibrationSettings = CalibrationSettings()
     params: tuple[FreeParam, ...]
     targets: tuple[Target, ...]
 
@@ -160,30 +166,11 @@ def _statistic_slot(name: str, assets: list[str], where: str) -> tuple[str, int 
     return base, None
 
 
-def resolve_scenario(data: dict, p: Path) -> dict:
-    """`data` with its `scenario` read in: the path of a scenario file (relative to `p`), or
-    a table whose optional `base` names one and whose other keys override it."""
-    scen = data.get("scenario")
-    if isinstance(scen, str):
-        scen = {"base": scen}
-    if isinstance(scen, dict) and isinstance(scen.get("base"), str):
-        rest = {k: v for k, v in scen.items() if k != "base"}
-        base = read_config_dict(resolve_config_path(scen["base"], relative_to=p.parent))
-        base.pop("sweep", None)
-        data = {**data, "scenario": merge_tables(base, rest)}
-    return data
-
-
 def load_calibration(path: str | Path) -> CalibrationConfig:
     """A validated calibration config, by path or by the name of a shipped one
     (`calibrate_oct10_2025`). Its `scenario` is the path of a scenario file (relative to this
     one) or a table, optionally with `base` = a scenario file it overrides."""
-    p = resolve_config_path(path)
-    data = resolve_scenario(read_toml(p), p)
-    try:
-        return CalibrationConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"{p}:\n{describe(err)}") from None
+    return load_fit_config(path, CalibrationConfig)[0]
 
 
 # ----------------------------------------------------------------------------------------
@@ -210,43 +197,31 @@ class Problem:
 
 
 def make_problem(cc: CalibrationConfig) -> Problem:
+    """The fixed parts of the fit, at the scenario's dtype (float64 arrays within its precision)."""
     s = cc.calibration
-    run = cc.scenario.run.model_copy(update={"n_paths": s.n_paths, **({"steps": s.steps} if s.steps else {})})
-    cfg = cc.scenario.model_copy(update={"run": run})
-    cfg = Config.model_validate(cfg.model_dump())
-    if cfg.run.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-    params, static = P.build(cfg)
-    static = P.Static(**{**static.__dict__, "relaxed": True})
-    params = params._replace(temperature=jnp.asarray(s.temperature, params.market.price0.dtype))
-    unit_cfg = cfg.model_copy(
-        update={"scenario": cfg.scenario.model_copy(update={"shock": 1.0, "shocks": (), "flows": ()})}
-    )
-    assets = cfg.asset_names
-    return Problem(
-        cfg=cfg,
-        static=static,
-        base=params,
-        unit_shock=P.schedule(unit_cfg).shock.astype(params.market.price0.dtype),
-        slots=tuple(_param_slot(p.path, assets, p.path) for p in cc.params),
-        stats=tuple(_statistic_slot(t.statistic, assets, t.statistic) for t in cc.targets),
-        lower=np.array([p.lower for p in cc.params]),
-        upper=np.array([p.upper for p in cc.params]),
-        target=np.array([t.value for t in cc.targets]),
-        tolerance=np.array([t.tolerance for t in cc.targets]),
-        weight=np.array([t.weight for t in cc.targets]),
-        n_paths=s.n_paths,
-    )
-
-
-def to_values(u, lower, upper):
-    """Bounded values from unconstrained ones (sigmoid transform)."""
-    return lower + (upper - lower) * jax.nn.sigmoid(u)
-
-
-def to_unconstrained(v, lower, upper):
-    x = (np.asarray(v, float) - lower) / (upper - lower)
-    return np.log(x / (1.0 - x))
+    cfg = sized(cc.scenario, s.n_paths, s.steps)
+    with precision(cfg.run.dtype):
+        params, static = P.build(cfg)
+        static = relaxed_static(static)
+        params = params._replace(temperature=jnp.asarray(s.temperature, params.market.price0.dtype))
+        unit_cfg = cfg.model_copy(
+            update={"scenario": cfg.scenario.model_copy(update={"shock": 1.0, "shocks": (), "flows": ()})}
+        )
+        assets = cfg.asset_names
+        return Problem(
+            cfg=cfg,
+            static=static,
+            base=params,
+            unit_shock=P.schedule(unit_cfg).shock.astype(params.market.price0.dtype),
+            slots=tuple(_param_slot(p.path, assets, p.path) for p in cc.params),
+            stats=tuple(_statistic_slot(t.statistic, assets, t.statistic) for t in cc.targets),
+            lower=np.array([p.lower for p in cc.params]),
+            upper=np.array([p.upper for p in cc.params]),
+            target=np.array([t.value for t in cc.targets]),
+            tolerance=np.array([t.tolerance for t in cc.targets]),
+            weight=np.array([t.weight for t in cc.targets]),
+            n_paths=s.n_paths,
+        )
 
 
 def apply_values(prob: Problem, values) -> P.Params:
@@ -269,27 +244,6 @@ def apply_values(prob: Problem, values) -> P.Params:
             cur = getattr(mp, name)
             mp = mp._replace(**{name: jnp.full_like(cur, v) if asset is None else cur.at[asset].set(v)})
     return p._replace(market=mp, book=book, schedule=sched)
-
-
-def differentiable_outputs(params: P.Params, static: P.Static, seed, n_paths: int) -> dict:
-    """Per-path outputs `{name: [paths, ...]}` of the relaxed kernel; reverse-mode safe.
-
-    A plain `lax.scan` over steps with the full step `vmap`ped over paths, rematerialised per
-    step so the backward pass stores only the carried state of each step.
-    """
-    keys = path_keys(seed, 0, n_paths)
-    one = init_state(params, static)
-    states = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n_paths,) + x.shape), one)
-    advance = jax.vmap(step, in_axes=(0, 0, None, None, None, None, None))
-
-    @jax.checkpoint
-    def body(states, xs):
-        t, shock, flow = xs
-        return advance(states, step_draws(keys, t, params, static), t, shock, flow, params, static), None
-
-    ts = jnp.arange(static.steps, dtype=jnp.int32)
-    states, _ = jax.lax.scan(body, states, (ts, params.schedule.shock, params.schedule.flow))
-    return jax.vmap(extract, in_axes=(0, None, None))(states, params, static)
 
 
 def statistics(out: dict, params: P.Params, stats) -> jnp.ndarray:
@@ -315,9 +269,11 @@ def statistics(out: dict, params: P.Params, stats) -> jnp.ndarray:
 
 
 def objective(prob: Problem) -> Callable:
-    """`loss(u, seed) -> (loss, statistics)`, jitted once for the problem's shapes."""
-    lower, upper = jnp.asarray(prob.lower), jnp.asarray(prob.upper)
-    target, tol, w = (jnp.asarray(x) for x in (prob.target, prob.tolerance, prob.weight))
+    """`loss(u, seed) -> (loss, statistics)`, jitted once for the problem's shapes; it runs
+    within the scenario's precision."""
+    with precision(prob.cfg.run.dtype):
+        lower, upper = jnp.asarray(prob.lower), jnp.asarray(prob.upper)
+        target, tol, w = (jnp.asarray(x) for x in (prob.target, prob.tolerance, prob.weight))
 
     def loss(u, seed):
         values = to_values(u, lower, upper).astype(prob.base.market.price0.dtype)
@@ -326,7 +282,7 @@ def objective(prob: Problem) -> Callable:
         st = statistics(out, params, prob.stats)
         return jnp.sum(w * ((st - target) / tol) ** 2), st
 
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))
+    return in_precision(prob.cfg.run.dtype, jax.jit(jax.value_and_grad(loss, has_aux=True)))
 
 
 @dataclass
@@ -353,29 +309,20 @@ def fit(
     grad_fn = grad_fn or objective(prob)
     s = cc.calibration
     init = np.array([starting_value(cc, p) for p in cc.params])
-    u = jnp.asarray(to_unconstrained(init, prob.lower, prob.upper), jnp.float32)
-    schedule = optax.cosine_decay_schedule(s.learning_rate, s.iterations, alpha=0.05)
-    opt = optax.chain(optax.clip_by_global_norm(s.clip_norm), optax.adam(schedule))
-    state = opt.init(u)
-    losses, best = [], (math.inf, u, None)
     key = word64(seed)  # two uint32 words: a traced int would overflow above 2**31
-    for i in range(s.iterations):
-        (loss, st), g = grad_fn(u, key)
-        loss = float(loss)
-        losses.append(loss)
-        if loss < best[0]:
-            best = (loss, u, st)
-        if progress:
-            progress(i, loss)
-        if not np.all(np.isfinite(np.asarray(g))):
-            break
-        updates, state = opt.update(g, state, u)
-        u = optax.apply_updates(u, updates)
-    (loss, st), _ = grad_fn(u, key)
-    if float(loss) < best[0]:
-        best = (float(loss), u, st)
-    values = np.asarray(to_values(best[1], prob.lower, prob.upper))
-    return Fit(seed=seed, values=values, statistics=np.asarray(best[2]), losses=losses, loss=best[0])
+    with precision(prob.cfg.run.dtype):
+        d = descend(
+            grad_fn,
+            jnp.asarray(to_unconstrained(init, prob.lower, prob.upper), jnp.float32),
+            iterations=s.iterations,
+            learning_rate=s.learning_rate,
+            clip_norm=s.clip_norm,
+            args=lambda i: (key,),
+            on_step=(lambda i, u, loss, st: progress(i, loss)) if progress else None,
+            score_end=True,
+        )
+        values = np.asarray(to_values(d.best_u, prob.lower, prob.upper))
+    return Fit(seed=seed, values=values, statistics=np.asarray(d.best_aux), losses=d.losses, loss=d.best_loss)
 
 
 def starting_value(cc: CalibrationConfig, p: FreeParam) -> float:
@@ -487,124 +434,8 @@ def calibrate(
     return fits
 
 
-def write_outputs(cc: CalibrationConfig, fits: list[Fit], run_dir: Path) -> dict:
-    """fitted.json, loss_curve.png, report.md and fitted_scenario.toml in `run_dir`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import tomli_w
-
-    from engine.report.ticks import plain_log_axis
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    a = assess(cc, fits)
-    vals = np.stack([f.values for f in fits])
-    stats = np.stack([f.statistics for f in fits])
-    summary = {
-        "params": [
-            {
-                "path": p.path,
-                "lower": p.lower,
-                "upper": p.upper,
-                "mean": float(m),
-                "std_over_seeds": float(s),
-                "per_seed": [float(x) for x in vals[:, i]],
-            }
-            for i, (p, m, s) in enumerate(zip(cc.params, a.values, a.spread))
-        ],
-        "targets": [
-            {
-                "statistic": t.statistic,
-                "target": t.value,
-                "tolerance": t.tolerance,
-                "fitted_mean": float(a.statistics[i]),
-                "within_tolerance": bool(a.within[i]),
-                "per_seed": [float(x) for x in stats[:, i]],
-            }
-            for i, t in enumerate(cc.targets)
-        ],
-        "seeds": [f.seed for f in fits],
-        "converged": [bool(c) for c in a.converged],
-        "best_loss": [f.loss for f in fits],
-        "final_loss": [f.losses[-1] for f in fits],
-        "not_converged_rule": f"best loss > {NOT_CONVERGED_RATIO} x the median best loss over seeds",
-        "warnings": flags(cc, fits, a),
-        "settings": cc.calibration.model_dump(),
-    }
-    tmp = run_dir / "fitted.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(run_dir / "fitted.json")
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for f in fits:
-        ax.plot(f.losses, label=f"seed {f.seed}")
-    ax.set_yscale("log")
-    plain_log_axis(ax.yaxis)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (weighted, scaled squared error)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss_curve.png", dpi=100)
-    plt.close(fig)
-
-    intro = (
-        f"Scenario `{cc.scenario.name}`, {cc.calibration.n_paths} paths per seed, "
-        f"seeds {[f.seed for f in fits]}, temperature {cc.calibration.temperature}. Means and spreads are over "
-        f"the converged seeds (a seed is not converged when {summary['not_converged_rule']})."
-    )
-    lines = [
-        "# Calibration report",
-        "",
-        intro,
-        "",
-        "## Seeds",
-        "",
-        "| seed | best loss | converged |",
-        "|---|---|---|",
-    ]
-    lines += [
-        f"| {f.seed} | {f.loss:.4g} | {'yes' if c else '**not converged**'} |"
-        for f, c in zip(fits, a.converged)
-    ]
-    lines += [
-        "",
-        "## Fitted parameters",
-        "",
-        "| parameter | lower | upper | fitted (mean) | spread over seeds (sd) |",
-        "|---|---|---|---|---|",
-    ]
-    for p, m, s in zip(cc.params, a.values, a.spread):
-        lines.append(f"| `{p.path}` | {p.lower:g} | {p.upper:g} | {m:.4g} | {s:.2g} |")
-    lines += [
-        "",
-        "## Targets",
-        "",
-        "| statistic | target | tolerance | fitted (mean) | flag | source |",
-        "|---|---|---|---|---|---|",
-    ]
-    for t, st, ok in zip(cc.targets, a.statistics, a.within):
-        flag = "" if ok else "**outside tolerance**"
-        lines.append(
-            f"| `{t.statistic}` | {t.value:.4g} | {t.tolerance:.3g} | {st:.4g} | {flag} | {t.source} |"
-        )
-    runnable = (
-        f"`fitted_scenario.toml` (the fitted means, {SIGNIFICANT_DIGITS} significant digits) runs as is: "
-        "`liqstress run fitted_scenario.toml`."
-    )
-    lines += ["", "![loss curve](loss_curve.png)", "", runnable, ""]
-    (run_dir / "report.md").write_text("\n".join(lines))
-
-    fitted = fitted_config(cc, a.values)
-    (run_dir / "fitted_scenario.toml").write_text(
-        tomli_w.dumps(fitted.model_dump(mode="json", exclude_none=True))
-    )
-    return summary
-
-
-def run_calibration(path: str | Path, run_dir: Path, log: Callable[[str], None] = print) -> dict:
-    """Load, fit every seed, write the outputs to `run_dir`; returns the fitted summary."""
-    cc = load_calibration(path)
+def logged_progress(cc: CalibrationConfig, log: Callable[[str], None]) -> Callable[[int, int, float], None]:
+    """A `calibrate` progress callback that logs about ten lines per seed."""
     every = max(1, cc.calibration.iterations // 10)
 
     def progress(k, i, loss):
@@ -613,5 +444,4 @@ def run_calibration(path: str | Path, run_dir: Path, log: Callable[[str], None] 
                 f"seed {cc.calibration.seeds[k]}: iteration {i + 1}/{cc.calibration.iterations}, loss {loss:.4g}"
             )
 
-    fits = calibrate(cc, progress)
-    return write_outputs(cc, fits, Path(run_dir))
+    return progress

@@ -5,7 +5,7 @@
 over policy levers `v` in bounded intervals (sigmoid transform), where `r_i` in [0, 1] is the
 restrictiveness of lever i (0 at its loosest bound, 1 at its tightest; in log space for
 `log = true` levers) and `S` a risk statistic of the simulated paths (mean or expected
-shortfall at 99% of an output). Gradients come from the relaxed kernel (`engine.calibrate`)
+shortfall at 99% of an output). Gradients come from the relaxed kernel (`engine.fit.common`)
 on a fixed set of paths (common random numbers across iterations); Adam from optax.
 
 A point is feasible with confidence `P(feasible) = Phi((bound - S) / se)`, the normal
@@ -24,7 +24,6 @@ cheapest grid point that is, or says that none is.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,16 +34,22 @@ from typing import Annotated, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from engine.config.errors import ConfigError, describe
-from engine.config.files import read_toml, resolve_config_path
+from engine.config.errors import ConfigError
 from engine.config.schema import Config, Strict
-from engine.fit.calibrate import differentiable_outputs, resolve_scenario, to_values
+from engine.fit.common import (
+    descend,
+    differentiable_outputs,
+    load_fit_config,
+    relaxed_static,
+    sized,
+    to_values,
+)
 from engine.model import params as P
 from engine.model.kernel import word64
 from engine.sim.rollout import rollout
+from engine.sim.simulate import precision
 
 # Lever path -> PolicyParams field (and the breaker kind it needs, if any).
 LEVERS = {
@@ -105,7 +110,9 @@ class Constraint(Strict):
         return self
 
 
-class Settings(Strict):
+class OptimisationSettings(Strict):
+    """`[optimise]`: the relaxed search, its annealed temperature, and the exact check."""
+
     n_paths: Annotated[int, Field(ge=8, le=100_000)] = 128
     steps: Annotated[int, Field(ge=1)] | None = None
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
@@ -126,7 +133,7 @@ class Settings(Strict):
 class OptimisationConfig(Strict):
     kind: Literal["optimisation"] = "optimisation"
     scenario: Config
-    optimise: Settings = Settings()
+    optimise: OptimisationSettings = OptimisationSettings()
     levers: tuple[Lever, ...]
     constraint: Constraint
 
@@ -157,13 +164,8 @@ class OptimisationConfig(Strict):
 
 def load_optimisation(path: str | Path) -> OptimisationConfig:
     """A validated optimisation config, by path or shipped name (`optimise_oct10_2025`);
-    `scenario` as in `engine.calibrate.load_calibration`."""
-    p = resolve_config_path(path)
-    data = resolve_scenario(read_toml(p), p)
-    try:
-        oc = OptimisationConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"{p}:\n{describe(err)}") from None
+    `scenario` as in `engine.fit.calibrate.load_calibration`."""
+    oc, p = load_fit_config(path, OptimisationConfig)
     if oc.bound <= 0:
         raise ConfigError(f"{p}:\nconstraint.bound: the insurance fund is 0; give a positive USD bound")
     return oc
@@ -211,35 +213,30 @@ class Result:
 
 
 def _setup(oc: OptimisationConfig):
+    """(config, params, static) of the search's paths; call within the scenario's precision."""
     s = oc.optimise
-    run = oc.scenario.run.model_copy(update={"n_paths": s.n_paths, **({"steps": s.steps} if s.steps else {})})
-    cfg = Config.model_validate(oc.scenario.model_copy(update={"run": run}).model_dump())
-    if cfg.run.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+    cfg = sized(oc.scenario, s.n_paths, s.steps)
     params, static = P.build(cfg)
     return cfg, params, static
 
 
+def temperature_at(s: OptimisationSettings, i: int) -> float:
+    """The relaxed kernel's temperature at iteration i: annealed geometrically from
+    `temperature` to `final_temperature` over the iterations."""
+    frac = i / max(s.iterations - 1, 1)
+    return s.temperature * (s.final_temperature / s.temperature) ** frac
+
+
 def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Result:
     """Coarse exact grid for a start, gradient search on the relaxed kernel, exact check of
-    the optimum against the grid on fresh paths."""
+    the optimum against the grid on fresh paths (within the scenario's precision)."""
+    with precision(oc.scenario.run.dtype):
+        return _optimise(oc, log)
+
+
+def _optimise(oc: OptimisationConfig, log: Callable[[str], None]) -> Result:
     s = oc.optimise
     cfg, params, static = _setup(oc)
-    relaxed = P.Static(**{**static.__dict__, "relaxed": True})
-    base = params
-    kind, _, out_name = oc.constraint.statistic.partition("_")
-    bound = oc.bound
-
-    def objective(u, temperature):
-        v = lever_values(oc, u)
-        params = with_levers(base, oc, v)._replace(temperature=temperature)
-        out = differentiable_outputs(params, relaxed, s.seed, s.n_paths)
-        stat = risk_statistic(out[out_name], kind)
-        cost = sum(lv.cost * restrictiveness(lv, v[i]) for i, lv in enumerate(oc.levers))
-        excess = jnp.maximum(stat / bound - 1.0, 0.0)
-        return cost + s.penalty * excess**2, (cost, stat)
-
-    grad_fn = jax.jit(jax.value_and_grad(objective, has_aux=True))
     # Start from the cheapest feasible point of a coarse exact grid on scouting paths (not the
     # check's): the relaxed gradient is informative near a policy that binds, much less so at
     # the loosest end, where a breaker never fires.
@@ -247,38 +244,7 @@ def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Resu
     scout = exact_evaluator(oc, cfg, s.check_seed + 1)
     scouted = [scout(v) for v in grid(oc)]
     start = cheapest_feasible(scouted, s.confidence) or max(scouted, key=lambda g: g["p_feasible"])
-    u = jnp.asarray(levers_to_unconstrained(oc, start["values"]), jnp.float32)
-    opt = optax.chain(
-        optax.clip_by_global_norm(1.0),
-        optax.adam(optax.cosine_decay_schedule(s.learning_rate, s.iterations, 0.05)),
-    )
-    state = opt.init(u)
-    trajectory = []
-    every = max(1, s.iterations // 10)
-    for i in range(s.iterations):
-        frac = i / max(s.iterations - 1, 1)
-        temperature = s.temperature * (s.final_temperature / s.temperature) ** frac
-        (obj, (cost, stat)), g = grad_fn(u, jnp.asarray(temperature, base.temperature.dtype))
-        v = np.asarray(lever_values(oc, u))
-        trajectory.append(
-            {
-                "iteration": i,
-                "values": v.tolist(),
-                "objective": float(obj),
-                "cost": float(cost),
-                "statistic": float(stat),
-                "temperature": temperature,
-            }
-        )
-        if i % every == 0:
-            log(
-                f"iteration {i + 1}/{s.iterations}: objective {float(obj):.4g}, cost {float(cost):.3f}, {oc.constraint.statistic} {float(stat):.4g} (bound {bound:.4g})"
-            )
-        if not np.all(np.isfinite(np.asarray(g))):
-            log(f"iteration {i + 1}: non-finite gradient, stopping the search here")
-            break
-        updates, state = opt.update(g, state, u)
-        u = optax.apply_updates(u, updates)
+    trajectory, u = search(oc, params, static, start["values"], log)
     searched = scout(np.asarray(lever_values(oc, u)))
     # keep the search's end if it is confidently feasible and no costlier than where it started
     # (scouting paths), else the start: the confidence guards against choosing a point that is
@@ -298,6 +264,59 @@ def optimise(oc: OptimisationConfig, log: Callable[[str], None] = print) -> Resu
         start=start,
         searched=searched,
     )
+
+
+def search(
+    oc: OptimisationConfig, base: P.Params, static: P.Static, start, log: Callable[[str], None]
+) -> tuple[list[dict], jax.Array]:
+    """The gradient search on the relaxed kernel from lever values `start`: its trajectory (one
+    dict per iteration) and the unconstrained point where it ended."""
+    s = oc.optimise
+    relaxed = relaxed_static(static)
+    kind, _, out_name = oc.constraint.statistic.partition("_")
+    bound = oc.bound
+
+    def objective(u, temperature):
+        v = lever_values(oc, u)
+        params = with_levers(base, oc, v)._replace(temperature=temperature)
+        out = differentiable_outputs(params, relaxed, s.seed, s.n_paths)
+        stat = risk_statistic(out[out_name], kind)
+        cost = sum(lv.cost * restrictiveness(lv, v[i]) for i, lv in enumerate(oc.levers))
+        excess = jnp.maximum(stat / bound - 1.0, 0.0)
+        return cost + s.penalty * excess**2, (cost, stat)
+
+    trajectory = []
+    every = max(1, s.iterations // 10)
+
+    def record(i, u, obj, aux):
+        cost, stat = aux
+        trajectory.append(
+            {
+                "iteration": i,
+                "values": np.asarray(lever_values(oc, u)).tolist(),
+                "objective": obj,
+                "cost": float(cost),
+                "statistic": float(stat),
+                "temperature": temperature_at(s, i),
+            }
+        )
+        if i % every == 0:
+            log(
+                f"iteration {i + 1}/{s.iterations}: objective {obj:.4g}, cost {float(cost):.3f}, {oc.constraint.statistic} {float(stat):.4g} (bound {bound:.4g})"
+            )
+
+    d = descend(
+        jax.jit(jax.value_and_grad(objective, has_aux=True)),
+        jnp.asarray(levers_to_unconstrained(oc, start), jnp.float32),
+        iterations=s.iterations,
+        learning_rate=s.learning_rate,
+        clip_norm=1.0,
+        args=lambda i: (jnp.asarray(temperature_at(s, i), base.temperature.dtype),),
+        on_step=record,
+    )
+    if d.stopped is not None:
+        log(f"iteration {d.stopped + 1}: non-finite gradient, stopping the search here")
+    return trajectory, d.u
 
 
 def feasibility(statistic: float, mc_se: float, bound: float) -> float:
@@ -384,153 +403,16 @@ def exact_evaluator(oc: OptimisationConfig, cfg: Config, seed: int) -> Callable[
     return evaluate
 
 
-def write_report(oc: OptimisationConfig, res: Result, run_dir: Path) -> dict:
-    """optimum.json, report.md and trajectory.png (over the grid when there are two levers)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from engine.report.ticks import plain_log_axis
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    bound = oc.bound
-    names = [lv.path for lv in oc.levers]
-    confidence = oc.optimise.confidence
+def judge(oc: OptimisationConfig, res: Result) -> dict:
+    """Whether the optimum is accepted (feasible at the required confidence on fresh paths),
+    what to use (the optimum if accepted, else the cheapest grid point feasible at that
+    confidence, None if no grid point is), and how it compares with that grid point."""
     c, b = res.check, res.best_grid
-    accepted = c["p_feasible"] >= confidence
+    accepted = c["p_feasible"] >= oc.optimise.confidence
     no_costlier = b is None or c["cost"] <= b["cost"] + COST_TOLERANCE
-    within = accepted and no_costlier
-    summary = {
-        "levers": names,
-        "optimum": res.values.tolist(),
-        "constraint": oc.constraint.statistic,
-        "bound": bound,
-        "confidence": confidence,
-        "check": c,
-        "best_grid": b,
-        "grid": res.grid,
-        "trajectory": res.trajectory,
-        "start": res.start,
-        "searched": res.searched,
+    return {
         "optimum_accepted": bool(accepted),
-        # what to use: the optimum if accepted, else the cheapest grid point feasible at the
-        # required confidence (None if no grid point is)
         "recommended": c if accepted else b,
         "optimum_no_costlier_than_best_grid": bool(no_costlier),
-        "optimum_at_least_as_good_as_grid": bool(within),
+        "optimum_at_least_as_good_as_grid": bool(accepted and no_costlier),
     }
-    tmp = run_dir / "optimum.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(run_dir / "optimum.json")
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    traj = np.array([t["values"] for t in res.trajectory])
-    if len(names) == 2:
-        g = np.array([[*x["values"], x["statistic"]] for x in res.grid])
-        ok = [x["p_feasible"] >= confidence for x in res.grid]
-        ax.scatter(
-            g[:, 0],
-            g[:, 1],
-            c=ok,
-            cmap="RdYlGn",
-            s=60,
-            marker="s",
-            label=f"grid (green: P(feasible) >= {confidence})",
-        )
-        ax.plot(traj[:, 0], traj[:, 1], "-k", lw=1, label="optimisation path")
-        ax.plot(*res.values, "*", color="navy", ms=14, label="optimum")
-        ax.set_xlabel(names[0])
-        ax.set_ylabel(names[1])
-        for lv, setter in zip(oc.levers, (ax.set_xscale, ax.set_yscale)):
-            if lv.log:
-                setter("log")
-                plain_log_axis(ax.xaxis if setter == ax.set_xscale else ax.yaxis)
-    else:
-        ax.plot([t["statistic"] for t in res.trajectory], label=oc.constraint.statistic)
-        ax.axhline(bound, ls="--", color="r", label="bound")
-        ax.set_xlabel("iteration")
-        ax.set_yscale("log")
-        plain_log_axis(ax.yaxis)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(run_dir / "trajectory.png", dpi=100)
-    plt.close(fig)
-
-    fmt = lambda v: ", ".join(f"{n} = {x:.4g}" for n, x in zip(names, v))
-    aim = (
-        f"Minimise the restrictiveness of {', '.join(f'`{n}`' for n in names)} subject to "
-        f"`{oc.constraint.statistic}` <= {bound:,.4g} USD."
-    )
-    path_title = (
-        f"## Optimisation path (relaxed kernel, {oc.optimise.n_paths} paths, temperature "
-        f"{oc.optimise.temperature} annealed to {oc.optimise.final_temperature})"
-    )
-    lines = [
-        "# Policy optimisation report",
-        "",
-        aim,
-        "",
-        path_title,
-        "",
-        "| iteration | levers | cost | statistic | objective |",
-        "|---|---|---|---|---|",
-    ]
-    step = max(1, len(res.trajectory) // 10)
-    for t in res.trajectory[::step] + [res.trajectory[-1]]:
-        lines.append(
-            f"| {t['iteration']} | {fmt(t['values'])} | {t['cost']:.3f} | {t['statistic']:,.4g} | {t['objective']:.4g} |"
-        )
-    st, se = res.start, res.searched
-    start_text = (
-        f"Started from the cheapest feasible point of an exact {oc.optimise.grid_points}-per-lever grid on "
-        f"scouting paths ({fmt(st['values'])}: cost {st['cost']:.3f}, statistic {st['statistic']:,.4g}); the search "
-        f"ended at {fmt(se['values'])} (cost {se['cost']:.3f}, statistic {se['statistic']:,.4g} on the same paths). "
-        f"The optimum is the end of the search if it is feasible there with P(feasible) >= {confidence} "
-        "and no costlier, else the start."
-    )
-    lines += ["", start_text]
-    lines += [
-        "",
-        f"## Exact check on {oc.optimise.check_paths} fresh paths",
-        "",
-        f"P(feasible) = Phi((bound - statistic) / s.e.); a point is accepted at P(feasible) >= {confidence}.",
-        "",
-        "| policy | levers | cost | statistic ± MC s.e. | P(feasible) |",
-        "|---|---|---|---|---|",
-        f"| optimum | {fmt(c['values'])} | {c['cost']:.3f} | {c['statistic']:,.4g} ± {c['mc_se']:,.3g} | {c['p_feasible']:.3f} |",
-    ]
-    if b:
-        lines.append(
-            f"| best grid point | {fmt(b['values'])} | {b['cost']:.3f} | {b['statistic']:,.4g} ± {b['mc_se']:,.3g} | {b['p_feasible']:.3f} |"
-        )
-    lines += [
-        "",
-        f"Grid: {oc.optimise.grid_points} points per lever ({len(res.grid)} in all), same paths.",
-        "",
-    ]
-    lines.append(verdict(c, b, confidence, within, fmt))
-    lines += ["", "![trajectory](trajectory.png)", ""]
-    (run_dir / "report.md").write_text("\n".join(lines))
-    return summary
-
-
-def verdict(check: dict, best: dict | None, confidence: float, within: bool, fmt: Callable) -> str:
-    """The report's conclusion: accepted or not at `confidence`, and what to use instead."""
-    if check["p_feasible"] >= confidence:
-        return (
-            f"**Accepted**: the optimum is feasible with P = {check['p_feasible']:.3f} >= {confidence}; "
-            f"at least as good as the best grid point: {within}."
-        )
-    text = f"**Not accepted**: the optimum is feasible with P = {check['p_feasible']:.3f} only (< {confidence}). "
-    if best is None:
-        return text + f"No grid point is feasible at confidence {confidence} either."
-    return text + (
-        f"The cheapest grid point feasible at that confidence is {fmt(best['values'])} "
-        f"(cost {best['cost']:.3f}, P = {best['p_feasible']:.3f})."
-    )
-
-
-def run_optimisation(path: str | Path, run_dir: Path, log: Callable[[str], None] = print) -> dict:
-    oc = load_optimisation(path)
-    return write_report(oc, optimise(oc, log), Path(run_dir))

@@ -18,6 +18,7 @@ Compiled kernels are kept in the persistent cache of `engine.sim.cache`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -200,9 +201,23 @@ def simulate(
                 f"point {i} changes a shape-deciding setting (assets, cohorts, steps, rounds, "
                 "max_window, fan_points, dtype): run it separately"
             )
-    if cfg.run.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+    with precision(cfg.run.dtype):
+        return _simulate_points(cfg, pts, baseline, progress)
 
+
+def precision(dtype: str) -> contextlib.AbstractContextManager:
+    """JAX's x64 mode for the calls made within it when `dtype` is "float64" (else no change).
+
+    float64 is a setting of one run: turning on JAX's global switch instead would change the
+    precision of everything the process runs afterwards. jit caches per mode, so a function
+    compiled within one call is reused by the next."""
+    return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+
+
+def _simulate_points(
+    cfg: Config, pts: list[Config], baseline: int, progress: Callable[[Progress], None] | None
+) -> xr.Dataset:
+    """`simulate` of validated points (within the run's precision)."""
     cache.enable()
 
     built = [P.build(p) for p in pts]

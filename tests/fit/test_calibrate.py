@@ -17,17 +17,16 @@ from engine.fit.calibrate import (
     apply_values,
     assess,
     calibrate,
-    differentiable_outputs,
     fit,
     fitted_config,
     load_calibration,
     make_problem,
     objective,
     rounded,
-    to_unconstrained,
-    write_outputs,
 )
+from engine.fit.common import differentiable_outputs, to_unconstrained
 from engine.model import params as P
+from engine.report.fits import write_calibration
 from engine.sim.rollout import rollout
 from tests.conftest import small_dict
 from tests.helpers import EXACT_RTOL, F32_RTOL, FD_RTOL, RELAXED_RTOL, assert_close
@@ -84,7 +83,15 @@ def test_recovers_known_parameters_from_synthetic_targets():
     assert result.losses[-1] < 0.05 * result.losses[0]
 
 
-def test_gradient_matches_finite_differences():
+@pytest.fixture
+def x64():
+    """x64 for the test's own arrays and calls too: the library turns it on only within its
+    calls for a float64 scenario."""
+    with jax.enable_x64(True):
+        yield
+
+
+def test_gradient_matches_finite_differences(x64):
     cc = problem_config(calm_scenario(dtype="float64", n_paths=48), temperature=0.1)
     prob = make_problem(cc)
     grad_fn = objective(prob)
@@ -98,7 +105,7 @@ def test_gradient_matches_finite_differences():
         assert_close(float(g[i]), fd, FD_RTOL, scale=1e-6)
 
 
-def test_relaxed_kernel_converges_to_exact_as_temperature_falls():
+def test_relaxed_kernel_converges_to_exact_as_temperature_falls(x64):
     d = calm_scenario(dtype="float64", n_paths=64)
     d["policy"] = {**d["policy"], "adl_rule": "off"}
     cc = problem_config(d)
@@ -254,7 +261,7 @@ def test_a_tiny_calibration_flags_an_unreachable_target_and_a_seed_stopped_after
     stopped = problem_config(calm_scenario(n_paths=32), targets, iterations=1)
     fits.append(fit(stopped, 2, prob, grad_fn))
     assert len(fits[2].losses) == 1
-    summary = write_outputs(cc, fits, tmp_path)
+    summary = write_calibration(cc, fits, tmp_path)
     losses = np.array(summary["best_loss"])
     assert summary["converged"] == [True, True, False], losses
     assert losses[2] > NOT_CONVERGED_RATIO * np.median(losses)
@@ -275,7 +282,7 @@ def test_a_tiny_calibration_flags_an_unreachable_target_and_a_seed_stopped_after
 def test_outputs_include_a_runnable_fitted_scenario(tmp_path):
     cc = problem_config(calm_scenario(n_paths=32), iterations=3, seeds=[0, 1])
     fits = [fit(cc, s) for s in (0, 1)]
-    summary = write_outputs(cc, fits, tmp_path)
+    summary = write_calibration(cc, fits, tmp_path)
     for name in ("fitted.json", "loss_curve.png", "report.md", "fitted_scenario.toml"):
         assert (tmp_path / name).stat().st_size > 0
     fitted = load_config(tmp_path / "fitted_scenario.toml")
@@ -285,7 +292,7 @@ def test_outputs_include_a_runnable_fitted_scenario(tmp_path):
     assert len(summary["params"][0]["per_seed"]) == 2
 
 
-def test_relaxed_halt_breaker_converges_to_exact():
+def test_relaxed_halt_breaker_converges_to_exact(x64):
     d = calm_scenario(dtype="float64", n_paths=64)
     d["policy"] = {
         **d["policy"],

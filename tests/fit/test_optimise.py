@@ -19,8 +19,8 @@ from engine.fit.optimise import (
     load_optimisation,
     optimise,
     restrictiveness,
-    write_report,
 )
+from engine.report.fits import write_optimisation
 from tests.conftest import small_dict
 
 
@@ -48,7 +48,7 @@ def small_problem(bound: float, **settings) -> OptimisationConfig:
 def test_optimum_is_feasible_and_no_costlier_than_the_best_grid_point(tmp_path):
     oc = small_problem(5e9)
     res = optimise(oc, log=lambda _: None)
-    summary = write_report(oc, res, tmp_path)
+    summary = write_optimisation(oc, res, tmp_path)
     check, best = res.check, res.best_grid
     assert best is not None
     # feasible at the required confidence on fresh paths, exact kernel
@@ -158,7 +158,7 @@ def test_optimum_is_accepted_only_at_the_required_confidence(tmp_path, confidenc
         start=grid[1],
         searched=check,
     )
-    summary = write_report(oc, res, tmp_path)
+    summary = write_optimisation(oc, res, tmp_path)
     assert summary["check"]["p_feasible"] == pytest.approx(0.8796, abs=1e-3)
     assert summary["optimum_accepted"] is accepted
     assert summary["confidence"] == confidence

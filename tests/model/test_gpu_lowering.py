@@ -18,7 +18,7 @@ import pytest
 from jax import export
 
 from engine.config.schema import Config
-from engine.fit.calibrate import differentiable_outputs
+from engine.fit.common import differentiable_outputs
 from engine.model import params as P
 from engine.sim import devices
 from engine.sim.rollout import rollout, sharded_advance, sharded_begin, sharded_finish
