@@ -215,7 +215,7 @@ def precision(dtype: str) -> contextlib.AbstractContextManager:
 
 
 def _simulate_points(
-    cfg: Config, pts: list[Config], baseline: int, progress: Callable[[Progress], None] | None
+    cfg: Config, pts: list[Config], baseline: int, progress: Callable[[ChunkProgress], None] | None
 ) -> xr.Dataset:
     """`simulate` of validated points (within the run's precision)."""
     cache.enable()
