@@ -45,13 +45,11 @@ def wing(module: str) -> str | None:
     parts = module.split(".")
     if len(parts) == 1:
         return None
-    if parts[1] in RANK and parts[1] != "cli":
-        return parts[1]
-    if len(parts) == 2 and parts[1] in TOP_LEVEL_CLI:
+    if parts[1] in TOP_LEVEL_CLI:
         return "cli"
-    raise AssertionError(
-        f"{module}: not in a wing; wings are {sorted(RANK)} (cli: engine/cli.py, __main__.py)"
-    )
+    if parts[1] in RANK:
+        return parts[1]
+    raise AssertionError(f"{module}: not in a wing; wings are {sorted(RANK)} (cli: engine/cli/, __main__.py)")
 
 
 def _is_package(module: str) -> bool:

@@ -110,7 +110,7 @@ def _raise_if_disk_full(err: Exception, ds: xr.Dataset, path: Path) -> None:
 
 def read(path: Path) -> xr.Dataset:
     """A netCDF file fully loaded into memory (the file is closed again); `time` stays in
-    minutes since the scenario start (`engine.simulate.TIME_ATTRS`), not decoded to dates."""
+    minutes since the scenario start (`engine.sim.dataset.TIME_ATTRS`), not decoded to dates."""
     with xr.open_dataset(path, engine="netcdf4", decode_times=False) as ds:
         return ds.load()
 

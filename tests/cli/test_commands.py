@@ -10,7 +10,7 @@ from engine import cli
 
 def test_no_command_runs_the_default_scenario(monkeypatch):
     calls = []
-    monkeypatch.setattr(cli, "run", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(cli.run, "run", lambda **kw: calls.append(kw))  # the module cli.run, its command run
     result = CliRunner().invoke(cli.app, [])
     assert result.exit_code == 0 and len(calls) == 1
 

@@ -11,8 +11,8 @@ from engine.report import compare as R
 from engine.report import policies as pol
 from engine.report.summary import NOT_ESTIMABLE, summary_table
 from engine.report.units import usd
+from engine.sim.dataset import to_dataset
 from engine.sim.reduce import ESTIMATED, QUANTILES, TOO_FEW_PATHS
-from engine.sim.simulate import to_dataset
 from tests.samples import accumulate, outputs_of, small_static
 
 

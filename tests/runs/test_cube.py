@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from engine import cli
 from engine.config.sweep import build_study
 from engine.runs import cube as C
-from engine.sim.simulate import TIME_ATTRS
+from engine.sim.dataset import TIME_ATTRS
 from tests.conftest import small_dict
 
 SWEEPS = {

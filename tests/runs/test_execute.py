@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from engine import cli
 from engine.config.errors import ConfigError
 from engine.config.files import load_study
+from engine.report import compare
 from engine.runs import execute, listing, rundir
 from engine.sim import distributed
 from tests.runs.holding import held_argv
@@ -380,7 +381,7 @@ def test_an_interrupted_report_exits_130_and_resume_finishes_it(straight, tmp_pa
     def unhandled(*_):  # SIGTERM not handled by the CLI: fail the test, not pytest
         raise AssertionError("SIGTERM reached the default handler")
 
-    monkeypatch.setattr(cli.R, "write_report", interrupted)
+    monkeypatch.setattr(compare, "write_report", interrupted)
     previous = signal.signal(signal.SIGTERM, unhandled)
     try:
         result = CliRunner().invoke(cli.app, ["run", "--resume", str(d), "--no-progress"])

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from engine import cli, simulate
+from engine import simulate
+from engine.cli.run import show_summary
 from engine.config.schema import Config
 from engine.model import params as P
 from engine.report import compare as R
@@ -62,13 +63,13 @@ def test_terminal_and_report_warn_with_path_counts_and_the_fix(cube, capsys, tmp
     ds, _ = cube
     one = ds.isel(point=0).assign_attrs(n_paths=RUN["n_paths"])
     n = int(one.n_cascade_unconverged)
-    cli._summary(one, "shocked")
+    show_summary(one, "shocked")
     err = capsys.readouterr().err
     assert f"warning: {n} paths ran out of cascade rounds" in " ".join(err.split())
     assert "raise `run.cascade_rounds`" in " ".join(err.split())
     text = R.write_report([("shocked", one)], tmp_path).read_text()
     assert "## Warnings" in text and f"shocked: {n} of 256" in text and "run.cascade_rounds" in text
     calm = ds.isel(point=1).assign_attrs(n_paths=RUN["n_paths"])
-    cli._summary(calm, "calm")
+    show_summary(calm, "calm")
     assert "warning" not in capsys.readouterr().err
     assert "## Warnings" not in R.write_report([("calm", calm)], tmp_path / "calm").read_text()

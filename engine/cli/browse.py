@@ -1,0 +1,105 @@
+"""`liqstress compare`, `list` and `validate`: read runs and configs without running anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import typer.core
+from rich.table import Table
+
+from engine.cli.run import warn
+from engine.cli.shell import app, fail, out
+from engine.config.errors import ConfigError
+from engine.config.files import load_study
+from engine.report import compare as R
+from engine.runs import execute, listing, rundir
+from engine.sim.distributed import EXIT_FAILED, EXIT_USAGE
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (or cube.nc files) to compare.")],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Where to write report.md and plots/ (default: the run directory for one run, "
+            "runs/<timestamp>_compare for several).",
+        ),
+    ] = None,
+) -> None:
+    """Compare the policies of one or more runs: metric tables, paired differences, plots."""
+    try:
+        cubes = []
+        for d in run_dirs:
+            cube = execute.load_cube(d)
+            name = str(cube.attrs.get("run_id", d.name))
+            if any(name == c[0] for c in cubes):
+                name = f"{name}_{len(cubes)}"
+            cubes.append((name, cube))
+    except ConfigError as e:
+        raise fail(str(e), EXIT_USAGE) from None
+    if out_dir is None:
+        one = run_dirs[0]
+        out_dir = (
+            one if len(run_dirs) == 1 and one.is_dir() else rundir.default_run_dir(Path("runs"), "compare")
+        )
+    pols = R.policies(cubes)
+    out().print(R.rich_table(pols, R.lead_asset(cubes[0][1]), "liqstress compare"))
+    warn(pols)
+    try:
+        rep = R.write_report(cubes, out_dir)
+    except OSError as e:
+        raise fail(f"cannot write the report: {e}", EXIT_FAILED) from None
+    out().print(f"report: {rep}")
+
+
+@app.command("list")
+def list_(
+    root: Annotated[Path, typer.Argument(help="Directory holding run directories.")] = Path("runs"),
+) -> None:
+    """Show past runs: config name, size and status."""
+    infos = listing.list_runs(root)
+    if not infos:
+        out().print(f"no runs under {root}/")
+        return
+    t = Table(title=f"runs under {root}/")
+    for col in ("run", "config", "created (UTC)", "points", "paths", "parts", "size", "status"):
+        t.add_column(col, justify="right" if col in ("points", "paths", "parts", "size") else "left")
+    colors = {"complete": "green", "running": "cyan", "interrupted": "yellow", "failed": "red"}
+    colors["unreadable"] = "red"
+    for r in infos:
+        t.add_row(
+            r.run_id,
+            r.config_name,
+            r.created,
+            str(r.n_points),
+            f"{r.n_paths:,}",
+            f"{r.parts_done}/{r.parts_total}",
+            f"{r.size_bytes / 2**20:.1f} MB",
+            f"[{colors.get(r.status, 'white')}]{r.status}[/]",
+        )
+    out().print(t)
+
+
+@app.command()
+def validate(
+    config: Annotated[str, typer.Argument(help="Config file or shipped config name.")],
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a field: key=value.")] = None,
+) -> None:
+    """Check a config file (and overrides) without running it."""
+    try:
+        study = load_study(config, list(overrides or []))
+    except ConfigError as e:
+        raise fail(str(e), EXIT_USAGE) from None
+    cfg = study.config
+    axes = ", ".join(f"{a.path} ({len(a.values)})" for a in study.axes) or "none"
+    out().print(
+        f"{config}: ok: {cfg.name}: {len(cfg.market.assets)} assets, {cfg.run.steps} steps, "
+        f"{cfg.run.n_paths:,} paths; sweep axes: {axes}; {len(study.points)} points in "
+        f"{len(study.parts())} parts; baseline: {study.label(study.baseline)}",
+        highlight=False,
+        soft_wrap=True,
+    )

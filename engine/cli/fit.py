@@ -1,0 +1,187 @@
+"""`liqstress calibrate`, `optimise` and `bench`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import typer.core
+from rich.table import Table
+from rich.text import Text
+
+from engine.cli.shell import app, err, fail, out
+from engine.config.errors import ConfigError, SimulationError
+from engine.runs import rundir
+from engine.sim.distributed import EXIT_USAGE
+
+
+def _fit(kind: str, config: Path, run_dir: Path | None, runs_root: Path, load, execute, dry_run: bool, plan):
+    """Validate (exit 2, nothing written), choose the run directory, run (exit 1 on failure,
+    130 interrupted). With `dry_run`, print `plan(loaded config)` instead of running.
+    Returns (summary, run directory), or None after a dry run."""
+    try:
+        loaded = load(config)
+        target = (
+            run_dir
+            if run_dir is not None
+            else rundir.default_run_dir(runs_root, f"{kind}_{loaded.scenario.name}")
+        )
+        rundir.check_new_run_dir(target)
+    except ConfigError as e:
+        raise fail(str(e), 2) from None
+    if dry_run:
+        out().print(f"{config}: ok: {plan(loaded)}; would write to {target}", highlight=False, soft_wrap=True)
+        return None
+    try:
+        return execute(config, target, log=lambda line: err().print(line, highlight=False)), target
+    except (SimulationError, OSError, ValueError, RuntimeError) as e:
+        raise fail(f"{kind} failed: {e}", 1) from None
+    except KeyboardInterrupt:
+        raise fail(f"{kind} interrupted; nothing more is written", 130) from None
+
+
+ConfigArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Config file, or the name of a shipped one (calibrate_oct10_2025, optimise_oct10_2025)."
+    ),
+]
+RunDirOpt = Annotated[
+    Path | None, typer.Option("--run-dir", help="Write results exactly here (new or empty).")
+]
+RunsRootOpt = Annotated[Path, typer.Option("--runs-root", help="Parent of new run directories.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Validate the config and say what would run; write nothing.")
+]
+
+
+def _calibration_plan(cc) -> str:
+    s = cc.calibration
+    return (
+        f"calibration of {cc.scenario.name}: {len(cc.params)} free parameters, {len(cc.targets)} targets, "
+        f"seeds {list(s.seeds)}, {s.iterations} iterations of {s.n_paths} paths"
+    )
+
+
+def _optimisation_plan(oc) -> str:
+    s = oc.optimise
+    return (
+        f"optimisation of {oc.scenario.name}: levers {[lv.path for lv in oc.levers]}, "
+        f"{oc.constraint.statistic} <= {oc.bound:,.4g} at confidence {s.confidence}, "
+        f"{s.iterations} iterations of {s.n_paths} paths, exact check on {s.check_paths} paths"
+    )
+
+
+@app.command()
+def calibrate(
+    config: ConfigArg,
+    run_dir: RunDirOpt = None,
+    runs_root: RunsRootOpt = Path("runs"),
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Fit free parameters to observed targets (relaxed kernel, optax); one fit per seed."""
+    from engine.fit import calibrate as fit
+    from engine.report.fits import write_calibration
+
+    def execute(path, target, log):
+        cc = fit.load_calibration(path)
+        return write_calibration(cc, fit.calibrate(cc, fit.logged_progress(cc, log)), target)
+
+    done = _fit(
+        "calibrate", config, run_dir, runs_root, fit.load_calibration, execute, dry_run, _calibration_plan
+    )
+    if done is None:
+        return
+    summary, target = done
+    t = Table(title="calibration (mean and sd over converged seeds)")
+    for col in ("parameter", "fitted (mean)", "sd over seeds"):
+        t.add_column(col)
+    for p in summary["params"]:
+        t.add_row(p["path"], f"{p['mean']:.4g}", f"{p['std_over_seeds']:.2g}")
+    out().print(t)
+    t = Table(title="targets")
+    for col in ("statistic", "target ± tolerance", "fitted", "flag"):
+        t.add_column(col)
+    for x in summary["targets"]:
+        flag = "" if x["within_tolerance"] else "[red]outside tolerance[/]"
+        t.add_row(
+            x["statistic"], f"{x['target']:.4g} ± {x['tolerance']:.3g}", f"{x['fitted_mean']:.4g}", flag
+        )
+    out().print(t)
+    for line in summary["warnings"]:
+        err().print(Text("warning: ", style="bold yellow") + Text(line), soft_wrap=True)
+    out().print(f"run directory: {target}  (fitted_scenario.toml runs with `liqstress run`)")
+
+
+@app.command()
+def optimise(
+    config: ConfigArg,
+    run_dir: RunDirOpt = None,
+    runs_root: RunsRootOpt = Path("runs"),
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Least restrictive policy under a tail-risk constraint (gradient search, exact check)."""
+    from engine.fit import optimise as fit
+    from engine.report.fits import write_optimisation
+
+    def execute(path, target, log):
+        oc = fit.load_optimisation(path)
+        return write_optimisation(oc, fit.optimise(oc, log), target)
+
+    done = _fit(
+        "optimise", config, run_dir, runs_root, fit.load_optimisation, execute, dry_run, _optimisation_plan
+    )
+    if done is None:
+        return
+    summary, target = done
+    c = summary["check"]
+
+    def fmt(values) -> str:
+        return ", ".join(f"{n} = {v:.4g}" for n, v in zip(summary["levers"], values))
+
+    out().print(
+        f"optimum: {fmt(summary['optimum'])}; {summary['constraint']} = {c['statistic']:,.4g} ± {c['mc_se']:,.3g} "
+        f"(bound {summary['bound']:,.4g}); P(feasible) = {c['p_feasible']:.3f} "
+        f"(required {summary['confidence']}); as good as the best grid point: "
+        f"{summary['optimum_at_least_as_good_as_grid']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    rec = summary["recommended"]
+    if summary["optimum_accepted"]:
+        out().print("accepted: feasible at the required confidence", highlight=False)
+    elif rec is None:
+        err().print(
+            Text("warning: ", style="bold yellow")
+            + Text(
+                f"optimum not accepted: P(feasible) below {summary['confidence']}, and no grid point reaches it"
+            )
+        )
+    else:
+        err().print(
+            Text("warning: ", style="bold yellow")
+            + Text(
+                f"optimum not accepted: P(feasible) below {summary['confidence']}; the cheapest grid point that reaches it: "
+                f"{fmt(rec['values'])} (cost {rec['cost']:.3f}, P(feasible) = {rec['p_feasible']:.3f})"
+            ),
+            soft_wrap=True,
+        )
+    out().print(f"run directory: {target}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Run benchmarks/run.py of a source checkout (arguments pass through, e.g. --quick);
+    results go to a new runs/<time>_bench_<name>/, to benchmarks/results/ only with --save."""
+    import subprocess
+
+    import engine
+
+    script = Path(engine.__file__).resolve().parents[1] / "benchmarks" / "run.py"
+    if not script.is_file():
+        raise fail(
+            f"{script} not found: benchmarks live in the source checkout (pip install -e .)", EXIT_USAGE
+        )
+    raise typer.Exit(subprocess.call([sys.executable, str(script), *ctx.args]))

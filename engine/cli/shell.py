@@ -1,0 +1,70 @@
+"""The typer application and what every command shares: consoles, error exits, version."""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+
+import typer
+import typer.core
+from rich.console import Console
+from rich.text import Text
+
+
+class _Group(typer.core.TyperGroup):
+    """Plain (click) help, whose command summaries (the docstrings' first paragraphs) wrap at
+    the terminal's width where click would cut them with "..."."""
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = [
+            (name, cmd.short_help or " ".join((cmd.help or "").split("\n\n")[0].split()))
+            for name in self.list_commands(ctx)
+            if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+# rich_markup_mode=None: rich's help cuts long words and option values with "…" at 80 columns
+app = typer.Typer(
+    cls=_Group,
+    add_completion=False,
+    help="Monte Carlo stress tests of liquidation cascades: run policy sweeps, compare them.",
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+ARGV: list[str] = []
+
+
+def out() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def err() -> Console:
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err().print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+    return typer.Exit(code)
+
+
+def say(line: str) -> None:
+    err().print(line, highlight=False, soft_wrap=True)
+
+
+def version() -> str:
+    """The installed distribution's version; the package's own in a checkout run without install."""
+    try:
+        return metadata.version("liqstress")
+    except metadata.PackageNotFoundError:
+        from engine import __version__
+
+        return __version__
+
+
+def print_version(value: bool) -> None:
+    if value:
+        out().print(f"liqstress {version()}", highlight=False)
+        raise typer.Exit(0)
