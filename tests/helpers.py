@@ -12,6 +12,8 @@ log prices: 1), so an expected zero is met by anything below rtol * scale. The r
   the exact one; its smooth steps differ from the hard ones by far less.
 - `FD_RTOL` (1e-3): a gradient against central finite differences (truncation error O(h²) and
   the rounding of the two evaluations divided by 2h); `scale` is then the gradient's floor.
+- `SEARCH_RTOL` (1e-2): where a gradient search (Adam, a few hundred steps) ends against the
+  known minimum of a smooth test function.
 - Monte Carlo comparisons use their standard error instead (`3 * se`), stated in the test.
 
 No test calls `np.testing.assert_allclose` with a tolerance of its own: it names one of these.
@@ -31,6 +33,7 @@ F32_RTOL = 1e-5
 EXACT_RTOL = 1e-12
 RELAXED_RTOL = 1e-6
 FD_RTOL = 1e-3
+SEARCH_RTOL = 1e-2
 
 
 def assert_close(actual, expected, rtol: float, scale: float = 1.0, what: str = "") -> None:

@@ -13,7 +13,7 @@ from engine.fit.common import descend, relaxed_static, to_unconstrained, to_valu
 from engine.model import params as P
 from tests.conftest import small_dict
 from tests.fit.test_calibrate import calm_scenario, problem_config
-from tests.helpers import assert_close
+from tests.helpers import F32_RTOL, SEARCH_RTOL, assert_close
 
 
 def quadratic(u, scale):
@@ -26,8 +26,8 @@ def test_bounded_transform_round_trips_inside_the_bounds():
     lower, upper = np.array([-0.2, 0.05]), np.array([-0.01, 2.0])
     v = np.array([-0.07, 0.4])
     u = to_unconstrained(v, lower, upper)
-    assert_close(to_values(jnp.asarray(u), lower, upper), v, rtol=1e-6)
-    assert_close(to_values(jnp.asarray([-50.0, 50.0]), lower, upper), [lower[0], upper[1]], rtol=1e-6)
+    assert_close(to_values(jnp.asarray(u), lower, upper), v, rtol=F32_RTOL)
+    assert_close(to_values(jnp.asarray([-50.0, 50.0]), lower, upper), [lower[0], upper[1]], rtol=F32_RTOL)
 
 
 def test_relaxed_static_changes_only_the_form():
@@ -50,7 +50,7 @@ def test_descend_finds_the_minimum_and_keeps_the_best_iterate():
         score_end=True,
     )
     assert seen == list(range(200)) and len(d.losses) == 200 and d.stopped is None
-    assert_close(d.best_u, [3.0, 3.0], rtol=1e-2)
+    assert_close(d.best_u, [3.0, 3.0], rtol=SEARCH_RTOL)
     assert d.best_loss <= min(d.losses) and d.best_loss == float(d.best_aux)
 
 
