@@ -38,6 +38,7 @@ import numpy as np
 import optax
 from pydantic import Field, ValidationError, model_validator
 
+from engine.config import build
 from engine.config.errors import ConfigError, describe
 from engine.config.files import merge_tables, read_config_dict, read_toml, resolve_config_path
 from engine.config.schema import Config, Strict
@@ -216,7 +217,7 @@ def make_problem(cc: CalibrationConfig) -> Problem:
     cfg = Config.model_validate(cfg.model_dump())
     if cfg.run.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    params, static = P.build(cfg)
+    params, static = build.build(cfg)
     static = P.Static(**{**static.__dict__, "relaxed": True})
     params = params._replace(temperature=jnp.asarray(s.temperature, params.market.price0.dtype))
     unit_cfg = cfg.model_copy(
@@ -227,7 +228,7 @@ def make_problem(cc: CalibrationConfig) -> Problem:
         cfg=cfg,
         static=static,
         base=params,
-        unit_shock=P.schedule(unit_cfg).shock.astype(params.market.price0.dtype),
+        unit_shock=build.build_schedule(unit_cfg).shock.astype(params.market.price0.dtype),
         slots=tuple(_param_slot(p.path, assets, p.path) for p in cc.params),
         stats=tuple(_statistic_slot(t.statistic, assets, t.statistic) for t in cc.targets),
         lower=np.array([p.lower for p in cc.params]),

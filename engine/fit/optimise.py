@@ -38,6 +38,7 @@ import numpy as np
 import optax
 from pydantic import Field, ValidationError, model_validator
 
+from engine.config import build
 from engine.config.errors import ConfigError, describe
 from engine.config.files import read_toml, resolve_config_path
 from engine.config.schema import Config, Strict
@@ -216,7 +217,7 @@ def _setup(oc: OptimisationConfig):
     cfg = Config.model_validate(oc.scenario.model_copy(update={"run": run}).model_dump())
     if cfg.run.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    params, static = P.build(cfg)
+    params, static = build.build(cfg)
     return cfg, params, static
 
 
@@ -353,10 +354,10 @@ def exact_evaluator(oc: OptimisationConfig, cfg: Config, seed: int) -> Callable[
     s = oc.optimise
     run = cfg.run.model_copy(update={"n_paths": s.check_paths, "seed": seed})
     ccfg = Config.model_validate(cfg.model_copy(update={"run": run}).model_dump())
-    params, static = P.build(ccfg)
+    params, static = build.build(ccfg)
     # the faster kernel forms the scenario allows (no lever changes partial liquidation or the
     # tail dof, so they hold at every lever value)
-    static = P.specialise(static, [ccfg])
+    static = build.specialise(static, [ccfg])
     kind, _, out_name = oc.constraint.statistic.partition("_")
     boot = np.random.default_rng(0).integers(0, s.check_paths, size=(200, s.check_paths))
 

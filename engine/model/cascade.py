@@ -36,8 +36,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from engine.config.book import liquidation_price
 from engine.model.impact import impact
+from engine.model.margin import liquidation_price
 from engine.model.params import BookParams, MarketParams, PolicyParams
 
 

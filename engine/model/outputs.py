@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from engine.config.book import liquidation_price
 from engine.model import bins as B
 from engine.model.kernel import SimState
+from engine.model.margin import liquidation_price
 from engine.model.params import JUMP_MAX, Params, Static
 from engine.model.policies import cap_leverage, maintenance_rate
 
