@@ -34,7 +34,19 @@ _API = {
     "summary_table": "engine.report.summary",
 }
 
-__all__ = ["__version__", *sorted(_API)]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Policy",
+    "Progress",
+    "Scenario",
+    "SimulationError",
+    "__version__",
+    "default_config_path",
+    "load_config",
+    "simulate",
+    "summary_table",
+]
 
 
 def __getattr__(name: str):
