@@ -3,7 +3,7 @@
 Every model forbids unknown keys, so a typo is an error that names its dotted path. Values are
 checked where they are declared (ranges) and across fields (a correlation matrix must be
 positive semi-definite and match the assets, a tier table must be increasing, ...). The
-validated objects are plain data: `engine.params` turns them into JAX pytrees.
+validated objects are plain data: `engine.config.build` turns them into JAX pytrees.
 
 Units: prices in USD, notionals in USD, volatilities annualised (fraction per sqrt(year)),
 steps are simulation time steps of `run.dt_minutes` minutes.
