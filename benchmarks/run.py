@@ -263,13 +263,13 @@ def measure(
     """One workload in this process: compile, steady state, memory, baselines."""
     import jax
 
-    from engine.model import params as P
+    from engine.config import build
     from engine.sim import devices
     from engine.sim.simulate import chunk_size, simulate
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     cfg, pts, _ = load_workload(name, quick, paths, steps, points, entry_points)
-    static = P.specialise(P.static_of(cfg), pts)  # the kernel forms `simulate` will use
+    static = build.specialise(build.static_of(cfg), pts)  # the kernel forms `simulate` will use
     mesh = devices.path_mesh()
     size = chunk_size(cfg, static, mesh.size, per_device_budget=mesh.devices.flat[0].platform != "cpu")
     fix = lambda c, **u: c.model_copy(update={"run": c.run.model_copy(update={"chunk_size": size, **u})})
@@ -315,7 +315,7 @@ def measure(
     stats = [d.memory_stats() for d in mesh.devices.flat if d.process_index == jax.process_index()]
     if stats and all(s and "peak_bytes_in_use" in s for s in stats):
         out["device_peak_bytes"] = max(s["peak_bytes_in_use"] for s in stats)
-    params = P.build(pts[0])[0]
+    params = build.build(pts[0])[0]
     out["step_cost"] = _step_cost(params, static, size // mesh.size)
     if rng:
         out["rng"] = _rng_bound(cfg, params, static, size, n_tasks)

@@ -7,22 +7,32 @@ Python API (the CLI is a thin shell over it):
     ds = engine.simulate(cfg)                  # xarray Dataset of loss distributions
     engine.summary_table(ds)                   # the key figures as text
 
-Importing the package asks JAX for one host CPU device per core (see `engine.devices`;
-`LIQSTRESS_CPU_DEVICES=1` turns that off) so that simulations use every core.
+Importing the package asks JAX for one host CPU device per core (see `engine.sim.devices`;
+`LIQSTRESS_CPU_DEVICES=1` turns that off) so that simulations use every core. The API names
+load on first use (PEP 562), so that `import engine.model` needs neither pydantic nor xarray.
 """
+
+import importlib
 
 from engine.sim.devices import configure_host_devices
 
 configure_host_devices()
 
-from engine.config.errors import ConfigError, SimulationError
-from engine.config.files import default_config_path, load_config
-from engine.config.schema import Config, Policy, Scenario
-from engine.report.summary import summary_table
-from engine.sim.simulate import ChunkProgress as Progress
-from engine.sim.simulate import simulate
-
 __version__ = "0.1.0"
+
+# Public name -> (the module that defines it, its name there).
+_API = {
+    "Config": ("engine.config.schema", "Config"),
+    "ConfigError": ("engine.config.errors", "ConfigError"),
+    "Policy": ("engine.config.schema", "Policy"),
+    "Progress": ("engine.sim.simulate", "ChunkProgress"),
+    "Scenario": ("engine.config.schema", "Scenario"),
+    "SimulationError": ("engine.config.errors", "SimulationError"),
+    "default_config_path": ("engine.config.files", "default_config_path"),
+    "load_config": ("engine.config.files", "load_config"),
+    "simulate": ("engine.sim.simulate", "simulate"),
+    "summary_table": ("engine.report.summary", "summary_table"),
+}
 
 __all__ = [
     "Config",
@@ -37,3 +47,16 @@ __all__ = [
     "simulate",
     "summary_table",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    module, attr = _API[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))

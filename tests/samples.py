@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.config.build import static_of
 from engine.config.schema import Config
 from engine.model import bins as B
 from engine.model.outputs import OUTPUTS
-from engine.model.params import Static, static_of
+from engine.model.params import Static
 from engine.sim.reduce import ATOM, PointAccumulator
 from tests.conftest import small_dict
 

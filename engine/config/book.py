@@ -1,23 +1,13 @@
 """Book of cohorts: open interest split by side, leverage, entry price and position size.
 
-A cohort is a group of identical isolated-margin positions. Its state is two numbers per
-cohort, the quantity held `q` (asset units) and the bankruptcy price `b` (USD), because the
-equity of an isolated position is linear in the mark price `p`:
+A cohort is a group of identical isolated-margin positions, held as a quantity and a
+bankruptcy price (the margin arithmetic is `engine.model.margin`). The tier of a cohort (its
+`mmr` and maintenance amount) is fixed by its representative position size at entry.
 
-    equity = s * q * (p - b)          s = +1 long, -1 short
-    maintenance = mmr * q * p - q * a (a = maintenance amount per unit, USD)
-
-It is liquidated when equity <= maintenance, i.e. at the liquidation price
-
-    p_liq = (b - s * a) / (1 - s * mmr).
-
-At entry price `e` with leverage `l`, `b = e * (1 - s / l)`. The tier of a cohort (its `mmr`
-and maintenance amount) is fixed by its representative position size at entry.
-
-The book is built once per scenario on the host with NumPy; `engine.params` moves it to the
-device. Arrays are `[assets, cohorts]`; every asset has the same cohort layout (longs first,
+The book is built once per scenario on the host with NumPy; `engine.config.build` moves it to
+the device. Arrays are `[assets, cohorts]`; every asset has the same cohort layout (longs first,
 then shorts, each by leverage, entry quantile and size), checked by `check_layout`;
-`engine.cascade.side_matrix` relies on the layout being the same for all assets.
+`engine.model.cascade.side_matrix` relies on the layout being the same for all assets.
 """
 
 from __future__ import annotations
@@ -28,6 +18,7 @@ import numpy as np
 from scipy.stats import norm
 
 from engine.config.schema import Config, Tier
+from engine.model.margin import liquidation_price
 
 
 class Cohorts(NamedTuple):
@@ -66,15 +57,10 @@ def tier_index(tiers: tuple[Tier, ...], notional: np.ndarray) -> np.ndarray:
     return np.minimum(np.searchsorted(caps, notional, side="left"), len(tiers) - 1)
 
 
-def liquidation_price(side, bankrupt, mmr, maint_amount):
-    """Price (USD) at which equity meets maintenance margin; works on NumPy or JAX arrays."""
-    return (bankrupt - side * maint_amount) / (1.0 - side * mmr)
-
-
 def check_layout(side: np.ndarray) -> None:
     """Raise ValueError unless every asset's row of `side` `[assets, cohorts]` is the same,
     longs (+1) then as many shorts (-1): the layout `build_cohorts` makes. The per-side sums
-    (`engine.cascade.side_matrix`) rely on the rows being the same."""
+    (`engine.model.cascade.side_matrix`) rely on the rows being the same."""
     n = side.shape[-1]
     expected = np.repeat([1.0, -1.0], n // 2)
     if n % 2 or not np.array_equal(side, np.broadcast_to(expected, side.shape)):

@@ -43,9 +43,9 @@ from typing import Annotated, Any
 import tomli_w
 from pydantic import Field, ValidationError
 
+from engine.config import build
 from engine.config.errors import ConfigError, describe
 from engine.config.schema import Config, Strict
-from engine.model import params as P
 
 SWEEP_KEYS = ("baseline", "points_per_part")
 # Top-level settings that are not sweepable: run.* decides sizes and compiled shapes.
@@ -364,7 +364,7 @@ def _axis_values(base: dict, path: str, values: tuple[Scalar, ...], static: tupl
             point = Config.model_validate(_point(base, [(parts, v)]))
         except ValidationError as err:
             raise ConfigError(f"sweep.{path} = {v!r}:\n{describe(err)}") from None
-        if (P.static_of(point), point.run.dtype) != static:
+        if (build.static_of(point), point.run.dtype) != static:
             raise ConfigError(
                 f"sweep.{path} = {v!r}: changes a compiled shape (assets, cohorts per asset, "
                 "steps, cascade rounds); sweep values of one shape only, or start separate runs"
@@ -418,7 +418,7 @@ def build_study(data: dict, source: str = "config") -> Study:
         raise ConfigError(f"{source}:\n{describe(err)}") from None
     spec = _spec(table)
     base = config.model_dump()
-    static = (P.static_of(config), config.run.dtype)
+    static = (build.static_of(config), config.run.dtype)
     checked = {path: _axis_values(base, path, values, static) for path, values in spec.axes.items()}
     names = _dim_names(list(checked))
     axes = [Axis(path, name, values) for (path, values), name in zip(checked.items(), names)]

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import Field, model_validator
 
+from engine.config import build
 from engine.config.schema import Config, Strict
 from engine.fit.common import (
     descend,
@@ -201,7 +202,7 @@ def make_problem(cc: CalibrationConfig) -> Problem:
     s = cc.calibration
     cfg = sized(cc.scenario, s.n_paths, s.steps)
     with precision(cfg.run.dtype):
-        params, static = P.build(cfg)
+        params, static = build.build(cfg)
         static = relaxed_static(static)
         params = params._replace(temperature=jnp.asarray(s.temperature, params.market.price0.dtype))
         unit_cfg = cfg.model_copy(
@@ -212,7 +213,7 @@ def make_problem(cc: CalibrationConfig) -> Problem:
             cfg=cfg,
             static=static,
             base=params,
-            unit_shock=P.schedule(unit_cfg).shock.astype(params.market.price0.dtype),
+            unit_shock=build.build_schedule(unit_cfg).shock.astype(params.market.price0.dtype),
             slots=tuple(_param_slot(p.path, assets, p.path) for p in cc.params),
             stats=tuple(_statistic_slot(t.statistic, assets, t.statistic) for t in cc.targets),
             lower=np.array([p.lower for p in cc.params]),

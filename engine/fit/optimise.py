@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import Field, model_validator
 
+from engine.config import build
 from engine.config.errors import ConfigError
 from engine.config.schema import Config, Strict
 from engine.fit.common import (
@@ -216,7 +217,7 @@ def _setup(oc: OptimisationConfig):
     """(config, params, static) of the search's paths; call within the scenario's precision."""
     s = oc.optimise
     cfg = sized(oc.scenario, s.n_paths, s.steps)
-    params, static = P.build(cfg)
+    params, static = build.build(cfg)
     return cfg, params, static
 
 
@@ -372,10 +373,10 @@ def exact_evaluator(oc: OptimisationConfig, cfg: Config, seed: int) -> Callable[
     s = oc.optimise
     run = cfg.run.model_copy(update={"n_paths": s.check_paths, "seed": seed})
     ccfg = Config.model_validate(cfg.model_copy(update={"run": run}).model_dump())
-    params, static = P.build(ccfg)
+    params, static = build.build(ccfg)
     # the faster kernel forms the scenario allows (no lever changes partial liquidation or the
     # tail dof, so they hold at every lever value)
-    static = P.specialise(static, [ccfg])
+    static = build.specialise(static, [ccfg])
     kind, _, out_name = oc.constraint.statistic.partition("_")
     boot = np.random.default_rng(0).integers(0, s.check_paths, size=(200, s.check_paths))
 

@@ -4,7 +4,7 @@ Within one step the cascade is a fixed point, found by a fixed number of rounds 
 (no per-lane while loop). In round r, with cumulative market flow Q_r `[assets]`:
 
     x_r    = clip(x_base + impact(Q_r), lo, hi)          the mark before this round's orders
-    hit    = cohorts alive with s * (p_r - p_liq) <= 0    p_liq from `engine.book`
+    hit    = cohorts alive with s * (p_r - p_liq) <= 0    p_liq from `engine.model.margin`
     dq     = q (full) or f * q (partial, when the remainder stays solvent at p_r)
     F      = sum_k s * dq * p_r                           USD, + sells
     Q_r+1  = Q_r + (1 - phi) * F                          phi = share taken by the backstop
@@ -21,7 +21,8 @@ so that trader loss = counterparty + fund inflow - shortfall. After a partial cl
 remaining position keeps the equity (less the fee), so its bankruptcy price moves to
 b' = fill - s (E - fee) / q'.
 
-`run_cascade` is the general form (partial liquidation, the relaxed kernel). When every
+`run_cascade` is the general form (partial liquidation; the relaxed kernel passes its own
+`shares`). When every
 liquidation closes the whole position, `run_cascade_whole` gives the same numbers faster: a
 cohort is hit at most once per step and its liquidation price is fixed within the step, so a
 round only has to find the newly crossed cohorts, sum their size per side and record their
@@ -36,8 +37,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from engine.config.book import liquidation_price
 from engine.model.impact import impact
+from engine.model.margin import liquidation_price
 from engine.model.params import BookParams, MarketParams, PolicyParams
 
 
@@ -69,7 +70,7 @@ class Cascade(NamedTuple):
 
 def side_matrix(side: jnp.ndarray) -> jnp.ndarray:
     """Indicator `[cohorts, 2]` (long, short) of `side` `[assets, cohorts]`, for `by_side`.
-    Every asset's book has the same cohort layout (`engine.book`), so the first row serves."""
+    Every asset's book has the same cohort layout (`engine.config.book`), so the first row serves."""
     return jnp.stack([side[0] > 0, side[0] < 0], -1).astype(side.dtype)
 
 
@@ -89,6 +90,150 @@ def side_sums(matrix: jnp.ndarray, *parts: jnp.ndarray) -> list[jnp.ndarray]:
     return jnp.unstack(by_side(jnp.stack(parts, -2), matrix), axis=-2)
 
 
+class Shares(NamedTuple):
+    """How much of each cohort `[assets, cohorts]` a round liquidates: weights of a full and of
+    a partial liquidation (0/1 in the exact kernel), the partial fraction `[]`, and the units
+    closed `dq`."""
+
+    full: jnp.ndarray
+    partial: jnp.ndarray
+    fraction: jnp.ndarray
+    dq: jnp.ndarray
+
+
+def exact_shares(s, q, b, p_r, p_liq, active, mp: MarketParams, pol: PolicyParams) -> Shares:
+    """Cohorts alive at or beyond their liquidation price close whole, or by the partial
+    fraction when the rest stays solvent at the round's price.
+
+    s, q, b, p_liq: `[assets, cohorts]` side, units, bankruptcy and liquidation price (USD);
+    p_r: `[assets, 1]` the round's price (USD); active: `[assets]` bool (False while halted).
+    """
+    hit = active[:, None] & (q > 0) & (s * (p_r - p_liq) <= 0)
+    f = pol.partial_fraction
+    solvent_rest = s * q * (p_r - b) - mp.clearance_fee * f * q * p_r > 0
+    partial = hit & (f < 1) & solvent_rest
+    w_full = (hit & ~partial).astype(q.dtype)
+    w_part = partial.astype(q.dtype)
+    return Shares(w_full, w_part, f, w_full * q + w_part * f * q)
+
+
+class _Step(NamedTuple):
+    """What one step's cascade rounds share (see `run_cascade` for the meaning of each)."""
+
+    book: BookParams
+    mp: MarketParams
+    pol: PolicyParams
+    mmr: jnp.ndarray
+    active: jnp.ndarray
+    sides: jnp.ndarray
+    x_base: jnp.ndarray
+    lo: jnp.ndarray
+    hi: jnp.ndarray
+    sigma: jnp.ndarray
+
+    def mark(self, flow):
+        """Log mark `[assets]` after cumulative flow `flow` (USD)."""
+        return jnp.clip(self.x_base + impact(flow, self.sigma, self.mp), self.lo, self.hi)
+
+    def price(self, flow):
+        """Mark price `[assets, 1]` (USD) after cumulative flow `flow`."""
+        return (self.mp.price0 * jnp.exp(self.mark(flow)))[:, None]
+
+
+def backstop_share(orders, backstop_left):
+    """USD the backstop absorbs of this round's orders `[assets]` and its share `phi` `[]`."""
+    gross = jnp.sum(jnp.abs(orders))
+    absorbed = jnp.minimum(gross, backstop_left)
+    phi = jnp.where(gross > 0, absorbed / jnp.where(gross > 0, gross, 1.0), 0.0)
+    return absorbed, phi
+
+
+def _round(st: _Step, shares, c: Cascade) -> Cascade:
+    """One round: who is hit at this round's price, their orders and fills, and the accounting."""
+    s, e, a = st.book.side, st.book.entry, st.book.maint_amount
+    mp, pol = st.mp, st.pol
+    q, b = c.quantity, c.bankrupt
+    p_r = st.price(c.flow)
+    p_liq = liquidation_price(s, b, st.mmr, a)
+    w_full, w_part, f, dq = shares(s, q, b, p_r, p_liq, st.active, mp, pol)
+
+    units = by_side(dq, st.sides)  # [assets, 2]
+    orders = p_r[:, 0] * (units[:, 0] - units[:, 1])
+    absorbed, phi = backstop_share(orders, c.backstop_left)
+    flow = c.flow + (1.0 - phi) * orders
+    p_next = st.price(flow)
+    p_backstop = p_r * (1.0 - s * pol.backstop_discount)
+    fill = phi * p_backstop + (1.0 - phi) * p_next
+
+    equity = s * q * (fill - b)
+    fee = mp.clearance_fee * f * q * fill
+    # each event is a weighted mix of a full and a partial liquidation (weights 0/1 in
+    # the exact kernel); both parts conserve money, so the mix does too
+    loss = w_full * s * q * (e - b) + w_part * (s * f * q * (e - fill) + fee)
+    gain = s * dq * (e - fill)
+    inflow = w_full * jnp.maximum(equity, 0.0) + w_part * fee
+    short = w_full * jnp.maximum(-equity, 0.0)
+
+    q_new = q - dq
+    b_partial = fill - s * (equity - fee) / jnp.where(q_new > 0, q_new, 1.0)
+    # the backstop's units and cash: sum of s dq and of s dq p_r (1 - s d)
+    net = units[:, 0] - units[:, 1]
+    paid = jnp.sum(p_r[:, 0] * (net - pol.backstop_discount * (units[:, 0] + units[:, 1])))
+    liquidated, shortfall, lost, gained, paid_in = side_sums(st.sides, dq * fill, short, loss, gain, inflow)
+    return Cascade(
+        quantity=q_new,
+        bankrupt=jnp.where(w_part > 0, b_partial, b),
+        flow=flow,
+        liquidated=c.liquidated + liquidated,
+        shortfall=c.shortfall + shortfall,
+        trader_loss=c.trader_loss + jnp.sum(lost),
+        counterparty=c.counterparty + jnp.sum(gained),
+        fund_inflow=c.fund_inflow + jnp.sum(paid_in),
+        backstop_left=c.backstop_left - absorbed,
+        backstop_qty=c.backstop_qty + phi * net,
+        backstop_cash=c.backstop_cash - phi * paid,
+        rounds=c.rounds + (jnp.sum(liquidated) > 0).astype(c.rounds.dtype),
+        residual=c.residual,
+    )
+
+
+def _start(quantity, bankrupt, flow0, backstop_left) -> Cascade:
+    """The cascade before its first round."""
+    zero = jnp.zeros((), flow0.dtype)
+    return Cascade(
+        quantity=quantity,
+        bankrupt=bankrupt,
+        flow=flow0,
+        liquidated=jnp.zeros(quantity.shape[:1] + (2,), flow0.dtype),
+        shortfall=jnp.zeros(quantity.shape[:1] + (2,), flow0.dtype),
+        trader_loss=zero,
+        counterparty=zero,
+        fund_inflow=zero,
+        backstop_left=backstop_left,
+        backstop_qty=jnp.zeros_like(flow0),
+        backstop_cash=zero,
+        rounds=jnp.zeros((), jnp.int32),
+        residual=zero,
+    )
+
+
+def until_quiet(one_round, start, busy, rounds: int):
+    """Apply `one_round` up to `rounds` times, stopping after the first round without hits
+    (`busy(c)`, the rounds with hits so far, falls behind the round count). A round without
+    hits leaves the state unchanged, so this gives the numbers of all rounds. Under vmap the
+    loop runs while any path has hits."""
+
+    def more(carry):
+        i, c = carry
+        return (i < rounds) & (busy(c) == i)
+
+    def go(carry):
+        i, c = carry
+        return i + 1, one_round(c)
+
+    return jax.lax.while_loop(more, go, (jnp.zeros((), jnp.int32), start))[1]
+
+
 def run_cascade(
     quantity,
     bankrupt,
@@ -105,8 +250,7 @@ def run_cascade(
     pol: PolicyParams,
     rounds: int,
     early_exit: bool = True,
-    temperature=None,
-    quantity0=None,
+    shares=exact_shares,
 ) -> Cascade:
     """Run `rounds` cascade rounds for one path.
 
@@ -117,213 +261,70 @@ def run_cascade(
     [0, 1], the open share of a partly halted asset). backstop_left: `[]` USD.
     early_exit: stop after the first round without liquidations (same result, faster; off
     where reverse-mode gradients are needed).
-    temperature: None for the exact kernel; a `[]` width (log price) for the relaxed,
-    differentiable one (full liquidation only), which then needs `quantity0`, the cohorts'
-    initial quantities `[assets, cohorts]`.
+    shares: who a round liquidates, `exact_shares` or the relaxed kernel's ramp
+    (`engine.model.relaxed.liquidation_shares`), called as `exact_shares` is.
     """
-    s, e, a = book.side, book.entry, book.maint_amount
-    sides = side_matrix(s)
-    zero_a = jnp.zeros_like(flow0)
-    zero = jnp.zeros((), flow0.dtype)
-
-    def mark(flow):
-        return jnp.clip(x_base + impact(flow, sigma, mp), lo, hi)
-
-    def one_round(_, c: Cascade) -> Cascade:
-        q, b = c.quantity, c.bankrupt
-        p_r = (mp.price0 * jnp.exp(mark(c.flow)))[:, None]
-        p_liq = liquidation_price(s, b, mmr, a)
-        if temperature is None:
-            hit = active[:, None] & (q > 0) & (s * (p_r - p_liq) <= 0)
-            f = pol.partial_fraction
-            solvent_rest = s * q * (p_r - b) - mp.clearance_fee * f * q * p_r > 0
-            partial = hit & (f < 1) & solvent_rest
-            w_full = (hit & ~partial).astype(q.dtype)
-            w_part = partial.astype(q.dtype)
-            dq = w_full * q + w_part * f * q
-        else:
-            # Relaxed: the share of a cohort's initial size that is gone is a ramp of how far
-            # the mark has crossed its liquidation price (width `temperature` in log price);
-            # only the part beyond what is already gone is liquidated, so nothing bleeds
-            # away while the mark stands still.
-            crossed = -s * jnp.log(p_r / jnp.maximum(p_liq, 1e-9 * p_r))
-            gone = jnp.clip(crossed / temperature + 0.5, 0.0, 1.0) * active[:, None]
-            remaining = q / jnp.where(quantity0 > 0, quantity0, 1.0)
-            w_full = jnp.where(
-                q > 0, jnp.clip(1.0 - (1.0 - gone) / jnp.where(q > 0, remaining, 1.0), 0.0, 1.0), 0.0
-            )
-            w_part = jnp.zeros_like(q)
-            f = jnp.ones((), q.dtype)
-            dq = w_full * q
-
-        units = by_side(dq, sides)  # [assets, 2]
-        orders = p_r[:, 0] * (units[:, 0] - units[:, 1])
-        gross = jnp.sum(jnp.abs(orders))
-        absorbed = jnp.minimum(gross, c.backstop_left)
-        phi = jnp.where(gross > 0, absorbed / jnp.where(gross > 0, gross, 1.0), 0.0)
-        flow = c.flow + (1.0 - phi) * orders
-        p_next = (mp.price0 * jnp.exp(mark(flow)))[:, None]
-        p_backstop = p_r * (1.0 - s * pol.backstop_discount)
-        fill = phi * p_backstop + (1.0 - phi) * p_next
-
-        equity = s * q * (fill - b)
-        fee = mp.clearance_fee * f * q * fill
-        # each event is a weighted mix of a full and a partial liquidation (weights 0/1 in
-        # the exact kernel); both parts conserve money, so the mix does too
-        loss = w_full * s * q * (e - b) + w_part * (s * f * q * (e - fill) + fee)
-        gain = s * dq * (e - fill)
-        inflow = w_full * jnp.maximum(equity, 0.0) + w_part * fee
-        short = w_full * jnp.maximum(-equity, 0.0)
-
-        q_new = q - dq
-        b_partial = fill - s * (equity - fee) / jnp.where(q_new > 0, q_new, 1.0)
-        # the backstop's units and cash: sum of s dq and of s dq p_r (1 - s d)
-        net = units[:, 0] - units[:, 1]
-        paid = jnp.sum(p_r[:, 0] * (net - pol.backstop_discount * (units[:, 0] + units[:, 1])))
-        liquidated, shortfall, lost, gained, paid_in = side_sums(sides, dq * fill, short, loss, gain, inflow)
-        return Cascade(
-            quantity=q_new,
-            bankrupt=jnp.where(w_part > 0, b_partial, b),
-            flow=flow,
-            liquidated=c.liquidated + liquidated,
-            shortfall=c.shortfall + shortfall,
-            trader_loss=c.trader_loss + jnp.sum(lost),
-            counterparty=c.counterparty + jnp.sum(gained),
-            fund_inflow=c.fund_inflow + jnp.sum(paid_in),
-            backstop_left=c.backstop_left - absorbed,
-            backstop_qty=c.backstop_qty + phi * net,
-            backstop_cash=c.backstop_cash - phi * paid,
-            rounds=c.rounds + (jnp.sum(liquidated) > 0).astype(c.rounds.dtype),
-            residual=zero,
-        )
-
-    start = Cascade(
-        quantity=quantity,
-        bankrupt=bankrupt,
-        flow=flow0,
-        liquidated=jnp.zeros(quantity.shape[:1] + (2,), flow0.dtype),
-        shortfall=jnp.zeros(quantity.shape[:1] + (2,), flow0.dtype),
-        trader_loss=zero,
-        counterparty=zero,
-        fund_inflow=zero,
-        backstop_left=backstop_left,
-        backstop_qty=zero_a,
-        backstop_cash=zero,
-        rounds=jnp.zeros((), jnp.int32),
-        residual=zero,
-    )
+    st = _Step(book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma)
+    start = _start(quantity, bankrupt, flow0, backstop_left)
+    one_round = lambda c: _round(st, shares, c)
     if early_exit:
-        # A round without hits leaves the state unchanged, so stopping there gives the same
-        # numbers as running all rounds. Under vmap the loop runs while any path has hits.
-        def more(carry):
-            i, c = carry
-            return (i < rounds) & (c.rounds == i)
-
-        def go(carry):
-            i, c = carry
-            return i + 1, one_round(i, c)
-
-        _, end = jax.lax.while_loop(more, go, (jnp.zeros((), jnp.int32), start))
+        end = until_quiet(one_round, start, lambda c: c.rounds, rounds)
     else:
-        end = jax.lax.fori_loop(0, rounds, one_round, start)
-    p_end = (mp.price0 * jnp.exp(mark(end.flow)))[:, None]
+        end = jax.lax.fori_loop(0, rounds, lambda _, c: one_round(c), start)
+    s = book.side
+    p_end = st.price(end.flow)
     left = (
         (active[:, None] > 0)
         & (end.quantity > 0)
-        & (s * (p_end - liquidation_price(s, end.bankrupt, mmr, a)) <= 0)
+        & (s * (p_end - liquidation_price(s, end.bankrupt, mmr, book.maint_amount)) <= 0)
     )
     return end._replace(residual=jnp.sum(jnp.where(left, end.quantity * p_end, 0.0)))
 
 
-def run_cascade_whole(
-    quantity,
-    bankrupt,
-    flow0,
-    x_base,
-    lo,
-    hi,
-    sigma,
-    mmr,
-    active,
-    backstop_left,
-    book: BookParams,
-    mp: MarketParams,
-    pol: PolicyParams,
-    rounds: int,
-) -> Cascade:
-    """`run_cascade` (exact kernel, early exit) when every liquidation closes the whole position.
+class _Hits(NamedTuple):
+    """The carry of `run_cascade_whole`'s rounds."""
 
-    Arguments and result as `run_cascade`; `pol.partial_fraction` must be 1 (not checked here:
-    `engine.params.specialise` selects this form only then). Per round the work is one comparison, one
-    per-side sum and one select over the cohorts; the accounting runs once after the rounds.
-    """
-    s, e, a = book.side, book.entry, book.maint_amount
-    p_liq = liquidation_price(s, bankrupt, mmr, a)
-    alive = (active[:, None] > 0) & (quantity > 0)
-    sides = side_matrix(s)
-    zero = jnp.zeros((), flow0.dtype)
+    flow: jnp.ndarray  # [assets] USD
+    backstop_left: jnp.ndarray  # [] USD
+    fill: jnp.ndarray  # [assets, cohorts] USD fill of the round that hit; -1 if none (fills are >= 0)
+    backstop_qty: jnp.ndarray  # [assets] units
+    backstop_cash: jnp.ndarray  # [] USD
+    busy: jnp.ndarray  # [] int32 rounds with a liquidation
 
-    def price(flow):
-        return mp.price0 * jnp.exp(jnp.clip(x_base + impact(flow, sigma, mp), lo, hi))
 
-    class Rounds(NamedTuple):
-        flow: jnp.ndarray  # [assets] USD
-        backstop_left: jnp.ndarray  # [] USD
-        fill: jnp.ndarray  # [assets, cohorts] USD fill of the round that hit; -1 if none (fills are >= 0)
-        backstop_qty: jnp.ndarray  # [assets] units
-        backstop_cash: jnp.ndarray  # [] USD
-        busy: jnp.ndarray  # [] int32 rounds with a liquidation
-
-    def one_round(c: Rounds) -> Rounds:
-        p_r = price(c.flow)
-        new = alive & (c.fill < 0) & (s * (p_r[:, None] - p_liq) <= 0)
-        units = by_side(jnp.where(new, quantity, 0.0), sides)  # [assets, 2]
-        net, size = units[:, 0] - units[:, 1], units[:, 0] + units[:, 1]
-        orders = p_r * net
-        gross = jnp.sum(jnp.abs(orders))
-        absorbed = jnp.minimum(gross, c.backstop_left)
-        phi = jnp.where(gross > 0, absorbed / jnp.where(gross > 0, gross, 1.0), 0.0)
-        flow = c.flow + (1.0 - phi) * orders
-        d = pol.backstop_discount
-        fill = phi * p_r[:, None] * (1.0 - s * d) + (1.0 - phi) * price(flow)[:, None]
-        return Rounds(
-            flow=flow,
-            backstop_left=c.backstop_left - absorbed,
-            fill=jnp.where(new, fill, c.fill),
-            backstop_qty=c.backstop_qty + phi * net,
-            # the backstop pays p_r (1 - s d) per unit: sum of s dq p_r (1 - s d)
-            backstop_cash=c.backstop_cash - phi * jnp.sum(p_r * (net - d * size)),
-            busy=c.busy + jnp.any(size > 0).astype(jnp.int32),
-        )
-
-    start = Rounds(
-        flow=flow0,
-        backstop_left=backstop_left,
-        fill=jnp.full_like(quantity, -1.0),
-        backstop_qty=jnp.zeros_like(flow0),
-        backstop_cash=zero,
-        busy=jnp.zeros((), jnp.int32),
+def _whole_round(st: _Step, quantity, p_liq, alive, c: _Hits) -> _Hits:
+    """One round of `run_cascade_whole`: the newly crossed cohorts, their orders and fill."""
+    s, d = st.book.side, st.pol.backstop_discount
+    p_r = st.price(c.flow)[:, 0]
+    new = alive & (c.fill < 0) & (s * (p_r[:, None] - p_liq) <= 0)
+    units = by_side(jnp.where(new, quantity, 0.0), st.sides)  # [assets, 2]
+    net, size = units[:, 0] - units[:, 1], units[:, 0] + units[:, 1]
+    orders = p_r * net
+    absorbed, phi = backstop_share(orders, c.backstop_left)
+    flow = c.flow + (1.0 - phi) * orders
+    fill = phi * p_r[:, None] * (1.0 - s * d) + (1.0 - phi) * st.price(flow)
+    return _Hits(
+        flow=flow,
+        backstop_left=c.backstop_left - absorbed,
+        fill=jnp.where(new, fill, c.fill),
+        backstop_qty=c.backstop_qty + phi * net,
+        # the backstop pays p_r (1 - s d) per unit: sum of s dq p_r (1 - s d)
+        backstop_cash=c.backstop_cash - phi * jnp.sum(p_r * (net - d * size)),
+        busy=c.busy + jnp.any(size > 0).astype(jnp.int32),
     )
 
-    def more(carry):
-        i, c = carry
-        return (i < rounds) & (c.busy == i)
 
-    def go(carry):
-        i, c = carry
-        return i + 1, one_round(c)
-
-    _, end = jax.lax.while_loop(more, go, (jnp.zeros((), jnp.int32), start))
-
-    # accounting of every hit cohort at the fill of its round
+def _whole_accounts(st: _Step, quantity, bankrupt, p_liq, alive, end: _Hits) -> Cascade:
+    """The accounting of every hit cohort at the fill of its round."""
+    s, e = st.book.side, st.book.entry
     hit = end.fill >= 0
     fill, q, b = end.fill, quantity, bankrupt
     dq = jnp.where(hit, q, 0.0)
     equity = s * dq * (fill - b)
-    p_end = price(end.flow)[:, None]
+    p_end = st.price(end.flow)
     left = alive & ~hit & (s * (p_end - p_liq) <= 0)
     liquidated, shortfall, lost, gained, paid_in = side_sums(
-        sides,
+        st.sides,
         dq * fill,
         jnp.maximum(-equity, 0.0),
         s * dq * (e - b),  # the trader loses the margin
@@ -345,3 +346,41 @@ def run_cascade_whole(
         rounds=end.busy,
         residual=jnp.sum(jnp.where(left, q * p_end, 0.0)),
     )
+
+
+def run_cascade_whole(
+    quantity,
+    bankrupt,
+    flow0,
+    x_base,
+    lo,
+    hi,
+    sigma,
+    mmr,
+    active,
+    backstop_left,
+    book: BookParams,
+    mp: MarketParams,
+    pol: PolicyParams,
+    rounds: int,
+) -> Cascade:
+    """`run_cascade` (exact kernel, early exit) when every liquidation closes the whole position.
+
+    Arguments and result as `run_cascade`; `pol.partial_fraction` must be 1 (not checked here:
+    `engine.config.build.specialise` selects this form only then). Per round the work is one
+    comparison, one per-side sum and one select over the cohorts; the accounting runs once
+    after the rounds.
+    """
+    st = _Step(book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma)
+    p_liq = liquidation_price(book.side, bankrupt, mmr, book.maint_amount)
+    alive = (active[:, None] > 0) & (quantity > 0)
+    start = _Hits(
+        flow=flow0,
+        backstop_left=backstop_left,
+        fill=jnp.full_like(quantity, -1.0),
+        backstop_qty=jnp.zeros_like(flow0),
+        backstop_cash=jnp.zeros((), flow0.dtype),
+        busy=jnp.zeros((), jnp.int32),
+    )
+    end = until_quiet(lambda c: _whole_round(st, quantity, p_liq, alive, c), start, lambda c: c.busy, rounds)
+    return _whole_accounts(st, quantity, bankrupt, p_liq, alive, end)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from engine.config.book import liquidation_price
 from engine.model import bins as B
-from engine.model.kernel import SimState
+from engine.model.margin import liquidation_price
 from engine.model.params import JUMP_MAX, Params, Static
 from engine.model.policies import cap_leverage, maintenance_rate
+from engine.model.stages import SimState
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,6 @@ OUTPUTS: tuple[Output, ...] = (
         lambda s: B.ratio(),
     ),
 )
-BY_NAME = {o.name: o for o in OUTPUTS}
 # Per-point counts of paths where a static limit of the kernel bit (cube variables, int32).
 DIAGNOSTICS = {
     "n_cascade_unconverged": "paths whose in-step cascade ran out of rounds (residual_notional > 0)",

@@ -7,8 +7,8 @@ the same function with a value that does not bind (a cap of 1000x, a limit of `N
 - leverage cap: `cap_leverage` (t0)
 - circuit breaker: `mark_limits` (per step), `halt_triggered`
 - dynamic margin: `maintenance_rate`
-- partial liquidation, backstop vault, insurance fund, ADL rule: in `engine.cascade` and
-  `engine.waterfall`, where they act.
+- partial liquidation, backstop vault, insurance fund, ADL rule: in `engine.model.cascade`
+  and `engine.model.waterfall`, where they act.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 
 from engine.model.cascade import by_side, side_matrix
 from engine.model.params import BookParams, PolicyParams
-from engine.model.smooth import smooth_min
 
 # Bisection of the ADL queue threshold: log scores in [-30, 30], halved 26 times (to 1e-6).
 ADL_LOG_RANGE = 30.0
@@ -46,14 +45,15 @@ class Adl(NamedTuple):
     bad_debt: jnp.ndarray
 
 
-def pay_from_fund(fund, inflow, shortfall, temperature=None) -> Fund:
+def pay_from_fund(fund, inflow, shortfall, minimum=jnp.minimum) -> Fund:
     """Add the step's inflow (USD) to the fund, then pay shortfalls `[assets, 2]` (USD).
 
-    temperature: None (exact), or the relaxed kernel's, which smooths the min (`engine.smooth`).
+    minimum: of two amounts; the relaxed kernel passes its soft one
+    (`engine.model.relaxed.soft_minimum`).
     """
     fund = fund + inflow
     total = jnp.sum(shortfall)
-    draw = smooth_min(fund, total, temperature)
+    draw = minimum(fund, total)
     unpaid = jnp.where(total > 0, 1.0 - draw / jnp.where(total > 0, total, 1.0), 0.0)
     return Fund(fund=fund - draw, draw=draw, deficit=shortfall * unpaid)
 
@@ -100,13 +100,13 @@ def _adl_pro_rata(profit, need, side):
 
 
 def auto_deleverage(
-    quantity, bankrupt, price, deficit, book: BookParams, pol: PolicyParams, temperature=None
+    quantity, bankrupt, price, deficit, book: BookParams, pol: PolicyParams, minimum=jnp.minimum
 ) -> Adl:
     """Cover `deficit` `[assets, 2]` (USD; long, short) from opposite profitable positions.
 
-    quantity, bankrupt: `[assets, cohorts]`; price: mark `[assets]` (USD). temperature: None
-    (exact) or the relaxed kernel's, which smooths the covered amount's min; which positions
-    close stays exact (piecewise constant in the parameters).
+    quantity, bankrupt: `[assets, cohorts]`; price: mark `[assets]` (USD). minimum: of the
+    amount needed and the profit available, as in `pay_from_fund`; which positions close does
+    not depend on it.
     """
     s, e = book.side, book.entry
     p = price[:, None]
@@ -135,7 +135,7 @@ def auto_deleverage(
     )
     # per asset and side both rules cover min(need, available profit); summing that instead of
     # the per-cohort shares keeps bad debt exactly zero when ADL covers the deficit
-    covered = jnp.where(rule > 0, smooth_min(need, by_side(profit, side_matrix(s)), temperature), 0.0)
+    covered = jnp.where(rule > 0, minimum(need, by_side(profit, side_matrix(s))), 0.0)
     return Adl(
         quantity=quantity - closed,
         absorbed=jnp.sum(covered),

@@ -22,11 +22,12 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from engine.config.build import build
 from engine.config.schema import Config
-from engine.model.kernel import SimState, Totals
 from engine.model.market import MAX_VARIANCE_MULT, Draws
-from engine.model.params import Params, Static, build
+from engine.model.params import Params, Static
 from engine.model.policies import MAX_MMR
+from engine.model.stages import SimState, Totals
 
 LONG, SHORT = 0, 1  # column of the `[..., 2]` side axis
 

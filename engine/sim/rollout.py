@@ -27,17 +27,16 @@ from jax.sharding import Mesh, PartitionSpec
 
 from engine.model import bins as B
 from engine.model.kernel import (
-    SimState,
     add_offsets,
-    adl_step,
+    form,
     init_state,
-    market_step,
     path_keys,
     step_draws,
     word64,
 )
 from engine.model.outputs import extract
 from engine.model.params import Params, Static
+from engine.model.stages import SimState
 from engine.sim.devices import PATH_AXIS
 
 EXTRACT_BLOCK = 32
@@ -90,8 +89,9 @@ def _advance(
     n_paths = carry.states.x_mark.shape[0]
     keys = path_keys(seed, start, n_paths)
     valid = jnp.arange(n_paths) < n_valid
-    move = jax.vmap(market_step, in_axes=(0, 0, None, None, None, None, None))
-    deleverage = jax.vmap(adl_step, in_axes=(0, None))
+    kernel = form(static)
+    move = jax.vmap(kernel.market_step, in_axes=(0, 0, None, None, None, None, None))
+    deleverage = jax.vmap(kernel.adl_step, in_axes=(0, None))
 
     def one_step(carry: Carry, t) -> Carry:
         states, fan = carry

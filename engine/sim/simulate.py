@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 from jax.experimental import multihost_utils
 
+from engine.config import build
 from engine.config.errors import SimulationError, validated
 from engine.config.schema import Config
 from engine.model import params as P
@@ -123,7 +124,7 @@ class Plan:
 def plan(config: Config | dict) -> Plan:
     """The chunks `simulate` will run `config` in, on the devices of `devices.path_mesh()`."""
     cfg = validated(config)
-    static = P.static_of(cfg)
+    static = build.static_of(cfg)
     mesh = devices.path_mesh()
     accelerator = mesh.devices.flat[0].platform != "cpu"
     size = chunk_size(cfg, static, mesh.size, per_device_budget=accelerator)
@@ -154,7 +155,7 @@ def _to_host(tree):
 
 
 def _shapes_match(a: Config, b: Config) -> bool:
-    return P.static_of(a) == P.static_of(b) and a.run.dtype == b.run.dtype
+    return build.static_of(a) == build.static_of(b) and a.run.dtype == b.run.dtype
 
 
 def simulate(
@@ -210,10 +211,10 @@ def _simulate_points(
     """`simulate` of validated points (within the run's precision)."""
     cache.enable()
 
-    built = [P.build(p) for p in pts]
+    built = [build.build(p) for p in pts]
     # each point's kernel forms depend on that point alone, so its numbers do not depend on
     # which other points share the call (a sweep's parts); most runs compile one kernel
-    statics = [P.specialise(b[1], [p]) for b, p in zip(built, pts)]
+    statics = [build.specialise(b[1], [p]) for b, p in zip(built, pts)]
     static = built[0][1]
     mesh = devices.path_mesh()
     size = plan(cfg).chunk

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine import ConfigError, load_config
+from engine.config import build
 from engine.fit.calibrate import (
     NOT_CONVERGED_RATIO,
     CalibrationConfig,
@@ -25,7 +26,6 @@ from engine.fit.calibrate import (
     rounded,
 )
 from engine.fit.common import differentiable_outputs, to_unconstrained
-from engine.model import params as P
 from engine.report.fits import write_calibration
 from engine.sim.rollout import rollout
 from tests.conftest import small_dict
@@ -110,7 +110,7 @@ def test_relaxed_kernel_converges_to_exact_as_temperature_falls(x64):
     d["policy"] = {**d["policy"], "adl_rule": "off"}
     cc = problem_config(d)
     prob = make_problem(cc)
-    params, static = P.build(prob.cfg)
+    params, static = build.build(prob.cfg)
     exact, _ = rollout(params, 1, 0, 64, static=static, n_paths=64)
     errors = []
     for tau in (0.1, 0.01, 1e-4, 1e-7):
@@ -300,7 +300,7 @@ def test_relaxed_halt_breaker_converges_to_exact(x64):
         "breaker": {"kind": "halt", "threshold": 0.03, "window": 4, "duration": 3},
     }
     prob = make_problem(problem_config(d))
-    params, static = P.build(prob.cfg)
+    params, static = build.build(prob.cfg)
     exact, _ = rollout(params, 1, 0, 64, static=static, n_paths=64)
     assert float(jnp.sum(exact["halted_steps"])) > 0
     relaxed = differentiable_outputs(prob.base._replace(temperature=jnp.asarray(1e-9)), prob.static, 1, 64)

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.config import build
 from engine.config.schema import Config
 from engine.fit.calibrate import fit
 from engine.fit.common import descend, relaxed_static, to_unconstrained, to_values
-from engine.model import params as P
 from tests.conftest import small_dict
 from tests.fit.test_calibrate import calm_scenario, problem_config
 from tests.helpers import F32_RTOL, SEARCH_RTOL, assert_close
@@ -31,7 +31,7 @@ def test_bounded_transform_round_trips_inside_the_bounds():
 
 
 def test_relaxed_static_changes_only_the_form():
-    _, static = P.build(Config.model_validate(small_dict()))
+    _, static = build.build(Config.model_validate(small_dict()))
     relaxed = relaxed_static(static)
     assert relaxed.relaxed and not static.relaxed
     assert {**relaxed.__dict__, "relaxed": False} == static.__dict__

@@ -18,8 +18,8 @@ import math
 from scipy.stats import norm
 
 from engine import simulate
-from engine.config.book import liquidation_price
 from engine.config.schema import Config
+from engine.model.margin import liquidation_price
 
 BGK = 0.5826
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
+from engine.config import build
 from engine.config.schema import Config
 from engine.fit.common import differentiable_outputs
 from engine.model import params as P
@@ -36,8 +37,8 @@ FORMS = {
 
 def built(**sections):
     cfg = Config.model_validate(small_dict(**sections))
-    params, static = P.build(cfg)
-    return params, P.specialise(static, [cfg])
+    params, static = build.build(cfg)
+    return params, build.specialise(static, [cfg])
 
 
 def assert_runs_on_cuda(exported: export.Exported) -> None:
@@ -88,7 +89,7 @@ def test_sharded_rollout_lowers_for_cuda():
 
 
 def test_calibration_gradient_lowers_for_cuda():
-    params, static = P.build(Config.model_validate(small_dict()))  # not specialised, as calibration
+    params, static = build.build(Config.model_validate(small_dict()))  # not specialised, as calibration
     relaxed = P.Static(**{**static.__dict__, "relaxed": True})
 
     def loss(fund, temperature):

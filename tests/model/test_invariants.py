@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
+from engine.config import build
 from engine.config.schema import Config
-from engine.model import params as P
 from engine.sim.rollout import rollout
 from tests.conftest import SMALL, small_dict
 from tests.helpers import F32_RTOL, assert_close
@@ -44,7 +44,7 @@ def config(
 
 
 def outputs(cfg: Config) -> dict[str, np.ndarray]:
-    params, static = P.build(cfg)
+    params, static = build.build(cfg)
     out = rollout(params, cfg.run.seed, 0, N_PATHS, static=static, n_paths=N_PATHS)[0]
     return {k: np.asarray(v, np.float64) for k, v in jax.device_get(out).items()}
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from engine import simulate
+from engine.config import build
 from engine.config.schema import Config
-from engine.model import params as P
 from engine.model.kernel import path_keys, word64
 from engine.sim import cache
 from engine.sim.devices import path_mesh
@@ -62,7 +62,7 @@ def test_a_chunk_beyond_two_to_the_32_simulates_its_own_paths():
     starting at 2**32, and differs from the chunk at 0 (what 32-bit indices wrapped to)."""
     cache.enable()  # as `simulate` does: a second run of the tests does not compile again
     cfg = Config.model_validate(small_dict(run=TINY_RUN))
-    params, static = P.build(cfg)
+    params, static = build.build(cfg)
     mesh = path_mesh()
     n, half = 64 * mesh.size, 32 * mesh.size
 

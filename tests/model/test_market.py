@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from engine.config import build
 from engine.config.schema import Config
 from engine.model import market
-from engine.model import params as P
 from tests.conftest import small_dict
 
 N = 200_000
@@ -44,10 +44,10 @@ def test_specialise_picks_the_loop_free_draw_only_for_integer_dof():
             small_dict(market={"tail_dof": dof}, policy={"partial_liquidation": partial})
         )
 
-    static = P.static_of(point(4.0))
-    assert P.specialise(static, [point(4.0), point(3.0)]).dof_max == 4
-    assert P.specialise(static, [point(4.0), point(3.5)]).dof_max == 0
-    assert P.specialise(static, [point(0.0)]).dof_max == 1  # Gaussian: the chi-square is unused
-    assert P.specialise(static, [point(40.0)]).dof_max == 0  # beyond LOOP_FREE_DOF
-    assert P.specialise(static, [point(4.0)]).whole_only
-    assert not P.specialise(static, [point(4.0), point(4.0, partial=0.5)]).whole_only
+    static = build.static_of(point(4.0))
+    assert build.specialise(static, [point(4.0), point(3.0)]).dof_max == 4
+    assert build.specialise(static, [point(4.0), point(3.5)]).dof_max == 0
+    assert build.specialise(static, [point(0.0)]).dof_max == 1  # Gaussian: the chi-square is unused
+    assert build.specialise(static, [point(40.0)]).dof_max == 0  # beyond LOOP_FREE_DOF
+    assert build.specialise(static, [point(4.0)]).whole_only
+    assert not build.specialise(static, [point(4.0), point(4.0, partial=0.5)]).whole_only

@@ -7,8 +7,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from engine.config import build
 from engine.config.schema import Config
-from engine.model import params as P
 from engine.sim import reference
 from engine.sim.rollout import rollout
 from tests.conftest import small_dict
@@ -19,7 +19,7 @@ RUN = {"n_paths": N_PATHS, "seed": 5, "steps": 24, "cascade_rounds": 6, "max_win
 
 def test_numpy_baseline_matches_engine_in_distribution():
     cfg = Config.model_validate(small_dict(run=RUN, policy={"insurance_fund_usd": 2e8}))
-    params, static = P.build(cfg)
+    params, static = build.build(cfg)
     eng = jax.device_get(rollout(params, 5, 0, N_PATHS, static=static, n_paths=N_PATHS)[0])
     ref = reference.simulate_paths(cfg, N_PATHS, seed=1)
     assert set(ref) == set(eng)

@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import pytest
 
+from engine.config import build
 from engine.config.schema import Config
 from engine.model import kernel, waterfall
-from engine.model import params as P
 from engine.sim import reference
 from engine.sim.rollout import rollout
 from tests.conftest import small_dict
@@ -77,7 +77,7 @@ CASES = [
 def built(variant: str, form: str):
     """(config, params, static) of a variant with the cascade form selected."""
     cfg = parity_config(VARIANTS[variant][0])
-    params, static = P.build(cfg)
+    params, static = build.build(cfg)
     return cfg, params, dataclasses.replace(static, whole_only=form == "whole")
 
 
@@ -150,7 +150,7 @@ def test_rollout_matches_reference_paths(variant, form):
         assert_close(out[name], ref[name], PARITY_RTOL, scale, f"{variant}: {name}")
     if acted == "changed":
         base = reference.run_paths(
-            reference.to_numpy(P.build(parity_config({}))[0]),
+            reference.to_numpy(build.build(parity_config({}))[0]),
             static,
             N_PATHS,
             engine_draws(params, static, SEED, N_PATHS),

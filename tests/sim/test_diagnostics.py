@@ -10,8 +10,8 @@ import pytest
 
 from engine import simulate
 from engine.cli.run import show_summary
+from engine.config import build
 from engine.config.schema import Config
-from engine.model import params as P
 from engine.report import compare as R
 from tests.conftest import small_dict
 
@@ -51,7 +51,7 @@ def test_counts_reach_the_cube_as_float64_with_units(cube):
 
 def test_truncated_jump_counts_match_the_poisson_tail(cube):
     ds, jumpy = cube
-    p_step = P.jump_truncation(jumpy)
+    p_step = build.jump_truncation(jumpy)
     assert 0.005 < p_step < 0.05
     q = 1.0 - (1.0 - p_step) ** RUN["steps"]  # P(a path has at least one truncated step)
     n = RUN["n_paths"]

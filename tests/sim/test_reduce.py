@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
+from engine.config import build
 from engine.config.schema import Config
 from engine.model import bins as B
-from engine.model import params as P
 from engine.model.outputs import OUTPUTS
 from engine.sim.reduce import (
     BAND_QUANTILES,
@@ -38,7 +38,7 @@ CHUNK = 256
 def streamed():
     """Two chunks of real per-path outputs, accumulated one after the other."""
     cfg = Config.model_validate(small_dict(run=RUN, policy={"insurance_fund_usd": 2e8}))
-    params, static = P.build(cfg)
+    params, static = build.build(cfg)
     acc = PointAccumulator(static)
     chunks = []
     for start in (0, CHUNK):
@@ -231,7 +231,7 @@ def test_fan_bands_follow_moves_beyond_the_old_histogram_range():
             book={"leverage": [5, 50], "leverage_weights": [1, 1], "entry_points": 1},
         )
     )
-    params, static = P.build(cfg)
+    params, static = build.build(cfg)
     n = run["n_paths"]
     final = jax.jit(lambda p: _advance(_begin(p, static, n), p, 3, 0, n, 0, static, static.steps))(params)
     x = np.asarray(final.states.x_mark, np.float64)  # [paths, assets] log mark at the last step

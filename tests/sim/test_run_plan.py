@@ -11,8 +11,8 @@ import tomli_w
 from typer.testing import CliRunner
 
 from engine import cli
+from engine.config import build
 from engine.config.schema import Config
-from engine.model import params as P
 from engine.report.progress import LogReporter
 from engine.sim import devices
 from engine.sim import simulate as S  # the module, not the function `engine.simulate`
@@ -24,7 +24,7 @@ TINY = small_dict(run={**small_dict()["run"], "n_paths": 64, "steps": 8, "fan_po
 def test_plan_of_ten_billion_paths():
     cfg = Config.model_validate({**TINY, "run": {**TINY["run"], "n_paths": 10**10}})
     plan = S.plan(cfg)
-    static = P.static_of(cfg)
+    static = build.static_of(cfg)
     mesh = devices.path_mesh()
     assert plan.chunk == S.chunk_size(
         cfg, static, mesh.size, per_device_budget=mesh.devices.flat[0].platform != "cpu"

@@ -14,9 +14,10 @@ import pytest
 import xarray as xr
 
 from engine import simulate
+from engine.config import build
+from engine.config.build import static_of
 from engine.config.schema import Config
-from engine.model import params as P
-from engine.model.params import Static, static_of
+from engine.model.params import Static
 from engine.sim import devices
 from engine.sim.reduce import ATOM
 from engine.sim.rollout import sharded_rollout
@@ -83,8 +84,8 @@ def test_segments_of_steps_give_the_numbers_of_one_call():
     """`sharded_rollout` in segments of 7 steps (the last one overrunning the 24 steps and
     skipping them) against one segment of all steps: the same outputs and fan charts."""
     cfg = Config.model_validate(small_dict(run={"n_paths": 256, "steps": 24, "fan_points": 6}))
-    params, static = P.build(cfg)
-    static = P.specialise(static, [cfg])
+    params, static = build.build(cfg)
+    static = build.specialise(static, [cfg])
     mesh = devices.path_mesh()
     run = lambda seg: jax.device_get(
         sharded_rollout(params, 3, 0, 200, static=static, n_paths=256, mesh=mesh, segment_steps=seg)

@@ -6,8 +6,8 @@ import numpy as np
 import xarray as xr
 
 from engine import simulate
+from engine.config import build
 from engine.config.schema import Config
-from engine.model import params as P
 from engine.sim import simulate as simulate_module
 from engine.sim.rollout import rollout
 from tests.conftest import small_dict
@@ -35,7 +35,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers():
 
 def test_other_policy_values_do_not_recompile():
     cfg = config(n_paths=256)
-    params, static = P.build(cfg)
+    params, static = build.build(cfg)
     rollout(params, 5, 0, 256, static=static, n_paths=256)
     before = rollout._cache_size()
     for policy in (
@@ -44,12 +44,12 @@ def test_other_policy_values_do_not_recompile():
         {"breaker": {"kind": "band"}, "backstop_capacity_usd": 1e9, "insurance_fund_usd": 0.0},
     ):
         other = Config.model_validate(small_dict(run={**RUN, "n_paths": 256}, policy=policy))
-        p, s = P.build(other)
+        p, s = build.build(other)
         assert s == static
         rollout(p, 6, 256, 256, static=s, n_paths=256)
     # a value that bypassed validation (model_copy with an int) gives the same leaf types
     unvalidated = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"leverage_cap": 20})})
-    rollout(P.build(unvalidated)[0], 6, 256, 256, static=static, n_paths=256)
+    rollout(build.build(unvalidated)[0], 6, 256, 256, static=static, n_paths=256)
     assert rollout._cache_size() == before
 
 

@@ -8,8 +8,8 @@ import xarray as xr
 from pydantic import ValidationError
 
 from engine import simulate
+from engine.config import build
 from engine.config.schema import Config
-from engine.model import params as P
 from engine.sim import devices
 from engine.sim.rollout import sharded_rollout
 from engine.sim.simulate import chunk_size
@@ -93,8 +93,8 @@ def test_share_is_that_of_the_kernel_rerun_with_nudged_draws(run, points):
     """Parity with the definition: the same compiled chunk, as drawn and nudged by hand."""
     mesh = devices.path_mesh()
     for i, cfg in enumerate(points):
-        params, static = P.build(cfg)
-        static = P.specialise(static, [cfg])
+        params, static = build.build(cfg)
+        static = build.specialise(static, [cfg])
         size = chunk_size(cfg, static, mesh.size)
         out = [
             np.asarray(
