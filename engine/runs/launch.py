@@ -42,7 +42,8 @@ def start(
         raise ConfigError("--shard needs --run-dir DIR (the directory all shards share)")
     if resume is not None:
         options = (("CONFIG", config), ("--run-dir", run_dir), ("--paths", n_paths), ("--seed", seed))
-        given = [name for name, value in (*options, ("--set", sets)) if value]
+        # `is not None`: `--seed 0` is an option given too
+        given = [name for name, value in options if value is not None] + ["--set"] * bool(sets)
         if given:
             raise ConfigError(f"--resume uses the run's own config.toml; drop {', '.join(given)}")
         return open_run(resume)

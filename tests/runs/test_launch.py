@@ -49,6 +49,9 @@ def test_resume_takes_no_config_options(tmp_path):
     d = launch.start(QUICK, run_dir=tmp_path / "run").path
     with pytest.raises(ConfigError, match=r"--resume uses the run's own config.toml; drop CONFIG, --seed"):
         launch.start(QUICK, resume=d, seed=4)
+    # a zero or an empty value is an option given all the same
+    with pytest.raises(ConfigError, match=r"drop --paths, --seed, --set$"):
+        launch.start(resume=d, n_paths=0, seed=0, sets=["policy.leverage_cap=20"])
     resumed = launch.start(resume=d)
     assert resumed.path == d and launch.resume_state(resumed) == "run"
 
