@@ -221,7 +221,9 @@ def _run(
     try:
         with Interrupts() as interrupts, reporter:
             progress = interrupts.checked(FirstChunk(reporter, say))
-            cube = execute.execute(the_run, progress=progress, shard=the_shard, leader=leader)
+            cube = execute.execute(
+                the_run, progress=progress, shard=the_shard, leader=leader, report=write_report
+            )
     except KeyboardInterrupt:
         raise fail(
             f"interrupted; finished parts are kept: continue with `{again}`", EXIT_INTERRUPTED
@@ -275,7 +277,7 @@ def combine(
         if launch.resume_state(the_run) == "rebuild":
             _say_rebuilding(the_run)
         with Interrupts():
-            cube = execute.combine(the_run)
+            cube = execute.combine(the_run, report=write_report)
     except KeyboardInterrupt:
         raise fail(
             f"interrupted; the parts are kept: `liqstress combine {run_dir}` again", EXIT_INTERRUPTED

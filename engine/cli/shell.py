@@ -10,6 +10,8 @@ import typer.core
 from rich.console import Console
 from rich.text import Text
 
+from engine.sim.distributed import EXIT_INTERRUPTED, Interrupts
+
 
 class _Group(typer.core.TyperGroup):
     """Plain (click) help, whose command summaries (the docstrings' first paragraphs) wrap at
@@ -24,6 +26,15 @@ class _Group(typer.core.TyperGroup):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        """Every command with SIGTERM acting as Ctrl-C; an interrupt that the command did not turn
+        into its own message ends with the documented code 130 (click: "Aborted!" and 1)."""
+        with Interrupts():
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:
+                raise fail("interrupted", EXIT_INTERRUPTED) from None
 
 
 # rich_markup_mode=None: rich's help cuts long words and option values with "…" at 80 columns

@@ -371,7 +371,9 @@ class RunSettings(Strict):
 
 # Longest config name: run directories are `<16-character timestamp>_<name>` (with `_<k>` when
 # taken, `calibrate_`/`optimise_` before the name for fits) and file names have 255 bytes.
-MAX_NAME = 200
+# A run directory is <16-char timestamp>_<name>[_k], built under a hidden sibling
+# .<that>.<32-hex uuid>.new: 180 bytes of name keep both within the 255 bytes of a file name.
+MAX_NAME = 180
 
 
 class Config(Strict):
@@ -414,9 +416,9 @@ class Config(Strict):
     @field_validator("name")
     @classmethod
     def _name_fits_a_file_name(cls, name: str) -> str:
-        if len(name) > MAX_NAME:
+        if len(name.encode()) > MAX_NAME:
             raise ValueError(
-                f"at most {MAX_NAME} characters (got {len(name)}): run directories are named "
+                f"at most {MAX_NAME} bytes (got {len(name.encode())}): run directories are named "
                 "<timestamp>_<name>, and file names are limited to 255 bytes"
             )
         return name

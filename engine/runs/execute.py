@@ -230,8 +230,10 @@ def _run_parts(
         report(finished=p["index"])
 
 
-def _write_cube(run: RunDir) -> xr.Dataset:
-    """Assemble and write `cube.nc` and mark the run complete (the caller holds `.lock`)."""
+def _write_cube(run: RunDir, report: bool) -> xr.Dataset:
+    """Assemble and write `cube.nc` and mark the run complete (the caller holds `.lock`); with
+    `report`, its report `pending` in the same write, so that an interrupt before the report is
+    written leaves a run whose resume writes it."""
     n = len(run.manifest["parts"])
     missing = _check_parts(run, range(n))
     if missing:
@@ -241,7 +243,13 @@ def _write_cube(run: RunDir) -> xr.Dataset:
     C.write_atomic(cube, run.cube_path)
     sha = sha256_file(run.cube_path)
     with run.editing() as m:
-        m.update(status="complete", error=None, cube=CUBE, cube_sha256=sha)
+        m.update(
+            status="complete",
+            error=None,
+            cube=CUBE,
+            cube_sha256=sha,
+            **({"report": "pending"} if report else {}),
+        )
     run.log("cube rebuilt from the parts (it was missing or damaged)" if rebuilt else "cube written")
     return cube
 
@@ -267,8 +275,10 @@ def execute(
     progress: Callable[[RunProgress], None] | None = None,
     shard: tuple[int, int] | None = None,
     leader: Leader | None = None,
+    report: bool = False,
 ) -> xr.Dataset | None:
     """Simulate the run's pending parts, then assemble and write `cube.nc`; return the cube.
+    `report`: a report of the cube will be written (the manifest records it `pending` until then).
 
     `shard=(i, n)` simulates only the parts with `index % n == i`, alongside the other shards,
     and assembles the cube only if every part is done by then (else returns None). Marks the
@@ -284,7 +294,7 @@ def execute(
             with _session(run, None) as checkpoint:
                 _check_parts(run, range(n_parts))
                 _run_parts(run, range(n_parts), progress, "", leader, checkpoint)
-                return _write_cube(run)
+                return _write_cube(run, report)
     i, n = shard
     mine = range(i, n_parts, n)
     # Shared `.lock` waits (holding no other lock) for an unsharded session or a `combine` to
@@ -301,10 +311,10 @@ def execute(
                 run.log(f"shard {i}/{n}: no parts (the run has {n_parts})")
             _check_parts(run, mine)
             _run_parts(run, mine, progress, f"shard {i}/{n}: ", leader, checkpoint)
-    return combine(run) if not _missing(run) else None
+    return combine(run, report) if not _missing(run) else None
 
 
-def combine(run: RunDir) -> xr.Dataset | None:
+def combine(run: RunDir, report: bool = False) -> xr.Dataset | None:
     """Assemble and write `cube.nc` of a run whose parts are all done (checked against their
     hashes) and mark it complete; return the cube, or None if the run was complete already with
     its cube intact (`cube_intact`; else the cube is rebuilt). `ConfigError` naming the parts
@@ -317,7 +327,7 @@ def combine(run: RunDir) -> xr.Dataset | None:
         _remove_temporaries(run, range(len(run.manifest["parts"])))
         if run.reload()["status"] == "complete" and cube_intact(run):
             return None
-        return _write_cube(run)
+        return _write_cube(run, report)
 
 
 def assemble(run: RunDir) -> xr.Dataset:

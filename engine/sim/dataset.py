@@ -153,7 +153,7 @@ def _run_variables(results: list[dict]) -> dict:
             np.stack([r["tipping_share"] for r in results]),
             {
                 "units": "1",
-                "long_name": f"share of sampled paths whose liquidated total moves by more than {TIPPING_RTOL:.1%} when every random draw moves by {NUDGE_ULPS:.0f} ulps (engine.tipping)",
+                "long_name": f"share of sampled paths whose liquidated total moves by more than {TIPPING_RTOL:.1%} when every random draw moves by {NUDGE_ULPS:.0f} ulps (engine.sim.tipping)",
             },
         )
         data["tipping_sampled"] = (

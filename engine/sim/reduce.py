@@ -155,8 +155,8 @@ class PointAccumulator:
             "n_nonfinite": np.asarray(self.nonfinite),
         }
         # kernel diagnostics: paths whose cascade ran out of rounds, or with a truncated jump count
-        out["n_cascade_unconverged"] = self.positive["residual_notional"].astype(np.int32)
-        out["n_jump_truncated"] = np.asarray(self.jump_truncated, np.int32)
+        out["n_cascade_unconverged"] = self.positive["residual_notional"].astype(np.float64)
+        out["n_jump_truncated"] = np.asarray(self.jump_truncated, np.float64)
         out["quantile_status"] = quantile_status(self.n, QUANTILES)
         out["band_quantile_status"] = quantile_status(self.n, BAND_QUANTILES)
         out["es99_status"] = es_status(self.n)

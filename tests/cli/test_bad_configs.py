@@ -174,13 +174,13 @@ CASES = [
         "300-character name",
         {"c.toml": f'base = "{QUICK}"\nname = "{"n" * 300}"\n'},
         ["validate", "c.toml"],
-        "name: at most 200 characters (got 300)",
+        "name: at most 180 bytes (got 300)",
     ),
     (
         "300-character name in a run",
         {},
         ["run", QUICK, "--set", f"name={'n' * 300}"],
-        "at most 200 characters",
+        "at most 180 bytes",
     ),
     (
         "ragged correlation",

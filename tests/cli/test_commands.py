@@ -1,8 +1,11 @@
 """The command line's dispatch and small commands (no simulation here)."""
 
+import os
+import signal
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from engine import cli
@@ -44,3 +47,18 @@ def test_python_dash_m_engine_is_the_cli():
     assert out.returncode == 0
     for command in ("run", "compare", "list", "validate"):
         assert command in out.stdout
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_outside_a_simulation_exits_130(monkeypatch, how):
+    """Ctrl-C or SIGTERM while a command validates its config (no simulation running) ends with
+    the documented 130 and a message, not click's "Aborted!" and 1, nor -15."""
+
+    def interrupted(*args, **kwargs):
+        if how == "SIGTERM":
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.browse, "load_study", interrupted)
+    result = CliRunner().invoke(cli.app, ["validate", "quick"])
+    assert result.exit_code == 130 and "interrupted" in result.output

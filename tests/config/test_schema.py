@@ -56,7 +56,7 @@ BAD = {
         small_dict(market={**small_dict()["market"], "correlation": [[1.0, 0.8], [0.8]]}),
         "market.correlation: must be 2x2",
     ),
-    "name longer than a file name allows": (small_dict(name="n" * 300), "name: at most 200 characters"),
+    "name longer than a file name allows": (small_dict(name="n" * 300), "name: at most 180 bytes"),
     "GARCH not stationary": (
         small_dict(market={**small_dict()["market"], "garch_alpha": 0.1, "garch_beta": 0.9}),
         "garch_alpha + garch_beta",

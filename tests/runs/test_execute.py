@@ -400,6 +400,26 @@ def test_an_interrupted_report_exits_130_and_resume_finishes_it(straight, tmp_pa
     assert "writing it" not in invoke("run", "--resume", str(d), "--no-progress").output
 
 
+def test_an_interrupt_between_the_cube_and_the_report_leaves_it_pending(straight, tmp_path, monkeypatch):
+    """The cube is complete and the report not begun (here: the summary is being printed): the
+    manifest already says the report is pending, so `--resume` writes it."""
+    d = copy_run(straight, tmp_path / "run")
+    shutil.rmtree(d / "plots")
+    (d / "report.md").unlink()
+    (d / "cube.nc").unlink()
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.run, "show_summary", interrupted)
+    result = CliRunner().invoke(cli.app, ["run", "--resume", str(d), "--no-progress"])
+    assert result.exit_code == 130, result.output
+    assert json.loads((d / "manifest.json").read_text())["report"] == "pending"
+    monkeypatch.undo()
+    result = invoke("run", "--resume", str(d), "--no-progress")
+    assert "writing it" in result.output and (d / "report.md").is_file()
+
+
 def test_a_full_disk_is_named_cleaned_up_and_resumed(straight, tmp_path, monkeypatch):
     real = xr.Dataset.to_netcdf
 
