@@ -18,7 +18,7 @@ compile time belong to that measurement alone. A worker reports:
   cascade round, no ADL), from which the README derives the bound on a GPU;
 - rng: the time to draw just the workload's random numbers with the same generator, keys and
   sharding (one chunk timed, times the number of chunk-points) and `sim_over_rng`;
-- numpy: `engine.reference.simulate_paths` on a subset of paths (steps shortened where noted),
+- numpy: `engine.sim.reference.simulate_paths` on a subset of paths (steps shortened where noted),
   its path-steps/s and `speedup` = liqstress path-steps/s over NumPy's.
 
 Results go to `runs/<time>_bench_<name>/<name>.json` under the current directory (`--out DIR`
@@ -226,7 +226,7 @@ def _numpy_baseline(cfg, name: str, quick: bool) -> dict:
     except ImportError:
         return {"available": False, "note": "engine/reference.py not present"}
     if not hasattr(reference, "simulate_paths"):
-        return {"available": False, "note": "engine.reference has no simulate_paths"}
+        return {"available": False, "note": "engine.sim.reference has no simulate_paths"}
     n, steps = NUMPY_SIZE[name]
     n = min(n, cfg.run.n_paths)
     if quick:

@@ -2,7 +2,7 @@
 
 The exact kernel has discontinuities (a cohort is liquidated or not), so gradients of outcome
 statistics with respect to parameters are zero almost everywhere. Calibration therefore runs
-the relaxed kernel (`Static.relaxed`, see `engine.model.cascade`): a cohort's liquidated share is a
+the relaxed kernel (`Static.relaxed`, see `engine.model.relaxed`): a cohort's liquidated share is a
 ramp of width `temperature` (log price) in how far the mark crossed its liquidation price.
 As the temperature goes to zero the relaxed kernel converges to the exact one.
 

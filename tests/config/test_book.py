@@ -1,4 +1,4 @@
-"""The book of cohorts (`engine.book`): its layout, on the host."""
+"""The book of cohorts (`engine.config.book`): its layout, on the host."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tests.conftest import SMALL
 
 
 def test_every_asset_holds_longs_then_as_many_shorts(monkeypatch):
-    """The per-side sums (`engine.cascade.side_matrix`) read the layout of the first asset;
+    """The per-side sums (`engine.model.cascade.side_matrix`) read the layout of the first asset;
     `build_cohorts` checks that all assets share it."""
     checked = []
     monkeypatch.setattr(book, "check_layout", lambda side: checked.append(side.copy()))

@@ -1,4 +1,4 @@
-"""Invariants on the per-path outputs of `engine.rollout.rollout`: conservation of money and
+"""Invariants on the per-path outputs of `engine.sim.rollout.rollout`: conservation of money and
 monotonicity in the policy levers, on the same paths (common random numbers).
 
 Per-path monotonicity is asserted where it follows from the model: with GARCH on, a policy

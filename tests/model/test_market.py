@@ -1,4 +1,4 @@
-"""Random numbers of `engine.market.draw`: both chi-square samplers have the chi-square law.
+"""Random numbers of `engine.model.market.draw`: both chi-square samplers have the chi-square law.
 
 The loop-free form (`Static.dof_max`) sums exponentials and a squared normal; it must give
 chi2(nu) for every integer nu up to `dof_max`, with the unused terms masked. Checked by a

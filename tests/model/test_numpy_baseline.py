@@ -1,4 +1,4 @@
-"""`engine.reference.simulate_paths`, the NumPy baseline with its own random numbers, agrees
+"""`engine.sim.reference.simulate_paths`, the NumPy baseline with its own random numbers, agrees
 with the engine in distribution: same output names, means within 4 standard errors of the
 difference of two independent samples."""
 

@@ -5,10 +5,10 @@ what this test checks between the kernel in float32 (both cascade forms as `simu
 them) and the NumPy reference in float64, fed the same draws:
 
 - the distributions agree: every output's mean within `MEAN_SE` Monte Carlo standard errors,
-  and every quantile of `engine.reduce.QUANTILES` within the distribution-free band of the
+  and every quantile of `engine.sim.reduce.QUANTILES` within the distribution-free band of the
   float64 sample quantile (order statistics at q +- 3 sqrt(q (1 - q) / n));
 - per path, continuous outputs agree to `F32_PATH_RTOL` of their natural scale, but only on
-  paths that are not at a tipping point: the paths `engine.tipping` flags (the run's own
+  paths that are not at a tipping point: the paths `engine.sim.tipping` flags (the run's own
   float32 kernel, draws nudged by `NUDGE_ULPS`) are left out, and since a path can tip under
   one perturbation and not the other, up to `UNFLAGGED_SHARE` of the rest may disagree too.
   Outputs fixed by the ADL queue's order (decided at near ties) are compared as distributions.

@@ -1,4 +1,4 @@
-"""Parity of the JAX kernel with the NumPy reference (`engine.reference`) on the same draws.
+"""Parity of the JAX kernel with the NumPy reference (`engine.sim.reference`) on the same draws.
 
 Small cases (2 assets, 48 cohorts each, 24 steps, 4 paths; 2 of them step by step) in float64, across the policy
 variants and both forms of the cascade (the general one and, where every liquidation closes
@@ -133,7 +133,7 @@ def test_step_matches_reference_every_step(variant, form, jax_step):
 
 @pytest.mark.parametrize(("variant", "form"), CASES)
 def test_rollout_matches_reference_paths(variant, form):
-    """Whole paths: `engine.rollout.rollout` (scan, ADL under cond, extract) vs `run_paths`."""
+    """Whole paths: `engine.sim.rollout.rollout` (scan, ADL under cond, extract) vs `run_paths`."""
     acted = VARIANTS[variant][1]
     cfg, params, static = built(variant, form)
     out = jax.device_get(rollout(params, SEED, 0, N_PATHS, static=static, n_paths=N_PATHS)[0])

@@ -180,7 +180,7 @@ def test_diagnostics_name_the_paths_and_the_fix():
 
 
 # --------------------------------------------------------------------------------------
-# Statistics with too few paths behind them (`engine.summary.estimate` says NaN) are drawn,
+# Statistics with too few paths behind them (`engine.report.summary.estimate` says NaN) are drawn,
 # where they lie, in a style that says they are not estimates.
 # --------------------------------------------------------------------------------------
 

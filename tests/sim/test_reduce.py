@@ -1,4 +1,4 @@
-"""Streaming reductions (`engine.bins`, `engine.reduce`) against exact statistics of the same
+"""Streaming reductions (`engine.model.bins`, `engine.sim.reduce`) against exact statistics of the same
 per-path values: quantiles within the resolution of the bins, ES99 within the width of the
 boundary bin, means, standard errors and probabilities exact (rtol 1e-9, float64 sums)."""
 

@@ -1,6 +1,6 @@
 """Sharding the path axis over devices: the statistics must not depend on the device count.
 
-The test process has one host CPU device per core (see `engine.devices`); on a machine with a
+The test process has one host CPU device per core (see `engine.sim.devices`); on a machine with a
 single core, or when JAX was configured otherwise, a subprocess with two devices is used.
 """
 
