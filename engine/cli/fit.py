@@ -149,6 +149,8 @@ def optimise(
         highlight=False,
         soft_wrap=True,
     )
+    for line in summary["warnings"]:
+        err().print(Text("warning: ", style="bold yellow") + Text(line), soft_wrap=True)
     rec = summary["recommended"]
     if summary["optimum_accepted"]:
         out().print("accepted: feasible at the required confidence", highlight=False)

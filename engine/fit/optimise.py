@@ -49,6 +49,7 @@ from engine.fit.common import (
 )
 from engine.model import params as P
 from engine.model.kernel import word64
+from engine.sim.reduce import ES_LEVEL, MIN_ES_TAIL_PATHS
 from engine.sim.rollout import rollout
 from engine.sim.simulate import precision
 
@@ -402,6 +403,23 @@ def exact_evaluator(oc: OptimisationConfig, cfg: Config, seed: int) -> Callable[
         }
 
     return evaluate
+
+
+def tail_warnings(oc: OptimisationConfig) -> list[str]:
+    """Why the exact check's statistic may not be an estimate: an ES99 constraint checked on
+    fewer tail paths than a run's cube needs to call ES99 an estimate (`engine.sim.reduce`)."""
+    if not oc.constraint.statistic.startswith("es99"):
+        return []
+    tail = (1.0 - ES_LEVEL) * oc.optimise.check_paths
+    if tail >= MIN_ES_TAIL_PATHS:
+        return []
+    need = math.ceil(MIN_ES_TAIL_PATHS / (1.0 - ES_LEVEL))
+    message = (
+        f"{oc.constraint.statistic} is checked on {oc.optimise.check_paths:,} paths, {tail:.0f} beyond q99: "
+        f"a run's cube calls ES99 an estimate from {MIN_ES_TAIL_PATHS} tail paths; P(feasible) "
+        f"rests on a bootstrap of few tail paths. Set optimise.check_paths to {need:,} or more"
+    )
+    return [message]
 
 
 def judge(oc: OptimisationConfig, res: Result) -> dict:

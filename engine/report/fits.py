@@ -25,7 +25,7 @@ from engine.fit.calibrate import (
     fitted_config,
     flags,
 )
-from engine.fit.optimise import OptimisationConfig, Result, judge
+from engine.fit.optimise import OptimisationConfig, Result, judge, tail_warnings
 from engine.report.ticks import plain_log_axis
 
 NOT_CONVERGED_RULE = f"best loss > {NOT_CONVERGED_RATIO} x the median best loss over seeds"
@@ -194,6 +194,7 @@ def optimisation_summary(oc: OptimisationConfig, res: Result) -> dict:
         "start": res.start,
         "searched": res.searched,
         **judge(oc, res),
+        "warnings": tail_warnings(oc),
     }
 
 
@@ -248,7 +249,9 @@ def optimisation_markdown(oc: OptimisationConfig, res: Result, summary: dict) ->
         f"Minimise the restrictiveness of {', '.join(f'`{lv.path}`' for lv in oc.levers)} subject to "
         f"`{oc.constraint.statistic}` <= {oc.bound:,.4g} USD."
     )
-    lines = ["# Policy optimisation report", "", aim, "", *search_section(oc, res)]
+    lines = ["# Policy optimisation report", "", aim, ""]
+    lines += ["## Warnings", "", *(f"- {w}" for w in summary["warnings"]), ""] if summary["warnings"] else []
+    lines += search_section(oc, res)
     lines += ["", *check_section(oc, res, summary), "", "![trajectory](trajectory.png)", ""]
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from engine.fit.optimise import (
     load_optimisation,
     optimise,
     restrictiveness,
+    tail_warnings,
 )
 from engine.report.fits import write_optimisation
 from tests.conftest import small_dict
@@ -184,3 +185,16 @@ def test_exact_check_takes_seeds_beyond_31_bits():
     big, small = exact_evaluator(oc, cfg, 2**62 + 5), exact_evaluator(oc, cfg, 5)
     a, b = big(np.array([20.0])), small(np.array([20.0]))
     assert np.isfinite(a["statistic"]) and a["statistic"] != b["statistic"]
+
+
+def test_an_es99_check_on_too_few_tail_paths_is_warned():
+    base = small_problem(4e10)
+
+    def es99(check_paths: int) -> OptimisationConfig:
+        constraint = base.constraint.model_copy(update={"statistic": "es99_liquidated_total"})
+        settings = base.optimise.model_copy(update={"check_paths": check_paths})
+        return base.model_copy(update={"constraint": constraint, "optimise": settings})
+
+    assert "optimise.check_paths to 10,000" in tail_warnings(es99(512))[0]
+    assert tail_warnings(es99(10_000)) == []
+    assert tail_warnings(base) == []  # a mean needs no tail
