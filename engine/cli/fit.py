@@ -13,6 +13,7 @@ from rich.text import Text
 
 from engine.cli.shell import app, err, fail, out
 from engine.config.errors import ConfigError, SimulationError
+from engine.report.units import usd
 from engine.runs import rundir
 from engine.sim.distributed import EXIT_USAGE
 
@@ -69,7 +70,7 @@ def _optimisation_plan(oc) -> str:
     s = oc.optimise
     return (
         f"optimisation of {oc.scenario.name}: levers {[lv.path for lv in oc.levers]}, "
-        f"{oc.constraint.statistic} <= {oc.bound:,.4g} at confidence {s.confidence}, "
+        f"{oc.constraint.statistic} <= {usd(oc.bound)} at confidence {s.confidence}, "
         f"{s.iterations} iterations of {s.n_paths} paths, exact check on {s.check_paths} paths"
     )
 
@@ -142,8 +143,8 @@ def optimise(
         return ", ".join(f"{n} = {v:.4g}" for n, v in zip(summary["levers"], values))
 
     out().print(
-        f"optimum: {fmt(summary['optimum'])}; {summary['constraint']} = {c['statistic']:,.4g} ± {c['mc_se']:,.3g} "
-        f"(bound {summary['bound']:,.4g}); P(feasible) = {c['p_feasible']:.3f} "
+        f"optimum: {fmt(summary['optimum'])}; {summary['constraint']} = {usd(c['statistic'])} ± {usd(c['mc_se'])} "
+        f"(bound {usd(summary['bound'])}); P(feasible) = {c['p_feasible']:.3f} "
         f"(required {summary['confidence']}); as good as the best grid point: "
         f"{summary['optimum_at_least_as_good_as_grid']}",
         highlight=False,

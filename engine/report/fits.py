@@ -27,6 +27,7 @@ from engine.fit.calibrate import (
 )
 from engine.fit.optimise import OptimisationConfig, Result, judge, tail_warnings
 from engine.report.ticks import plain_log_axis
+from engine.report.units import usd
 
 NOT_CONVERGED_RULE = f"best loss > {NOT_CONVERGED_RATIO} x the median best loss over seeds"
 
@@ -247,7 +248,7 @@ def optimisation_markdown(oc: OptimisationConfig, res: Result, summary: dict) ->
     """report.md of a policy optimisation: the search, then the exact check and the verdict."""
     aim = (
         f"Minimise the restrictiveness of {', '.join(f'`{lv.path}`' for lv in oc.levers)} subject to "
-        f"`{oc.constraint.statistic}` <= {oc.bound:,.4g} USD."
+        f"`{oc.constraint.statistic}` <= {usd(oc.bound)} USD."
     )
     lines = ["# Policy optimisation report", "", aim, ""]
     lines += ["## Warnings", "", *(f"- {w}" for w in summary["warnings"]), ""] if summary["warnings"] else []
@@ -272,13 +273,13 @@ def search_section(oc: OptimisationConfig, res: Result) -> list[str]:
     step = max(1, len(res.trajectory) // 10)
     for t in res.trajectory[::step] + [res.trajectory[-1]]:
         lines.append(
-            f"| {t['iteration']} | {fmt(t['values'])} | {t['cost']:.3f} | {t['statistic']:,.4g} | {t['objective']:.4g} |"
+            f"| {t['iteration']} | {fmt(t['values'])} | {t['cost']:.3f} | {usd(t['statistic'])} | {t['objective']:.4g} |"
         )
     st, se = res.start, res.searched
     start_text = (
         f"Started from the cheapest feasible point of an exact {s.grid_points}-per-lever grid on "
-        f"scouting paths ({fmt(st['values'])}: cost {st['cost']:.3f}, statistic {st['statistic']:,.4g}); the search "
-        f"ended at {fmt(se['values'])} (cost {se['cost']:.3f}, statistic {se['statistic']:,.4g} on the same paths). "
+        f"scouting paths ({fmt(st['values'])}: cost {st['cost']:.3f}, statistic {usd(st['statistic'])}); the search "
+        f"ended at {fmt(se['values'])} (cost {se['cost']:.3f}, statistic {usd(se['statistic'])} on the same paths). "
         f"The optimum is the end of the search if it is feasible there with P(feasible) >= {s.confidence} "
         "and no costlier, else the start."
     )
@@ -296,11 +297,11 @@ def check_section(oc: OptimisationConfig, res: Result, summary: dict) -> list[st
         "",
         "| policy | levers | cost | statistic ± MC s.e. | P(feasible) |",
         "|---|---|---|---|---|",
-        f"| optimum | {fmt(c['values'])} | {c['cost']:.3f} | {c['statistic']:,.4g} ± {c['mc_se']:,.3g} | {c['p_feasible']:.3f} |",
+        f"| optimum | {fmt(c['values'])} | {c['cost']:.3f} | {usd(c['statistic'])} ± {usd(c['mc_se'])} | {c['p_feasible']:.3f} |",
     ]
     if b:
         lines.append(
-            f"| best grid point | {fmt(b['values'])} | {b['cost']:.3f} | {b['statistic']:,.4g} ± {b['mc_se']:,.3g} | {b['p_feasible']:.3f} |"
+            f"| best grid point | {fmt(b['values'])} | {b['cost']:.3f} | {usd(b['statistic'])} ± {usd(b['mc_se'])} | {b['p_feasible']:.3f} |"
         )
     lines += [
         "",
