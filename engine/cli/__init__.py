@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 
-from engine.cli import browse, fit, run  # noqa: F401  (importing them registers their commands)
+from engine.cli import browse, fitting, run  # noqa: F401  (importing them registers their commands)
 from engine.cli.shell import ARGV, app
 
 

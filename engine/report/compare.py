@@ -1,6 +1,6 @@
 """Policy comparison: key-metric tables with paired differences, notes, and the report.
 
-The policies and their differences come from `engine.report.policies`, the figures from
+The policies and their differences come from `engine.report.results`, the figures from
 `engine.report.plots`. `report.md` also warns where a kernel limit bit on some paths
 (`diagnostics`), explains fund draws above the fund's size (`fund_note`), and says why
 another run's rows are unpaired (`pairing_notes`). `write_report` writes `report.md` and
@@ -15,7 +15,7 @@ import xarray as xr
 from rich.table import Table
 
 from engine.report import plots
-from engine.report.policies import (
+from engine.report.results import (
     DIFFS,
     Z95,
     PolicyResult,

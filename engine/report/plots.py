@@ -1,4 +1,4 @@
-"""The figures of a report, from the policies of result cubes (`engine.report.policies`):
+"""The figures of a report, from the policies of result cubes (`engine.report.results`):
 
 - `loss_distributions.png`: median, 90/99/99.9% quantiles and ES99 of the loss variables
   per policy;
@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from engine.report.policies import LOSSES, Z95, PolicyResult, lead, value_text
+from engine.report.results import LOSSES, Z95, PolicyResult, lead, value_text
 from engine.report.summary import estimate, paths_needed
 from engine.report.ticks import Amounts
 from engine.report.units import usd

@@ -3,7 +3,7 @@
 import numpy as np
 import xarray as xr
 
-from engine.report import policies as pol
+from engine.report import results as pol
 from engine.report.units import usd
 from tests.helpers import EXACT_RTOL, assert_close
 

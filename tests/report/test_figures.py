@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from engine.report import compare as R
 from engine.report import plots
-from engine.report import policies as pol
+from engine.report import results as pol
 from engine.report.ticks import Amounts, plain_log_axis
 from engine.report.units import usd
 from engine.sim.reduce import BAND_QUANTILES, QUANTILES

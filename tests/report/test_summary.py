@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from engine.report import compare as R
-from engine.report import policies as pol
+from engine.report import results as pol
 from engine.report.summary import NOT_ESTIMABLE, summary_table
 from engine.report.units import usd
 from engine.sim.dataset import to_dataset
