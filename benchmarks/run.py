@@ -272,7 +272,10 @@ def measure(
     static = build.specialise(build.static_of(cfg), pts)  # the kernel forms `simulate` will use
     mesh = devices.path_mesh()
     size = chunk_size(cfg, static, mesh.size, per_device_budget=mesh.devices.flat[0].platform != "cpu")
-    fix = lambda c, **u: c.model_copy(update={"run": c.run.model_copy(update={"chunk_size": size, **u})})
+    # tipping_paths 0: the figures are the simulation's throughput; the tipping probe (a rerun of
+    # a sample of paths, a diagnostic of each run) is measured on its own (benchmarks/README.md)
+    run = {"chunk_size": size, "tipping_paths": 0}
+    fix = lambda c, **u: c.model_copy(update={"run": c.run.model_copy(update={**run, **u})})
     cfg = fix(cfg)
     pts = [fix(p) for p in pts]
     n_chunks = -(-cfg.run.n_paths // size)
