@@ -9,9 +9,8 @@ from typing import Annotated
 import typer
 import typer.core
 from rich.table import Table
-from rich.text import Text
 
-from engine.cli.shell import app, err, fail, out
+from engine.cli.shell import app, err, fail, out, warning
 from engine.config.errors import ConfigError, SimulationError
 from engine.report.units import usd
 from engine.runs import rundir
@@ -112,7 +111,7 @@ def calibrate(
         )
     out().print(t)
     for line in summary["warnings"]:
-        err().print(Text("warning: ", style="bold yellow") + Text(line), soft_wrap=True)
+        warning(line)
     out().print(f"run directory: {target}  (fitted_scenario.toml runs with `liqstress run`)")
 
 
@@ -151,25 +150,18 @@ def optimise(
         soft_wrap=True,
     )
     for line in summary["warnings"]:
-        err().print(Text("warning: ", style="bold yellow") + Text(line), soft_wrap=True)
+        warning(line)
     rec = summary["recommended"]
     if summary["optimum_accepted"]:
         out().print("accepted: feasible at the required confidence", highlight=False)
     elif rec is None:
-        err().print(
-            Text("warning: ", style="bold yellow")
-            + Text(
-                f"optimum not accepted: P(feasible) below {summary['confidence']}, and no grid point reaches it"
-            )
+        warning(
+            f"optimum not accepted: P(feasible) below {summary['confidence']}, and no grid point reaches it"
         )
     else:
-        err().print(
-            Text("warning: ", style="bold yellow")
-            + Text(
-                f"optimum not accepted: P(feasible) below {summary['confidence']}; the cheapest grid point that reaches it: "
-                f"{fmt(rec['values'])} (cost {rec['cost']:.3f}, P(feasible) = {rec['p_feasible']:.3f})"
-            ),
-            soft_wrap=True,
+        warning(
+            f"optimum not accepted: P(feasible) below {summary['confidence']}; the cheapest grid point that "
+            f"reaches it: {fmt(rec['values'])} (cost {rec['cost']:.3f}, P(feasible) = {rec['p_feasible']:.3f})"
         )
     out().print(f"run directory: {target}")
 

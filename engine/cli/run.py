@@ -9,9 +9,8 @@ from typing import Annotated
 
 import typer
 import typer.core
-from rich.text import Text
 
-from engine.cli.shell import ARGV, app, err, fail, out, print_version, say
+from engine.cli.shell import ARGV, app, err, fail, out, print_version, say, warning
 from engine.config.errors import ConfigError, SimulationError
 from engine.report import compare as R
 from engine.report.progress import BarReporter, FirstChunk, LogReporter
@@ -46,7 +45,7 @@ def join_processes(
 def warn(pols: list[R.PolicyResult]) -> None:
     """The kernel's diagnostics (paths where a static limit bit) as warnings on stderr."""
     for line in R.diagnostics(pols):
-        err().print(Text("warning: ", style="bold yellow") + Text(line), soft_wrap=True)
+        warning(line)
 
 
 def show_summary(cube, run_id: str) -> None:
@@ -321,8 +320,7 @@ def _show_cube(the_run: RunDir, cube, write_report: bool) -> None:
     if write_report:
         again = f"write it with `liqstress run --resume {the_run.path}`"
         try:
-            with Interrupts():
-                the_run.mark(report="pending")
+            with Interrupts():  # the report is `pending` since the cube was marked complete
                 rep = R.write_report([(the_run.manifest["run_id"], cube)], the_run.path)
                 the_run.mark(report="done")
         except KeyboardInterrupt:

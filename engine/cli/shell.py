@@ -61,6 +61,10 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def warning(message: str) -> None:
+    err().print(Text("warning: ", style="bold yellow") + Text(message), soft_wrap=True)
+
+
 def say(line: str) -> None:
     err().print(line, highlight=False, soft_wrap=True)
 

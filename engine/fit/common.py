@@ -8,6 +8,7 @@ Adam (gradient clipping, cosine-decayed learning rate) by `descend`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def sized(scenario: Config, n_paths: int, steps: int | None) -> Config:
 
 def relaxed_static(static: P.Static) -> P.Static:
     """The static settings of the relaxed kernel (see `engine.model.cascade`)."""
-    return P.Static(**{**static.__dict__, "relaxed": True})
+    return dataclasses.replace(static, relaxed=True)
 
 
 def in_precision(dtype: str, fn: Callable) -> Callable:

@@ -45,6 +45,7 @@ from engine.fit.common import (
     load_fit_config,
     relaxed_static,
     sized,
+    to_unconstrained,
     to_values,
 )
 from engine.model import params as P
@@ -341,7 +342,7 @@ def levers_to_unconstrained(oc: OptimisationConfig, values) -> np.ndarray:
     for lv, v in zip(oc.levers, values):
         f = np.log if lv.log else (lambda x: x)
         frac = np.clip((f(v) - f(lv.lower)) / (f(lv.upper) - f(lv.lower)), 0.05, 0.95)
-        out.append(np.log(frac / (1.0 - frac)))
+        out.append(to_unconstrained(frac, 0.0, 1.0))
     return np.asarray(out)
 
 

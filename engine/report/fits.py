@@ -28,15 +28,9 @@ from engine.fit.calibrate import (
 from engine.fit.optimise import OptimisationConfig, Result, judge, tail_warnings
 from engine.report.ticks import plain_log_axis
 from engine.report.units import usd
+from engine.runs.rundir import write_text_atomic
 
 NOT_CONVERGED_RULE = f"best loss > {NOT_CONVERGED_RATIO} x the median best loss over seeds"
-
-
-def write_json(summary: dict, path: Path) -> None:
-    """`summary` as indented JSON at `path`, replaced whole (never half written)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------------------
@@ -50,7 +44,7 @@ def write_calibration(cc: CalibrationConfig, fits: list[Fit], run_dir: Path) -> 
     run_dir.mkdir(parents=True, exist_ok=True)
     a = assess(cc, fits)
     summary = calibration_summary(cc, fits, a)
-    write_json(summary, run_dir / "fitted.json")
+    write_text_atomic(run_dir / "fitted.json", json.dumps(summary, indent=2))
     loss_curve(fits).savefig(run_dir / "loss_curve.png", dpi=100)
     (run_dir / "report.md").write_text(calibration_markdown(cc, fits, a))
     fitted = fitted_config(cc, a.values)
@@ -173,7 +167,7 @@ def write_optimisation(oc: OptimisationConfig, res: Result, run_dir: Path) -> di
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = optimisation_summary(oc, res)
-    write_json(summary, run_dir / "optimum.json")
+    write_text_atomic(run_dir / "optimum.json", json.dumps(summary, indent=2))
     trajectory_figure(oc, res).savefig(run_dir / "trajectory.png", dpi=100)
     (run_dir / "report.md").write_text(optimisation_markdown(oc, res, summary))
     return summary
