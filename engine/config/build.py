@@ -15,6 +15,7 @@ from scipy.stats import poisson
 
 from engine.config.book import build_cohorts
 from engine.config.schema import Config
+from engine.model import ladder
 from engine.model.params import (
     ADL_RULES,
     IMPACT_LAWS,
@@ -52,20 +53,27 @@ LOOP_FREE_DOF = 16
 
 def specialise(static: Static, points: list[Config]) -> Static:
     """`static` with the faster kernel forms that every one of `points` allows: the
-    whole-position cascade when no point liquidates partially, the loop-free chi-square
-    when every point's dof is an integer up to `LOOP_FREE_DOF`.
+    whole-position cascade when no point liquidates partially, and then the ladder kernel
+    (`engine.model.ladder`), the loop-free chi-square when every point's dof is an integer up
+    to `LOOP_FREE_DOF`.
 
-    The numbers of the whole-position cascade equal the general one's; the loop-free
-    chi-square has the same distribution as the gamma sampler's but other draws.
+    The numbers of the whole-position cascade equal the general one's, the ladder's the dense
+    kernel's (to the rounding of their sums; paths it cannot finish exactly are rerun on the
+    dense kernel, `engine.sim.fallback`); the loop-free chi-square has the same distribution as
+    the gamma sampler's but other draws.
     `engine.simulate` specialises each point on its own, so that a point's numbers depend only
     on that point, not on which others share the call.
     """
     dofs = [p.market.tail_dof for p in points]
     integer = all(d == int(d) and d <= LOOP_FREE_DOF for d in dofs)
+    whole = all(p.policy.partial_liquidation >= 1.0 for p in points)
+    rungs = [ladder.layout(c.side, c.mmr) for c in map(build_cohorts, points)] if whole else [(0, 0)]
     return dataclasses.replace(
         static,
-        whole_only=all(p.policy.partial_liquidation >= 1.0 for p in points),
+        whole_only=whole,
         dof_max=max(1, int(max(dofs))) if integer else 0,
+        ladder=max(r for r, _ in rungs),
+        ladder_steps=max(n for _, n in rungs),
     )
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry_2x32
 
-from engine.model import market, policies, relaxed, stages
+from engine.model import ladder, ladder_kernel, market, outputs, policies, relaxed, stages
 from engine.model.cascade import run_cascade, run_cascade_whole
 from engine.model.params import Params, Static
 from engine.model.stages import SimState
@@ -64,30 +64,50 @@ def adl_step(state: SimState, params: Params) -> SimState:
 
 
 class Form(NamedTuple):
-    """The stage functions of one form of the kernel, signatures as this module's."""
+    """The stage functions of one form of the kernel, signatures as this module's. `prepare`
+    adds what the form derives from the parameters once per compiled call (the ladder form's
+    sorted book); the other functions take prepared parameters. `extract`: the per-path
+    outputs of a final state (`engine.model.outputs`)."""
 
     init_state: Callable[[Params, Static], SimState]
     market_step: Callable[..., SimState]
     adl_step: Callable[[SimState, Params], SimState]
+    prepare: Callable[[Params, Static], Params]
+    extract: Callable[[SimState, Params, Static], dict]
 
 
-EXACT = Form(stages.init_state, market_step, adl_step)
-RELAXED = Form(relaxed.init_state, relaxed.market_step, relaxed.adl_step)
+def _as_is(params: Params, static: Static) -> Params:
+    return params
+
+
+EXACT = Form(stages.init_state, market_step, adl_step, _as_is, outputs.extract)
+RELAXED = Form(relaxed.init_state, relaxed.market_step, relaxed.adl_step, _as_is, outputs.extract)
+LADDER = Form(
+    ladder_kernel.init_state,
+    ladder_kernel.market_step,
+    ladder_kernel.adl_step,
+    ladder.prepare,
+    ladder_kernel.extract,
+)
 
 
 def form(static: Static) -> Form:
-    """The kernel's stage functions for `static`: relaxed or exact."""
-    return RELAXED if static.relaxed else EXACT
+    """The kernel's stage functions for `static`: relaxed, ladder (`Static.ladder`) or dense exact."""
+    if static.relaxed:
+        return RELAXED
+    return LADDER if static.ladder else EXACT
 
 
 def init_state(params: Params, static: Static) -> SimState:
     """State at t0 of one path (identical for all paths of a policy point)."""
-    return form(static).init_state(params, static)
+    f = form(static)
+    return f.init_state(f.prepare(params, static), static)
 
 
 def step(state: SimState, draws: market.Draws, t, shock, flow, params: Params, static: Static) -> SimState:
     """One full step of one path (all six stages), in the form `static` selects."""
     f = form(static)
+    params = f.prepare(params, static)
     return f.adl_step(f.market_step(state, draws, t, shock, flow, params, static), params)
 
 
@@ -119,9 +139,10 @@ def add_offsets(base: Word64, offsets: jnp.ndarray) -> Word64:
     return Word64(base.hi + (lo < base.lo).astype(jnp.uint32), lo)
 
 
-def path_keys(seed, start, n: int) -> jax.Array:
-    """Keys `[n]` of global paths `start .. start+n-1`, a pure function of (seed, path index),
-    so a path's numbers do not depend on chunking or devices.
+def path_keys(seed, start, n: int, offsets: jnp.ndarray | None = None) -> jax.Array:
+    """Keys `[n]` of global paths `start .. start+n-1` (or `start + offsets`, offsets: `[n]`
+    non-negative integers below 2**32), a pure function of (seed, path index), so a path's
+    numbers do not depend on chunking or devices.
 
     seed, start: anything `word64` takes, up to 2**64 - 1. The seed's key is threefry's key of
     the 64-bit seed (words hi, lo); a path's key hashes its 64-bit index (words hi, lo) with it,
@@ -129,7 +150,8 @@ def path_keys(seed, start, n: int) -> jax.Array:
     """
     s = word64(seed)
     seed_key = jnp.stack([jnp.asarray(s.hi, jnp.uint32), jnp.asarray(s.lo, jnp.uint32)])
-    idx = add_offsets(word64(start), jnp.arange(n, dtype=jnp.uint32))
+    offsets = jnp.arange(n, dtype=jnp.uint32) if offsets is None else offsets
+    idx = add_offsets(word64(start), offsets)
     data = jax.vmap(lambda hi, lo: threefry_2x32(seed_key, jnp.stack([hi, lo])))(idx.hi, idx.lo)
     return jax.random.wrap_key_data(data, impl="threefry2x32")
 

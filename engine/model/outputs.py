@@ -109,17 +109,26 @@ DIAGNOSTICS = {
 
 
 def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.ndarray]:
-    """Per-path outputs of one path's final state (shapes as in `OUTPUTS`)."""
-    t, mp, book = state.totals, params.market, params.book
-    price = mp.price0 * jnp.exp(state.x_mark)
-    # against the book after the leverage cap, so the cut made at t0 is not a "decline"
-    oi0 = jnp.sum(cap_leverage(book, params.policy)[0], -1) * mp.price0
-    oi = jnp.sum(state.quantity, -1) * price
+    """Per-path outputs of one path's final state (shapes as in `OUTPUTS`), dense book."""
+    mp, book = params.market, params.book
     fair = (mp.price0 * jnp.exp(state.x_fair + state.x_trans))[:, None]
     # at the maintenance rate in force for the next step (dynamic margin included)
     mmr = maintenance_rate(book.mmr, jnp.sqrt(state.variance), mp.sigma0, params.policy)
     p_liq = liquidation_price(book.side, state.bankrupt, mmr, book.maint_amount)
     deferred = (state.quantity > 0) & (book.side * (fair - p_liq) <= 0)
+    return assemble(
+        state, params, jnp.sum(state.quantity, -1), jnp.sum(jnp.where(deferred, state.quantity * fair, 0.0))
+    )
+
+
+def assemble(state: SimState, params: Params, units, deferred) -> dict[str, jnp.ndarray]:
+    """The outputs of a final state whose book the kernel form has summed: `units` `[assets]`
+    still open, `deferred` `[]` USD notional beyond its liquidation price at the fair price."""
+    t, mp, book = state.totals, params.market, params.book
+    price = mp.price0 * jnp.exp(state.x_mark)
+    # against the book after the leverage cap, so the cut made at t0 is not a "decline"
+    oi0 = jnp.sum(cap_leverage(book, params.policy)[0], -1) * mp.price0
+    oi = units * price
     return {
         "liquidated_notional": t.liquidated,
         "liquidated_total": jnp.sum(t.liquidated),
@@ -136,7 +145,7 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
         "halted_steps": t.halted_steps,
         "cascade_rounds": t.max_rounds.astype(price.dtype),
         "residual_notional": t.max_residual,
-        "deferred_notional": jnp.sum(jnp.where(deferred, state.quantity * fair, 0.0)),
+        "deferred_notional": deferred,
         "open_interest_decline": 1.0 - oi / jnp.where(oi0 > 0, oi0, 1.0),
         "nonfinite": t.nonfinite,
         "jump_truncated": t.jump_truncated,

@@ -10,7 +10,7 @@ one compiled kernel serves every policy point and scenario variant of the same s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,12 @@ class Static:
     # 0, or the point(s)' Student-t dof is an integer at most this: the chi-square is drawn
     # loop-free (`engine.model.market.draw`). Set by `engine.config.build.specialise`.
     dof_max: int = 0
+    # 0, or the point(s) close positions whole and the kernel runs on liquidation ladders
+    # (`engine.model.ladder`): the number of distinct base maintenance rates of the book (rung
+    # groups per side), with `ladder_steps` binary-search steps per lookup. Set by
+    # `engine.config.build.specialise`.
+    ladder: int = 0
+    ladder_steps: int = 0
 
 
 class MarketParams(NamedTuple):
@@ -117,6 +123,9 @@ class Params(NamedTuple):
     schedule: Schedule
     # Width (log price) of the relaxed liquidation threshold; unused by the exact kernel.
     temperature: jnp.ndarray
+    # The ladder kernel's sorted book (`engine.model.ladder.Ladder`), built inside the compiled
+    # call by `engine.model.kernel.prepare`; None outside it and in the other forms.
+    ladder: Any = None
 
 
 def cast(tree, dtype):

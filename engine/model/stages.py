@@ -60,6 +60,12 @@ class SimState(NamedTuple):
     # the cohorts' quantities after the leverage cap `[assets, cohorts]` (`engine.model.relaxed`).
     halt_weight: jnp.ndarray | None = None
     quantity0: jnp.ndarray | None = None
+    # Ladder kernel only (`engine.model.ladder_kernel`), where `quantity` and `bankrupt` are None:
+    # cohorts liquidated so far per rung group `[assets, groups]` (int32 ladder positions), and
+    # the first step the ladder could not compute exactly (int32 `[]`; `FALLBACK_NEVER` if none),
+    # from which the path's numbers come from the dense kernel (`engine.sim.fallback`).
+    level: jnp.ndarray | None = None
+    fallback: jnp.ndarray | None = None
 
 
 def init_state(params: Params, static: Static) -> SimState:
@@ -194,7 +200,9 @@ def close_step(
     x_mark = mk.x_mark
     peak = jnp.maximum(state.peak, x_mark)
     tot = state.totals
-    finite = jnp.all(jnp.isfinite(x_mark)) & jnp.isfinite(f.fund) & jnp.all(jnp.isfinite(c.quantity))
+    # the book's state: the cohorts' quantities, or (ladder kernel) the step's liquidations
+    book = c.liquidated if c.quantity is None else c.quantity
+    finite = jnp.all(jnp.isfinite(x_mark)) & jnp.isfinite(f.fund) & jnp.all(jnp.isfinite(book))
     totals = tot._replace(
         liquidated=tot.liquidated + c.liquidated,
         trader_loss=tot.trader_loss + c.trader_loss,

@@ -17,6 +17,7 @@ runtime's memory flat in the horizon too.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
 from typing import NamedTuple
@@ -34,7 +35,7 @@ from engine.model.kernel import (
     step_draws,
     word64,
 )
-from engine.model.outputs import extract
+from engine.model.ladder_kernel import FALLBACK_NEVER
 from engine.model.params import Params, Static
 from engine.model.stages import SimState
 from engine.sim.devices import PATH_AXIS
@@ -81,15 +82,30 @@ def _begin(params: Params, static: Static, n_paths: int) -> Carry:
 
 
 def _advance(
-    carry: Carry, params: Params, seed, start, n_valid, t0, static: Static, n_steps: int, nudge=0.0
+    carry: Carry,
+    params: Params,
+    seed,
+    start,
+    n_valid,
+    t0,
+    static: Static,
+    n_steps: int,
+    nudge=0.0,
+    offsets=None,
+    count_from=None,
 ) -> Carry:
-    """Steps `t0 .. t0 + n_steps - 1` of global paths `start ..` (steps from `static.steps` on
-    are skipped, so the last of several segments may overrun). Only the first `n_valid` paths
-    enter the fan charts (a chunk is padded to its compiled size). nudge: see `step_draws`."""
+    """Steps `t0 .. t0 + n_steps - 1` of global paths `start ..` (or `start + offsets`,
+    offsets: `[paths]` uint32; steps from `static.steps` on are skipped, so the last of several
+    segments may overrun). Only the first `n_valid` paths enter the fan charts (a chunk is
+    padded to its compiled size), each from step `count_from` `[paths]` int32 on (default 0;
+    the dense rerun of the paths the ladder flagged) and, in the ladder form, before the step
+    it flagged. nudge: see `step_draws`."""
     n_paths = carry.states.x_mark.shape[0]
-    keys = path_keys(seed, start, n_paths)
+    keys = path_keys(seed, start, n_paths, offsets)
     valid = jnp.arange(n_paths) < n_valid
+    first = jnp.zeros(n_paths, jnp.int32) if count_from is None else count_from
     kernel = form(static)
+    params = kernel.prepare(params, static)
     move = jax.vmap(kernel.market_step, in_axes=(0, 0, None, None, None, None, None))
     deleverage = jax.vmap(kernel.adl_step, in_axes=(0, None))
 
@@ -100,9 +116,12 @@ def _advance(
         states = jax.lax.cond(
             jnp.any(states.deficit > 0), lambda s: deleverage(s, params), lambda s: s, states
         )
+        counted = valid & (t >= first)
+        if states.fallback is not None:
+            counted = counted & (states.fallback > t)
         fan = jax.lax.cond(
             ((t + 1) % static.fan_stride == 0) | (t == static.steps - 1),
-            lambda f: _fan_update(f, states, valid, t, static),
+            lambda f: _fan_update(f, states, counted, t, static),
             lambda f: f,
             fan,
         )
@@ -123,7 +142,14 @@ def _finish(carry: Carry, params: Params, static: Static):
     # differently for different batch sizes, and the outputs must not depend on how many
     # paths a device holds (chunk size, device count).
     block = math.gcd(n_paths, EXTRACT_BLOCK)
-    return jax.lax.map(lambda s: extract(s, params, static), states, batch_size=block)
+    kernel = form(static)
+    params = kernel.prepare(params, static)
+    return jax.lax.map(lambda s: kernel.extract(s, params, static), states, batch_size=block)
+
+
+def dense(static: Static) -> Static:
+    """`static` with the dense exact kernel instead of the ladder (its fallback)."""
+    return dataclasses.replace(static, ladder=0, ladder_steps=0)
 
 
 def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int, nudge=0.0):
@@ -133,6 +159,8 @@ def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int,
 
     Only the first `n_valid` paths enter the fan-chart histograms (the last chunk of a run is
     padded to the compiled size). nudge: `[]` ulps by which every draw moves (`step_draws`).
+    In the ladder form, when some path was flagged, the whole chunk runs once more on the
+    dense kernel and the flagged paths take its numbers (from the flagged step on in the fan).
 
     Returns (outputs, fan): outputs maps each name of `engine.model.outputs.OUTPUTS` to
     `[n_paths, ...]`; fan holds int32 histograms `price` `[fan_points, assets, 640]` (log mark)
@@ -140,7 +168,22 @@ def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int,
     """
     carry = _begin(params, static, n_paths)
     carry = _advance(carry, params, seed, start, n_valid, 0, static, static.steps, nudge)
-    return _finish(carry, params, static), carry.fan
+    out, fan = _finish(carry, params, static), carry.fan
+    if not static.ladder:
+        return out, fan
+    flagged = out["fallback_step"] < FALLBACK_NEVER
+
+    def redo(out_fan):
+        out, fan = out_fan
+        count_from = jnp.where(flagged, out["fallback_step"], FALLBACK_NEVER)
+        d = _begin(params, dense(static), n_paths)
+        d = _advance(d, params, seed, start, n_valid, 0, dense(static), static.steps, nudge, None, count_from)
+        d_out = _finish(d, params, dense(static))
+        pick = lambda a, b: jnp.where(flagged.reshape((-1,) + (1,) * (a.ndim - 1)), b, a)
+        merged = {k: pick(v, d_out[k]) if k in d_out else v for k, v in out.items()}
+        return merged, jax.tree_util.tree_map(jnp.add, fan, d.fan)
+
+    return jax.lax.cond(jnp.any(flagged & (jnp.arange(n_paths) < n_valid)), redo, lambda x: x, (out, fan))
 
 
 rollout = jax.jit(_rollout, static_argnames=("static", "n_paths"))
@@ -183,34 +226,32 @@ def sharded_advance(
     n_steps: int,
     mesh: Mesh,
     nudge=0.0,
+    offsets=None,
+    count_from=None,
 ) -> Carry:
     """`_advance` of a chunk split over `mesh`: device d holds paths `start + d * n_paths /
-    mesh.size ...` and counts its fan charts for those of them below `n_valid`."""
+    mesh.size ...` (or those of its share of `offsets` `[n_paths]`) and counts its fan charts
+    for those of them below `n_valid`, from `count_from` `[n_paths]` on."""
 
-    def local(carry, params, seed, start, n_valid, t0, nudge):
+    def local(carry, params, seed, start, n_valid, t0, nudge, offsets, count_from):
         per = n_paths // mesh.size
         first = jax.lax.axis_index(PATH_AXIS) * per
         here = jnp.clip(n_valid - first, 0, per)
         fan = jax.tree_util.tree_map(lambda x: x[0], carry.fan)
-        here_start = add_offsets(word64(start), first)
-        out = _advance(carry._replace(fan=fan), params, seed, here_start, here, t0, static, n_steps, nudge)
+        here_start = add_offsets(word64(start), first) if offsets is None else word64(start)
+        out = _advance(
+            carry._replace(fan=fan), params, seed, here_start, here, t0, static, n_steps, nudge, offsets, count_from
+        )
         return out._replace(fan=_per_device(out.fan))
 
+    paths, same = PartitionSpec(PATH_AXIS), PartitionSpec()
     return jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(
-            PartitionSpec(PATH_AXIS),
-            PartitionSpec(),
-            PartitionSpec(),
-            PartitionSpec(),
-            PartitionSpec(),
-            PartitionSpec(),
-            PartitionSpec(),
-        ),
-        out_specs=PartitionSpec(PATH_AXIS),
+        in_specs=(paths, same, same, same, same, same, same, paths, paths),
+        out_specs=paths,
         check_vma=False,  # the kernel's loops start from replicated constants; no manual typing needed
-    )(carry, params, seed, start, n_valid, t0, nudge)
+    )(carry, params, seed, start, n_valid, t0, nudge, offsets, count_from)
 
 
 @partial(jax.jit, static_argnames=("static", "mesh"))
@@ -240,6 +281,8 @@ def sharded_rollout(
     mesh: Mesh,
     segment_steps: int = SEGMENT_STEPS,
     nudge=0.0,
+    offsets=None,
+    count_from=None,
 ):
     """`rollout` of global paths `start .. start + n_paths - 1` split over `mesh`'s devices, in
     calls of at most `segment_steps` steps (dispatched asynchronously; see `SEGMENT_STEPS`).
@@ -247,7 +290,12 @@ def sharded_rollout(
     n_paths must be a multiple of `mesh.size`; seed and start are integers up to 2**64 - 1
     (passed to the compiled calls as `Word64`s). Returns (outputs, fan) as `rollout` does,
     outputs sharded along the path axis, fan replicated (summed over devices). nudge: `[]` ulps
-    by which every draw moves (`step_draws`; the tipping probe), 0 for a run.
+    by which every draw moves (`step_draws`; the tipping probe), 0 for a run. offsets,
+    count_from: `[n_paths]` uint32 / int32, the paths `start + offsets` instead of a range, each
+    counted in the fan charts from its `count_from` step on (`engine.sim.fallback`).
+
+    In the ladder form the paths the ladder flagged (output `fallback_step`) are not complete:
+    `engine.sim.fallback.complete` reruns them on the dense kernel.
     """
     seed, start = word64(seed), word64(start)
     n_steps = min(segment_steps, static.steps)
@@ -265,5 +313,7 @@ def sharded_rollout(
             n_steps=n_steps,
             mesh=mesh,
             nudge=nudge,
+            offsets=offsets,
+            count_from=count_from,
         )
     return sharded_finish(carry, params, static=static, mesh=mesh)
