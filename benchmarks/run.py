@@ -196,18 +196,18 @@ def _step_cost(params, static, n_paths: int) -> dict:
     one cascade round), the ADL branch left out. The inputs of the GPU bound in the README."""
     import jax
 
-    from engine.model.kernel import market_step, path_keys, step_draws
+    from engine.model.kernel import form, path_keys, step_draws
     from engine.sim.rollout import _begin
 
     states = _begin(params, static, n_paths).states
     keys = path_keys(0, 0, n_paths)
-    move = jax.vmap(market_step, in_axes=(0, 0, None, None, None, None, None))
+    kernel = form(static)
 
     def one_step(states, t):
         sched = params.schedule
-        return move(
-            states, step_draws(keys, t, params, static), t, sched.shock[t], sched.flow[t], params, static
-        )
+        prepared = kernel.prepare(params, static)
+        draws = step_draws(keys, t, params, static)
+        return kernel.market_batch(states, draws, t, sched.shock[t], sched.flow[t], prepared, static)
 
     cost = jax.jit(one_step).lower(states, 0).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -298,7 +298,7 @@ def measure(
         "steps": cfg.run.steps,
         "assets": static.n_assets,
         "cohorts_per_asset": static.n_cohorts,
-        "cascade_form": "whole" if static.whole_only else "general",
+        "cascade_form": "ladder" if static.ladder else "whole" if static.whole_only else "general",
         "chi2_draw": f"loop-free (dof <= {static.dof_max})" if static.dof_max else "gamma sampler",
         "points": len(pts),
         "devices": mesh.size,

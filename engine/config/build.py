@@ -47,6 +47,12 @@ def static_of(cfg: Config) -> Static:
     )
 
 
+# Fewest cohorts per path (all assets) for which `specialise` picks the ladder kernel. Below,
+# the dense kernel is as fast or faster on the CPU (W1's book, 2 host devices, 16,384 x 288
+# paths, path-steps/s dense / ladder: 64 cohorts 3.9 M / 3.0 M, 256 cohorts 1.6 M / 1.2-1.5 M,
+# 1,024 cohorts 0.43 M / 0.74 M, 16,384 cohorts 0.03 M / 0.30 M; benchmarks/README.md).
+LADDER_MIN_COHORTS = 512
+
 # Largest integer dof drawn loop-free (floor(n / 2) exponentials per path-step).
 LOOP_FREE_DOF = 16
 
@@ -67,13 +73,17 @@ def specialise(static: Static, points: list[Config]) -> Static:
     dofs = [p.market.tail_dof for p in points]
     integer = all(d == int(d) and d <= LOOP_FREE_DOF for d in dofs)
     whole = all(p.policy.partial_liquidation >= 1.0 for p in points)
-    rungs = [ladder.layout(c.side, c.mmr) for c in map(build_cohorts, points)] if whole else [(0, 0)]
+    large = static.n_assets * static.n_cohorts >= LADDER_MIN_COHORTS
+    rungs = (
+        [ladder.layout(c.side, c.mmr) for c in map(build_cohorts, points)] if whole and large else [(0, 0, 0)]
+    )
     return dataclasses.replace(
         static,
         whole_only=whole,
         dof_max=max(1, int(max(dofs))) if integer else 0,
-        ladder=max(r for r, _ in rungs),
-        ladder_steps=max(n for _, n in rungs),
+        ladder=max(r for r, _, _ in rungs),
+        ladder_block=max(b for _, b, _ in rungs),
+        ladder_fences=max(f for _, _, f in rungs),
     )
 
 

@@ -67,27 +67,42 @@ class Form(NamedTuple):
     """The stage functions of one form of the kernel, signatures as this module's. `prepare`
     adds what the form derives from the parameters once per compiled call (the ladder form's
     sorted book); the other functions take prepared parameters. `extract`: the per-path
-    outputs of a final state (`engine.model.outputs`)."""
+    outputs of a final state (`engine.model.outputs`). `market_batch`: `market_step` of a
+    batch of paths (leading axis; the rollout calls this one)."""
 
     init_state: Callable[[Params, Static], SimState]
     market_step: Callable[..., SimState]
     adl_step: Callable[[SimState, Params], SimState]
     prepare: Callable[[Params, Static], Params]
     extract: Callable[[SimState, Params, Static], dict]
+    market_batch: Callable[..., SimState]
 
 
 def _as_is(params: Params, static: Static) -> Params:
     return params
 
 
-EXACT = Form(stages.init_state, market_step, adl_step, _as_is, outputs.extract)
-RELAXED = Form(relaxed.init_state, relaxed.market_step, relaxed.adl_step, _as_is, outputs.extract)
+def _batched(market_step: Callable) -> Callable:
+    """`market_step` over a leading path axis of the state and the draws."""
+    return jax.vmap(market_step, in_axes=(0, 0, None, None, None, None, None))
+
+
+EXACT = Form(stages.init_state, market_step, adl_step, _as_is, outputs.extract, _batched(market_step))
+RELAXED = Form(
+    relaxed.init_state,
+    relaxed.market_step,
+    relaxed.adl_step,
+    _as_is,
+    outputs.extract,
+    _batched(relaxed.market_step),
+)
 LADDER = Form(
     ladder_kernel.init_state,
     ladder_kernel.market_step,
     ladder_kernel.adl_step,
     ladder.prepare,
     ladder_kernel.extract,
+    ladder_kernel.market_batch,
 )
 
 

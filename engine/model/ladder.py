@@ -46,16 +46,19 @@ class Ladder(NamedTuple):
     """The book of one point in ladder order, `[assets, cohorts]` unless stated.
 
     Groups are `[longs by base rate..., shorts by base rate...]`, `2 * Static.ladder` of them.
-    u: `-s k` (USD), ascending within each group. quantity: units after the leverage cap.
-    bankrupt: USD. cum, cum_lo: `[assets, cohorts + 1, 3]` prefix sums of (q, q b, q e), high
+    u: `-s k` (USD), ascending within each group. fences: `[assets, groups, fences]` u at every
+    `Static.ladder_block`-th position of each group from its start (+inf past its end). quantity: units after the leverage cap.
+    bankrupt: USD. rows: `[assets, cohorts, 4]` (u, q, b, e) together, for windows. cum, cum_lo: `[assets, cohorts + 1, 3]` prefix sums of (q, q b, q e), high
     and low parts (units, USD). start, end: `[assets, groups]` int32 first and one-past-last
     position of each group. side: `[assets, groups]` +1/-1. mmr: `[assets, groups]` base rate.
     a_lo, a_hi: `[assets, groups]` least and largest maintenance amount per unit (USD).
     """
 
     u: jnp.ndarray
+    fences: jnp.ndarray
     quantity: jnp.ndarray
     bankrupt: jnp.ndarray
+    rows: jnp.ndarray
     cum: jnp.ndarray
     cum_lo: jnp.ndarray
     start: jnp.ndarray
@@ -66,9 +69,10 @@ class Ladder(NamedTuple):
     a_hi: jnp.ndarray
 
 
-def layout(side: np.ndarray, mmr: np.ndarray) -> tuple[int, int]:
-    """(base rates, search steps) of a book on the host: the number of distinct maintenance
-    rates (groups per side) and the binary-search steps that the largest group needs.
+def layout(side: np.ndarray, mmr: np.ndarray) -> tuple[int, int, int]:
+    """(base rates, block, fences) of a book on the host: the number of distinct maintenance
+    rates (groups per side), and the search's block length (a power of two near the square root
+    of the largest group) and number of fences per group (`first_false`).
 
     side, mmr: `[assets, cohorts]` (NumPy)."""
     rates = max(len(np.unique(row)) for row in mmr)
@@ -77,7 +81,8 @@ def layout(side: np.ndarray, mmr: np.ndarray) -> tuple[int, int]:
         for s in (1.0, -1.0):
             _, counts = np.unique(m_row[s_row == s], return_counts=True)
             largest = max([largest, *counts.tolist()])
-    return rates, math.ceil(math.log2(largest + 1))
+    block = 2 ** math.ceil(math.log2(math.sqrt(largest)))
+    return rates, block, -(-largest // block)
 
 
 def _two_sum(a, b):
@@ -98,27 +103,34 @@ def _compensated_cumsum(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     return jax.lax.associative_scan(add, (x, jnp.zeros_like(x)), axis=0)
 
 
-def _one_asset(side, mmr, maint, entry, q, b, n_rates: int):
+def _one_asset(side, mmr, maint, entry, q, b, static: Static):
     """The ladder arrays of one asset's cohorts `[cohorts]` (see `Ladder`)."""
+    n_rates = static.ladder
     n_groups = 2 * n_rates
     rates = jnp.unique(mmr, size=n_rates)
-    group = jnp.where(side > 0, 0, n_rates) + jnp.searchsorted(rates, mmr)
+    # cohorts without quantity (dropped by the book as liquidated at the start) never liquidate:
+    # a trailing bucket beyond every group keeps them out of the searches and windows
+    group = jnp.where(q > 0, jnp.where(side > 0, 0, n_rates) + jnp.searchsorted(rates, mmr), n_groups)
     u = -side * (b - side * maint)
     order = jnp.lexsort((u, group))
     g_sorted = group[order]
     ids = jnp.arange(n_groups)
     start = jnp.searchsorted(g_sorted, ids, side="left").astype(jnp.int32)
     end = jnp.searchsorted(g_sorted, ids, side="right").astype(jnp.int32)
-    q_s, b_s = q[order], b[order]
-    hi, lo = _compensated_cumsum(jnp.stack([q_s, q_s * b_s, q_s * entry[order]], -1))
+    q_s, b_s, e_s = q[order], b[order], entry[order]
+    hi, lo = _compensated_cumsum(jnp.stack([q_s, q_s * b_s, q_s * e_s], -1))
     zero = jnp.zeros((1, 3), hi.dtype)
     empty = end <= start
-    a_lo = jax.ops.segment_min(maint, group, num_segments=n_groups)
-    a_hi = jax.ops.segment_max(maint, group, num_segments=n_groups)
+    a_lo = jax.ops.segment_min(maint, group, num_segments=n_groups + 1)[:n_groups]
+    a_hi = jax.ops.segment_max(maint, group, num_segments=n_groups + 1)[:n_groups]
+    at = start[:, None] + static.ladder_block * jnp.arange(static.ladder_fences)
+    u_s = u[order]
     return Ladder(
-        u=u[order],
+        u=u_s,
+        fences=jnp.where(at < end[:, None], u_s[jnp.clip(at, 0, u.shape[0] - 1)], jnp.inf),
         quantity=q_s,
         bankrupt=b_s,
+        rows=jnp.stack([u_s, q_s, b_s, e_s], -1),
         cum=jnp.concatenate([zero, hi]),
         cum_lo=jnp.concatenate([zero, lo]),
         start=start,
@@ -133,7 +145,7 @@ def _one_asset(side, mmr, maint, entry, q, b, n_rates: int):
 def build_ladder(book: BookParams, pol: PolicyParams, static: Static) -> Ladder:
     """The ladder of one point: the book after the leverage cap, sorted into rung groups."""
     q, b = cap_leverage(book, pol)
-    one = lambda s, m, a, e, q, b: _one_asset(s, m, a, e, q, b, static.ladder)
+    one = lambda s, m, a, e, q, b: _one_asset(s, m, a, e, q, b, static)
     return jax.vmap(one)(book.side, book.mmr, book.maint_amount, book.entry, q, b)
 
 
@@ -142,33 +154,60 @@ def prepare(params: Params, static: Static) -> Params:
     return params._replace(ladder=build_ladder(params.book, params.policy, static))
 
 
-def _take(x: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
+def fold(x: jnp.ndarray, op=jnp.add, identity=0) -> jnp.ndarray:
+    """Reduce the last axis of x by halving it (`op` of its two halves, padded with `identity`
+    to a power of two): elementwise operations only. XLA's CPU backend runs a reduction over a
+    short axis as a library call that costs far more than the few additions it makes, and a
+    fixed pairing keeps a path's sums the same in any batch."""
+    while x.shape[-1] > 1:
+        n = x.shape[-1]
+        if n % 2:
+            x = jnp.concatenate([x, jnp.full(x.shape[:-1] + (1,), identity, x.dtype)], -1)
+            n += 1
+        x = op(x[..., : n // 2], x[..., n // 2 :])
+    return x[..., 0]
+
+
+def take(x: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
     """x `[assets, n]` at positions idx `[assets, ...]` (clamped into range)."""
     flat = jnp.clip(idx, 0, x.shape[1] - 1).reshape(idx.shape[0], -1)
     return jnp.take_along_axis(x, flat, axis=1).reshape(idx.shape)
 
 
+def window(lad: Ladder, level: jnp.ndarray, width: int) -> tuple[jnp.ndarray, ...]:
+    """The `width` positions of each group from `level` `[assets, groups]` on: (inside
+    `[assets, groups, width]` bool, then u, q, b, e `[assets, groups, width]` each)."""
+    pos = level[..., None] + jnp.arange(width)
+    flat = jnp.clip(pos, 0, lad.u.shape[1] - 1).reshape(pos.shape[0], -1, 1)
+    rows = jnp.take_along_axis(lad.rows, flat, axis=1).reshape(pos.shape + (4,))
+    return (pos < lad.end[..., None], *jnp.unstack(rows, axis=-1))
+
+
 def first_false(lad: Ladder, pred, static: Static) -> jnp.ndarray:
     """Per group `[assets, groups]` the first position in [start, end) where `pred(u)` is false
-    (end if none): `pred` must hold on a prefix of each group (u: `[assets, groups]`)."""
+    (end if none): `pred` must hold on a prefix of each group (u: any shape `[assets, groups,
+    ...]`) and be false for u = +inf.
 
-    def halve(_, bounds):
-        lo, hi = bounds
-        mid = (lo + hi) // 2
-        open_ = lo < hi
-        t = pred(_take(lad.u, mid))
-        return jnp.where(open_ & t, mid + 1, lo), jnp.where(open_ & ~t, mid, hi)
-
-    return jax.lax.fori_loop(0, static.ladder_steps, halve, (lad.start, lad.end))[0]
+    Two comparisons of everything, no dependent steps: the fences (every `ladder_block`-th
+    position) tell the block where the prefix ends, the block's keys the position in it. Per
+    group that is `ladder_fences + ladder_block` evaluations of `pred` and one gather, against
+    a binary search's chain of `log2(cohorts)` gathers, each waiting for the last.
+    """
+    n = fold(pred(lad.fences).astype(jnp.int32))
+    base = lad.start + jnp.maximum(n - 1, 0) * static.ladder_block
+    pos = base[..., None] + jnp.arange(static.ladder_block)
+    inside = pos < lad.end[..., None]
+    count = fold((inside & pred(take(lad.u, pos))).astype(jnp.int32))
+    return jnp.where(n == 0, lad.start, base + count)
 
 
 def crossed(lad: Ladder, price: jnp.ndarray, mmr: jnp.ndarray, static: Static) -> jnp.ndarray:
     """Per group the end of the cohorts at or beyond their liquidation price at `price` `[assets]`
     (USD), at maintenance rates `mmr` `[assets, groups]`: the hit test of the dense kernel,
     `s (p - p_liq) <= 0` with `p_liq = k / (1 - s m)`, on the group's sorted keys."""
-    s = lad.side
-    den = 1.0 - s * mmr
-    p = price[:, None]
+    s = lad.side[..., None]
+    den = (1.0 - lad.side * mmr)[..., None]
+    p = price[:, None, None]
     return first_false(lad, lambda u: s * (p - (-s * u) / den) <= 0, static)
 
 
@@ -192,15 +231,15 @@ def shortfall(lad: Ladder, i0, i1, at0: tuple, fill, static: Static) -> tuple[jn
     Returns (USD `[assets, groups]`, bool `[assets, groups]`).
     """
     s = lad.side
-    j1 = first_false(lad, lambda u: u < lad.a_lo - s * fill, static)
+    j1 = first_false(lad, lambda u: u < (lad.a_lo - s * fill)[..., None], static)
     c1 = jnp.clip(j1, i0, i1)
     sure = between(cum_at(lad, c1), at0)
     surely_under = s * (sure[..., 1] - fill * sure[..., 0])
     pos = c1[..., None] + jnp.arange(WINDOW)
     inside = pos < i1[..., None]
-    q, b = _take(lad.quantity, pos), _take(lad.bankrupt, pos)
+    q, b = take(lad.quantity, pos), take(lad.bankrupt, pos)
     equity = s[..., None] * q * (fill[..., None] - b)
-    band = jnp.sum(jnp.where(inside, jnp.maximum(-equity, 0.0), 0.0), -1)
+    band = fold(jnp.where(inside, jnp.maximum(-equity, 0.0), 0.0))
     beyond = c1 + WINDOW
-    over = (beyond < i1) & (_take(lad.u, beyond) < lad.a_hi - s * fill)
+    over = (beyond < i1) & (take(lad.u, beyond) < lad.a_hi - s * fill)
     return surely_under + band, over

@@ -48,10 +48,11 @@ class Static:
     dof_max: int = 0
     # 0, or the point(s) close positions whole and the kernel runs on liquidation ladders
     # (`engine.model.ladder`): the number of distinct base maintenance rates of the book (rung
-    # groups per side), with `ladder_steps` binary-search steps per lookup. Set by
-    # `engine.config.build.specialise`.
+    # groups per side), searched in blocks of `ladder_block` positions between `ladder_fences`
+    # fences per group (`engine.model.ladder.first_false`). Set by `engine.config.build.specialise`.
     ladder: int = 0
-    ladder_steps: int = 0
+    ladder_block: int = 0
+    ladder_fences: int = 0
 
 
 class MarketParams(NamedTuple):

@@ -106,7 +106,7 @@ def _advance(
     first = jnp.zeros(n_paths, jnp.int32) if count_from is None else count_from
     kernel = form(static)
     params = kernel.prepare(params, static)
-    move = jax.vmap(kernel.market_step, in_axes=(0, 0, None, None, None, None, None))
+    move = kernel.market_batch
     deleverage = jax.vmap(kernel.adl_step, in_axes=(0, None))
 
     def one_step(carry: Carry, t) -> Carry:
@@ -149,7 +149,7 @@ def _finish(carry: Carry, params: Params, static: Static):
 
 def dense(static: Static) -> Static:
     """`static` with the dense exact kernel instead of the ladder (its fallback)."""
-    return dataclasses.replace(static, ladder=0, ladder_steps=0)
+    return dataclasses.replace(static, ladder=0, ladder_block=0, ladder_fences=0)
 
 
 def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int, nudge=0.0):
@@ -240,7 +240,17 @@ def sharded_advance(
         fan = jax.tree_util.tree_map(lambda x: x[0], carry.fan)
         here_start = add_offsets(word64(start), first) if offsets is None else word64(start)
         out = _advance(
-            carry._replace(fan=fan), params, seed, here_start, here, t0, static, n_steps, nudge, offsets, count_from
+            carry._replace(fan=fan),
+            params,
+            seed,
+            here_start,
+            here,
+            t0,
+            static,
+            n_steps,
+            nudge,
+            offsets,
+            count_from,
         )
         return out._replace(fan=_per_device(out.fan))
 

@@ -32,11 +32,12 @@ from jax.experimental import multihost_utils
 from engine.config import build
 from engine.config.errors import SimulationError, validated
 from engine.config.schema import Config
+from engine.model import ladder_kernel
 from engine.model import params as P
-from engine.sim import cache, devices
+from engine.sim import cache, devices, fallback
 from engine.sim.dataset import to_dataset
 from engine.sim.reduce import ATOM, PointAccumulator
-from engine.sim.rollout import EXTRACT_BLOCK, sharded_rollout
+from engine.sim.rollout import EXTRACT_BLOCK, dense, sharded_rollout
 from engine.sim.tipping import NUDGE_ULPS, TippingProbe
 
 
@@ -50,10 +51,18 @@ class ChunkProgress:
 
 
 def bytes_per_path(static: P.Static, itemsize: int) -> int:
-    """Estimated device memory of one path in a chunk: cohort state and the cascade's
-    temporaries (about 16 arrays of `[assets, cohorts]`), the mark ring buffer, outputs."""
-    cohort = static.n_assets * static.n_cohorts
-    return itemsize * (16 * cohort + static.n_assets * static.max_window + 256)
+    """Estimated device memory of one path in a chunk, by kernel form.
+
+    Dense: the cohort state and the cascade's temporaries (about 16 arrays of `[assets,
+    cohorts]`), the mark ring buffer, outputs. Ladder (`Static.ladder`): no per-cohort state;
+    per rung group (`2 * ladder` per asset) the level and the cascade's windows and search
+    temporaries (about 8 values per window position and 64 more), the ring buffer, outputs.
+    The ladder's tables (`[assets, cohorts]`, shared by all paths) are not per path."""
+    fixed = static.n_assets * static.max_window + 256
+    if static.ladder:
+        groups = static.n_assets * 2 * static.ladder
+        return itemsize * (groups * (8 * ladder_kernel.WINDOW + 64) + fixed)
+    return itemsize * (16 * static.n_assets * static.n_cohorts + fixed)
 
 
 # On CPUs a device's batch larger than this is slower per path, not faster: the cascade's
@@ -68,10 +77,16 @@ def bytes_per_path(static: P.Static, itemsize: int) -> int:
 CPU_PATHS_PER_DEVICE = 512
 CPU_MIN_PATHS_PER_DEVICE = 128
 CPU_COHORTS_PER_DEVICE = 2**18
+# The ladder kernel's per-path state does not grow with the book and its cascade runs on the
+# few paths that liquidate (`engine.model.ladder_kernel.market_batch`), which pays more the
+# more paths a batch holds.
+CPU_LADDER_PATHS_PER_DEVICE = 4096
 
 
 def cpu_paths_per_device(static: P.Static) -> int:
     """Most paths one host CPU device should hold in a chunk."""
+    if static.ladder:
+        return CPU_LADDER_PATHS_PER_DEVICE
     by_cohorts = CPU_COHORTS_PER_DEVICE // (static.n_assets * static.n_cohorts)
     return min(CPU_PATHS_PER_DEVICE, max(CPU_MIN_PATHS_PER_DEVICE, by_cohorts))
 
@@ -121,10 +136,11 @@ class Plan:
         )
 
 
-def plan(config: Config | dict) -> Plan:
-    """The chunks `simulate` will run `config` in, on the devices of `devices.path_mesh()`."""
+def plan(config: Config | dict, points: Sequence[Config] | None = None) -> Plan:
+    """The chunks `simulate` will run `config` (and its `points`) in, on the devices of
+    `devices.path_mesh()`, for the kernel form the points allow (`build.specialise`)."""
     cfg = validated(config)
-    static = build.static_of(cfg)
+    static = build.specialise(build.static_of(cfg), list(points) if points else [cfg])
     mesh = devices.path_mesh()
     accelerator = mesh.devices.flat[0].platform != "cpu"
     size = chunk_size(cfg, static, mesh.size, per_device_budget=accelerator)
@@ -217,7 +233,7 @@ def _simulate_points(
     statics = [build.specialise(b[1], [p]) for b, p in zip(built, pts)]
     static = built[0][1]
     mesh = devices.path_mesh()
-    size = plan(cfg).chunk
+    size = plan(cfg, pts).chunk
     n_paths, seed = cfg.run.n_paths, cfg.run.seed
     accs = [PointAccumulator(static) for _ in pts]
     order = [baseline] + [i for i in range(len(pts)) if i != baseline]
@@ -230,11 +246,25 @@ def _simulate_points(
             built[i][0], seed, start, valid, static=statics[i], n_paths=chunk, mesh=mesh, nudge=nudge
         )
 
+    def collect(task, current, nudge=0.0, chunk=size):
+        """The chunk's (outputs, fan) on the host, the paths the ladder flagged rerun dense."""
+        start, valid, i = task
+
+        def rerun(offsets, count_from, n):
+            return _to_host(
+                sharded_rollout(
+                    built[i][0], seed, start, n, static=dense(statics[i]), n_paths=offsets.size, mesh=mesh,
+                    nudge=nudge, offsets=offsets, count_from=count_from,
+                )
+            )  # fmt: skip
+
+        return fallback.complete(*_to_host(current), valid, rerun, EXTRACT_BLOCK * mesh.size, chunk)
+
     t0, done = time.perf_counter(), 0
     base_out = None
     probe = TippingProbe(min(cfg.run.tipping_paths, n_paths), len(pts))
     for (start, valid, i), current in _ahead(tasks, launch):
-        out, fan = _to_host(current)
+        out, fan = collect((start, valid, i), current)
         probe.keep(i, start, out)
         if i == baseline:
             base_out = out
@@ -243,7 +273,7 @@ def _simulate_points(
         if progress:
             progress(ChunkProgress(done, n_paths * len(pts), time.perf_counter() - t0))
     _check_finite(accs)
-    _rerun_nudged(probe, launch, order, n_paths, probe.chunk(size, EXTRACT_BLOCK * mesh.size))
+    _rerun_nudged(probe, launch, collect, order, n_paths, probe.chunk(size, EXTRACT_BLOCK * mesh.size))
     price0 = [np.asarray(b[0].market.price0, float) for b in built]
     results = [a.result(p0) | probe.result(i) for i, (a, p0) in enumerate(zip(accs, price0))]
     return to_dataset(cfg, results, static)
@@ -259,10 +289,13 @@ def _check_finite(accs: list[PointAccumulator]) -> None:
         )
 
 
-def _rerun_nudged(probe: TippingProbe, launch: Callable, order: list[int], n_paths: int, chunk: int) -> None:
+def _rerun_nudged(
+    probe: TippingProbe, launch: Callable, collect: Callable, order: list[int], n_paths: int, chunk: int
+) -> None:
     """Rerun the probe's paths of every point with every draw nudged by `NUDGE_ULPS`, in chunks of
     `chunk` paths, and let the probe compare them; after the run, so that its chunks do not wait."""
     for start in probe.starts(chunk):
         for i in order:
-            nudged, _ = _to_host(launch((start, min(chunk, n_paths - start), i), NUDGE_ULPS, chunk))
+            task = (start, min(chunk, n_paths - start), i)
+            nudged, _ = collect(task, launch(task, NUDGE_ULPS, chunk), NUDGE_ULPS, chunk)
             probe.compare(i, start, nudged)
