@@ -73,9 +73,10 @@ def specialise(static: Static, points: list[Config]) -> Static:
     dofs = [p.market.tail_dof for p in points]
     integer = all(d == int(d) and d <= LOOP_FREE_DOF for d in dofs)
     whole = all(p.policy.partial_liquidation >= 1.0 for p in points)
-    large = static.n_assets * static.n_cohorts >= LADDER_MIN_COHORTS
     rungs = (
-        [ladder.layout(c.side, c.mmr) for c in map(build_cohorts, points)] if whole and large else [(0, 0, 0)]
+        [ladder.layout(c.side, c.mmr) for c in map(build_cohorts, points)]
+        if whole and _on_ladder(static, points)
+        else [(0, 0, 0)]
     )
     return dataclasses.replace(
         static,
@@ -85,6 +86,15 @@ def specialise(static: Static, points: list[Config]) -> Static:
         ladder_block=max(b for _, b, _ in rungs),
         ladder_fences=max(f for _, _, f in rungs),
     )
+
+
+def _on_ladder(static: Static, points: list[Config]) -> bool:
+    """Whether points that close positions whole run on the ladder: `run.kernel`, and for "auto"
+    a book of at least `LADDER_MIN_COHORTS` cohorts per path."""
+    kinds = {p.run.kernel for p in points}
+    if kinds == {"auto"}:
+        return static.n_assets * static.n_cohorts >= LADDER_MIN_COHORTS
+    return kinds == {"ladder"}
 
 
 def dtype_of(cfg: Config):

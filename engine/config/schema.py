@@ -364,6 +364,9 @@ class RunSettings(Strict):
     # Number of time points kept for fan charts (per-step quantile bands).
     fan_points: Annotated[int, Field(ge=1, le=100_000)] = 96
     dtype: Literal["float32", "float64"] = "float32"
+    # The cascade's kernel form: "auto" (the ladder where every point closes positions whole and
+    # the book is large, `engine.config.build.specialise`), or "dense" / "ladder" to force one.
+    kernel: Literal["auto", "dense", "ladder"] = "auto"
     # Paths (the first ones) rerun with every random draw nudged by a rounding-sized amount to
     # measure the share of tipping paths (`engine.sim.tipping`); 0 turns the probe off.
     tipping_paths: Annotated[int, Field(ge=0, le=10**7)] = 256

@@ -1,0 +1,77 @@
+"""The dense kernel as the ladder's fallback (`engine.sim.fallback`): flagged paths are rerun by
+their global index, their outputs replaced and their fan-chart rows counted once; a run on the
+ladder equals a run on the dense kernel and does not depend on the chunk size."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import xarray as xr
+
+from engine.config.schema import Config
+from engine.model.ladder_kernel import FALLBACK_NEVER
+from engine.sim import fallback
+from engine.sim.simulate import simulate
+from tests.conftest import small_dict
+from tests.helpers import PARITY_RTOL, assert_close, usd_scale
+
+
+def test_rerun_sizes_are_few_and_hold_the_flagged_paths():
+    assert [fallback.rerun_size(n, 64, 1024) for n in (1, 64, 65, 200, 5000)] == [64, 64, 128, 256, 1024]
+
+
+def test_complete_replaces_only_the_flagged_paths():
+    outputs = {"x": np.arange(6.0), fallback.FLAG: np.array([FALLBACK_NEVER, 3, FALLBACK_NEVER, 0, 5, 1])}
+    fan = {"price": np.ones((2, 3), np.int32)}
+    calls = []
+
+    def rerun(offsets, count_from, n):
+        calls.append((offsets.copy(), count_from.copy(), n))
+        return {"x": -(offsets.astype(float) + 100)}, {"price": np.full((2, 3), 2, np.int32)}
+
+    out, new_fan = fallback.complete(outputs, fan, 5, rerun, unit=2, chunk=8)
+    # path 5 is flagged but beyond the valid paths; paths 1, 3, 4 are rerun in one call of 4
+    assert len(calls) == 1
+    offsets, count_from, n = calls[0]
+    assert n == 3 and offsets.tolist()[:3] == [1, 3, 4] and count_from.tolist() == [3, 0, 5, FALLBACK_NEVER]
+    assert out["x"].tolist() == [0.0, -101.0, 2.0, -103.0, -104.0, 5.0]
+    assert new_fan["price"].tolist() == [[3, 3, 3]] * 2
+    assert outputs["x"].tolist() == list(np.arange(6.0))  # the inputs are unchanged
+
+
+def config(kernel: str, **run) -> Config:
+    d = small_dict(
+        run={
+            "n_paths": 768,
+            "seed": 11,
+            "steps": 32,
+            "fan_points": 8,
+            "tipping_paths": 64,
+            "kernel": kernel,
+            **run,
+        },
+        policy={"insurance_fund_usd": 2e7, "adl_rule": "queue"},
+    )
+    d["book"]["entry_points"] = 8
+    return Config.model_validate(d)
+
+
+def test_a_ladder_run_equals_a_dense_run_with_adl_paths_handed_over():
+    with jax.enable_x64(True):
+        lad = simulate(config("ladder", dtype="float64"))
+        den = simulate(config("dense", dtype="float64"))
+    assert float(lad["p_adl_notional_positive"].max()) > 0, (
+        "no path needed ADL: the fallback was not exercised"
+    )
+    scale = usd_scale(config("dense"))
+    for name in ("liquidated_total", "adl_notional", "bad_debt", "insurance_fund_draw", "trader_loss"):
+        assert_close(lad[f"{name}_mean"], den[f"{name}_mean"], PARITY_RTOL, scale, name)
+        assert_close(lad[name], den[name], PARITY_RTOL, scale, name)
+    xr.testing.assert_equal(lad["mark_price_band"], den["mark_price_band"])
+    xr.testing.assert_equal(lad["cum_liquidations_band"], den["cum_liquidations_band"])
+
+
+@pytest.mark.parametrize("chunk", [256, 512])
+def test_ladder_runs_do_not_depend_on_the_chunk_size(chunk):
+    xr.testing.assert_identical(simulate(config("ladder", chunk_size=chunk)), simulate(config("ladder")))
