@@ -46,16 +46,23 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
-WORKLOADS = {"W1": "w1_btc_day.toml", "W2": "w2_policy_grid.toml", "W3": "w3_long_horizon.toml"}
+WORKLOADS = {
+    "W1": "w1_btc_day.toml",
+    "W2": "w2_policy_grid.toml",
+    "W3": "w3_long_horizon.toml",
+    "W4": "w4_large_book.toml",
+}
 # NumPy baseline size (paths, steps or None for the workload's): the reference is slow.
-NUMPY_SIZE = {"W1": (1024, 96), "W2": (64, 48), "W3": (20, 720)}
+NUMPY_SIZE = {"W1": (1024, 96), "W2": (64, 48), "W3": (20, 720), "W4": (16, 24)}
 SCALING_PATHS = (10**3, 10**4, 10**5, 10**6, 10**7)
 SCALING_DEVICES = (1, 2, 4, 8)
 # The steps axis of --scaling (1,024 W1 paths): memory must not grow with the horizon.
 SCALING_STEPS = (48, 288, 2880, 28800)
 # The cohorts axis of --scaling: W1 with this many entry prices per leverage and size, i.e.
-# 64 x N cohorts (64 ... 1,024), on 8,192 paths x 288 steps, against the random-number bound.
-SCALING_ENTRY_POINTS = (1, 2, 4, 8, 16)
+# 64 x N cohorts (64 ... 16,384), on 8,192 paths x 288 steps, against the random-number bound,
+# once per kernel form (`SCALING_KERNELS`, unless --kernel names one).
+SCALING_ENTRY_POINTS = (1, 4, 16, 64, 256)
+SCALING_KERNELS = ("dense", "ladder")
 SCALING_COHORTS_PATHS = 8192
 TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -72,9 +79,11 @@ def load_workload(
     steps: int | None = None,
     points: int | None = None,
     entry_points: int | None = None,
+    kernel: str | None = None,
 ):
     """(config, points, bench table) of workload `name`, with the quick or explicit sizes
-    (`entry_points`: entry prices per leverage and size, which sets the number of cohorts)."""
+    (`entry_points`: entry prices per leverage and size, which sets the number of cohorts;
+    `kernel`: `run.kernel`, the kernel form)."""
     from engine.config.schema import Config
 
     data = tomllib.loads((HERE / WORKLOADS[name]).read_text())
@@ -90,6 +99,8 @@ def load_workload(
         run["n_paths"] = paths
     if steps:
         run["steps"] = steps
+    if kernel:
+        run["kernel"] = kernel
     run["fan_points"] = min(run.get("fan_points", 96), run["steps"])
     cfg = Config.model_validate(data)
     grid = bench.get("grid")
@@ -259,6 +270,7 @@ def measure(
     numpy: bool,
     rng: bool,
     entry_points: int | None = None,
+    kernel: str | None = None,
 ) -> dict:
     """One workload in this process: compile, steady state, memory, baselines."""
     import jax
@@ -268,7 +280,7 @@ def measure(
     from engine.sim.simulate import chunk_size, simulate
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    cfg, pts, _ = load_workload(name, quick, paths, steps, points, entry_points)
+    cfg, pts, _ = load_workload(name, quick, paths, steps, points, entry_points, kernel)
     static = build.specialise(build.static_of(cfg), pts)  # the kernel forms `simulate` will use
     mesh = devices.path_mesh()
     size = chunk_size(cfg, static, mesh.size, per_device_budget=mesh.devices.flat[0].platform != "cpu")
@@ -360,7 +372,14 @@ def run_worker(args: list[str], devices: int | None, cache: bool) -> dict:
 
 
 def _worker_args(
-    w: str, a: argparse.Namespace, paths=None, steps=None, numpy=None, rng=None, entry_points=None
+    w: str,
+    a: argparse.Namespace,
+    paths=None,
+    steps=None,
+    numpy=None,
+    rng=None,
+    entry_points=None,
+    kernel=None,
 ) -> list[str]:
     args = ["--workload", w]
     if a.quick:
@@ -370,6 +389,7 @@ def _worker_args(
         ("--steps", steps or a.steps),
         ("--points", a.points),
         ("--entry-points", entry_points or a.entry_points),
+        ("--kernel", kernel or a.kernel),
     ):
         if v:
             args += [flag, str(v)]
@@ -391,18 +411,19 @@ def _fmt(x, unit=""):
 def render_table(records: list[dict]) -> str:
     """Markdown table of workload records (errors and scaling rows included)."""
     head = (
-        "| file | workload | paths × steps × points | cohorts per asset | devices | path-steps/s | wall s | compile s | "
+        "| file | workload | paths × steps × points | cohorts per asset | form | devices | path-steps/s | wall s | compile s | "
         "steady s | peak RSS MiB | RNG-only s | sim / RNG | NumPy path-steps/s | speed-up vs NumPy |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
         if "error" in r:
-            rows.append(f"| {r.get('_file', '')} | {' '.join(r['args'])} | error | | | | | | | | | | | |")
+            rows.append(f"| {r.get('_file', '')} | {' '.join(r['args'])} | error | | | | | | | | | | | | |")
             continue
         rng, npb = r.get("rng") or {}, r.get("numpy") or {}
         rows.append(
             f"| {r.get('_file', '')} | {r['workload']}{' quick' if r['quick'] else ''} | "
             f"{r['paths']:,} × {r['steps']:,} × {r['points']} | {_fmt(r.get('cohorts_per_asset'))} | "
+            f"{r.get('cascade_form', '–')} | "
             f"{r['devices']} | {_fmt(r['path_steps_per_s'])} | "
             f"{_fmt(r['wall_s'])} | {_fmt(r['compile_s'])} | {_fmt(r['steady_s'])} | "
             f"{_fmt(r['peak_rss_bytes'] / 2**20)} | {_fmt(rng.get('rng_s'))} | {_fmt(rng.get('sim_over_rng'))} | "
@@ -450,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="override the number of steps")
     p.add_argument("--points", type=int, help="only the first N policy points")
     p.add_argument("--entry-points", type=int, help="entry prices per leverage and size (sets the cohorts)")
+    p.add_argument("--kernel", choices=["auto", "dense", "ladder"], help="the kernel form (run.kernel)")
     p.add_argument("--devices", type=int, help="host CPU devices per worker (default: one per core)")
     p.add_argument("--no-numpy", dest="numpy", action="store_false", help="skip the NumPy baseline")
     p.add_argument("--no-rng", dest="rng", action="store_false", help="skip the random-number bound")
@@ -487,7 +509,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.worker:
         sys.path.insert(0, str(HERE.parent))
         rec = measure(
-            (a.workload or ["W1"])[0], a.quick, a.paths, a.steps, a.points, a.numpy, a.rng, a.entry_points
+            (a.workload or ["W1"])[0],
+            a.quick,
+            a.paths,
+            a.steps,
+            a.points,
+            a.numpy,
+            a.rng,
+            a.entry_points,
+            a.kernel,
         )
         a.worker.write_text(json.dumps(rec))
         return 0
@@ -520,8 +550,9 @@ def main(argv: list[str] | None = None) -> int:
                     "cohorts",
                     64 * e,
                     a.devices,
-                    _worker_args("W1", a, paths=SCALING_COHORTS_PATHS, numpy=False, entry_points=e),
+                    _worker_args("W1", a, paths=SCALING_COHORTS_PATHS, numpy=False, entry_points=e, kernel=k),
                 )
+                for k in ([a.kernel] if a.kernel else SCALING_KERNELS)
                 for e in SCALING_ENTRY_POINTS
             ]
     else:

@@ -75,7 +75,7 @@ def test_results_go_to_the_tracked_folder_only_with_save(tmp_path, monkeypatch):
 def test_workloads_have_the_stated_shapes():
     bench = bench_module()
     shapes = {}
-    for name in ("W1", "W2", "W3"):
+    for name in ("W1", "W2", "W3", "W4"):
         cfg, pts, _ = bench.load_workload(name)
         shapes[name] = (
             len(cfg.market.assets),
@@ -90,6 +90,7 @@ def test_workloads_have_the_stated_shapes():
         "W1": (1, 1_000_000, 288, 256, 1),
         "W2": (4, 100_000, 288, 2048, 64),
         "W3": (1, 100, 7200, 2000, 1),
+        "W4": (4, 100_000, 288, 16_384, 1),
     }
     # the cohorts axis of --scaling: W1 with 64 cohorts per entry price
     for e in bench.SCALING_ENTRY_POINTS:

@@ -86,7 +86,7 @@ def _by_side(x: jnp.ndarray, side: jnp.ndarray) -> jnp.ndarray:
 
 
 # Positions per group that a round of the windowed cascade looks at (`run_ladder(window=True)`).
-WINDOW = 16
+WINDOW = 8
 
 
 def _hits(st: _Step, level, price):
@@ -289,8 +289,8 @@ def _quiet(args: tuple) -> tuple:
 
 # Batch shares for which a compacted cascade is compiled (the busiest steps run all paths): the
 # windowed cascade, and the binary-search one for the rare paths whose range outran the window.
-WINDOWED_SHARES = (32, 8)
-SEARCHED_SHARES = (32,)
+WINDOWED_SHARES = (128, 32, 8, 2)
+SEARCHED_SHARES = (512, 64, 8)
 
 
 def _for_some(mask, run, args: tuple, others, shares: tuple[int, ...]):
