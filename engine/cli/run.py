@@ -216,7 +216,9 @@ def _run(
     title = f"{study.name}: {len(study.points)} points x {study.config.run.n_paths:,} paths"
     use_bar = err().is_terminal if bar is None else bar
     reporter = BarReporter(err(), study.name) if use_bar else LogReporter(sys.stderr, title)
-    err().print(f"{study.name}: {plan(study.config).describe()}", highlight=False, soft_wrap=True)
+    err().print(
+        f"{study.name}: {plan(study.config, study.points).describe()}", highlight=False, soft_wrap=True
+    )
     try:
         with Interrupts() as interrupts, reporter:
             progress = interrupts.checked(FirstChunk(reporter, say))

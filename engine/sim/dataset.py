@@ -167,6 +167,14 @@ def _run_variables(results: list[dict]) -> dict:
         np.stack([r["n_nonfinite"] for r in results]).astype(np.float64),
         {"units": "1", "long_name": "paths with non-finite values"},
     )
+    data["n_dense_fallback"] = (
+        ("point",),
+        np.stack([r["n_dense_fallback"] for r in results]),
+        {
+            "units": "1",
+            "long_name": "paths the ladder kernel handed to the dense kernel (ADL; engine/sim/fallback.py)",
+        },
+    )
     for name, long_name in DIAGNOSTICS.items():
         data[name] = (
             ("point",),

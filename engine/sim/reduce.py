@@ -20,8 +20,10 @@ from __future__ import annotations
 import numpy as np
 
 from engine.model import bins as B
+from engine.model.ladder_kernel import FALLBACK_NEVER
 from engine.model.outputs import OUTPUTS
 from engine.model.params import Static
+from engine.sim.fallback import FLAG
 
 ATOM = 256
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
@@ -83,6 +85,7 @@ class PointAccumulator:
         self.n = 0
         self.nonfinite = 0
         self.jump_truncated = 0
+        self.handed_over = 0
         self.bins = {o.name: o.bins(static) for o in OUTPUTS}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.counts: dict[str, np.ndarray] = {}
@@ -112,6 +115,8 @@ class PointAccumulator:
         self.n += valid
         self.nonfinite += int(np.sum(np.asarray(outputs["nonfinite"])[:valid]))
         self.jump_truncated += int(np.sum(np.asarray(outputs["jump_truncated"])[:valid]))
+        if FLAG in outputs:
+            self.handed_over += int(np.sum(np.asarray(outputs[FLAG])[:valid] < FALLBACK_NEVER))
         for o in OUTPUTS:
             x = np.asarray(outputs[o.name])[:valid].astype(np.float64)
             if o.name not in self.counts:
@@ -157,6 +162,7 @@ class PointAccumulator:
         # kernel diagnostics: paths whose cascade ran out of rounds, or with a truncated jump count
         out["n_cascade_unconverged"] = self.positive["residual_notional"].astype(np.float64)
         out["n_jump_truncated"] = np.asarray(self.jump_truncated, np.float64)
+        out["n_dense_fallback"] = np.asarray(self.handed_over, np.float64)
         out["quantile_status"] = quantile_status(self.n, QUANTILES)
         out["band_quantile_status"] = quantile_status(self.n, BAND_QUANTILES)
         out["es99_status"] = es_status(self.n)
