@@ -47,11 +47,14 @@ def static_of(cfg: Config) -> Static:
     )
 
 
-# Fewest cohorts per path (all assets) for which `specialise` picks the ladder kernel. Below,
-# the dense kernel is as fast or faster on the CPU (W1's book, 2 host devices, 16,384 x 288
-# paths, path-steps/s dense / ladder: 64 cohorts 3.9 M / 3.0 M, 256 cohorts 1.6 M / 1.2-1.5 M,
-# 1,024 cohorts 0.43 M / 0.74 M, 16,384 cohorts 0.03 M / 0.30 M; benchmarks/README.md).
-LADDER_MIN_COHORTS = 512
+# Least work (path-steps x cohorts per path) for which "auto" picks the ladder kernel. The ladder
+# is faster per path-step at every book size measured (CPU, 2 host devices, W1's book at
+# 8,192 x 288 paths, path-steps/s dense / ladder: 64 cohorts 3.7 M / 4.6 M, 256 cohorts 1.5 M /
+# 2.2 M, 16,384 cohorts 9.2 k / 173 k; W2, 1,024 paths x 8 points: 19.6 k / 61.1 k) but
+# compiles in 20-30 s instead of 3-6 s, which a smaller run does not win back (W1 65,536 x 288:
+# dense 13 s + 3.6 s compile, ladder 9 s + 30 s; 4.8e9 cohort-steps). Per point, so that a
+# point's kernel depends on that point alone.
+LADDER_MIN_COHORT_STEPS = 10**10
 
 # Largest integer dof drawn loop-free (floor(n / 2) exponentials per path-step).
 LOOP_FREE_DOF = 16
@@ -90,10 +93,11 @@ def specialise(static: Static, points: list[Config]) -> Static:
 
 def _on_ladder(static: Static, points: list[Config]) -> bool:
     """Whether points that close positions whole run on the ladder: `run.kernel`, and for "auto"
-    a book of at least `LADDER_MIN_COHORTS` cohorts per path."""
+    a run of at least `LADDER_MIN_COHORT_STEPS` path-steps x cohorts per path."""
     kinds = {p.run.kernel for p in points}
     if kinds == {"auto"}:
-        return static.n_assets * static.n_cohorts >= LADDER_MIN_COHORTS
+        work = min(p.run.n_paths for p in points) * static.steps * static.n_assets * static.n_cohorts
+        return work >= LADDER_MIN_COHORT_STEPS
     return kinds == {"ladder"}
 
 
