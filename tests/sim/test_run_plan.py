@@ -24,7 +24,9 @@ TINY = small_dict(run={**small_dict()["run"], "n_paths": 64, "steps": 8, "fan_po
 def test_plan_of_ten_billion_paths():
     cfg = Config.model_validate({**TINY, "run": {**TINY["run"], "n_paths": 10**10}})
     plan = S.plan(cfg)
-    static = build.static_of(cfg)
+    # a run this long is on the ladder kernel (`build.specialise`), which sets the chunk and memory
+    static = build.specialise(build.static_of(cfg), [cfg])
+    assert static.ladder > 0
     mesh = devices.path_mesh()
     assert plan.chunk == S.chunk_size(
         cfg, static, mesh.size, per_device_budget=mesh.devices.flat[0].platform != "cpu"
