@@ -8,8 +8,8 @@ ascending (a long with a higher `k`, a short with a lower one, dies first). On e
 
 - the cohorts liquidated so far are a prefix of each group's order, so a path's book is one
   level per group (`[assets, groups]` ints) instead of a quantity per cohort;
-- a cascade round finds how far the round's price reaches into each group by binary search
-  of the sorted keys (evaluating `k / (1 - s m)` exactly as the dense kernel does, so the two
+- a cascade round finds how far the round's price reaches into each group by searching the
+  sorted keys (`first_false`, evaluating `k / (1 - s m)` exactly as the dense kernel does, so the two
   agree on who is hit at the same price), and the round's units, notional, the traders' loss
   and the counterparties' gain are differences of prefix sums of `q`, `q b` and `q e`;
 - the one nonlinear term, the split of each liquidation's equity `s q (fill - b)` between the

@@ -152,14 +152,25 @@ def single(tmp_path_factory) -> Path:
     return d
 
 
-def test_two_processes_equal_one(tmp_path):
+# The ladder kernel with ADL paths handed to the dense kernel (`engine.sim.fallback`) across processes.
+LADDER_CFG = {
+    **CFG,
+    "run": {**CFG["run"], "kernel": "ladder"},
+    "policy": {**CFG["policy"], "insurance_fund_usd": 2e7, "adl_rule": "queue"},
+}
+
+
+@pytest.mark.parametrize("cfg", [CFG, LADDER_CFG], ids=["dense", "ladder"])
+def test_two_processes_equal_one(tmp_path, cfg):
     out = tmp_path / "cube.nc"
     results = _two_processes(
-        lambda port, i: [sys.executable, "-c", WORKER, port, str(i), json.dumps(CFG), str(out)], tmp_path
+        lambda port, i: [sys.executable, "-c", WORKER, port, str(i), json.dumps(cfg), str(out)], tmp_path
     )
     for code, _, err in results:
         assert code == 0, err[-3000:]
-    single = simulate(Config.model_validate(CFG))
+    single = simulate(Config.model_validate(cfg))
+    if cfg is LADDER_CFG:
+        assert float(single["n_dense_fallback"].max()) > 0, "no path was handed to the dense kernel"
     with xr.open_dataset(out, decode_times=False) as multi:  # time in minutes, as simulate returns it
         xr.testing.assert_identical(multi.load(), single)
 
