@@ -32,6 +32,8 @@ FORMS = {
         "market": {**small_dict()["market"], "tail_dof": 4.5},
         "policy": {"insurance_fund_usd": 2e8, "dynamic_margin": 2.0},
     },
+    # the ladder kernel (engine.model.ladder_kernel) with its dense fallback inside `rollout`
+    "ladder": {"run": {**small_dict()["run"], "kernel": "ladder"}},
 }
 
 
