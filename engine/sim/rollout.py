@@ -176,9 +176,10 @@ def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int,
     def redo(out_fan):
         out, fan = out_fan
         count_from = jnp.where(flagged, out["fallback_step"], FALLBACK_NEVER)
-        d = _begin(params, dense(static), n_paths)
-        d = _advance(d, params, seed, start, n_valid, 0, dense(static), static.steps, nudge, None, count_from)
-        d_out = _finish(d, params, dense(static))
+        fallback = dense(static)
+        d = _begin(params, fallback, n_paths)
+        d = _advance(d, params, seed, start, n_valid, 0, fallback, static.steps, nudge, None, count_from)
+        d_out = _finish(d, params, fallback)
         pick = lambda a, b: jnp.where(flagged.reshape((-1,) + (1,) * (a.ndim - 1)), b, a)
         merged = {k: pick(v, d_out[k]) if k in d_out else v for k, v in out.items()}
         return merged, jax.tree_util.tree_map(jnp.add, fan, d.fan)
