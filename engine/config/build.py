@@ -79,15 +79,14 @@ def specialise(static: Static, points: list[Config]) -> Static:
     rungs = (
         [ladder.layout(c.side, c.mmr) for c in map(build_cohorts, points)]
         if whole and _on_ladder(static, points)
-        else [(0, 0, 0)]
+        else [(0, 0)]
     )
     return dataclasses.replace(
         static,
         whole_only=whole,
         dof_max=max(1, int(max(dofs))) if integer else 0,
-        ladder=max(r for r, _, _ in rungs),
-        ladder_block=max(b for _, b, _ in rungs),
-        ladder_fences=max(f for _, _, f in rungs),
+        ladder=max(r for r, _ in rungs),
+        ladder_cells=max(c for _, c in rungs),
     )
 
 

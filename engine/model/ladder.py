@@ -9,9 +9,14 @@ ascending (a long with a higher `k`, a short with a lower one, dies first). On e
 - the cohorts liquidated so far are a prefix of each group's order, so a path's book is one
   level per group (`[assets, groups]` ints) instead of a quantity per cohort;
 - a cascade round finds how far the round's price reaches into each group by searching the
-  sorted keys (`first_false`, evaluating `k / (1 - s m)` exactly as the dense kernel does, so the two
+  sorted keys (`find`, evaluating `k / (1 - s m)` exactly as the dense kernel does, so the two
   agree on who is hit at the same price), and the round's units, notional, the traders' loss
   and the counterparties' gain are differences of prefix sums of `q`, `q b` and `q e`;
+- the search costs the same for any book: a uniform grid over each group's keys
+  (`GRID_PER_RUNG` cells per position of the largest group) gives, from the key where the
+  test flips, the few positions where it can flip, and the test is evaluated on those
+  `WINDOW` positions only. A group crowded beyond that near the key (more than `WINDOW`
+  positions in three cells, e.g. many exact ties) is flagged like a wide band;
 - the one nonlinear term, the split of each liquidation's equity `s q (fill - b)` between the
   fund (>= 0) and the shortfall (< 0), uses `s b = a - u`: within a group the cohorts with
   `u < a_lo - s fill` are surely under water (a prefix, found by one more search), those with
@@ -38,29 +43,35 @@ import numpy as np
 from engine.model.params import BookParams, Params, PolicyParams, Static
 from engine.model.policies import cap_leverage
 
-# Cohorts of the uncertain band of the equity split summed one by one per group and round.
+# Positions per group evaluated one by one: the uncertain band of the equity split, and the
+# candidates of a search (`find`).
 WINDOW = 8
+# Search grid cells per position of the book's largest group (`layout`). The W1, W2 and W4 books
+# (up to 16,384 cohorts per asset) have at most 6 positions in any three consecutive cells at 16
+# cells per position and at most 10 at 4, so a search's candidates fit in `WINDOW`.
+GRID_PER_RUNG = 8
 
 
 class Ladder(NamedTuple):
     """The book of one point in ladder order, `[assets, cohorts]` unless stated.
 
     Groups are `[longs by base rate..., shorts by base rate...]`, `2 * Static.ladder` of them.
-    u: `-s k` (USD), ascending within each group. fences: `[assets, groups, fences]` u at every
-    `Static.ladder_block`-th position of each group from its start (+inf past its end). quantity: units after the leverage cap.
-    bankrupt: USD. rows: `[assets, cohorts, 4]` (u, q, b, e) together, for windows. cum, cum_lo: `[assets, cohorts + 1, 3]` prefix sums of (q, q b, q e), high
-    and low parts (units, USD). start, end: `[assets, groups]` int32 first and one-past-last
-    position of each group. side: `[assets, groups]` +1/-1. mmr: `[assets, groups]` base rate.
-    a_lo, a_hi: `[assets, groups]` least and largest maintenance amount per unit (USD).
+    u: `-s k` (USD), ascending within each group. grid: `[assets, groups * (cells + 2)]` int32,
+    per group (`cells = Static.ladder_cells`) the first position with `u >= u_lo + j / per_usd`
+    for j = 0..cells, then the group's end. u_lo: `[assets, groups]` the group's least u (USD).
+    per_usd: `[assets, groups]` grid cells per USD of u. rows: `[assets, cohorts, 4]` (u,
+    quantity after the leverage cap, bankruptcy price, entry; units and USD), for windows. cum:
+    `[assets, cohorts + 1, 6]` prefix sums of (q, q b, q e), high then low parts (units, USD). start, end: `[assets, groups]` int32 first and one-past-last position of each group.
+    side: `[assets, groups]` +1/-1. mmr: `[assets, groups]` base rate. a_lo, a_hi: `[assets,
+    groups]` least and largest maintenance amount per unit (USD).
     """
 
     u: jnp.ndarray
-    fences: jnp.ndarray
-    quantity: jnp.ndarray
-    bankrupt: jnp.ndarray
+    grid: jnp.ndarray
+    u_lo: jnp.ndarray
+    per_usd: jnp.ndarray
     rows: jnp.ndarray
     cum: jnp.ndarray
-    cum_lo: jnp.ndarray
     start: jnp.ndarray
     end: jnp.ndarray
     side: jnp.ndarray
@@ -69,10 +80,10 @@ class Ladder(NamedTuple):
     a_hi: jnp.ndarray
 
 
-def layout(side: np.ndarray, mmr: np.ndarray) -> tuple[int, int, int]:
-    """(base rates, block, fences) of a book on the host: the number of distinct maintenance
-    rates (groups per side), and the search's block length (a power of two near the square root
-    of the largest group) and number of fences per group (`first_false`).
+def layout(side: np.ndarray, mmr: np.ndarray) -> tuple[int, int]:
+    """(base rates, grid cells) of a book on the host: the number of distinct maintenance rates
+    (groups per side), and the search grid's cells per group, the power of two at or above
+    `GRID_PER_RUNG` times the largest group.
 
     side, mmr: `[assets, cohorts]` (NumPy)."""
     rates = max(len(np.unique(row)) for row in mmr)
@@ -81,8 +92,7 @@ def layout(side: np.ndarray, mmr: np.ndarray) -> tuple[int, int, int]:
         for s in (1.0, -1.0):
             _, counts = np.unique(m_row[s_row == s], return_counts=True)
             largest = max([largest, *counts.tolist()])
-    block = 2 ** math.ceil(math.log2(math.sqrt(largest)))
-    return rates, block, -(-largest // block)
+    return rates, 2 ** math.ceil(math.log2(GRID_PER_RUNG * largest))
 
 
 def _two_sum(a, b):
@@ -119,20 +129,19 @@ def _one_asset(side, mmr, maint, entry, q, b, static: Static):
     end = jnp.searchsorted(g_sorted, ids, side="right").astype(jnp.int32)
     q_s, b_s, e_s = q[order], b[order], entry[order]
     hi, lo = _compensated_cumsum(jnp.stack([q_s, q_s * b_s, q_s * e_s], -1))
-    zero = jnp.zeros((1, 3), hi.dtype)
+    zero = jnp.zeros((1, 6), hi.dtype)
     empty = end <= start
     a_lo = jax.ops.segment_min(maint, group, num_segments=n_groups + 1)[:n_groups]
     a_hi = jax.ops.segment_max(maint, group, num_segments=n_groups + 1)[:n_groups]
-    at = start[:, None] + static.ladder_block * jnp.arange(static.ladder_fences)
     u_s = u[order]
+    grid, u_lo, per_usd = _grid(u_s, start, end, static.ladder_cells)
     return Ladder(
         u=u_s,
-        fences=jnp.where(at < end[:, None], u_s[jnp.clip(at, 0, u.shape[0] - 1)], jnp.inf),
-        quantity=q_s,
-        bankrupt=b_s,
+        grid=grid,
+        u_lo=u_lo,
+        per_usd=per_usd,
         rows=jnp.stack([u_s, q_s, b_s, e_s], -1),
-        cum=jnp.concatenate([zero, hi]),
-        cum_lo=jnp.concatenate([zero, lo]),
+        cum=jnp.concatenate([zero, jnp.concatenate([hi, lo], -1)]),
         start=start,
         end=end,
         side=jnp.where(ids < n_rates, 1.0, -1.0).astype(u.dtype),
@@ -140,6 +149,30 @@ def _one_asset(side, mmr, maint, entry, q, b, static: Static):
         a_lo=jnp.where(empty, 0.0, a_lo),
         a_hi=jnp.where(empty, 0.0, a_hi),
     )
+
+
+def _grid(u, start, end, cells: int):
+    """The search grid of sorted keys u `[cohorts]` in groups [start, end) `[groups]` (see
+    `Ladder`): (grid `[groups * (cells + 2)]`, u_lo, per_usd `[groups]`).
+
+    A cell is at least 64 units in the last place of the group's keys wide, so that the edges'
+    rounding stays far below a cell (`find`)."""
+    last = jnp.clip(end - 1, 0, u.shape[0] - 1)
+    u_lo = jnp.where(end > start, u[jnp.clip(start, 0, u.shape[0] - 1)], 0.0)
+    u_hi = jnp.where(end > start, u[last], 0.0)
+    ulp = jnp.finfo(u.dtype).eps * jnp.maximum(jnp.abs(u_lo), jnp.abs(u_hi))
+    width = jnp.maximum((u_hi - u_lo) / cells, 64 * ulp + jnp.finfo(u.dtype).tiny)
+    edges = u_lo[:, None] + width[:, None] * jnp.arange(cells + 1, dtype=u.dtype)
+
+    pos = jnp.arange(u.shape[0])
+
+    def one(lo, hi, e):
+        # -inf before the group, +inf after it: the count below an edge is lo + the group's own
+        keyed = jnp.where(pos < lo, -jnp.inf, jnp.where(pos < hi, u, jnp.inf))
+        return jnp.concatenate([jnp.searchsorted(keyed, e, side="left"), hi[None]]).astype(jnp.int32)
+
+    grid = jax.vmap(one)(start, end, edges)
+    return grid.reshape(-1), u_lo, 1.0 / width
 
 
 def build_ladder(book: BookParams, pol: PolicyParams, static: Static) -> Ladder:
@@ -183,39 +216,50 @@ def window(lad: Ladder, level: jnp.ndarray, width: int) -> tuple[jnp.ndarray, ..
     return (pos < lad.end[..., None], *jnp.unstack(rows, axis=-1))
 
 
-def first_false(lad: Ladder, pred, static: Static) -> jnp.ndarray:
-    """Per group `[assets, groups]` the first position in [start, end) where `pred(u)` is false
-    (end if none): `pred` must hold on a prefix of each group (u: any shape `[assets, groups,
-    ...]`) and be false for u = +inf.
+def find(lad: Ladder, pred, x, floor, ceiling) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per group `[assets, groups]` the first position where `pred(u)` is false (the group's end
+    if none), clipped to [floor, ceiling], and whether that is unsure (then it is not exact).
 
-    Two comparisons of everything, no dependent steps: the fences (every `ladder_block`-th
-    position) tell the block where the prefix ends, the block's keys the position in it. Per
-    group that is `ladder_fences + ladder_block` evaluations of `pred` and one gather, against
-    a binary search's chain of `log2(cohorts)` gathers, each waiting for the last.
+    pred: holds on a prefix of each group (u: `[assets, groups, WINDOW]`); x: `[assets, groups]`
+    the key where it flips, up to rounding (USD); floor, ceiling: `[assets, groups]` int.
+
+    The grid's cells from one below `x - margin` to two above `x + margin` hold the positions
+    where `pred` can flip: before them it holds, after them it fails. `pred` is evaluated on the
+    first `WINDOW` of them, so the cost does not depend on the book; the answer is unsure when
+    there are more and they reach into [floor, ceiling].
     """
-    n = fold(pred(lad.fences).astype(jnp.int32))
-    base = lad.start + jnp.maximum(n - 1, 0) * static.ladder_block
-    pos = base[..., None] + jnp.arange(static.ladder_block)
-    inside = pos < lad.end[..., None]
-    count = fold((inside & pred(take(lad.u, pos))).astype(jnp.int32))
-    return jnp.where(n == 0, lad.start, base + count)
+    cells = lad.grid.shape[1] // lad.u_lo.shape[1] - 2
+    margin = 16 * jnp.finfo(x.dtype).eps * (jnp.abs(x) + jnp.abs(lad.u_lo))
+    offset = jnp.arange(lad.u_lo.shape[1], dtype=jnp.int32) * (cells + 2)
+
+    def edge(v, shift):
+        c = jnp.floor((v - lad.u_lo) * lad.per_usd) + shift
+        return take(lad.grid, offset + jnp.clip(c, 0, cells + 1).astype(jnp.int32))
+
+    lo, hi = edge(x - margin, -1), edge(x + margin, 2)
+    pos = lo[..., None] + jnp.arange(WINDOW)
+    count = fold(((pos < hi[..., None]) & pred(take(lad.u, pos))).astype(jnp.int32))
+    unsure = (hi - lo > WINDOW) & (hi > floor) & (lo < ceiling)
+    return jnp.clip(lo + count, floor, ceiling), unsure
 
 
-def crossed(lad: Ladder, price: jnp.ndarray, mmr: jnp.ndarray, static: Static) -> jnp.ndarray:
-    """Per group the end of the cohorts at or beyond their liquidation price at `price` `[assets]`
-    (USD), at maintenance rates `mmr` `[assets, groups]`: the hit test of the dense kernel,
-    `s (p - p_liq) <= 0` with `p_liq = k / (1 - s m)`, on the group's sorted keys."""
+def crossed(lad: Ladder, price, mmr, level) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per group `[assets, groups]` the end of the cohorts at or beyond their liquidation price
+    at `price` `[assets]` (USD) and maintenance rates `mmr` `[assets, groups]`, at least `level`,
+    and whether that is unsure (`find`): the hit test of the dense kernel, `s (p - p_liq) <= 0`
+    with `p_liq = k / (1 - s m)`, on the group's sorted keys. It flips at `u = -s p (1 - s m)`."""
     s = lad.side[..., None]
-    den = (1.0 - lad.side * mmr)[..., None]
+    den = 1.0 - lad.side * mmr
     p = price[:, None, None]
-    return first_false(lad, lambda u: s * (p - (-s * u) / den) <= 0, static)
+    hit = lambda u: s * (p - (-s * u) / den[..., None]) <= 0
+    return find(lad, hit, -lad.side * price[:, None] * den, level, lad.end)
 
 
 def cum_at(lad: Ladder, idx: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Prefix sums (q, q b, q e) before positions idx `[assets, groups]`: (high, low) parts,
     `[assets, groups, 3]` each."""
-    at = lambda c: jnp.take_along_axis(c, idx[..., None], axis=1)
-    return at(lad.cum), at(lad.cum_lo)
+    both = jnp.take_along_axis(lad.cum, idx[..., None], axis=1)
+    return both[..., :3], both[..., 3:]
 
 
 def between(upper: tuple, lower: tuple) -> jnp.ndarray:
@@ -223,23 +267,29 @@ def between(upper: tuple, lower: tuple) -> jnp.ndarray:
     return (upper[0] - lower[0]) + (upper[1] - lower[1])
 
 
-def shortfall(lad: Ladder, i0, i1, at0: tuple, fill, static: Static) -> tuple[jnp.ndarray, jnp.ndarray]:
+def band(lad: Ladder, start, stop, fill) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Sum of `max(-s q (fill - b), 0)` over the first `WINDOW` positions of [start, stop) of
+    each group, cohort by cohort, and whether a position of [start, stop) after them may be under
+    water too (`u < a_hi - s fill`, see the module docstring; if not, the sum is `shortfall`'s
+    without a search). All `[assets, groups]`."""
+    s = lad.side
+    inside, u, q, b, _ = window(lad, start, WINDOW + 1)
+    inside = inside & (start[..., None] + jnp.arange(WINDOW + 1) < stop[..., None])
+    under = jnp.maximum(-s[..., None] * q * (fill[..., None] - b), 0.0)
+    more = inside[..., WINDOW] & (u[..., WINDOW] < lad.a_hi - s * fill)
+    return fold(jnp.where(inside, under, 0.0)[..., :WINDOW]), more
+
+
+def shortfall(lad: Ladder, i0, i1, at0: tuple, fill) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Sum of `max(-s q (fill - b), 0)` over positions [i0, i1) of each group, and whether the
-    uncertain band outran the window (then the sum is not exact).
+    uncertain band or the search outran the window (then the sum is not exact).
 
     i0, i1: `[assets, groups]` int; at0: `cum_at(lad, i0)`; fill: `[assets, groups]` USD.
     Returns (USD `[assets, groups]`, bool `[assets, groups]`).
     """
     s = lad.side
-    j1 = first_false(lad, lambda u: u < (lad.a_lo - s * fill)[..., None], static)
-    c1 = jnp.clip(j1, i0, i1)
+    edge = lad.a_lo - s * fill
+    c1, unsure = find(lad, lambda u: u < edge[..., None], edge, i0, i1)
     sure = between(cum_at(lad, c1), at0)
-    surely_under = s * (sure[..., 1] - fill * sure[..., 0])
-    pos = c1[..., None] + jnp.arange(WINDOW)
-    inside = pos < i1[..., None]
-    q, b = take(lad.quantity, pos), take(lad.bankrupt, pos)
-    equity = s[..., None] * q * (fill[..., None] - b)
-    band = fold(jnp.where(inside, jnp.maximum(-equity, 0.0), 0.0))
-    beyond = c1 + WINDOW
-    over = (beyond < i1) & (take(lad.u, beyond) < lad.a_hi - s * fill)
-    return surely_under + band, over
+    rest, over = band(lad, c1, i1, fill)
+    return s * (sure[..., 1] - fill * sure[..., 0]) + rest, over | unsure

@@ -1,17 +1,16 @@
 """The ladder kernel: the exact kernel's step with the book held as liquidation ladders.
 
 Stages 1-2 and 4-6 are those of `engine.model.kernel` (shared in `engine.model.stages`); the
-cascade (stage 3) works on the rung groups of `engine.model.ladder`: per round a window of the
-next `WINDOW` positions of each group, or for ranges beyond it a whole-group search, finds the
-cohorts the round's price reaches, sums or prefix sums give their units and accounts, and the
-fill of each round is the dense whole-position cascade's
+cascade (stage 3) works on the rung groups of `engine.model.ladder`: per round a search of each
+group's grid finds the cohorts the round's price reaches, prefix sums give their units and
+accounts, and the fill of each round is the dense whole-position cascade's
 (`engine.model.cascade.run_cascade_whole`), so the two give the same numbers to the rounding of
 their sums. A path's book is its levels `[assets, groups]`; nothing per cohort is carried.
 
 What the ladder does not represent, it flags rather than approximates: from the first step
 where a path needs ADL (a deficit with an ADL rule on: ADL closes cohorts in the middle of a
-group), or where an equity split's uncertain band outruns `engine.model.ladder.WINDOW`,
-`SimState.fallback` holds that step and the path's numbers are taken from the dense kernel
+group), or where an equity split's uncertain band or a search outruns
+`engine.model.ladder.WINDOW`, `SimState.fallback` holds that step and the path's numbers are taken from the dense kernel
 (`engine.sim.fallback`). With ADL off the deficit is bad debt, as in the dense kernel.
 """
 
@@ -63,7 +62,6 @@ class _Step(NamedTuple):
     hi: jnp.ndarray
     sigma: jnp.ndarray
     params: Params
-    static: Static
 
     def price(self, flow):
         """Mark price `[assets]` (USD) after cumulative flow `flow` (as the dense cascade's)."""
@@ -86,38 +84,38 @@ def _by_side(x: jnp.ndarray, side: jnp.ndarray) -> jnp.ndarray:
     return jnp.stack([L.fold(jnp.where(side > 0, x, 0.0)), L.fold(jnp.where(side < 0, x, 0.0))], -1)
 
 
-# Positions per group that a round of the windowed cascade looks at (`run_ladder(window=True)`).
-WINDOW = 8
+class _Hit(NamedTuple):
+    """A round up to the split of the liquidations' equity (USD unless stated)."""
+
+    p_r: jnp.ndarray  # [assets] the round's price
+    level: jnp.ndarray  # [assets, groups] int32 after the round
+    at: tuple  # `ladder.cum_at(level)`
+    dq: jnp.ndarray  # [assets, groups] units hit
+    dqb: jnp.ndarray  # [assets, groups] sum of q b
+    dqe: jnp.ndarray  # [assets, groups] sum of q e
+    net: jnp.ndarray  # [assets] long minus short units hit
+    size: jnp.ndarray  # [assets] units hit
+    absorbed: jnp.ndarray  # [] by the backstop
+    phi: jnp.ndarray  # [assets] the backstop's share
+    flow: jnp.ndarray  # [assets] cumulative flow after the round
+    fill: jnp.ndarray  # [assets, groups]
+    short: jnp.ndarray  # [assets, groups] shortfall (exact unless `wide`)
+    wide: jnp.ndarray  # [assets, groups] bool: a cohort beyond the first window may be under water
+    over: jnp.ndarray  # [] bool: a search outran its window (`engine.model.ladder.find`)
 
 
-def _hits(st: _Step, level, price):
-    """The window from `level` at `price` `[assets]`: (hit `[assets, groups, WINDOW]`, q, b, e,
-    exhausted `[]`: some group's window was hit to its last position, so hits may lie beyond)."""
-    s = st.lad.side[..., None]
-    inside, u, q, b, e = L.window(st.lad, level, WINDOW)
-    den = (1.0 - st.lad.side * st.mmr)[..., None]
-    hit = inside & st.active[:, None, None] & (s * (price[:, None, None] - (-s * u) / den) <= 0)
-    return hit, q, b, e, _any(L.fold(hit, jnp.logical_and, True))
-
-
-def _round(st: _Step, c: _Rung, windowed: bool) -> _Rung:
-    """One round: how far this round's price reaches into each group, the orders, the fill and
-    the accounts of the newly hit cohorts. windowed: the hits are read from a window of
-    `WINDOW` positions (cohort by cohort; a range beyond it sets `overflow`), else found by a
-    whole-group search (`engine.model.ladder.first_false`) and summed by prefix sums."""
+def _head(st: _Step, c: _Rung) -> _Hit:
+    """A round up to the equity split: how far the round's price reaches into each group (a
+    search, `engine.model.ladder.crossed`), the units and accounts of the newly hit cohorts
+    (prefix sums), the orders, the fill, and the shortfall over the first `WINDOW` new positions
+    (`engine.model.ladder.band`; `wide` where that is not all)."""
     lad, pol = st.lad, st.params.policy
     s = lad.side
     p_r = st.price(c.flow)
-    if windowed:
-        hit, q, b, e, exhausted = _hits(st, c.level, p_r)
-        dq_i = jnp.where(hit, q, 0.0)
-        level, at = c.level + L.fold(hit.astype(jnp.int32)), c.at
-        dq, dqb, dqe = L.fold(dq_i), L.fold(dq_i * b), L.fold(dq_i * e)
-    else:
-        reach = L.crossed(lad, p_r, st.mmr, st.static)
-        level = jnp.where(st.active[:, None], jnp.maximum(c.level, reach), c.level)
-        at = L.cum_at(lad, level)
-        dq, dqb, dqe = jnp.unstack(L.between(at, c.at), axis=-1)
+    reach, unsure = L.crossed(lad, p_r, st.mmr, c.level)
+    level = jnp.where(st.active[:, None], reach, c.level)
+    at = L.cum_at(lad, level)
+    dq, dqb, dqe = jnp.unstack(L.between(at, c.at), axis=-1)
     units = _by_side(dq, s)
     net, size = units[:, 0] - units[:, 1], units[:, 0] + units[:, 1]
     orders = p_r * net
@@ -125,73 +123,71 @@ def _round(st: _Step, c: _Rung, windowed: bool) -> _Rung:
     flow = c.flow + (1.0 - phi) * orders
     d = pol.backstop_discount
     fill = phi * p_r[:, None] * (1.0 - s * d) + (1.0 - phi) * st.price(flow)[:, None]
-    if windowed:
-        short = L.fold(jnp.maximum(-(s[..., None] * dq_i * (fill[..., None] - b)), 0.0))
-        over = exhausted
-    else:
-        short, over = L.shortfall(lad, c.level, level, c.at, fill, st.static)
-    equity = s * (fill * dq - dqb)
+    short, wide = L.band(lad, c.level, level, fill)
+    over = _any(unsure & st.active[:, None])
+    return _Hit(p_r, level, at, dq, dqb, dqe, net, size, absorbed, phi, flow, fill, short, wide, over)
+
+
+def _split(st: _Step, c: _Rung, h: _Hit) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(shortfall `[assets, groups]`, over `[]`) of a round: where the first window did not cover
+    every cohort that may be under water, the search's (`engine.model.ladder.shortfall`)."""
+    exact, outran = L.shortfall(st.lad, c.level, h.level, c.at, h.fill)
+    return jnp.where(h.wide, exact, h.short), h.over | _any(h.wide & outran)
+
+
+def _tail(st: _Step, c: _Rung, h: _Hit, short, over) -> _Rung:
+    """The round's accounts from its hits and its shortfall `[assets, groups]`."""
+    s, d = st.lad.side, st.params.policy.backstop_discount
+    dq, fill = h.dq, h.fill
+    equity = s * (fill * dq - h.dqb)
     return _Rung(
-        flow=flow,
-        backstop_left=c.backstop_left - absorbed,
-        level=level,
-        at=at,
+        flow=h.flow,
+        backstop_left=c.backstop_left - h.absorbed,
+        level=h.level,
+        at=h.at,
         liquidated=c.liquidated + _by_side(fill * dq, s),
         shortfall=c.shortfall + _by_side(short, s),
-        trader_loss=c.trader_loss + _total(s * (dqe - dqb)),  # the traders lose the margin
-        counterparty=c.counterparty + _total(s * (dqe - fill * dq)),
+        trader_loss=c.trader_loss + _total(s * (h.dqe - h.dqb)),  # the traders lose the margin
+        counterparty=c.counterparty + _total(s * (h.dqe - fill * dq)),
         fund_inflow=c.fund_inflow + _total(equity + short),
-        backstop_qty=c.backstop_qty + phi * net,
+        backstop_qty=c.backstop_qty + h.phi * h.net,
         # the backstop pays p_r (1 - s d) per unit: sum of s dq p_r (1 - s d)
-        backstop_cash=c.backstop_cash - phi * L.fold(p_r * (net - d * size)),
-        busy=c.busy + _any(size > 0).astype(jnp.int32),
-        overflow=c.overflow | _any(over),
+        backstop_cash=c.backstop_cash - h.phi * L.fold(h.p_r * (h.net - d * h.size)),
+        busy=c.busy + _any(h.size > 0).astype(jnp.int32),
+        overflow=c.overflow | over,
     )
 
 
-def run_ladder(
-    level,
-    flow0,
-    x_base,
-    lo,
-    hi,
-    sigma,
-    mmr,
-    active,
-    backstop_left,
-    params: Params,
-    static: Static,
-    windowed=False,
-):
-    """The cascade of one path on the ladder (`engine.model.cascade.run_cascade_whole`'s numbers).
+def _round(st: _Step, c: _Rung) -> _Rung:
+    """One round of one path (`_head`, `_split`, `_tail`)."""
+    h = _head(st, c)
+    return _tail(st, c, h, *_split(st, c, h))
 
-    level: `[assets, groups]` int32; mmr: `[assets, groups]` rates in force; other arguments as
-    `run_cascade`'s. Returns (Cascade with quantity and bankrupt None, new level, flag `[]`):
-    with `windowed` (`_round`) the flag says that some range outran the window (rerun the step
-    without), else that an equity split outran `engine.model.ladder.WINDOW` (the path goes to
-    the dense kernel).
-    """
+
+def _start(args: tuple, params: Params) -> tuple[_Step, _Rung]:
+    """The step's shared values and the rounds' first carry of one path (`run_ladder`'s args)."""
+    level, flow0, x_base, lo, hi, sigma, mmr, active, backstop_left = args
     lad = params.ladder
-    st = _Step(lad, mmr, active, x_base, lo, hi, sigma, params, static)
+    st = _Step(lad, mmr, active, x_base, lo, hi, sigma, params)
     z = jnp.zeros((), flow0.dtype)
     side2 = jnp.zeros((flow0.shape[0], 2), flow0.dtype)
-    at = (None, None) if windowed else L.cum_at(lad, level)
+    at = L.cum_at(lad, level)
     start = _Rung(
         flow0, backstop_left, level, at, side2, side2, z, z, z,
         jnp.zeros_like(flow0), z, jnp.zeros((), jnp.int32), jnp.zeros((), bool),
     )  # fmt: skip
-    end = until_quiet(lambda c: _round(st, c, windowed), start, lambda c: c.busy, static.rounds)
-    # cohorts still beyond their liquidation price when the rounds ran out (they carry over)
+    return st, start
+
+
+def _finish(st: _Step, end: _Rung) -> tuple:
+    """`run_ladder`'s result from the last round's carry: the cohorts still beyond their
+    liquidation price when the rounds ran out carry over (`Cascade.residual`)."""
+    lad, active = st.lad, st.active
     p_end = st.price(end.flow)
-    if windowed:
-        hit, q, _, _, exhausted = _hits(st, end.level, p_end)
-        left = L.fold(jnp.where(hit, q, 0.0))
-        flag = end.overflow | exhausted
-    else:
-        crossed = L.crossed(lad, p_end, mmr, static)
-        reach = jnp.where(active[:, None], jnp.maximum(crossed, end.level), end.level)
-        left = L.between(L.cum_at(lad, reach), end.at)[..., 0]
-        flag = end.overflow
+    crossed, unsure = L.crossed(lad, p_end, st.mmr, end.level)
+    reach = jnp.where(active[:, None], crossed, end.level)
+    left = L.between(L.cum_at(lad, reach), end.at)[..., 0]
+    flag = end.overflow | _any(unsure & active[:, None])
     c = Cascade(
         quantity=None,
         bankrupt=None,
@@ -208,6 +204,58 @@ def run_ladder(
         residual=L.fold(p_end * L.fold(left)),
     )
     return c, end.level, flag
+
+
+def run_ladder(
+    level,
+    flow0,
+    x_base,
+    lo,
+    hi,
+    sigma,
+    mmr,
+    active,
+    backstop_left,
+    params: Params,
+    static: Static,
+):
+    """The cascade of one path on the ladder (`engine.model.cascade.run_cascade_whole`'s numbers).
+
+    level: `[assets, groups]` int32; mmr: `[assets, groups]` rates in force; other arguments as
+    `run_cascade`'s. Returns (Cascade with quantity and bankrupt None, new level, flag `[]`): the
+    flag says that an equity split or a search outran `engine.model.ladder.WINDOW` (the path
+    goes to the dense kernel).
+    """
+    args = (level, flow0, x_base, lo, hi, sigma, mmr, active, backstop_left)
+    st, start = _start(args, params)
+    end = until_quiet(lambda c: _round(st, c), start, lambda c: c.busy, static.rounds)
+    return _finish(st, end)
+
+
+def run_batch(args: tuple, params: Params, static: Static) -> tuple:
+    """`run_ladder` of a batch of paths (args with a leading path axis), with the same numbers
+    per path: the search for the shortfall's sure prefix (`_split`) runs only in the rounds
+    where some path of the batch needs it."""
+    per_path = lambda f: jax.vmap(lambda a, *rest: f(*_start(a, params), *rest))
+    begin = per_path(lambda st, c: c)(args)
+    head = per_path(lambda st, _, c: _head(st, c))
+    split = per_path(lambda st, _, c, h: _split(st, c, h))
+    tail = per_path(lambda st, _, c, h, short, over: _tail(st, c, h, short, over))
+
+    def more(carry):
+        i, c = carry
+        return (i < static.rounds) & jnp.any(c.busy == i)
+
+    def body(carry):
+        i, c = carry
+        h = head(args, c)
+        short, over = jax.lax.cond(jnp.any(h.wide), lambda: split(args, c, h), lambda: (h.short, h.over))
+        new = tail(args, c, h, short, over)
+        # a path whose last round had no hits is done (as `until_quiet` under vmap)
+        return i + 1, jax.tree_util.tree_map(lambda n, o: jnp.where(_rows(c.busy == i, n), n, o), new, c)
+
+    end = jax.lax.while_loop(more, body, (jnp.zeros((), jnp.int32), begin))[1]
+    return per_path(lambda st, _, c: _finish(st, c))(args, end)
 
 
 def init_state(params: Params, static: Static) -> SimState:
@@ -270,7 +318,7 @@ def _reaches(level, flow0, x_base, lo, hi, sigma, mmr, active, backstop_left, pa
     """Whether the step's first price reaches the next cohort of some group `[]` bool (else the
     cascade does nothing: `_quiet`)."""
     lad = params.ladder
-    st = _Step(lad, mmr, active, x_base, lo, hi, sigma, params, None)
+    st = _Step(lad, mmr, active, x_base, lo, hi, sigma, params)
     s = lad.side
     p = st.price(flow0)[:, None]
     hit = s * (p - (-s * L.take(lad.u, level)) / (1.0 - s * mmr)) <= 0
@@ -288,12 +336,8 @@ def _quiet(args: tuple) -> tuple:
     return c, level, jnp.zeros(z.shape, bool)
 
 
-# Batch shares for which a compacted cascade is compiled (the busiest steps run all paths): the
-# windowed cascade, and the whole-group search for the fewer paths whose range outran the window.
-# Measured (W1 book, 8,192 x 288): with (32, 4) and (64,) instead, compile 20 s instead of 25-28 s
-# but 256 cohorts 1.69 M path-steps/s instead of 2.21 M, 4,096 cohorts 175 k instead of 486 k.
-WINDOWED_SHARES = (128, 32, 8, 2)
-SEARCHED_SHARES = (512, 64, 8)
+# Batch shares for which a compacted cascade is compiled (the busiest steps run all paths).
+SHARES = (128, 32, 8, 2)
 
 
 def _for_some(mask, run, args: tuple, others, shares: tuple[int, ...]):
@@ -323,19 +367,13 @@ def _rows(mask, x):
 
 
 def market_batch(states: SimState, draws, t, shock, flow, params: Params, static: Static) -> SimState:
-    """`market_step` of a batch of paths (leading axis). The cascade runs only for the paths
-    whose price reaches a cohort this step (W1: 3-7% of path-steps), windowed (`run_ladder`),
-    and with whole-group searches only for those whose range outran the window. A path's numbers do not
-    depend on which batch computed them."""
+    """`market_step` of a batch of paths (leading axis). The cascade (`run_batch`) runs only for
+    the paths whose price reaches a cohort this step (W1: 3-7% of path-steps). A path's numbers
+    do not depend on which batch computed them."""
     per_path = (0, 0, None, None, None, None, None)
     b = jax.vmap(_before, per_path)(states, draws, t, shock, flow, params, static)
     busy = jax.vmap(lambda *a: _reaches(*a, params))(*b.args)
-    windowed = jax.vmap(lambda *a: run_ladder(*a, params, static, windowed=True))
-    searched = jax.vmap(lambda *a: run_ladder(*a, params, static))
-    quiet = _quiet(b.args)
-    cascade = _for_some(busy, windowed, b.args, quiet, WINDOWED_SHARES)
-    c, level, outran = cascade
-    cascade = _for_some(busy & outran, searched, b.args, (c, level, jnp.zeros_like(outran)), SEARCHED_SHARES)
+    cascade = _for_some(busy, lambda *a: run_batch(a, params, static), b.args, _quiet(b.args), SHARES)
     return jax.vmap(_after, (0, 0, None, 0, 0, None, None))(states, draws, t, b, cascade, params, static)
 
 
@@ -357,7 +395,9 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     mmr = policies.maintenance_rate(lad.mmr, jnp.sqrt(state.variance), mp.sigma0, params.policy)
     at = L.cum_at(lad, state.level)
     open_units = L.between(L.cum_at(lad, lad.end), at)[..., 0]
-    reach = jnp.maximum(L.crossed(lad, fair, mmr, static), state.level)
+    reach, unsure = L.crossed(lad, fair, mmr, state.level)
     deferred = L.between(L.cum_at(lad, reach), at)[..., 0]
     out = outputs.assemble(state, params, jnp.sum(open_units, -1), jnp.sum(fair * jnp.sum(deferred, -1)))
-    return out | {"fallback_step": state.fallback}
+    # a search that could not finish (`ladder.find`) hands the last step to the dense kernel
+    last = jnp.where(jnp.any(unsure), static.steps - 1, FALLBACK_NEVER)
+    return out | {"fallback_step": jnp.minimum(state.fallback, last)}

@@ -48,11 +48,10 @@ class Static:
     dof_max: int = 0
     # 0, or the point(s) close positions whole and the kernel runs on liquidation ladders
     # (`engine.model.ladder`): the number of distinct base maintenance rates of the book (rung
-    # groups per side), searched in blocks of `ladder_block` positions between `ladder_fences`
-    # fences per group (`engine.model.ladder.first_false`). Set by `engine.config.build.specialise`.
+    # groups per side), and the cells of each group's search grid (`engine.model.ladder.find`).
+    # Set by `engine.config.build.specialise`.
     ladder: int = 0
-    ladder_block: int = 0
-    ladder_fences: int = 0
+    ladder_cells: int = 0
 
 
 class MarketParams(NamedTuple):

@@ -149,7 +149,7 @@ def _finish(carry: Carry, params: Params, static: Static):
 
 def dense(static: Static) -> Static:
     """`static` with the dense exact kernel instead of the ladder (its fallback)."""
-    return dataclasses.replace(static, ladder=0, ladder_block=0, ladder_fences=0)
+    return dataclasses.replace(static, ladder=0, ladder_cells=0)
 
 
 def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int, nudge=0.0):

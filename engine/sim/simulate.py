@@ -32,7 +32,7 @@ from jax.experimental import multihost_utils
 from engine.config import build
 from engine.config.errors import SimulationError, validated
 from engine.config.schema import Config
-from engine.model import ladder_kernel
+from engine.model import ladder
 from engine.model import params as P
 from engine.sim import cache, devices, fallback
 from engine.sim.dataset import to_dataset
@@ -61,7 +61,7 @@ def bytes_per_path(static: P.Static, itemsize: int) -> int:
     fixed = static.n_assets * static.max_window + 256
     if static.ladder:
         groups = static.n_assets * 2 * static.ladder
-        return itemsize * (groups * (8 * ladder_kernel.WINDOW + 64) + fixed)
+        return itemsize * (groups * (8 * ladder.WINDOW + 64) + fixed)
     return itemsize * (16 * static.n_assets * static.n_cohorts + fixed)
 
 
