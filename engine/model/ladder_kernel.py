@@ -337,7 +337,7 @@ def _quiet(args: tuple) -> tuple:
 
 
 # Batch shares for which a compacted cascade is compiled (the busiest steps run all paths).
-SHARES = (128, 32, 8, 2)
+SHARES = (512, 256, 128, 64, 32, 16, 8, 4, 2)
 
 
 def _for_some(mask, run, args: tuple, others, shares: tuple[int, ...]):
