@@ -336,29 +336,27 @@ def _quiet(args: tuple) -> tuple:
     return c, level, jnp.zeros(z.shape, bool)
 
 
-# Batch shares for which a compacted cascade is compiled (the busiest steps run all paths).
-SHARES = (512, 256, 128, 64, 32, 16, 8, 4, 2)
+# Paths per batch of the cascade, as a share of the paths of a step (at least 8).
+BATCH_SHARE = 64
 
 
-def _for_some(mask, run, args: tuple, others, shares: tuple[int, ...]):
+def _for_some(mask, run, args: tuple, others):
     """`run(*args)` (batched) for the paths of `mask` `[paths]`, `others` (same structure) for the
-    rest: the masked paths are gathered into a batch of 1/k of the paths (k in `shares`, the
-    least batch that holds them) or all, so a step pays for the paths that need the work."""
-    n_paths = mask.shape[0]
-    sizes = [n_paths // k for k in shares if n_paths // k >= 8]
+    rest: the masked paths are gathered into batches of 1/`BATCH_SHARE` of the paths, as many as
+    they fill, so a step pays for the paths that need the work (and one batch is compiled)."""
+    n = mask.shape[0]
+    size = min(n, max(8, n // BATCH_SHARE))
+    # the masked paths' indices first, then n (no path) as padding for the last batch
+    order = jnp.nonzero(mask, size=n + size, fill_value=n)[0]
 
-    def compacted(size):
-        def go(args):
-            idx = jnp.nonzero(mask, size=size, fill_value=0)[0]
-            done = run(*jax.tree_util.tree_map(lambda x: x[idx], args))
-            return jax.tree_util.tree_map(lambda o, d: o.at[idx].set(d), others, done)
+    def batch(carry):
+        i, out = carry
+        idx = jax.lax.dynamic_slice_in_dim(order, i, size)
+        done = run(*jax.tree_util.tree_map(lambda x: x[jnp.minimum(idx, n - 1)], args))
+        return i + size, jax.tree_util.tree_map(lambda o, d: o.at[idx].set(d, mode="drop"), out, done)
 
-        return go
-
-    n = jnp.sum(mask)
-    which = jnp.where(n == 0, 0, 1 + jnp.sum(n > jnp.asarray(sizes, jnp.int32)))
-    full = lambda a: jax.tree_util.tree_map(lambda o, d: jnp.where(_rows(mask, o), d, o), others, run(*a))
-    return jax.lax.switch(which, [lambda a: others, *map(compacted, sizes), full], args)
+    count = jnp.sum(mask)
+    return jax.lax.while_loop(lambda c: c[0] < count, batch, (jnp.zeros((), count.dtype), others))[1]
 
 
 def _rows(mask, x):
@@ -373,7 +371,7 @@ def market_batch(states: SimState, draws, t, shock, flow, params: Params, static
     per_path = (0, 0, None, None, None, None, None)
     b = jax.vmap(_before, per_path)(states, draws, t, shock, flow, params, static)
     busy = jax.vmap(lambda *a: _reaches(*a, params))(*b.args)
-    cascade = _for_some(busy, lambda *a: run_batch(a, params, static), b.args, _quiet(b.args), SHARES)
+    cascade = _for_some(busy, lambda *a: run_batch(a, params, static), b.args, _quiet(b.args))
     return jax.vmap(_after, (0, 0, None, 0, 0, None, None))(states, draws, t, b, cascade, params, static)
 
 
