@@ -1,5 +1,6 @@
 """How much cascade work a book asks of the ladder kernel: the share of path-steps whose price
-reaches a cohort, and cascade rounds per path-step and per batch.
+reaches a cohort, cascade rounds per path-step, and the rounds of the longest cascade of a step
+(per device: the rounds its batches run).
 
     python benchmarks/cascade_work.py --entry-points 1 4 16 64 256
 
@@ -53,7 +54,7 @@ def cascade_work(entry_points: int, paths: int, steps: int) -> dict:
         "steps": steps,
         "busy_share": counts["busy"] / n,
         "rounds_per_path_step": counts["rounds"] / n,
-        "mean_batch_rounds": float(np.mean(counts["batch_rounds"])),
+        "longest_rounds_per_step": float(np.mean(counts["batch_rounds"])),
     }
 
 

@@ -49,12 +49,10 @@ def static_of(cfg: Config) -> Static:
 
 # Least work (path-steps x cohorts per path) for which "auto" picks the ladder kernel. The ladder
 # is faster per path-step at every book size measured (CPU, 2 host devices, W1's book at
-# 8,192 x 288 paths, path-steps/s dense / ladder: 64 cohorts 3.7 M / 4.6 M, 256 cohorts 1.5 M /
-# 2.2 M, 16,384 cohorts 9.2 k / 173 k; W2, 1,024 paths x 8 points: 19.6 k / 61.1 k) but
-# compiles in 20-30 s instead of 3-6 s, which a smaller run does not win back (W1 65,536 x 288:
-# dense 13 s + 3.6 s compile, ladder 9 s + 30 s; 4.8e9 cohort-steps). Per point, so that a
-# point's kernel depends on that point alone.
-LADDER_MIN_COHORT_STEPS = 10**10
+# 8,192 x 288 paths; benchmarks/README.md) but compiles in 9-12 s instead of 3-6 s, which a
+# smaller run does not win back: W1 at 65,536 x 288 paths (4.8e9) takes dense 13.0 s + 3.6 s
+# compile, ladder 4.2 s + 12.6 s. Per point, so that a point's kernel depends on that point alone.
+LADDER_MIN_COHORT_STEPS = 5 * 10**9
 
 # Largest integer dof drawn loop-free (floor(n / 2) exponentials per path-step).
 LOOP_FREE_DOF = 16
