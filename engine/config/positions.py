@@ -1,5 +1,5 @@
 """Books from data: positions read from a CSV or Parquet file, validated row by row, and
-aggregated into cohorts (issue 13, first part; not yet wired into `engine.config.book`).
+turned into cohorts by `engine.config.book_file`.
 
 One row per position, or per group of identical positions already summed:
 
@@ -15,6 +15,10 @@ One row per position, or per group of identical positions already summed:
 | margin_mode | text | `isolated`, `cross` (default `isolated`) | no |
 | account_id | text | non-empty where margin_mode is `cross` | for cross rows |
 | tier | integer | 0 to the number of tiers of `exchange.tiers` - 1 | no (by notional) |
+| positions | number | > 0: positions the row stands for (default 1) | no |
+
+A row of several positions (`positions` > 1, e.g. a modelled book's cohort) has the tier and
+the maintenance amount of one position of `notional / positions`.
 
 A bad file gives one `BookFileError` naming the file, the row (1 = the first data row), the
 column, the value and what is allowed.
@@ -31,12 +35,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from engine.config.errors import ConfigError
+
 SIDES = ("long", "short")
 MODES = ("isolated", "cross")
 MAX_LEVERAGE = 1000.0
 
 
-class BookFileError(ValueError):
+class BookFileError(ConfigError):
     """A positions file that cannot be read as a book: the message names the file, the row,
     the column and the allowed values."""
 
@@ -47,6 +53,7 @@ class Positions(NamedTuple):
     asset: index into the scenario's assets. side: +1 long / -1 short. quantity: asset units.
     entry: USD. leverage: notional at entry over margin. cross: margin mode is cross.
     account: account id (empty for isolated). tier: bracket index, -1 to take it by notional.
+    count: positions the row stands for.
     """
 
     asset: np.ndarray
@@ -57,6 +64,7 @@ class Positions(NamedTuple):
     cross: np.ndarray
     account: np.ndarray
     tier: np.ndarray
+    count: np.ndarray
 
 
 def read_table(path: Path) -> pa.Table:
@@ -155,6 +163,10 @@ def validate(table: pa.Table, path, assets: tuple[str, ...], n_tiers: int) -> Po
         ok = ~given | ((t == np.round(t)) & (t >= 0) & (t < n_tiers))
         _fail(path, table, "tier", ~ok, f"an integer from 0 to {n_tiers - 1}, or empty")
         tier = np.where(given, t, -1).astype(np.int64)
+    count = np.ones(len(table))
+    if "positions" in names:
+        count = _numbers(path, table, "positions")
+        _fail(path, table, "positions", ~(np.isfinite(count) & (count > 0)), "a finite number > 0")
 
     return Positions(
         asset=np.array([lookup[a] for a in asset_names], np.int64),
@@ -165,49 +177,10 @@ def validate(table: pa.Table, path, assets: tuple[str, ...], n_tiers: int) -> Po
         cross=cross,
         account=account,
         tier=tier,
+        count=count,
     )
 
 
 def load_positions(path, assets: tuple[str, ...], n_tiers: int) -> Positions:
     """Read and validate a positions file (see the module docstring)."""
     return validate(read_table(Path(path)), path, assets, n_tiers)
-
-
-class Groups(NamedTuple):
-    """Exact groups of identical positions, `[groups]` each: the key fields of `Positions`
-    (asset, side, entry, leverage, tier, cross, account) and the summed quantity, and for each
-    position its group (`index`, `[positions]`)."""
-
-    asset: np.ndarray
-    side: np.ndarray
-    entry: np.ndarray
-    leverage: np.ndarray
-    tier: np.ndarray
-    cross: np.ndarray
-    account: np.ndarray
-    quantity: np.ndarray
-    index: np.ndarray
-
-
-def exact_groups(pos: Positions) -> Groups:
-    """Positions identical in everything the kernel uses (asset, side, entry, leverage, tier,
-    margin mode and account) summed into one group each, in a fixed order (by those keys)."""
-    _, account_code = np.unique(pos.account, return_inverse=True)
-    keys = np.stack(
-        [pos.asset, pos.side, pos.entry, pos.leverage, pos.tier, pos.cross, account_code], -1
-    ).astype(np.float64)
-    unique, index = np.unique(keys, axis=0, return_inverse=True)
-    index = index.reshape(-1)
-    first = np.zeros(len(unique), np.int64)
-    first[index[::-1]] = np.arange(len(index))[::-1]
-    return Groups(
-        asset=pos.asset[first],
-        side=pos.side[first],
-        entry=pos.entry[first],
-        leverage=pos.leverage[first],
-        tier=pos.tier[first],
-        cross=pos.cross[first],
-        account=pos.account[first],
-        quantity=np.bincount(index, weights=pos.quantity, minlength=len(unique)),
-        index=index,
-    )

@@ -1,4 +1,4 @@
-"""Positions files (`engine.config.positions`): validation row by row and exact grouping."""
+"""Positions files (`engine.config.positions`): validation row by row."""
 
 from __future__ import annotations
 
@@ -87,37 +87,3 @@ def test_missing_or_ambiguous_columns_and_file_types(tmp_path):
         P.load_positions(write(tmp_path, ROWS, "book.xlsx"), ASSETS, 5)
     with pytest.raises(P.BookFileError, match="no such file"):
         P.load_positions(tmp_path / "absent.csv", ASSETS, 5)
-
-
-def test_exact_groups_sum_identical_positions_and_keep_the_rest_apart(tmp_path):
-    pos = P.load_positions(write(tmp_path, ROWS), ASSETS, n_tiers=5)
-    g = P.exact_groups(pos)
-    # rows 1, 2 and 6 differ only in size: one group; the two cross rows differ in account
-    assert len(g.quantity) == 4
-    np.testing.assert_allclose(g.quantity.sum(), pos.quantity.sum(), rtol=1e-15)
-    np.testing.assert_allclose(g.quantity[g.index[0]], 0.25)
-    assert g.index[0] == g.index[1] == g.index[5]
-    assert g.index[3] != g.index[4]
-    # every position's group carries its keys
-    for field in ("asset", "side", "entry", "leverage", "tier", "cross", "account"):
-        np.testing.assert_array_equal(getattr(g, field)[g.index], getattr(pos, field))
-
-
-def test_exact_groups_of_a_large_random_file_conserve_quantity():
-    rng = np.random.default_rng(0)
-    n = 200_000
-    pos = P.Positions(
-        asset=rng.integers(0, 2, n),
-        side=rng.choice([1.0, -1.0], n),
-        quantity=rng.lognormal(0, 1, n),
-        entry=rng.choice(np.linspace(90e3, 110e3, 50), n),
-        leverage=rng.choice([5.0, 10.0, 20.0], n),
-        cross=np.zeros(n, bool),
-        account=np.full(n, "", object),
-        tier=np.full(n, -1),
-    )
-    g = P.exact_groups(pos)
-    assert len(g.quantity) <= 2 * 2 * 50 * 3
-    np.testing.assert_allclose(g.quantity.sum(), pos.quantity.sum(), rtol=1e-12)
-    per_group = np.bincount(g.index, weights=pos.quantity)
-    np.testing.assert_allclose(g.quantity, per_group, rtol=1e-12)
