@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import poisson
 
-from engine.config.book import build_cohorts
+from engine.config import book_file
+from engine.config.book import Cohorts, build_cohorts
 from engine.config.schema import Config
 from engine.model import ladder
 from engine.model.params import (
@@ -38,7 +39,7 @@ def static_of(cfg: Config) -> Static:
     stride = math.ceil(run.steps / fan_points)
     return Static(
         n_assets=len(cfg.market.assets),
-        n_cohorts=cfg.book.cohorts_per_asset,
+        n_cohorts=book_file.cohorts_per_asset(cfg) if cfg.book.positions else cfg.book.cohorts_per_asset,
         steps=run.steps,
         rounds=run.cascade_rounds,
         max_window=run.max_window,
@@ -75,7 +76,7 @@ def specialise(static: Static, points: list[Config]) -> Static:
     integer = all(d == int(d) and d <= LOOP_FREE_DOF for d in dofs)
     whole = all(p.policy.partial_liquidation >= 1.0 for p in points)
     rungs = (
-        [ladder.layout(c.side, c.mmr) for c in map(build_cohorts, points)]
+        [ladder.layout(c.side, c.mmr) for c in map(cohorts, points)]
         if whole and _on_ladder(static, points)
         else [(0, 0)]
     )
@@ -142,9 +143,15 @@ def jump_truncation(cfg: Config) -> float:
     return float(poisson.sf(JUMP_MAX, cfg.market.jump_intensity_per_day / cfg.steps_per_day))
 
 
+def cohorts(cfg: Config) -> Cohorts:
+    """The book of `cfg`: from its positions file (`engine.config.book_file`) or parametric
+    (`engine.config.book.build_cohorts`)."""
+    return book_file.cohorts_from_file(cfg) if cfg.book.positions else build_cohorts(cfg)
+
+
 def book_params(cfg: Config) -> BookParams:
-    """The cohorts of `engine.config.book.build_cohorts` as device arrays."""
-    c = build_cohorts(cfg)
+    """The cohorts of `cohorts` as device arrays."""
+    c = cohorts(cfg)
     return BookParams(*(jnp.asarray(x) for x in c))
 
 

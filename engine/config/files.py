@@ -77,6 +77,9 @@ def read_config_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     """The raw (unvalidated) settings of a config file with its `base` chain merged in."""
     p = resolve_config_path(path)
     data = read_toml(p)
+    book = data.get("book")
+    if isinstance(book, dict) and isinstance(book.get("positions"), str):
+        book["positions"] = str((p.parent / book["positions"]).resolve())
     base = data.pop("base", None)
     if base is None:
         return data

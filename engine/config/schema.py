@@ -213,10 +213,8 @@ class Market(Strict):
 
 
 class Book(Strict):
-    """How open interest splits into cohorts: leverage x entry price x position size x side.
-
-    Each asset gets `2 * len(leverage) * entry_points * len(position_sizes_usd)` cohorts.
-    """
+    """How open interest splits into cohorts: leverage x entry price x position size x side,
+    `2 * len(leverage) * entry_points * len(position_sizes_usd)` per asset (or `positions`)."""
 
     leverage: tuple[Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)], ...] = (
         2,
@@ -244,6 +242,11 @@ class Book(Strict):
     # Representative position sizes (USD notional): they decide each cohort's tier.
     position_sizes_usd: tuple[PositiveFloat, ...] = (5e3, 100e3, 800e3, 5e6)
     size_weights: tuple[NonNegFloat, ...] = (30, 30, 25, 15)
+    # Positions file (CSV/Parquet, `engine.config.positions`, relative to the config file) that
+    # replaces the fields above and the assets' open interest and long share; `entry_bin`:
+    # log-width of its entry buckets (0: exact groups), `engine.config.book_file`.
+    positions: str | None = None
+    entry_bin: Annotated[float, Field(ge=0, le=0.1, allow_inf_nan=False)] = 0.001
 
     @model_validator(mode="after")
     def _check(self) -> Book:

@@ -29,8 +29,34 @@ vol_annual = 0.5
 """
 
 # (case id, files to create {name: text}, argv, text the message must contain)
+BOOK_TOML = f'base = "{QUICK}"\n[book]\npositions = "book.csv"\n'
+BOOK_HEAD = "asset,side,notional_usd,entry_price,leverage\nBTC,long,1e6,100000,10\n"
+
 CASES = [
     ("unknown top-level key", {"c.toml": f'base = "{QUICK}"\nsweepp = 1\n'}, ["run", "c.toml"], "sweepp"),
+    (
+        "positions file: bad side",
+        {"c.toml": BOOK_TOML, "book.csv": BOOK_HEAD + "SOL,up,1e6,200,5\n"},
+        ["run", "c.toml"],
+        "book.csv: row 2, column side = 'up': allowed long, short",
+    ),
+    (
+        "positions file: unknown asset",
+        {"c.toml": BOOK_TOML, "book.csv": BOOK_HEAD + "DOGE,long,1e6,0.2,5\n"},
+        ["run", "c.toml"],
+        "row 2, column asset = 'DOGE': allowed BTC, SOL",
+    ),
+    (
+        "positions file: cross margin",
+        {
+            "c.toml": BOOK_TOML,
+            "book.csv": "asset,side,notional_usd,entry_price,leverage,margin_mode,account_id\n"
+            "BTC,long,1e6,100000,10,cross,a1\n",
+        },
+        ["run", "c.toml"],
+        "row 1, column margin_mode = 'cross': cross-margin accounts are not simulated yet",
+    ),
+    ("positions file: missing", {"c.toml": BOOK_TOML}, ["run", "c.toml"], "book.csv': no such file"),
     ("unknown nested key", {}, ["run", QUICK, "--set", "policy.levrage_cap=5"], "policy.levrage_cap"),
     ("wrong type", {}, ["run", QUICK, "--set", "run.n_paths=abc"], "run.n_paths"),
     ("out of range", {}, ["run", QUICK, "--set", "policy.leverage_cap=0"], "policy.leverage_cap"),
