@@ -1,4 +1,4 @@
-"""`liqstress compare`, `list` and `validate`: read runs and configs without running anything."""
+"""`liqstress compare`, `list`, `validate`, `make-book`: read runs and configs, write synthetic books."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from rich.table import Table
 
 from engine.cli.run import warn
 from engine.cli.shell import app, fail, out
+from engine.config import synthetic
 from engine.config.errors import ConfigError
 from engine.config.files import load_study
 from engine.report import compare as R
@@ -103,3 +104,23 @@ def validate(
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command("make-book")
+def make_book(
+    out_file: Annotated[Path, typer.Argument(help="File to write: .csv or .parquet.")],
+    config: Annotated[
+        str | None, typer.Option("--config", help="Scenario whose assets, open interest and book to follow.")
+    ] = None,
+    positions: Annotated[int, typer.Option("--positions", help="Number of positions.")] = 100_000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+) -> None:
+    """Write a synthetic positions file (for `book.positions`) following a scenario's book."""
+    try:
+        cfg = load_study(config).config
+        synthetic.write_positions(synthetic.make_positions(cfg, positions, seed), out_file)
+    except ConfigError as e:
+        raise fail(str(e), EXIT_USAGE) from None
+    except OSError as e:
+        raise fail(f"cannot write {out_file}: {e}", EXIT_FAILED) from None
+    out().print(f"{positions:,} positions: {out_file}")
