@@ -31,20 +31,9 @@ from engine.config.positions import BookFileError, Positions, load_positions
 from engine.config.schema import Config
 
 
-@functools.lru_cache(maxsize=4)
-def _read(path: str, stamp: tuple[int, int], assets: tuple[str, ...], n_tiers: int) -> Positions:
-    """`load_positions`, once per file version (`stamp`: modification time and size)."""
-    return load_positions(path, assets, n_tiers)
-
-
-def read_positions(cfg: Config) -> Positions:
-    """The validated positions of `cfg.book.positions` (read once while the file is unchanged)."""
-    path = cfg.book.positions
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise BookFileError(f"book.positions = {path!r}: no such file") from None
-    pos = _read(path, (st.st_mtime_ns, st.st_size), tuple(cfg.market.assets), len(cfg.exchange.tiers))
+def read_positions(path: str, assets: tuple[str, ...], n_tiers: int) -> Positions:
+    """The validated positions of a positions file (isolated margin only, for now)."""
+    pos = load_positions(path, assets, n_tiers)
     if np.any(pos.cross):
         row = int(np.argmax(pos.cross))
         raise BookFileError(
@@ -55,9 +44,22 @@ def read_positions(cfg: Config) -> Positions:
 
 
 def _per_asset(cfg: Config) -> list[tuple[dict, dict]]:
-    """Per asset, (longs, shorts): the summed cohorts of the positions file, each a dict of
-    `Cohorts` fields `[cohorts]`, in a fixed order."""
-    pos, tiers, width = read_positions(cfg), cfg.exchange.tiers, cfg.book.entry_bin
+    """`_grouped` of `cfg`'s positions file, computed once while the file is unchanged (a run
+    builds the book several times: its size, then each point's parameters)."""
+    path = cfg.book.positions
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise BookFileError(f"book.positions = {path!r}: no such file") from None
+    stamp = (st.st_mtime_ns, st.st_size)
+    return _grouped(path, stamp, tuple(cfg.market.assets), cfg.exchange.tiers, cfg.book.entry_bin)
+
+
+@functools.lru_cache(maxsize=4)
+def _grouped(path: str, stamp: tuple[int, int], assets: tuple[str, ...], tiers, width: float) -> list:
+    """Per asset, (longs, shorts): the summed cohorts of the positions file at version `stamp`
+    (modification time, size), each a dict of `Cohorts` fields `[cohorts]`, in a fixed order."""
+    pos = read_positions(path, assets, len(tiers))
     notional = pos.quantity * pos.entry
     tier = np.where(pos.tier >= 0, pos.tier, tier_index(tiers, notional / pos.count))
     amount = maintenance_amounts(tiers)[tier] * pos.count  # USD, all positions of the row
@@ -77,7 +79,7 @@ def _per_asset(cfg: Config) -> list[tuple[dict, dict]]:
     mmr = np.array([t.mmr for t in tiers])[unique[:, 3].astype(int)]
     maint = total(amount) / quantity
     out = []
-    for a in range(len(cfg.market.assets)):
+    for a in range(len(assets)):
         sides = []
         for s in (1.0, -1.0):
             m = (unique[:, 0] == a) & (side == s)
