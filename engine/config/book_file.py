@@ -78,6 +78,7 @@ def _grouped(path: str, stamp: tuple[int, int], assets: tuple[str, ...], tiers, 
     bankrupt = entry * (1.0 - side / leverage)
     mmr = np.array([t.mmr for t in tiers])[unique[:, 3].astype(int)]
     maint = total(amount) / quantity
+    count = total(pos.count)
     out = []
     for a in range(len(assets)):
         sides = []
@@ -91,6 +92,7 @@ def _grouped(path: str, stamp: tuple[int, int], assets: tuple[str, ...], tiers, 
                     "bankrupt": bankrupt[m],
                     "mmr": mmr[m],
                     "maint_amount": maint[m],
+                    "positions": count[m],
                 }
             )
         out.append(tuple(sides))
@@ -106,7 +108,8 @@ def cohorts_from_file(cfg: Config) -> Cohorts:
     """The book of `cfg.book.positions` as `Cohorts` `[assets, cohorts_per_asset(cfg)]`."""
     groups = _per_asset(cfg)
     k = cohorts_per_asset(cfg) // 2
-    rows = {f: [] for f in Cohorts._fields}
+    fields = [f for f in Cohorts._fields if f != "stop"]
+    rows = {f: [] for f in fields}
     for (name, asset), sides in zip(cfg.market.assets.items(), groups):
         for s, g in zip((1.0, -1.0), sides):
             pad = k - len(g["entry"])
@@ -118,6 +121,7 @@ def cohorts_from_file(cfg: Config) -> Cohorts:
                 "bankrupt": asset.price * (1.0 - s),
                 "mmr": cfg.exchange.tiers[0].mmr,
                 "maint_amount": 0.0,
+                "positions": 0.0,
             }
             for f, v in fill.items():
                 rows[f].append(np.concatenate([g[f], np.full(pad, v)]))
@@ -125,6 +129,6 @@ def cohorts_from_file(cfg: Config) -> Cohorts:
     per_asset = {
         f: [np.concatenate(v[2 * a : 2 * a + 2]) for a in range(len(groups))] for f, v in rows.items()
     }
-    cohorts = Cohorts(**{f: np.stack(per_asset[f]) for f in Cohorts._fields})
+    cohorts = Cohorts(**{f: np.stack(per_asset[f]) for f in fields})
     check_layout(cohorts.side)
     return cohorts

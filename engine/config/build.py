@@ -152,7 +152,7 @@ def cohorts(cfg: Config) -> Cohorts:
 def book_params(cfg: Config) -> BookParams:
     """The cohorts of `cohorts` as device arrays."""
     c = cohorts(cfg)
-    return BookParams(*(jnp.asarray(x) for x in c))
+    return BookParams(*(None if x is None else jnp.asarray(x) for x in c))
 
 
 def policy_params(cfg: Config) -> PolicyParams:
