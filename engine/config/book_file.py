@@ -26,7 +26,8 @@ import os
 
 import numpy as np
 
-from engine.config.book import Cohorts, check_layout, maintenance_amounts, tier_index
+from engine.config.book import Cohorts, maintenance_amounts, tier_index
+from engine.config.layout import cohorts_per_side, lay_out
 from engine.config.positions import BookFileError, Positions, load_positions
 from engine.config.schema import Config
 
@@ -101,34 +102,9 @@ def _grouped(path: str, stamp: tuple[int, int], assets: tuple[str, ...], tiers, 
 
 def cohorts_per_asset(cfg: Config) -> int:
     """Cohorts per asset of the file's book: twice the largest side of any asset."""
-    return 2 * max(max(len(longs["entry"]), len(shorts["entry"])) for longs, shorts in _per_asset(cfg))
+    return 2 * cohorts_per_side(_per_asset(cfg))
 
 
 def cohorts_from_file(cfg: Config) -> Cohorts:
     """The book of `cfg.book.positions` as `Cohorts` `[assets, cohorts_per_asset(cfg)]`."""
-    groups = _per_asset(cfg)
-    k = cohorts_per_asset(cfg) // 2
-    fields = [f for f in Cohorts._fields if f != "stop"]
-    rows = {f: [] for f in fields}
-    for (name, asset), sides in zip(cfg.market.assets.items(), groups):
-        for s, g in zip((1.0, -1.0), sides):
-            pad = k - len(g["entry"])
-            # an empty cohort: no quantity, 1x leverage at the starting price (never liquidated)
-            fill = {
-                "leverage": 1.0,
-                "entry": asset.price,
-                "quantity": 0.0,
-                "bankrupt": asset.price * (1.0 - s),
-                "mmr": cfg.exchange.tiers[0].mmr,
-                "maint_amount": 0.0,
-                "positions": 0.0,
-            }
-            for f, v in fill.items():
-                rows[f].append(np.concatenate([g[f], np.full(pad, v)]))
-            rows["side"].append(np.full(k, s))
-    per_asset = {
-        f: [np.concatenate(v[2 * a : 2 * a + 2]) for a in range(len(groups))] for f, v in rows.items()
-    }
-    cohorts = Cohorts(**{f: np.stack(per_asset[f]) for f in fields})
-    check_layout(cohorts.side)
-    return cohorts
+    return lay_out(cfg, _per_asset(cfg))
