@@ -94,7 +94,7 @@ class Book(Strict):
     account_bin: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.05
     # A liquidation-level map (CSV/Parquet: asset, side, price, notional_usd), the form of public
     # liquidation heatmaps, instead of `positions` (`engine.config.liquidation_map`); its
-    # cohorts hold `map_leverage` x leverage at the tier their notional falls in.
+    # cohorts hold `map_leverage` x leverage at tier 0.
     liquidation_map: str | None = None
     map_leverage: Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)] = 20.0
     # Resting stop-market orders beside the positions (`StopOrder`).
