@@ -33,6 +33,7 @@ MEDIAN_USD = 10_000.0
 SIZE_LOG_SD = 1.8
 # Range of a stop's distance beyond its reference price (fraction), before the half-way cap.
 STOP_DISTANCE = (0.01, 0.05)
+STOP_DIGITS = 4
 
 
 def make_positions(
@@ -122,10 +123,14 @@ def _cross(rng, cfg: Config, asset, side, share: float, accounts: int, collatera
 def _stop_prices(rng, chosen, side, entry, price, leverage) -> pa.Array:
     """Stop prices (USD; null where not `chosen`) of positions (`side`, `entry`, starting
     `price`, `leverage` `[positions]`): `STOP_DISTANCE` beyond the nearer of entry and the
-    starting price toward liquidation, at most half the way to bankruptcy (`1 / leverage`)."""
+    starting price toward liquidation, at most half the way to bankruptcy (`1 / leverage`),
+    rounded away from the price to `STOP_DIGITS` significant digits as traders' stops are (so
+    that positions share stops and cohorts)."""
     distance = np.minimum(rng.uniform(*STOP_DISTANCE, len(side)), 0.5 / leverage)
     from_ = np.where(side > 0, np.minimum(entry, price), np.maximum(entry, price))
-    return pa.array(from_ * (1.0 - side * distance), mask=~chosen)
+    stop = from_ * (1.0 - side * distance)
+    step = 10.0 ** (np.floor(np.log10(stop)) + 1 - STOP_DIGITS)
+    return pa.array(np.where(side > 0, np.floor(stop / step), np.ceil(stop / step)) * step, mask=~chosen)
 
 
 def write_positions(table: pa.Table, path: Path) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from engine.model import collateral, policies, tally
@@ -90,16 +91,51 @@ def collateral_value(st: AccountStep, price, par: bool = False) -> jnp.ndarray:
     return collateral.margin_value(st.acc.collateral, st.cp, gap, price, st.price0)
 
 
+# Full float32 precision in products (GPUs would otherwise use TF32, about 10 mantissa bits).
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _dot(matrix, vector):
+    """`matrix @ vector` at full precision."""
+    return jnp.matmul(matrix, vector, precision=HIGHEST)
+
+
+class Lines(NamedTuple):
+    """Equity minus maintenance of each account as a function of the marks `p` `[assets]`,
+    for one step of one path: `E - M = level + slope @ p + C(p)`, `[accounts]` unless stated.
+
+    slope: `[accounts, assets]` `s q - m q`. level: USD, `W - sum s q e + sum q a`. units:
+    `[2, accounts, assets]` the legs' units, long legs then short legs. live: the account
+    holds a leg and every leg's market is open.
+    """
+
+    slope: jnp.ndarray
+    level: jnp.ndarray
+    units: jnp.ndarray
+    live: jnp.ndarray
+
+
+def lines(st: AccountStep, q, active) -> Lines:
+    """The `Lines` of leg units `q` `[accounts, assets]` with markets `active` `[assets]` open."""
+    acc = st.acc
+    sq = acc.side * q
+    level = st.wallet - jnp.sum(sq * acc.entry, -1) + jnp.sum(q * acc.maint_amount, -1)
+    holds = q > 0
+    live = jnp.any(holds, -1) & jnp.all(~holds | (active > 0), -1)
+    units = jnp.stack([jnp.where(acc.side > 0, q, 0.0), jnp.where(acc.side < 0, q, 0.0)])
+    return Lines(sq - st.mmr * q, level, units, live)
+
+
+def excess(st: AccountStep, ln: Lines, price, par: bool = False) -> jnp.ndarray:
+    """Equity minus maintenance `[accounts]` (USD) at marks `price` `[assets]`."""
+    return ln.level + _dot(ln.slope, price) + collateral_value(st, price, par)
+
+
 def under_water(st: AccountStep, q, price, active, par: bool = False) -> jnp.ndarray:
     """Accounts `[accounts]` bool holding a leg, with every leg's market open (`active`
     `[assets]`), whose equity is at or below maintenance at marks `price` `[assets]` (USD)."""
-    acc = st.acc
-    pnl = jnp.sum(acc.side * q * (price - acc.entry), -1)
-    equity = st.wallet + collateral_value(st, price, par) + pnl
-    maintenance = jnp.sum(q * (st.mmr * price - acc.maint_amount), -1)
-    holds = q > 0
-    open_ = jnp.all(~holds | (active > 0), -1)
-    return jnp.any(holds, -1) & open_ & (equity <= maintenance)
+    ln = lines(st, q, active)
+    return ln.live & (excess(st, ln, price, par) <= 0)
 
 
 def side_sums(x, side) -> jnp.ndarray:
@@ -107,8 +143,48 @@ def side_sums(x, side) -> jnp.ndarray:
     return jnp.stack([jnp.sum(jnp.where(side > 0, x, 0.0), 0), jnp.sum(jnp.where(side < 0, x, 0.0), 0)], -1)
 
 
+class Pending(NamedTuple):
+    """The accounts a step's rounds liquidated so far, settled after the last round
+    (`settle`), `[accounts]`: hit, caused (by the depeg), fill `[accounts, assets]` USD of
+    the round that hit, collateral margin value (USD) at that round's marks."""
+
+    hit: jnp.ndarray
+    caused: jnp.ndarray
+    fill: jnp.ndarray
+    coll: jnp.ndarray
+
+
+def pending(q) -> Pending:
+    """No account hit yet; q: leg units `[accounts, assets]`."""
+    no = jnp.zeros(q.shape[:1], bool)
+    return Pending(no, no, jnp.zeros_like(q), jnp.zeros(q.shape[:1], q.dtype))
+
+
+def hits(st: AccountStep, ln: Lines, pend: Pending, price) -> tuple:
+    """This round's new hits at marks `price` `[assets]` (USD): (new `[accounts]` bool, caused
+    `[accounts]` bool, their units per asset and side `[assets, 2]`, collateral value
+    `[accounts]` USD)."""
+    coll = collateral_value(st, price)
+    new = ln.live & ~pend.hit & (ln.level + _dot(ln.slope, price) + coll <= 0)
+    caused = new & (excess(st, ln, price, par=True) > 0) if st.cp is not None else jnp.zeros_like(new)
+    units = jnp.einsum("k,ska->as", new.astype(ln.slope.dtype), ln.units, precision=HIGHEST)
+    return new, caused, units, coll
+
+
+def record(st: AccountStep, pend: Pending, new, caused, fill, coll) -> Pending:
+    """`pend` with this round's new hits `new`, `caused` `[accounts]`, filled at `fill`
+    `[assets, 2]` (USD, long legs then short legs per asset), collateral valued at `coll`."""
+    at = jnp.where(st.acc.side > 0, fill[:, 0], fill[:, 1])
+    return Pending(
+        hit=pend.hit | new,
+        caused=pend.caused | caused,
+        fill=jnp.where(new[:, None], at, pend.fill),
+        coll=jnp.where(new, coll, pend.coll),
+    )
+
+
 class Settled(NamedTuple):
-    """One round's account liquidations: quantity `[accounts, assets]` after them; liquidated,
+    """A step's account liquidations: quantity `[accounts, assets]` after them; liquidated,
     shortfall: `[assets, 2]` USD; trader_loss, counterparty, fund_inflow: `[]` USD; tally."""
 
     quantity: jnp.ndarray
@@ -120,16 +196,14 @@ class Settled(NamedTuple):
     tally: tally.Tally
 
 
-def settle(st: AccountStep, q, hit, caused, fill, price, t: tally.Tally) -> Settled:
-    """Close the accounts `hit` `[accounts]` whole at fills `fill` `[accounts, assets]` (USD),
-    collateral valued at the round's marks `price` `[assets]`; `caused` `[accounts]`: hit only
-    because of the depeg. `t`: the round's tally so far."""
-    acc = st.acc
-    s, e = acc.side, acc.entry
+def settle(st: AccountStep, q, pend: Pending, t: tally.Tally) -> Settled:
+    """Close the accounts `pend.hit` whole at their fills: the accounting of the module
+    docstring. q: leg units `[accounts, assets]`; t: the step's tally so far."""
+    acc, hit = st.acc, pend.hit
+    s, e, fill = acc.side, acc.entry, pend.fill
     dq = jnp.where(hit[:, None], q, 0.0)
     at_fill = dq * fill
-    coll = collateral_value(st, price)
-    equity = st.wallet + coll + jnp.sum(s * dq * (fill - e), -1)
+    equity = st.wallet + pend.coll + jnp.sum(s * dq * (fill - e), -1)
     short = jnp.where(hit, jnp.maximum(-equity, 0.0), 0.0)
     size = jnp.sum(at_fill, -1)
     share = at_fill / jnp.where(size > 0, size, 1.0)[:, None]
@@ -146,8 +220,8 @@ def settle(st: AccountStep, q, hit, caused, fill, price, t: tally.Tally) -> Sett
     )
     t = t._replace(
         accounts=t.accounts + jnp.sum(weight),
-        collateral_caused=t.collateral_caused + jnp.sum(jnp.where(caused, size, 0.0)),
-        markdown=t.markdown + jnp.sum(jnp.where(hit, st.margin0 - st.wallet - coll, 0.0)),
+        collateral_caused=t.collateral_caused + jnp.sum(jnp.where(pend.caused, size, 0.0)),
+        markdown=t.markdown + jnp.sum(jnp.where(hit, st.margin0 - st.wallet - pend.coll, 0.0)),
     )
     return Settled(
         quantity=q - dq,

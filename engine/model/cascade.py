@@ -55,7 +55,8 @@ class Cascade(NamedTuple):
     rounds: `[]` rounds with a liquidation. residual: `[]` USD notional still crossing when
     the rounds ran out (it carries to the next step). tally: `engine.model.tally.Tally` of the
     step (None in the ladder form, which tallies a path at its end). accounts: `[accounts,
-    assets]` leg units after liquidations, or None without accounts.
+    assets]` leg units after liquidations, or None without accounts; pending: the accounts hit
+    so far during the rounds (`engine.model.accounts.Pending`), settled after the last.
     """
 
     quantity: jnp.ndarray
@@ -73,6 +74,7 @@ class Cascade(NamedTuple):
     residual: jnp.ndarray
     tally: T.Tally | None = None
     accounts: jnp.ndarray | None = None
+    pending: A.Pending | None = None
 
 
 class Shares(NamedTuple):
@@ -120,6 +122,7 @@ class _Step(NamedTuple):
     buckets: jnp.ndarray
     per_unit: jnp.ndarray
     acc: A.AccountStep | None = None
+    lines: A.Lines | None = None
 
     def mark(self, flow):
         """Log mark `[assets]` after cumulative flow `flow` (USD)."""
@@ -148,15 +151,6 @@ def _stopped(st: _Step, q, dq, p_r) -> jnp.ndarray:
     return jnp.where(hit, q, 0.0)
 
 
-def _accounts_hit(st: _Step, c: Cascade, p_r) -> tuple:
-    """The accounts under water at the round's marks `p_r` `[assets]` (USD), and those of them
-    that would not be at par collateral, `[accounts]` bool each."""
-    hit = A.under_water(st.acc, c.accounts, p_r, st.active)
-    if st.acc.cp is None:
-        return hit, jnp.zeros_like(hit)
-    return hit, hit & ~A.under_water(st.acc, c.accounts, p_r, st.active, par=True)
-
-
 def _round(st: _Step, shares, c: Cascade) -> Cascade:
     """One round: who is hit at this round's price, their orders and fills, and the accounting."""
     s, e, a = st.book.side, st.book.entry, st.book.maint_amount
@@ -169,8 +163,8 @@ def _round(st: _Step, shares, c: Cascade) -> Cascade:
 
     units = by_side(dq + ds, st.sides)  # [assets, 2]
     if st.acc is not None:
-        hit_acc, caused = _accounts_hit(st, c, p_r[:, 0])
-        units = units + A.side_sums(jnp.where(hit_acc[:, None], c.accounts, 0.0), st.acc.acc.side)
+        new, caused, acc_units, coll = A.hits(st.acc, st.lines, c.pending, p_r[:, 0])
+        units = units + acc_units
     orders = p_r[:, 0] * (units[:, 0] - units[:, 1])
     absorbed, phi = backstop_share(orders, c.backstop_left)
     flow = c.flow + (1.0 - phi) * orders
@@ -203,35 +197,28 @@ def _round(st: _Step, shares, c: Cascade) -> Cascade:
         dq,
         loss,
     )
-    lost, gained, paid_in = jnp.sum(lost), jnp.sum(gained), jnp.sum(paid_in)
-    acc_q = c.accounts
+    pend = c.pending
     if st.acc is not None:
-        sa = st.acc.acc.side
-        acc_fill = phi * p_r[:, 0] * (1.0 - sa * pol.backstop_discount) + (1.0 - phi) * p_next[:, 0]
-        r = A.settle(st.acc, acc_q, hit_acc, caused, acc_fill, p_r[:, 0], t)
-        liquidated, shortfall, t, acc_q = (
-            liquidated + r.liquidated,
-            shortfall + r.shortfall,
-            r.tally,
-            r.quantity,
-        )
-        lost, gained, paid_in = lost + r.trader_loss, gained + r.counterparty, paid_in + r.fund_inflow
+        sides = jnp.array([1.0, -1.0], p_r.dtype)
+        acc_fill = phi * p_r * (1.0 - sides * pol.backstop_discount) + (1.0 - phi) * p_next  # [assets, 2]
+        pend = A.record(st.acc, pend, new, caused, acc_fill, coll)
     return Cascade(
         quantity=q_new,
         bankrupt=jnp.where(w_part > 0, b_partial, b),
         flow=flow,
         liquidated=c.liquidated + liquidated,
         shortfall=c.shortfall + shortfall,
-        trader_loss=c.trader_loss + lost,
-        counterparty=c.counterparty + gained,
-        fund_inflow=c.fund_inflow + paid_in,
+        trader_loss=c.trader_loss + jnp.sum(lost),
+        counterparty=c.counterparty + jnp.sum(gained),
+        fund_inflow=c.fund_inflow + jnp.sum(paid_in),
         backstop_left=c.backstop_left - absorbed,
         backstop_qty=c.backstop_qty + phi * net,
         backstop_cash=c.backstop_cash - phi * paid,
-        rounds=c.rounds + (jnp.sum(liquidated) + jnp.sum(stops) > 0).astype(c.rounds.dtype),
+        rounds=c.rounds + (jnp.sum(units) > 0).astype(c.rounds.dtype),
         residual=c.residual,
         tally=t,
-        accounts=acc_q,
+        accounts=c.accounts,
+        pending=pend,
     )
 
 
@@ -254,6 +241,7 @@ def _start(quantity, bankrupt, flow0, backstop_left, accounts=None) -> Cascade:
         residual=zero,
         tally=T.zero(flow0.shape[0], flow0.dtype),
         accounts=accounts,
+        pending=None if accounts is None else A.pending(accounts),
     )
 
 
@@ -308,7 +296,8 @@ def run_cascade(
     """
     acc, acc_q = accounts if accounts is not None else (None, None)
     tallied = T.cohort_inputs(book, pol)
-    st = _Step(book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma, *tallied, acc)
+    ln = None if acc is None else A.lines(acc, acc_q, active)
+    st = _Step(book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma, *tallied, acc, ln)
     start = _start(quantity, bankrupt, flow0, backstop_left, acc_q)
     one_round = lambda c: _round(st, shares, c)
     if early_exit:
@@ -322,11 +311,26 @@ def run_cascade(
         & (end.quantity > 0)
         & (s * (p_end - liquidation_price(s, end.bankrupt, mmr, book.maint_amount)) <= 0)
     )
-    residual = jnp.sum(jnp.where(left, end.quantity * p_end, 0.0))
-    if acc is not None:
-        under = A.under_water(acc, end.accounts, p_end[:, 0], active)
-        residual = residual + jnp.sum(jnp.where(under[:, None], end.accounts * p_end[:, 0], 0.0))
-    return end._replace(residual=residual)
+    end = end._replace(residual=jnp.sum(jnp.where(left, end.quantity * p_end, 0.0)))
+    return end if acc is None else _settle_accounts(acc, ln, end, p_end[:, 0])
+
+
+def _settle_accounts(acc: A.AccountStep, ln: A.Lines, end: Cascade, p_end) -> Cascade:
+    """`end` with the accounts hit in its rounds settled, and those still under water at the
+    last marks `p_end` `[assets]` (USD) in the residual."""
+    r = A.settle(acc, end.accounts, end.pending, end.tally)
+    left = ln.live & ~end.pending.hit & (A.excess(acc, ln, p_end) <= 0)
+    return end._replace(
+        accounts=r.quantity,
+        liquidated=end.liquidated + r.liquidated,
+        shortfall=end.shortfall + r.shortfall,
+        trader_loss=end.trader_loss + r.trader_loss,
+        counterparty=end.counterparty + r.counterparty,
+        fund_inflow=end.fund_inflow + r.fund_inflow,
+        tally=r.tally,
+        residual=end.residual + jnp.sum(jnp.where(left[:, None], end.accounts * p_end, 0.0)),
+        pending=None,
+    )
 
 
 class _Hits(NamedTuple):

@@ -18,6 +18,7 @@ when it liquidates an account (the haircut stands for the cost of selling it).
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from engine.model.params import CollateralParams
@@ -42,4 +43,5 @@ def prices(cp: CollateralParams, gap, mark, price0) -> jnp.ndarray:
 def margin_value(units, cp: CollateralParams, gap, mark, price0) -> jnp.ndarray:
     """Margin value (USD, after haircuts) `[accounts]` of collateral `units` `[accounts,
     collateral]` at marks `mark` `[assets]` and gap `gap`."""
-    return units @ ((1.0 - cp.haircut) * prices(cp, gap, mark, price0))
+    per_unit = (1.0 - cp.haircut) * prices(cp, gap, mark, price0)
+    return jnp.matmul(units, per_unit, precision=jax.lax.Precision.HIGHEST)

@@ -2,8 +2,11 @@
 
 The equations are the ones stated in the docstrings of `engine.model.market`, `impact`,
 `policies`, `cascade`, `waterfall` and `kernel`; this module implements them again with plain
-loops over cascade rounds and steps, and with an explicit sort for the ADL queue (cohorts ranked by score, exact ties closed together and sharing the
-marginal amount pro rata), the definition the kernel's bisection must reproduce.
+loops over cascade rounds and steps, and with an explicit sort for the ADL queue (isolated
+cohorts and account legs ranked by score, exact ties closed together and sharing the marginal
+amount pro rata), the definition the kernel's bisection must reproduce. The tally, collateral
+and cross-margin accounts (`engine.model.tally`, `collateral`, `accounts`) are in
+`engine.sim.reference_accounts`; stop orders are here, in the cascade round.
 
 Every array has a leading path axis `[paths, ...]`, so the same code is both the one-path
 reference the tests compare `engine.model.kernel.step` with (`reference_step`) and the NumPy
@@ -26,8 +29,9 @@ from engine.config.build import build
 from engine.config.schema import Config
 from engine.model.market import MAX_VARIANCE_MULT, Draws
 from engine.model.params import Params, Static
-from engine.model.policies import MAX_MMR
 from engine.model.stages import SimState, Totals
+from engine.sim import reference_accounts as RA
+from engine.sim.reference_accounts import per_side
 
 LONG, SHORT = 0, 1  # column of the `[..., 2]` side axis
 
@@ -41,11 +45,6 @@ def to_numpy(params: Params) -> Params:
         ),
         host,
     )
-
-
-def _per_side(x: np.ndarray, side: np.ndarray) -> np.ndarray:
-    """`[paths, assets, cohorts]` summed into `[paths, assets, 2]` (long, short)."""
-    return np.stack([np.sum(x * (side > 0), -1), np.sum(x * (side < 0), -1)], -1)
 
 
 def capped_book(params: Params) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +84,9 @@ def init_state(params: Params, static: Static, n_paths: int) -> SimState:
         max_drawdown=za.copy(),
         nonfinite=paths(False, bool),
         jump_truncated=paths(False, bool),
+        tally=RA.zero_tally(n_paths, n_a),
     )
+    acc, n_c = params.accounts, static.n_collateral
     return SimState(
         x_fair=za.copy(),
         x_trans=za.copy(),
@@ -103,6 +104,8 @@ def init_state(params: Params, static: Static, n_paths: int) -> SimState:
         backstop_qty=za.copy(),
         backstop_cash=z.copy(),
         totals=totals,
+        accounts=None if acc is None else paths(RA.capped_accounts(acc, pol)[0]),
+        gap=None if params.collateral is None else paths(np.zeros(n_c)),
     )
 
 
