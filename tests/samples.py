@@ -45,7 +45,12 @@ def outputs_of(
     static: Static, n: int, rng: np.random.Generator, tight: bool = False
 ) -> dict[str, np.ndarray]:
     """Per-path values `{name: [n, ...]}` of every output, of its bins' kind (see `heavy_values`)."""
-    sizes = {"asset": static.n_assets, "side": 2, "leverage": len(LEVERAGE_BUCKETS), "margin_mode": len(MARGIN_MODES)}
+    sizes = {
+        "asset": static.n_assets,
+        "side": 2,
+        "leverage": len(LEVERAGE_BUCKETS),
+        "margin_mode": len(MARGIN_MODES),
+    }
     out = {}
     for o in OUTPUTS:
         bins = o.bins(static)

@@ -23,14 +23,15 @@ book.account_bin)` (`account_bin = 0`: one cohort per account). A cohort sums un
 collateral units and positions; its entry is the units-weighted mean per leg, its maintenance
 amount per unit the summed amount over the summed units, its weight the number of accounts and
 its leverage the summed notional over the summed margin. So its notional, margin, maintenance
-margin and profit and loss at any prices are the sums of its accounts': only when it goes under
-water is merged: the cohort is liquidated whole when the sum of its accounts' equity reaches
-the sum of their maintenance, where each account would have gone at its own price. Within a
-bucket the accounts' leverage differs by at most a factor `exp(account_bin)` (5% by default),
-which bounds how far apart their liquidation moves lie for accounts of the same legs. The
-notional under water after uniform price moves differs from the exact accounts' by less than
-2% of the book's cross notional in tests/config/test_accounts.py (a synthetic book of 2,000
-accounts).
+margin and profit and loss at any prices are the sums of its accounts'; what binning merges is
+when they go under water: the cohort is liquidated whole when the sum of its accounts' equity
+reaches the sum of their maintenance, where each account would have gone at its own prices.
+Within a bucket the accounts' leverage differs by less than a factor `exp(account_bin)` (5% by
+default), which bounds how far apart the price moves that liquidate accounts of the same legs
+lie (their entries and the mix of their legs still differ). On a
+synthetic book of 1,998 accounts (1,563 cohorts at the default bin) the notional under water
+after uniform price moves of -30% to +30% differs from the exact accounts' by at most 0.33% of
+the cross notional (tests/config/test_accounts.py).
 """
 
 from __future__ import annotations
@@ -102,9 +103,9 @@ def aggregate(acc: AccountParams, tier: np.ndarray, width: float) -> AccountPara
     def total(x: np.ndarray) -> np.ndarray:
         """`x` `[accounts, ...]` summed per cohort: `[cohorts, ...]`."""
         flat = x.reshape(n, -1)
-        out = np.stack(
-            [np.bincount(index, weights=flat[:, j], minlength=k) for j in range(flat.shape[1])], -1
-        )
+        out = np.zeros((k, flat.shape[1]))
+        for j in range(flat.shape[1]):
+            out[:, j] = np.bincount(index, weights=flat[:, j], minlength=k)
         return out.reshape((k,) + x.shape[1:])
 
     units = total(acc.quantity)

@@ -48,7 +48,7 @@ class Depeg(Strict):
     `start_step` for `steps` steps, then recovers with its half-life."""
 
     collateral: str
-    gap: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+    gap: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
     start_step: Annotated[int, Field(ge=0)]
     steps: Annotated[int, Field(ge=1)] = 1
 

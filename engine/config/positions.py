@@ -242,7 +242,7 @@ def _refuse_unlike_first(path, table, column: str, labels, group, rows, why: str
     bad = rows & (labels != labels[first])
     if np.any(bad):
         ref = first[int(np.argmax(bad))]
-        fail_first(path, table, column, bad, f"{labels[ref]!r} as on row {ref + 1} ({why})")
+        fail_first(path, table, column, bad, f"{str(labels[ref])!r}, as on row {ref + 1} of {why}")
 
 
 def _check_accounts(path, table: pa.Table, account, asset, side, cross) -> None:
@@ -253,9 +253,9 @@ def _check_accounts(path, table: pa.Table, account, asset, side, cross) -> None:
     if not np.any(held):
         return
     who = codes(account)
-    why = "an account with mixed margin modes is not simulated; allowed: one margin mode per account"
+    why = "the same account (an account with mixed margin modes is not simulated)"
     _refuse_unlike_first(path, table, "margin_mode", np.array(MODES)[cross.astype(int)], who, held, why)
-    why = "hedge mode is not simulated; allowed: one side per asset per account"
+    why = "the same account and asset (hedge mode is not simulated: one side per asset per account)"
     legs = who * (int(asset.max()) + 1) + asset
     _refuse_unlike_first(path, table, "side", np.array(SIDES)[(side < 0).astype(int)], legs, held, why)
 
@@ -293,7 +293,7 @@ def _stops(path, table, cross, asset, side, prices: dict[str, float] | None) -> 
     given = ~np.isnan(stop)
     positive = np.isfinite(stop) & (stop > 0)
     fail_first(path, table, "stop_price", given & ~positive, "a finite price > 0 (USD), or empty")
-    why = "only on isolated rows: stops on cross positions are not simulated"
+    why = "empty on cross rows (stops on cross positions are not simulated; allowed on isolated rows)"
     fail_first(path, table, "stop_price", given & cross, why)
     if prices is not None:
         names, start = list(prices), np.array(list(prices.values()))[asset]

@@ -59,11 +59,9 @@ def stop_groups(cfg: Config) -> list[tuple[dict, dict]]:
 
 
 def per_side(cfg: Config) -> int:
-    """The most stop orders of any asset and side: the cohorts `with_stops` adds to each side."""
-    counts = [0] + [
-        sum(o.asset == a and o.side == s for o in cfg.book.stops) for a in cfg.market.assets for s in SIDES
-    ]
-    return max(counts)
+    """The most stop orders of any asset and side: the cohorts `with_stops` adds to each side
+    (ConfigError for a stop that would trigger at once, as `stop_groups`)."""
+    return max(len(g["entry"]) for sides in stop_groups(cfg) for g in sides)
 
 
 def with_stops(cfg: Config, book: Cohorts) -> Cohorts:
