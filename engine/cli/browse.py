@@ -13,7 +13,7 @@ from engine.cli.run import warn
 from engine.cli.shell import app, fail, out
 from engine.config import synthetic
 from engine.config.errors import ConfigError
-from engine.config.files import load_study
+from engine.config.files import load_config, load_study
 from engine.report import compare as R
 from engine.runs import execute, listing, rundir
 from engine.sim.distributed import EXIT_FAILED, EXIT_USAGE
@@ -133,7 +133,8 @@ def make_book(
 ) -> None:
     """Write a synthetic positions file (for `book.positions`) following a scenario's book."""
     try:
-        cfg = load_study(config).config
+        # the scenario's own book (and its sweep) is not read: the file written may be it
+        cfg = load_config(config)
         table = synthetic.make_positions(
             cfg,
             positions,

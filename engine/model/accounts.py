@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from engine.model import collateral, policies, tally
@@ -42,7 +41,8 @@ class AccountStep(NamedTuple):
     """What one step's cascade rounds share about the accounts, `[accounts]` unless stated.
 
     wallet: USD after the leverage cap. margin0: USD margin at t0 (wallet and collateral).
-    mmr: `[accounts, assets]` rates in force. weights: `[accounts, buckets]` leverage bucket.
+    excess_vol: `[assets]` relative excess volatility of the step (`policies.maintenance_rate`).
+    pol: the policy point. weights: `[accounts, buckets]` leverage bucket.
     gap: `[collateral]` depeg gap of the step, or None. price0: `[assets]` USD.
     """
 
@@ -50,7 +50,8 @@ class AccountStep(NamedTuple):
     cp: CollateralParams | None
     wallet: jnp.ndarray
     margin0: jnp.ndarray
-    mmr: jnp.ndarray
+    excess_vol: jnp.ndarray
+    pol: PolicyParams
     weights: jnp.ndarray
     gap: jnp.ndarray | None
     price0: jnp.ndarray
@@ -73,13 +74,16 @@ def prepare(acc, cp, gap, pol: PolicyParams, sigma, sigma0, price0) -> AccountSt
     """The `AccountStep` of a step: sigma, sigma0 `[assets]` per-step volatility (dynamic
     margin), gap `[collateral]` or None, price0 `[assets]` USD."""
     _, wallet, lev = capped(acc, pol)
-    mmr = policies.maintenance_rate(acc.mmr.T, sigma, sigma0, pol).T
-    c0 = (
-        0.0
-        if cp is None
-        else collateral.margin_value(acc.collateral, cp, jnp.zeros_like(gap), price0, price0)
-    )
-    return AccountStep(acc, cp, wallet, wallet + c0, mmr, tally.bucket_weights(lev), gap, price0)
+    c0 = 0.0
+    if cp is not None:
+        c0 = collateral.margin_value(acc.collateral, cp, jnp.zeros_like(gap), price0, price0)
+    excess_vol = jnp.maximum(sigma / sigma0 - 1.0, 0.0)
+    return AccountStep(acc, cp, wallet, wallet + c0, excess_vol, pol, tally.bucket_weights(lev), gap, price0)
+
+
+def rates(st: AccountStep) -> jnp.ndarray:
+    """Maintenance rates in force `[accounts, assets]` (`engine.model.policies.maintenance_rate`)."""
+    return jnp.minimum(st.acc.mmr * (1.0 + st.pol.dynamic_margin * st.excess_vol), policies.MAX_MMR)
 
 
 def collateral_value(st: AccountStep, price, par: bool = False) -> jnp.ndarray:
@@ -91,51 +95,34 @@ def collateral_value(st: AccountStep, price, par: bool = False) -> jnp.ndarray:
     return collateral.margin_value(st.acc.collateral, st.cp, gap, price, st.price0)
 
 
-# Full float32 precision in products (GPUs would otherwise use TF32, about 10 mantissa bits).
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _dot(matrix, vector):
-    """`matrix @ vector` at full precision."""
-    return jnp.matmul(matrix, vector, precision=HIGHEST)
-
-
 class Lines(NamedTuple):
-    """Equity minus maintenance of each account as a function of the marks `p` `[assets]`,
-    for one step of one path: `E - M = level + slope @ p + C(p)`, `[accounts]` unless stated.
+    """What the rounds of one step of one path share, `[accounts]`: `E - M = level +
+    sum_a q (s - m) p_a + C(p)` at marks `p`, with level = `W - sum s q e + sum q a` (USD);
+    live: the account holds a leg and every leg's market is open."""
 
-    slope: `[accounts, assets]` `s q - m q`. level: USD, `W - sum s q e + sum q a`. units:
-    `[2, accounts, assets]` the legs' units, long legs then short legs. live: the account
-    holds a leg and every leg's market is open.
-    """
-
-    slope: jnp.ndarray
     level: jnp.ndarray
-    units: jnp.ndarray
     live: jnp.ndarray
 
 
 def lines(st: AccountStep, q, active) -> Lines:
     """The `Lines` of leg units `q` `[accounts, assets]` with markets `active` `[assets]` open."""
     acc = st.acc
-    sq = acc.side * q
-    level = st.wallet - jnp.sum(sq * acc.entry, -1) + jnp.sum(q * acc.maint_amount, -1)
+    level = st.wallet + jnp.sum(q * (acc.maint_amount - acc.side * acc.entry), -1)
     holds = q > 0
     live = jnp.any(holds, -1) & jnp.all(~holds | (active > 0), -1)
-    units = jnp.stack([jnp.where(acc.side > 0, q, 0.0), jnp.where(acc.side < 0, q, 0.0)])
-    return Lines(sq - st.mmr * q, level, units, live)
+    return Lines(level, live)
 
 
-def excess(st: AccountStep, ln: Lines, price, par: bool = False) -> jnp.ndarray:
-    """Equity minus maintenance `[accounts]` (USD) at marks `price` `[assets]`."""
-    return ln.level + _dot(ln.slope, price) + collateral_value(st, price, par)
+def excess(st: AccountStep, ln: Lines, q, price, par: bool = False) -> jnp.ndarray:
+    """Equity minus maintenance `[accounts]` (USD) of legs `q` at marks `price` `[assets]`."""
+    return ln.level + jnp.sum(q * (st.acc.side - rates(st)) * price, -1) + collateral_value(st, price, par)
 
 
 def under_water(st: AccountStep, q, price, active, par: bool = False) -> jnp.ndarray:
     """Accounts `[accounts]` bool holding a leg, with every leg's market open (`active`
     `[assets]`), whose equity is at or below maintenance at marks `price` `[assets]` (USD)."""
     ln = lines(st, q, active)
-    return ln.live & (excess(st, ln, price, par) <= 0)
+    return ln.live & (excess(st, ln, q, price, par) <= 0)
 
 
 def side_sums(x, side) -> jnp.ndarray:
@@ -145,41 +132,46 @@ def side_sums(x, side) -> jnp.ndarray:
 
 class Pending(NamedTuple):
     """The accounts a step's rounds liquidated so far, settled after the last round
-    (`settle`), `[accounts]`: hit, caused (by the depeg), fill `[accounts, assets]` USD of
-    the round that hit, collateral margin value (USD) at that round's marks."""
+    (`settle`): hit, caused (by the depeg) `[accounts]` bool; round `[accounts]` int32, the
+    round that hit; coll `[accounts]` USD, the collateral's margin value at that round's marks;
+    fills `[rounds, assets, 2]` USD, each round's fill of long and short legs."""
 
     hit: jnp.ndarray
     caused: jnp.ndarray
-    fill: jnp.ndarray
+    round: jnp.ndarray
     coll: jnp.ndarray
+    fills: jnp.ndarray
 
 
-def pending(q) -> Pending:
-    """No account hit yet; q: leg units `[accounts, assets]`."""
+def pending(q, rounds: int) -> Pending:
+    """No account hit yet; q: leg units `[accounts, assets]`; rounds: the step's most rounds."""
     no = jnp.zeros(q.shape[:1], bool)
-    return Pending(no, no, jnp.zeros_like(q), jnp.zeros(q.shape[:1], q.dtype))
+    fills = jnp.zeros((rounds, q.shape[1], 2), q.dtype)
+    return Pending(no, no, jnp.zeros(q.shape[:1], jnp.int32), jnp.zeros(q.shape[:1], q.dtype), fills)
 
 
-def hits(st: AccountStep, ln: Lines, pend: Pending, price) -> tuple:
+def hits(st: AccountStep, ln: Lines, q, pend: Pending, price) -> tuple:
     """This round's new hits at marks `price` `[assets]` (USD): (new `[accounts]` bool, caused
     `[accounts]` bool, their units per asset and side `[assets, 2]`, collateral value
     `[accounts]` USD)."""
     coll = collateral_value(st, price)
-    new = ln.live & ~pend.hit & (ln.level + _dot(ln.slope, price) + coll <= 0)
-    caused = new & (excess(st, ln, price, par=True) > 0) if st.cp is not None else jnp.zeros_like(new)
-    units = jnp.einsum("k,ska->as", new.astype(ln.slope.dtype), ln.units, precision=HIGHEST)
-    return new, caused, units, coll
+    ex = ln.level + jnp.sum(q * (st.acc.side - rates(st)) * price, -1) + coll
+    new = ln.live & ~pend.hit & (ex <= 0)
+    caused = jnp.zeros_like(new)
+    if st.cp is not None:
+        caused = new & (ex - coll + collateral_value(st, price, par=True) > 0)
+    return new, caused, side_sums(jnp.where(new[:, None], q, 0.0), st.acc.side), coll
 
 
-def record(st: AccountStep, pend: Pending, new, caused, fill, coll) -> Pending:
-    """`pend` with this round's new hits `new`, `caused` `[accounts]`, filled at `fill`
+def record(pend: Pending, index, new, caused, fill, coll) -> Pending:
+    """`pend` with round `index`'s new hits `new`, `caused` `[accounts]`, filled at `fill`
     `[assets, 2]` (USD, long legs then short legs per asset), collateral valued at `coll`."""
-    at = jnp.where(st.acc.side > 0, fill[:, 0], fill[:, 1])
     return Pending(
         hit=pend.hit | new,
         caused=pend.caused | caused,
-        fill=jnp.where(new[:, None], at, pend.fill),
+        round=jnp.where(new, index, pend.round),
         coll=jnp.where(new, coll, pend.coll),
+        fills=pend.fills.at[index].set(fill),
     )
 
 
@@ -200,10 +192,13 @@ def settle(st: AccountStep, q, pend: Pending, t: tally.Tally) -> Settled:
     """Close the accounts `pend.hit` whole at their fills: the accounting of the module
     docstring. q: leg units `[accounts, assets]`; t: the step's tally so far."""
     acc, hit = st.acc, pend.hit
-    s, e, fill = acc.side, acc.entry, pend.fill
+    s, e = acc.side, acc.entry
+    assets = jnp.arange(q.shape[1])
+    fill = pend.fills[pend.round[:, None], assets, jnp.where(s > 0, 0, 1)]  # [accounts, assets]
     dq = jnp.where(hit[:, None], q, 0.0)
     at_fill = dq * fill
-    equity = st.wallet + pend.coll + jnp.sum(s * dq * (fill - e), -1)
+    pnl = jnp.sum(s * (at_fill - dq * e), -1)
+    equity = st.wallet + pend.coll + pnl
     short = jnp.where(hit, jnp.maximum(-equity, 0.0), 0.0)
     size = jnp.sum(at_fill, -1)
     share = at_fill / jnp.where(size > 0, size, 1.0)[:, None]
@@ -228,7 +223,7 @@ def settle(st: AccountStep, q, pend: Pending, t: tally.Tally) -> Settled:
         liquidated=side_sums(at_fill, s),
         shortfall=side_sums(short[:, None] * share, s),
         trader_loss=jnp.sum(loss),
-        counterparty=jnp.sum(s * dq * (e - fill)),
+        counterparty=-jnp.sum(pnl),
         fund_inflow=jnp.sum(jnp.where(hit, jnp.maximum(equity, 0.0), 0.0)),
         tally=t,
     )

@@ -163,7 +163,7 @@ def _round(st: _Step, shares, c: Cascade) -> Cascade:
 
     units = by_side(dq + ds, st.sides)  # [assets, 2]
     if st.acc is not None:
-        new, caused, acc_units, coll = A.hits(st.acc, st.lines, c.pending, p_r[:, 0])
+        new, caused, acc_units, coll = A.hits(st.acc, st.lines, c.accounts, c.pending, p_r[:, 0])
         units = units + acc_units
     orders = p_r[:, 0] * (units[:, 0] - units[:, 1])
     absorbed, phi = backstop_share(orders, c.backstop_left)
@@ -201,7 +201,7 @@ def _round(st: _Step, shares, c: Cascade) -> Cascade:
     if st.acc is not None:
         sides = jnp.array([1.0, -1.0], p_r.dtype)
         acc_fill = phi * p_r * (1.0 - sides * pol.backstop_discount) + (1.0 - phi) * p_next  # [assets, 2]
-        pend = A.record(st.acc, pend, new, caused, acc_fill, coll)
+        pend = A.record(pend, c.rounds, new, caused, acc_fill, coll)
     return Cascade(
         quantity=q_new,
         bankrupt=jnp.where(w_part > 0, b_partial, b),
@@ -222,7 +222,7 @@ def _round(st: _Step, shares, c: Cascade) -> Cascade:
     )
 
 
-def _start(quantity, bankrupt, flow0, backstop_left, accounts=None) -> Cascade:
+def _start(quantity, bankrupt, flow0, backstop_left, accounts=None, rounds: int = 0) -> Cascade:
     """The cascade before its first round."""
     zero = jnp.zeros((), flow0.dtype)
     return Cascade(
@@ -241,7 +241,7 @@ def _start(quantity, bankrupt, flow0, backstop_left, accounts=None) -> Cascade:
         residual=zero,
         tally=T.zero(flow0.shape[0], flow0.dtype),
         accounts=accounts,
-        pending=None if accounts is None else A.pending(accounts),
+        pending=None if accounts is None else A.pending(accounts, rounds),
     )
 
 
@@ -298,7 +298,7 @@ def run_cascade(
     tallied = T.cohort_inputs(book, pol)
     ln = None if acc is None else A.lines(acc, acc_q, active)
     st = _Step(book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma, *tallied, acc, ln)
-    start = _start(quantity, bankrupt, flow0, backstop_left, acc_q)
+    start = _start(quantity, bankrupt, flow0, backstop_left, acc_q, rounds)
     one_round = lambda c: _round(st, shares, c)
     if early_exit:
         end = until_quiet(one_round, start, lambda c: c.rounds, rounds)
@@ -319,7 +319,7 @@ def _settle_accounts(acc: A.AccountStep, ln: A.Lines, end: Cascade, p_end) -> Ca
     """`end` with the accounts hit in its rounds settled, and those still under water at the
     last marks `p_end` `[assets]` (USD) in the residual."""
     r = A.settle(acc, end.accounts, end.pending, end.tally)
-    left = ln.live & ~end.pending.hit & (A.excess(acc, ln, p_end) <= 0)
+    left = ln.live & ~end.pending.hit & (A.excess(acc, ln, end.accounts, p_end) <= 0)
     return end._replace(
         accounts=r.quantity,
         liquidated=end.liquidated + r.liquidated,
