@@ -43,7 +43,9 @@ class AccountStep(NamedTuple):
     wallet: USD after the leverage cap. margin0: USD margin at t0 (wallet and collateral).
     excess_vol: `[assets]` relative excess volatility of the step (`policies.maintenance_rate`).
     pol: the policy point. weights: `[accounts, buckets]` leverage bucket.
-    gap: `[collateral]` depeg gap of the step, or None. price0: `[assets]` USD.
+    gap: `[collateral]` depeg gap of the step, or None. price0: `[assets]` USD. per_unit:
+    `[accounts, assets]` positions per unit of each leg at t0 (after the cap), so that a leg
+    ADL has cut counts by the share of its units.
     """
 
     acc: AccountParams
@@ -55,13 +57,15 @@ class AccountStep(NamedTuple):
     weights: jnp.ndarray
     gap: jnp.ndarray | None
     price0: jnp.ndarray
+    per_unit: jnp.ndarray
 
 
 def capped(acc: AccountParams, pol: PolicyParams) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Leg units `[accounts, assets]`, wallet `[accounts]` (USD) and leverage `[accounts]`
     after the leverage cap (`engine.model.policies.cap_leverage`, per account)."""
     lev = jnp.minimum(acc.leverage, pol.leverage_cap)
-    ratio = acc.leverage / jnp.where(lev > 0, lev, 1.0)
+    # an account without legs (leverage 0) has nothing to cap
+    ratio = jnp.where(lev > 0, acc.leverage / jnp.where(lev > 0, lev, 1.0), 1.0)
     add = pol.cap_add_margin > 0.5
     notional = jnp.sum(acc.quantity * acc.entry, -1)
     margin = notional / jnp.where(acc.leverage > 0, acc.leverage, 1.0)
@@ -73,12 +77,14 @@ def capped(acc: AccountParams, pol: PolicyParams) -> tuple[jnp.ndarray, jnp.ndar
 def prepare(acc, cp, gap, pol: PolicyParams, sigma, sigma0, price0) -> AccountStep:
     """The `AccountStep` of a step: sigma, sigma0 `[assets]` per-step volatility (dynamic
     margin), gap `[collateral]` or None, price0 `[assets]` USD."""
-    _, wallet, lev = capped(acc, pol)
+    q0, wallet, lev = capped(acc, pol)
+    per_unit = jnp.where(q0 > 0, acc.positions / jnp.where(q0 > 0, q0, 1.0), 0.0)
     c0 = 0.0
     if cp is not None:
         c0 = collateral.margin_value(acc.collateral, cp, jnp.zeros_like(gap), price0, price0)
     excess_vol = jnp.maximum(sigma / sigma0 - 1.0, 0.0)
-    return AccountStep(acc, cp, wallet, wallet + c0, excess_vol, pol, tally.bucket_weights(lev), gap, price0)
+    weights = tally.bucket_weights(lev)
+    return AccountStep(acc, cp, wallet, wallet + c0, excess_vol, pol, weights, gap, price0, per_unit)
 
 
 def rates(st: AccountStep) -> jnp.ndarray:
@@ -209,7 +215,7 @@ def settle(st: AccountStep, q, pend: Pending, t: tally.Tally) -> Settled:
         jnp.sum(dq * e, -1),
         loss,
         st.weights,
-        jnp.sum(jnp.where(hit[:, None], acc.positions, 0.0), 0),
+        jnp.sum(st.per_unit * dq, 0),
         jnp.where(hit, loss / jnp.where(weight > 0, weight, 1.0), 0.0),
         tally.CROSS,
     )

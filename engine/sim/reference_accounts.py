@@ -137,6 +137,7 @@ class Accounts(NamedTuple):
     weights: np.ndarray
     gap: np.ndarray | None
     price0: np.ndarray
+    q0: np.ndarray  # [accounts, assets] leg units at t0 after the cap
 
 
 def capped_accounts(acc: AccountParams, pol) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,7 +145,7 @@ def capped_accounts(acc: AccountParams, pol) -> tuple[np.ndarray, np.ndarray, np
     the cap: leverage l above the cap c is brought to c by dividing every leg by l / c (reduce
     size) or adding margin (l / c - 1) times the margin at t0, notional / l (add margin)."""
     lev = np.minimum(acc.leverage, pol.leverage_cap)
-    ratio = acc.leverage / safe(lev)
+    ratio = np.where(lev > 0, acc.leverage / safe(lev), 1.0)  # no legs: nothing to cap
     if pol.cap_add_margin > 0.5:
         margin = np.sum(acc.quantity * acc.entry, -1) / safe(acc.leverage)
         return acc.quantity.copy(), acc.wallet + margin * (ratio - 1.0), lev
@@ -155,10 +156,10 @@ def prepare(params: Params, gap, excess) -> Accounts:
     """The `Accounts` of a step; gap: `[paths, collateral]` or None; excess: `[paths, assets]`
     volatility over its long-run level less 1, floored at 0 (dynamic margin)."""
     acc, cp, mp = params.accounts, params.collateral, params.market
-    _, wallet, lev = capped_accounts(acc, params.policy)
+    q0, wallet, lev = capped_accounts(acc, params.policy)
     mmr = maintenance_rate(acc.mmr, excess[:, None, :], params.policy)
     c0 = 0.0 if cp is None else acc.collateral @ ((1.0 - cp.haircut) * cp.price0)
-    return Accounts(acc, cp, wallet, wallet + c0, mmr, bucket_weights(lev), gap, mp.price0)
+    return Accounts(acc, cp, wallet, wallet + c0, mmr, bucket_weights(lev), gap, mp.price0, q0)
 
 
 def collateral_value(ac: Accounts, price, par: bool = False) -> np.ndarray:
@@ -224,7 +225,8 @@ def settle(ac: Accounts, q, hits, caused, fill, price, t: Tally) -> tuple[np.nda
     size = at_fill.sum(-1)
     loss = np.where(hits, ac.margin0, 0.0)
     weight = np.where(hits, acc.weight, 0.0)
-    positions = np.sum(np.where(hits[..., None], acc.positions, 0.0), 1)
+    # positions by the share of the leg's units at t0 still held (ADL may have cut the leg)
+    positions = np.sum(np.where(ac.q0 > 0, acc.positions / safe(ac.q0), 0.0) * dq, 1)
     one = np.where(hits, loss / safe(weight), 0.0)
     t = tally_liquidations(t, np.sum(dq * e, -1), loss, ac.weights, positions, one, CROSS)
     t = t._replace(
