@@ -221,6 +221,7 @@ def settle(st: AccountStep, q, pend: Pending, t: tally.Tally) -> Settled:
     )
     t = t._replace(
         accounts=t.accounts + jnp.sum(weight),
+        account_assets=t.account_assets + jnp.sum(jnp.where(dq > 0, weight[:, None], 0.0), 0),
         collateral_caused=t.collateral_caused + jnp.sum(jnp.where(pend.caused, size, 0.0)),
         markdown=t.markdown + jnp.sum(jnp.where(hit, st.margin0 - st.wallet - pend.coll, 0.0)),
     )

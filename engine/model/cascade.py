@@ -57,6 +57,8 @@ class Cascade(NamedTuple):
     step (None in the ladder form, which tallies a path at its end). accounts: `[accounts,
     assets]` leg units after liquidations, or None without accounts; pending: the accounts hit
     so far during the rounds (`engine.model.accounts.Pending`), settled after the last.
+    liquidated_units: `[assets, cohorts]` units liquidated in the step, in the whole-position
+    form, which leaves its tally to the path's end (`engine.model.outputs.extract`); else None.
     """
 
     quantity: jnp.ndarray
@@ -75,6 +77,7 @@ class Cascade(NamedTuple):
     tally: T.Tally | None = None
     accounts: jnp.ndarray | None = None
     pending: A.Pending | None = None
+    liquidated_units: jnp.ndarray | None = None
 
 
 class Shares(NamedTuple):
@@ -123,6 +126,7 @@ class _Step(NamedTuple):
     per_unit: jnp.ndarray
     acc: A.AccountStep | None = None
     lines: A.Lines | None = None
+    legs: jnp.ndarray | None = None  # [accounts, assets] units, fixed within the step's rounds
 
     def mark(self, flow):
         """Log mark `[assets]` after cumulative flow `flow` (USD)."""
@@ -163,7 +167,7 @@ def _round(st: _Step, shares, c: Cascade) -> Cascade:
 
     units = by_side(dq + ds, st.sides)  # [assets, 2]
     if st.acc is not None:
-        new, caused, acc_units, coll = A.hits(st.acc, st.lines, c.accounts, c.pending, p_r[:, 0])
+        new, caused, acc_units, coll = A.hits(st.acc, st.lines, st.legs, c.pending, p_r[:, 0])
         units = units + acc_units
     orders = p_r[:, 0] * (units[:, 0] - units[:, 1])
     absorbed, phi = backstop_share(orders, c.backstop_left)
@@ -217,12 +221,11 @@ def _round(st: _Step, shares, c: Cascade) -> Cascade:
         rounds=c.rounds + (jnp.sum(units) > 0).astype(c.rounds.dtype),
         residual=c.residual,
         tally=t,
-        accounts=c.accounts,
         pending=pend,
     )
 
 
-def _start(quantity, bankrupt, flow0, backstop_left, accounts=None, rounds: int = 0) -> Cascade:
+def _start(quantity, bankrupt, flow0, backstop_left, pending=None) -> Cascade:
     """The cascade before its first round."""
     zero = jnp.zeros((), flow0.dtype)
     return Cascade(
@@ -240,8 +243,7 @@ def _start(quantity, bankrupt, flow0, backstop_left, accounts=None, rounds: int 
         rounds=jnp.zeros((), jnp.int32),
         residual=zero,
         tally=T.zero(flow0.shape[0], flow0.dtype),
-        accounts=accounts,
-        pending=None if accounts is None else A.pending(accounts, rounds),
+        pending=pending,
     )
 
 
@@ -297,8 +299,13 @@ def run_cascade(
     acc, acc_q = accounts if accounts is not None else (None, None)
     tallied = T.cohort_inputs(book, pol)
     ln = None if acc is None else A.lines(acc, acc_q, active)
-    st = _Step(book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma, *tallied, acc, ln)
-    start = _start(quantity, bankrupt, flow0, backstop_left, acc_q, rounds)
+    st = _Step(
+        book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma, *tallied, acc, ln, acc_q
+    )
+    # the legs stay out of the rounds' carry (they change only when the rounds are settled)
+    start = _start(
+        quantity, bankrupt, flow0, backstop_left, None if acc is None else A.pending(acc_q, rounds)
+    )
     one_round = lambda c: _round(st, shares, c)
     if early_exit:
         end = until_quiet(one_round, start, lambda c: c.rounds, rounds)
@@ -312,14 +319,14 @@ def run_cascade(
         & (s * (p_end - liquidation_price(s, end.bankrupt, mmr, book.maint_amount)) <= 0)
     )
     end = end._replace(residual=jnp.sum(jnp.where(left, end.quantity * p_end, 0.0)))
-    return end if acc is None else _settle_accounts(acc, ln, end, p_end[:, 0])
+    return end if acc is None else _settle_accounts(acc, ln, acc_q, end, p_end[:, 0])
 
 
-def _settle_accounts(acc: A.AccountStep, ln: A.Lines, end: Cascade, p_end) -> Cascade:
+def _settle_accounts(acc: A.AccountStep, ln: A.Lines, legs, end: Cascade, p_end) -> Cascade:
     """`end` with the accounts hit in its rounds settled, and those still under water at the
     last marks `p_end` `[assets]` (USD) in the residual."""
-    r = A.settle(acc, end.accounts, end.pending, end.tally)
-    left = ln.live & ~end.pending.hit & (A.excess(acc, ln, end.accounts, p_end) <= 0)
+    r = A.settle(acc, legs, end.pending, end.tally)
+    left = ln.live & ~end.pending.hit & (A.excess(acc, ln, legs, p_end) <= 0)
     return end._replace(
         accounts=r.quantity,
         liquidated=end.liquidated + r.liquidated,
@@ -328,7 +335,7 @@ def _settle_accounts(acc: A.AccountStep, ln: A.Lines, end: Cascade, p_end) -> Ca
         counterparty=end.counterparty + r.counterparty,
         fund_inflow=end.fund_inflow + r.fund_inflow,
         tally=r.tally,
-        residual=end.residual + jnp.sum(jnp.where(left[:, None], end.accounts * p_end, 0.0)),
+        residual=end.residual + jnp.sum(jnp.where(left[:, None], legs * p_end, 0.0)),
         pending=None,
     )
 
@@ -398,7 +405,7 @@ def _whole_accounts(st: _Step, quantity, bankrupt, p_liq, alive, end: _Hits) -> 
         backstop_cash=end.backstop_cash,
         rounds=end.busy,
         residual=jnp.sum(jnp.where(left, q * p_end, 0.0)),
-        tally=T.cohorts(st.book.entry, st.buckets, st.per_unit, T.zero(q.shape[0], q.dtype), dq, margin),
+        liquidated_units=dq,
     )
 
 

@@ -266,6 +266,7 @@ def init_state(params: Params, static: Static) -> SimState:
     return state._replace(
         quantity=None,
         bankrupt=None,
+        liquidated_units=None,
         level=params.ladder.start,
         fallback=jnp.asarray(FALLBACK_NEVER, jnp.int32),
     )

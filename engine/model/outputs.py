@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from engine.model import accounts
+from engine.model import accounts, tally
 from engine.model import bins as B
 from engine.model.margin import liquidation_price
 from engine.model.params import JUMP_MAX, Params, Static
@@ -117,6 +117,13 @@ OUTPUTS: tuple[Output, ...] = (
     ),
     Output("accounts_liquidated", (), "1", "cross-margin accounts liquidated", lambda s: B.usd()),
     Output(
+        "accounts_liquidated_by_asset",
+        ("asset",),
+        "1",
+        "cross-margin accounts liquidated with a leg in the asset",
+        lambda s: B.usd(),
+    ),
+    Output(
         "liquidated_entry_by_leverage",
         ("leverage",),
         "USD",
@@ -173,6 +180,8 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     mmr = maintenance_rate(book.mmr, jnp.sqrt(state.variance), mp.sigma0, params.policy)
     p_liq = liquidation_price(book.side, state.bankrupt, mmr, book.maint_amount)
     deferred = (state.quantity > 0) & (book.side * (fair - p_liq) <= 0)
+    if state.liquidated_units is not None:  # the whole-position form tallies at the end
+        state = state._replace(totals=state.totals._replace(tally=whole_tally(state, params)))
     units = jnp.sum(state.quantity, -1)
     late = jnp.sum(jnp.where(deferred, state.quantity * fair, 0.0))
     if params.accounts is not None:
@@ -184,6 +193,16 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
         units = units + jnp.sum(state.accounts, 0)
         late = late + jnp.sum(jnp.where(under[:, None], state.accounts * fair[:, 0], 0.0))
     return assemble(state, params, units, late)
+
+
+def whole_tally(state: SimState, params: Params) -> tally.Tally:
+    """The path's tally of the dense whole-position form from its units liquidated per cohort:
+    each liquidation there loses the cohort's margin `s q (e - b)` at the bankruptcy price in
+    force (which that form never moves)."""
+    book, dq = params.book, state.liquidated_units
+    margin = book.side * dq * (book.entry - state.bankrupt)
+    inputs = tally.cohort_inputs(book, params.policy)
+    return tally.cohorts(book.entry, *inputs, state.totals.tally, dq, margin)
 
 
 def assemble(state: SimState, params: Params, units, deferred) -> dict[str, jnp.ndarray]:
@@ -219,6 +238,7 @@ def assemble(state: SimState, params: Params, units, deferred) -> dict[str, jnp.
         "stop_notional": k.stop_notional,
         "positions_liquidated": k.positions,
         "accounts_liquidated": k.accounts,
+        "accounts_liquidated_by_asset": k.account_assets,
         "liquidated_entry_by_leverage": k.by_leverage[0],
         "trader_loss_by_leverage": k.by_leverage[1],
         "liquidated_entry_by_mode": k.by_mode[0],

@@ -72,6 +72,9 @@ class SimState(NamedTuple):
     # with collateral (`Static.n_collateral`): the depeg gap `[collateral]` (fraction below par).
     accounts: jnp.ndarray | None = None
     gap: jnp.ndarray | None = None
+    # Dense whole-position form: units liquidated so far per cohort `[assets, cohorts]`, the
+    # path's tally at its end (cheaper than tallying every step).
+    liquidated_units: jnp.ndarray | None = None
 
 
 def init_state(params: Params, static: Static) -> SimState:
@@ -119,6 +122,7 @@ def init_state(params: Params, static: Static) -> SimState:
         totals=totals,
         accounts=None if acc is None else accounts.capped(acc, pol)[0],
         gap=None if params.collateral is None else jnp.zeros(static.n_collateral, dtype),
+        liquidated_units=jnp.zeros_like(quantity) if static.whole_only and not static.relaxed else None,
     )
 
 
@@ -262,6 +266,11 @@ def close_step(
         backstop_cash=state.backstop_cash + c.backstop_cash,
         totals=totals,
         accounts=c.accounts,
+        liquidated_units=(
+            state.liquidated_units
+            if c.liquidated_units is None
+            else state.liquidated_units + c.liquidated_units
+        ),
     )
 
 

@@ -22,7 +22,8 @@ ISOLATED, CROSS = 0, 1  # column of the margin-mode axis
 class Tally(NamedTuple):
     """stop_notional: `[assets, 2]` USD of stop orders triggered, at fill (long, short).
     positions: `[assets]` positions liquidated (a position liquidated in part counts by the
-    share of its units). accounts: `[]` cross accounts liquidated. by_leverage: `[2, buckets]`
+    share of its units). accounts: `[]` cross accounts liquidated; account_assets: `[assets]`
+    those of them that held a leg in each asset. by_leverage: `[2, buckets]`
     (notional at entry, trader loss) USD by leverage bucket (`LEVERAGE_BUCKETS`). by_mode: `[2,
     2]` the same by margin mode (isolated, cross). largest_loss: `[]` USD, the most one account
     lost (an isolated position is its own account). collateral_caused: `[]` USD notional at
@@ -32,6 +33,7 @@ class Tally(NamedTuple):
     stop_notional: jnp.ndarray
     positions: jnp.ndarray
     accounts: jnp.ndarray
+    account_assets: jnp.ndarray
     by_leverage: jnp.ndarray
     by_mode: jnp.ndarray
     largest_loss: jnp.ndarray
@@ -46,6 +48,7 @@ def zero(n_assets: int, dtype) -> Tally:
         stop_notional=jnp.zeros((n_assets, 2), dtype),
         positions=jnp.zeros(n_assets, dtype),
         accounts=z,
+        account_assets=jnp.zeros(n_assets, dtype),
         by_leverage=jnp.zeros((2, len(LEVERAGE_BUCKETS)), dtype),
         by_mode=jnp.zeros((2, 2), dtype),
         largest_loss=z,

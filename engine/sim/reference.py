@@ -106,6 +106,8 @@ def init_state(params: Params, static: Static, n_paths: int) -> SimState:
         totals=totals,
         accounts=None if acc is None else paths(RA.capped_accounts(acc, pol)[0]),
         gap=None if params.collateral is None else paths(np.zeros(n_c)),
+        # the kernel's whole-position form tallies a path's liquidations at its end
+        liquidated_units=paths(np.zeros_like(quantity)) if static.whole_only and not static.relaxed else None,
     )
 
 
@@ -458,7 +460,12 @@ def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, stat
     finite = np.isfinite(x_mark).all(-1) & np.isfinite(w["fund"]) & np.isfinite(c["quantity"]).all((1, 2))
     drawdown = 1.0 - np.exp(x_mark - peak)
     totals = _add_step(st.totals, c, w, halted, drawdown, ~finite, d.u_jump > mp.jump_cdf_max)
+    units = st.liquidated_units
+    if units is not None:  # whole positions only: the step's tally is the path's end's
+        units = units + (st.quantity - c["quantity"])
+        totals = totals._replace(tally=st.totals.tally)
     return st._replace(
+        liquidated_units=units,
         x_fair=x_fair,
         x_trans=x_trans,
         x_mark=x_mark,
@@ -503,6 +510,9 @@ def reference_step(
 def extract(st: SimState, params: Params) -> dict[str, np.ndarray]:
     """Per-path outputs `{name: [paths, ...]}`, the names of `engine.model.outputs.extract`."""
     mp, bk, t, k = params.market, params.book, st.totals, st.totals.tally
+    if st.liquidated_units is not None:
+        margin = bk.side * st.liquidated_units * (bk.entry - st.bankrupt)
+        k = RA.cohort_tally(k, params, capped_book(params)[0], st.liquidated_units, margin)
     price = mp.price0 * np.exp(st.x_mark)
     units0, units = np.sum(capped_book(params)[0], -1), np.sum(st.quantity, -1)
     fair = mp.price0 * np.exp(st.x_fair + st.x_trans)
@@ -540,6 +550,7 @@ def extract(st: SimState, params: Params) -> dict[str, np.ndarray]:
         "stop_notional": k.stop_notional,
         "positions_liquidated": k.positions,
         "accounts_liquidated": k.accounts,
+        "accounts_liquidated_by_asset": k.account_assets,
         "liquidated_entry_by_leverage": k.by_leverage[:, 0],
         "trader_loss_by_leverage": k.by_leverage[:, 1],
         "liquidated_entry_by_mode": k.by_mode[:, 0],

@@ -47,6 +47,7 @@ def zero_tally(n_paths: int, n_assets: int) -> Tally:
         stop_notional=np.zeros((n_paths, n_assets, 2)),
         positions=np.zeros((n_paths, n_assets)),
         accounts=z.copy(),
+        account_assets=np.zeros((n_paths, n_assets)),
         by_leverage=np.zeros((n_paths, 2, len(LEVERAGE_BUCKETS))),
         by_mode=np.zeros((n_paths, 2, 2)),
         largest_loss=z.copy(),
@@ -231,6 +232,7 @@ def settle(ac: Accounts, q, hits, caused, fill, price, t: Tally) -> tuple[np.nda
     t = tally_liquidations(t, np.sum(dq * e, -1), loss, ac.weights, positions, one, CROSS)
     t = t._replace(
         accounts=t.accounts + weight.sum(-1),
+        account_assets=t.account_assets + np.sum(np.where(dq > 0, weight[..., None], 0.0), 1),
         collateral_caused=t.collateral_caused + np.where(caused, size, 0.0).sum(-1),
         markdown=t.markdown + np.where(hits, ac.margin0 - ac.wallet - coll, 0.0).sum(-1),
     )

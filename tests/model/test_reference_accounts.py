@@ -357,11 +357,14 @@ def test_one_leg_account_is_the_isolated_position(jax_step):
     np.testing.assert_array_equal(first_step(x_alive), first_step(iso_alive))
     iso, x = outputs_of(iso_state, params, static), outputs_of(x_state, cross, cross_static)
     assert np.all(x["accounts_liquidated"][np.isfinite(first_step(x_alive))] == n)
+    assert np.all(x["accounts_liquidated_by_asset"][np.isfinite(first_step(x_alive)), a] == n)
     for name in iso:
         if name in ("liquidated_entry_by_mode", "trader_loss_by_mode", "accounts_liquidated"):
             iso[name], x[name] = np.sum(iso[name], -1), np.sum(x[name], -1)
             if name == "accounts_liquidated":
                 continue
+        if name == "accounts_liquidated_by_asset":
+            continue
         assert_close(x[name], iso[name], PARITY_RTOL, output_scale(name, cfg, params), name)
 
 
