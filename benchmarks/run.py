@@ -51,9 +51,14 @@ WORKLOADS = {
     "W2": "w2_policy_grid.toml",
     "W3": "w3_long_horizon.toml",
     "W4": "w4_large_book.toml",
+    "W5": "w5_accounts.toml",
 }
 # NumPy baseline size (paths, steps or None for the workload's): the reference is slow.
-NUMPY_SIZE = {"W1": (1024, 96), "W2": (64, 48), "W3": (20, 720), "W4": (16, 24)}
+# What runs when no --workload is named: W5 (accounts) only on request, its book takes a while.
+DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4")
+NUMPY_SIZE = {"W1": (1024, 96), "W2": (64, 48), "W3": (20, 720), "W4": (16, 24), "W5": (4, 12)}
+# Where workloads with a generated positions file (`[bench] book`) keep it between runs.
+BOOKS = HERE / ".books"
 SCALING_PATHS = (10**3, 10**4, 10**5, 10**6, 10**7)
 SCALING_DEVICES = (1, 2, 4, 8)
 # The steps axis of --scaling (1,024 W1 paths): memory must not grow with the horizon.
@@ -88,6 +93,8 @@ def load_workload(
 
     data = tomllib.loads((HERE / WORKLOADS[name]).read_text())
     bench = data.pop("bench")
+    if "book" in bench:
+        data["book"]["positions"] = str(_generated_book(name, Config.model_validate(data), bench["book"]))
     if entry_points:
         data["book"]["entry_points"] = entry_points
     quick_spec = bench.get("quick", {}) if quick else {}
@@ -117,6 +124,25 @@ def load_workload(
     if points:
         pts = pts[:points]
     return cfg, pts, bench
+
+
+def _generated_book(name: str, cfg, spec: dict) -> Path:
+    """The positions file of workload `name` (`[bench] book`: positions, accounts, cross_share,
+    seed), written by `engine.config.synthetic` on first use and kept in `BOOKS`."""
+    from engine.config import synthetic
+
+    path = BOOKS / f"{name.lower()}_{spec['positions']}_{spec['accounts']}_{spec['seed']}.parquet"
+    if not path.exists():
+        BOOKS.mkdir(exist_ok=True)
+        table = synthetic.make_positions(
+            cfg,
+            spec["positions"],
+            seed=spec["seed"],
+            cross_share=spec["cross_share"],
+            accounts=spec["accounts"],
+        )
+        synthetic.write_positions(table, path)
+    return path
 
 
 # ----------------------------------------------------------------------------------------
@@ -466,7 +492,7 @@ def results_dir(out: Path | None, save: bool, name: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="liqstress benchmarks (see benchmarks/README.md)")
     p.add_argument("--quick", action="store_true", help="the seconds-long variant of each workload")
-    p.add_argument("--workload", action="append", choices=sorted(WORKLOADS), help="repeatable; default all")
+    p.add_argument("--workload", action="append", choices=sorted(WORKLOADS), help="repeatable; default W1-W4")
     p.add_argument("--paths", type=int, help="override the number of paths")
     p.add_argument("--steps", type=int, help="override the number of steps")
     p.add_argument("--points", type=int, help="only the first N policy points")
@@ -556,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
                 for e in SCALING_ENTRY_POINTS
             ]
     else:
-        jobs = [("workload", w, a.devices, _worker_args(w, a)) for w in (a.workload or sorted(WORKLOADS))]
+        jobs = [("workload", w, a.devices, _worker_args(w, a)) for w in (a.workload or DEFAULT_WORKLOADS)]
     for axis, value, dev, args in jobs:
         print(f"[bench] {axis}={value} {' '.join(args)}", flush=True)
         rec = run_worker(args, dev, a.cache)

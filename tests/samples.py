@@ -13,7 +13,7 @@ from engine.config.build import static_of
 from engine.config.schema import Config
 from engine.model import bins as B
 from engine.model.outputs import OUTPUTS
-from engine.model.params import Static
+from engine.model.params import LEVERAGE_BUCKETS, MARGIN_MODES, Static
 from engine.sim.reduce import ATOM, PointAccumulator
 from tests.conftest import small_dict
 
@@ -45,7 +45,12 @@ def outputs_of(
     static: Static, n: int, rng: np.random.Generator, tight: bool = False
 ) -> dict[str, np.ndarray]:
     """Per-path values `{name: [n, ...]}` of every output, of its bins' kind (see `heavy_values`)."""
-    sizes = {"asset": static.n_assets, "side": 2}
+    sizes = {
+        "asset": static.n_assets,
+        "side": 2,
+        "leverage": len(LEVERAGE_BUCKETS),
+        "margin_mode": len(MARGIN_MODES),
+    }
     out = {}
     for o in OUTPUTS:
         bins = o.bins(static)

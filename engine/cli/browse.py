@@ -13,7 +13,7 @@ from engine.cli.run import warn
 from engine.cli.shell import app, fail, out
 from engine.config import synthetic
 from engine.config.errors import ConfigError
-from engine.config.files import load_study
+from engine.config.files import load_config, load_study
 from engine.report import compare as R
 from engine.runs import execute, listing, rundir
 from engine.sim.distributed import EXIT_FAILED, EXIT_USAGE
@@ -114,11 +114,37 @@ def make_book(
     ] = None,
     positions: Annotated[int, typer.Option("--positions", help="Number of positions.")] = 100_000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    cross_share: Annotated[
+        float, typer.Option("--cross-share", help="Share of the positions that are cross margin (0 to 1).")
+    ] = 0.0,
+    accounts: Annotated[
+        int, typer.Option("--accounts", help="Cross-margin accounts the cross positions are spread over.")
+    ] = 0,
+    collateral_share: Annotated[
+        float,
+        typer.Option(
+            "--collateral-share",
+            help="Share of the accounts posting margin in one of the scenario's collateral assets.",
+        ),
+    ] = 0.5,
+    stop_share: Annotated[
+        float, typer.Option("--stop-share", help="Share of the isolated positions with a stop price.")
+    ] = 0.0,
 ) -> None:
     """Write a synthetic positions file (for `book.positions`) following a scenario's book."""
     try:
-        cfg = load_study(config).config
-        synthetic.write_positions(synthetic.make_positions(cfg, positions, seed), out_file)
+        # the scenario's own book (and its sweep) is not read: the file written may be it
+        cfg = load_config(config)
+        table = synthetic.make_positions(
+            cfg,
+            positions,
+            seed,
+            cross_share=cross_share,
+            accounts=accounts,
+            collateral_share=collateral_share,
+            stop_share=stop_share,
+        )
+        synthetic.write_positions(table, out_file)
     except ConfigError as e:
         raise fail(str(e), EXIT_USAGE) from None
     except OSError as e:

@@ -26,7 +26,10 @@ class Cohorts(NamedTuple):
 
     side: +1 long / -1 short. leverage: initial leverage (x). entry: entry price (USD).
     quantity: asset units held. bankrupt: bankruptcy price (USD). mmr: maintenance margin
-    rate (fraction). maint_amount: maintenance amount per unit held (USD).
+    rate (fraction). maint_amount: maintenance amount per unit held (USD). positions: the number
+    of positions the cohort stands for (parametric book: notional over the representative
+    size). stop: trigger price (USD) of the stop order closing the cohort (0 for a long,
+    infinity for a short without one), or None when no cohort has one.
     """
 
     side: np.ndarray
@@ -36,6 +39,8 @@ class Cohorts(NamedTuple):
     bankrupt: np.ndarray
     mmr: np.ndarray
     maint_amount: np.ndarray
+    positions: np.ndarray
+    stop: np.ndarray | None = None
 
 
 def maintenance_amounts(tiers: tuple[Tier, ...]) -> np.ndarray:
@@ -109,7 +114,7 @@ def build_cohorts(cfg: Config) -> Cohorts:
     amt_pos = np.broadcast_to(amount_of_size[None, None, None, :], shape)
     size_pos = np.broadcast_to(sizes[None, None, None, :], shape)
 
-    out = {k: [] for k in Cohorts._fields}
+    out = {k: [] for k in Cohorts._fields if k != "stop"}
     for asset in cfg.market.assets.values():
         entry = asset.price * np.exp(off)
         bankrupt = entry * (1.0 - side / L)
@@ -133,6 +138,7 @@ def build_cohorts(cfg: Config) -> Cohorts:
             ("bankrupt", bankrupt),
             ("mmr", mmr),
             ("maint_amount", a_unit),
+            ("positions", notional / size_pos),
         ]:
             out[name].append(np.asarray(arr, float).reshape(-1))
     cohorts = Cohorts(**{k: np.stack(v) for k, v in out.items()})

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import poisson
 
-from engine.config import book_file
+from engine.config import accounts, book_file, liquidation_map, stops
 from engine.config.book import Cohorts, build_cohorts
 from engine.config.schema import Config
 from engine.model import ladder
@@ -22,7 +22,9 @@ from engine.model.params import (
     IMPACT_LAWS,
     JUMP_MAX,
     NO_LIMIT,
+    AccountParams,
     BookParams,
+    CollateralParams,
     MarketParams,
     Params,
     PolicyParams,
@@ -37,14 +39,29 @@ def static_of(cfg: Config) -> Static:
     run = cfg.run
     fan_points = min(run.fan_points, run.steps)
     stride = math.ceil(run.steps / fan_points)
-    return Static(
+    static = Static(
         n_assets=len(cfg.market.assets),
-        n_cohorts=book_file.cohorts_per_asset(cfg) if cfg.book.positions else cfg.book.cohorts_per_asset,
+        n_cohorts=(
+            book_file.cohorts_per_asset(cfg)
+            if cfg.book.positions
+            else liquidation_map.map_cohorts_per_asset(cfg)
+            if cfg.book.liquidation_map
+            else cfg.book.cohorts_per_asset
+        ),
         steps=run.steps,
         rounds=run.cascade_rounds,
         max_window=run.max_window,
         fan_stride=stride,
         fan_points=math.ceil(run.steps / stride),
+    )
+    acc = accounts.account_cohorts(cfg)
+    n_accounts = 0 if acc is None else len(acc.weight)
+    return dataclasses.replace(
+        static,
+        n_cohorts=static.n_cohorts + 2 * stops.per_side(cfg),  # the config's stops beside the book
+        n_accounts=n_accounts,
+        n_collateral=len(cfg.collateral) if n_accounts else 0,
+        stops=bool(cfg.book.stops) or bool(cfg.book.positions and book_file.has_stops(cfg)),
     )
 
 
@@ -63,7 +80,8 @@ def specialise(static: Static, points: list[Config]) -> Static:
     """`static` with the faster kernel forms that every one of `points` allows: the
     whole-position cascade when no point liquidates partially, and then the ladder kernel
     (`engine.model.ladder`), the loop-free chi-square when every point's dof is an integer up
-    to `LOOP_FREE_DOF`.
+    to `LOOP_FREE_DOF`. A book with accounts or stop orders runs on the general dense cascade,
+    the only form that simulates them.
 
     The numbers of the whole-position cascade equal the general one's, the ladder's the dense
     kernel's (to the rounding of their sums; paths it cannot finish exactly are rerun on the
@@ -74,7 +92,8 @@ def specialise(static: Static, points: list[Config]) -> Static:
     """
     dofs = [p.market.tail_dof for p in points]
     integer = all(d == int(d) and d <= LOOP_FREE_DOF for d in dofs)
-    whole = all(p.policy.partial_liquidation >= 1.0 for p in points)
+    general = bool(static.n_accounts or static.stops)
+    whole = not general and all(p.policy.partial_liquidation >= 1.0 for p in points)
     rungs = (
         [ladder.layout(c.side, c.mmr) for c in map(cohorts, points)]
         if whole and _on_ladder(static, points)
@@ -144,15 +163,60 @@ def jump_truncation(cfg: Config) -> float:
 
 
 def cohorts(cfg: Config) -> Cohorts:
-    """The book of `cfg`: from its positions file (`engine.config.book_file`) or parametric
-    (`engine.config.book.build_cohorts`)."""
-    return book_file.cohorts_from_file(cfg) if cfg.book.positions else build_cohorts(cfg)
+    """The book of `cfg`: from its positions file (`engine.config.book_file`), its liquidation
+    map (`engine.config.liquidation_map`) or parametric (`engine.config.book.build_cohorts`)."""
+    if cfg.book.positions:
+        return book_file.cohorts_from_file(cfg)
+    if cfg.book.liquidation_map:
+        return liquidation_map.cohorts_from_map(cfg)
+    return build_cohorts(cfg)
 
 
 def book_params(cfg: Config) -> BookParams:
-    """The cohorts of `cohorts` as device arrays."""
-    c = cohorts(cfg)
-    return BookParams(*(jnp.asarray(x) for x in c))
+    """The cohorts of `cohorts`, with the config's stop orders beside them
+    (`engine.config.stops`), as device arrays."""
+    c = stops.with_stops(cfg, cohorts(cfg))
+    return BookParams(*(None if x is None else jnp.asarray(x) for x in c))
+
+
+def account_params(cfg: Config) -> AccountParams | None:
+    """The cross-margin account cohorts of `cfg`'s positions file (`engine.config.accounts`) as
+    device arrays, or None without any."""
+    acc = accounts.account_cohorts(cfg)
+    return None if acc is None else AccountParams(*map(jnp.asarray, acc))
+
+
+def collateral_params(cfg: Config) -> CollateralParams | None:
+    """The collateral assets `[collateral]` of `cfg` (in the order of its `collateral`), or
+    None when it has none or the book has no accounts to hold them."""
+    if not cfg.collateral or accounts.account_cohorts(cfg) is None:
+        return None
+    names = cfg.asset_names
+    held = list(cfg.collateral.values())
+    col = lambda f: jnp.asarray(np.array([f(c) for c in held], float))
+    return CollateralParams(
+        price0=col(lambda c: c.price),
+        haircut=col(lambda c: c.haircut),
+        track=jnp.asarray([-1 if c.tracks is None else names.index(c.tracks) for c in held], jnp.int32),
+        depeg_prob=col(lambda c: -math.expm1(-c.depeg_per_day / cfg.steps_per_day)),
+        depeg_size=col(lambda c: c.depeg_size),
+        recovery=col(lambda c: 0.5 ** (1.0 / c.recovery_halflife_steps)),
+    )
+
+
+def depeg_schedule(cfg: Config) -> np.ndarray | None:
+    """The least depeg gap `[steps, collateral]` (fraction below par) of each collateral asset:
+    the largest scheduled depeg (`scenario.depegs`) over its steps, 0 elsewhere; None without
+    `collateral_params`."""
+    if collateral_params(cfg) is None:
+        return None
+    held = list(cfg.collateral)
+    gap = np.zeros((cfg.run.steps, len(held)))
+    for d in cfg.scenario.depegs:
+        rows = slice(d.start_step, d.start_step + d.steps)
+        c = held.index(d.collateral)
+        gap[rows, c] = np.maximum(gap[rows, c], d.gap)
+    return gap
 
 
 def policy_params(cfg: Config) -> PolicyParams:
@@ -191,12 +255,21 @@ def build_schedule(cfg: Config) -> Schedule:
     for f in cfg.scenario.flows:
         lo, hi = min(f.start_step, steps), min(f.start_step + f.steps, steps)
         flow[lo:hi, names.index(f.asset)] += f.usd / f.steps
-    return Schedule(shock=jnp.asarray(shock), flow=jnp.asarray(flow))
+    depeg = depeg_schedule(cfg)
+    return Schedule(
+        shock=jnp.asarray(shock), flow=jnp.asarray(flow), depeg=None if depeg is None else jnp.asarray(depeg)
+    )
 
 
 def build(cfg: Config) -> tuple[Params, Static]:
     """All traced parameters of one configuration, cast to the run's float type."""
     params = Params(
-        market_params(cfg), book_params(cfg), policy_params(cfg), build_schedule(cfg), jnp.asarray(0.0)
+        market_params(cfg),
+        book_params(cfg),
+        policy_params(cfg),
+        build_schedule(cfg),
+        jnp.asarray(0.0),
+        accounts=account_params(cfg),
+        collateral=collateral_params(cfg),
     )
     return cast(params, dtype_of(cfg)), static_of(cfg)

@@ -78,8 +78,9 @@ def read_config_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     p = resolve_config_path(path)
     data = read_toml(p)
     book = data.get("book")
-    if isinstance(book, dict) and isinstance(book.get("positions"), str):
-        book["positions"] = str((p.parent / book["positions"]).resolve())
+    for key in ("positions", "liquidation_map"):  # files of the book: relative to this config
+        if isinstance(book, dict) and isinstance(book.get(key), str):
+            book[key] = str((p.parent / book[key]).resolve())
     base = data.pop("base", None)
     if base is None:
         return data

@@ -16,9 +16,18 @@ One row per position, or per group of identical positions already summed:
 | account_id | text | non-empty where margin_mode is `cross` | for cross rows |
 | tier | integer | 0 to the number of tiers of `exchange.tiers` - 1 | no (by notional) |
 | positions | number | > 0: positions the row stands for (default 1) | no |
+| collateral | text | `USD` (default) or a name in the config's `collateral` (cross rows) | no |
+| stop_price | number | > 0, finite (USD), on the safe side of the starting price, isolated rows | no |
+| position_id | text | unique within the file | no |
 
 A row of several positions (`positions` > 1, e.g. a modelled book's cohort) has the tier and
-the maintenance amount of one position of `notional / positions`.
+the maintenance amount of one position of `notional / positions`. A row's margin is
+`notional / leverage` (or `margin_usd`), posted in its `collateral`; an isolated row's is USD.
+A stop price (empty: none) triggers a stop-market order that closes the position when the mark
+crosses it: a long's lies below the asset's starting price, a short's above it (else it would
+trigger at once). An `account_id` is isolated on all its rows or cross on all of them, and
+holds one side per asset (hedge mode is not simulated); cross rows make the accounts
+(`engine.config.accounts`).
 
 A bad file gives one `BookFileError` naming the file, the row (1 = the first data row), the
 column, the value and what is allowed.
@@ -53,7 +62,8 @@ class Positions(NamedTuple):
     asset: index into the scenario's assets. side: +1 long / -1 short. quantity: asset units.
     entry: USD. leverage: notional at entry over margin. cross: margin mode is cross.
     account: account id (empty for isolated). tier: bracket index, -1 to take it by notional.
-    count: positions the row stands for.
+    count: positions the row stands for. collateral: index into the config's `collateral` of
+    the asset the margin is posted in, -1 for USD. stop: stop trigger price (USD), NaN for none.
     """
 
     asset: np.ndarray
@@ -65,6 +75,8 @@ class Positions(NamedTuple):
     account: np.ndarray
     tier: np.ndarray
     count: np.ndarray
+    collateral: np.ndarray
+    stop: np.ndarray
 
 
 def read_table(path: Path) -> pa.Table:
@@ -84,7 +96,7 @@ def read_table(path: Path) -> pa.Table:
     )
 
 
-def _fail(path, table: pa.Table, column: str, bad: np.ndarray, allowed: str):
+def fail_first(path, table: pa.Table, column: str, bad: np.ndarray, allowed: str):
     """Raise for the first row of `bad` (bool `[rows]`) if there is one."""
     if np.any(bad):
         row = int(np.argmax(bad))
@@ -92,18 +104,30 @@ def _fail(path, table: pa.Table, column: str, bad: np.ndarray, allowed: str):
         raise BookFileError(f"{path}: row {row + 1}, column {column} = {value!r}: allowed {allowed}")
 
 
-def _numbers(path, table: pa.Table, column: str) -> np.ndarray:
-    """A column as float64 (NaN where empty); a non-numeric column fails on its first row."""
+def number_column(path, table: pa.Table, column: str) -> np.ndarray:
+    """A column as float64 (NaN where empty); fails on the first row that is not a number."""
     col = table.column(column)
+    if pa.types.is_string(col.type):  # text: numbers written as text, or a value that is not one
+        values = [None if v is None or not v.strip() else v for v in col.to_pylist()]
+        fail_first(path, table, column, np.array([not _is_number(v) for v in values]), "numbers")
+        return np.array([np.nan if v is None else float(v) for v in values])
     if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
-        as_num = pc.cast(col, pa.float64(), safe=False) if pa.types.is_string(col.type) else None
-        if as_num is None:
-            _fail(path, table, column, np.ones(len(table), bool), "numbers")
-        return as_num.to_numpy(zero_copy_only=False)
+        fail_first(path, table, column, np.ones(len(table), bool), "numbers")
     return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
 
 
-def _text(table: pa.Table, column: str, default: str) -> np.ndarray:
+def _is_number(text: str | None) -> bool:
+    """Whether a text cell reads as a number (an empty one, None, does: it is NaN)."""
+    if text is None:
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def text_column(table: pa.Table, column: str, default: str) -> np.ndarray:
     """A column as lower-case text (`default` where absent or empty)."""
     if column not in table.column_names:
         return np.full(len(table), default, object)
@@ -111,8 +135,86 @@ def _text(table: pa.Table, column: str, default: str) -> np.ndarray:
     return np.array([default if v is None or v == "" else str(v).strip() for v in values], object)
 
 
-def validate(table: pa.Table, path, assets: tuple[str, ...], n_tiers: int) -> Positions:
-    """The rows of `table` as `Positions`, or `BookFileError` at the first bad value."""
+def validate(
+    table: pa.Table,
+    path,
+    assets: tuple[str, ...],
+    n_tiers: int,
+    *,
+    prices: tuple[float, ...] | None = None,
+    collateral: tuple[str, ...] = (),
+) -> Positions:
+    """The rows of `table` as `Positions`, or `BookFileError` at the first bad value.
+
+    prices: the assets' starting prices (USD), which a stop price must not have crossed (None:
+    stop prices are only checked to be positive). collateral: the names of the config's
+    `collateral`, in its order (besides `USD`)."""
+    names = _check_columns(path, table)
+    asset_names = text_column(table, "asset", "")
+    lookup = {a: i for i, a in enumerate(assets)}
+    fail_first(path, table, "asset", np.array([a not in lookup for a in asset_names]), ", ".join(assets))
+    side_names = np.char.lower(text_column(table, "side", "").astype(str))
+    fail_first(path, table, "side", ~np.isin(side_names, SIDES), "long, short")
+    side = np.where(side_names == "long", 1.0, -1.0)
+
+    entry = number_column(path, table, "entry_price")
+    fail_first(path, table, "entry_price", ~(np.isfinite(entry) & (entry > 0)), "a finite price > 0 (USD)")
+    size_col = "notional_usd" if "notional_usd" in names else "quantity"
+    size = number_column(path, table, size_col)
+    fail_first(path, table, size_col, ~(np.isfinite(size) & (size > 0)), "a finite number > 0")
+    notional = size if size_col == "notional_usd" else size * entry
+
+    if "leverage" in names:
+        leverage = number_column(path, table, "leverage")
+        ok = np.isfinite(leverage) & (leverage >= 1.0) & (leverage <= MAX_LEVERAGE)
+        fail_first(path, table, "leverage", ~ok, f"1 to {MAX_LEVERAGE:g}")
+    else:
+        margin = number_column(path, table, "margin_usd")
+        ok = np.isfinite(margin) & (margin > 0) & (margin <= notional) & (notional / margin <= MAX_LEVERAGE)
+        fail_first(
+            path, table, "margin_usd", ~ok, f"> 0 and at most the notional, leverage up to {MAX_LEVERAGE:g}"
+        )
+        leverage = notional / margin
+
+    modes = np.char.lower(text_column(table, "margin_mode", "isolated").astype(str))
+    fail_first(path, table, "margin_mode", ~np.isin(modes, MODES), "isolated, cross")
+    cross = modes == "cross"
+    account = text_column(table, "account_id", "")
+    fail_first(path, table, "account_id", cross & (account == ""), "an account id on every cross-margin row")
+    asset = np.array([lookup[a] for a in asset_names], np.int64)
+    _check_accounts(path, table, account, asset, side, cross)
+    account = np.where(cross, account, "")
+
+    tier = np.full(len(table), -1, np.int64)
+    if "tier" in names:
+        t = number_column(path, table, "tier")
+        given = np.isfinite(t)
+        ok = ~given | ((t == np.round(t)) & (t >= 0) & (t < n_tiers))
+        fail_first(path, table, "tier", ~ok, f"an integer from 0 to {n_tiers - 1}, or empty")
+        tier = np.where(given, t, -1).astype(np.int64)
+    count = np.ones(len(table))
+    if "positions" in names:
+        count = number_column(path, table, "positions")
+        fail_first(path, table, "positions", ~(np.isfinite(count) & (count > 0)), "a finite number > 0")
+
+    _check_ids(path, table)
+    return Positions(
+        asset=asset,
+        side=side,
+        quantity=notional / entry,
+        entry=entry,
+        leverage=leverage,
+        cross=cross,
+        account=account,
+        tier=tier,
+        count=count,
+        collateral=_collateral(path, table, cross, collateral),
+        stop=_stops(path, table, cross, asset, side, None if prices is None else dict(zip(assets, prices))),
+    )
+
+
+def _check_columns(path, table: pa.Table) -> set[str]:
+    """The column names of `table`, or `BookFileError` for a missing one or no rows."""
     names = set(table.column_names)
     for column in ("asset", "side", "entry_price"):
         if column not in names:
@@ -122,65 +224,99 @@ def validate(table: pa.Table, path, assets: tuple[str, ...], n_tiers: int) -> Po
             raise BookFileError(f"{path}: give exactly one of the columns {pair[0]} or {pair[1]}")
     if len(table) == 0:
         raise BookFileError(f"{path}: no positions")
-
-    asset_names = _text(table, "asset", "")
-    lookup = {a: i for i, a in enumerate(assets)}
-    _fail(path, table, "asset", np.array([a not in lookup for a in asset_names]), ", ".join(assets))
-    side_names = np.char.lower(_text(table, "side", "").astype(str))
-    _fail(path, table, "side", ~np.isin(side_names, SIDES), "long, short")
-    side = np.where(side_names == "long", 1.0, -1.0)
-
-    entry = _numbers(path, table, "entry_price")
-    _fail(path, table, "entry_price", ~(np.isfinite(entry) & (entry > 0)), "a finite price > 0 (USD)")
-    size_col = "notional_usd" if "notional_usd" in names else "quantity"
-    size = _numbers(path, table, size_col)
-    _fail(path, table, size_col, ~(np.isfinite(size) & (size > 0)), "a finite number > 0")
-    notional = size if size_col == "notional_usd" else size * entry
-
-    if "leverage" in names:
-        leverage = _numbers(path, table, "leverage")
-        ok = np.isfinite(leverage) & (leverage >= 1.0) & (leverage <= MAX_LEVERAGE)
-        _fail(path, table, "leverage", ~ok, f"1 to {MAX_LEVERAGE:g}")
-    else:
-        margin = _numbers(path, table, "margin_usd")
-        ok = np.isfinite(margin) & (margin > 0) & (margin <= notional) & (notional / margin <= MAX_LEVERAGE)
-        _fail(
-            path, table, "margin_usd", ~ok, f"> 0 and at most the notional, leverage up to {MAX_LEVERAGE:g}"
-        )
-        leverage = notional / margin
-
-    modes = np.char.lower(_text(table, "margin_mode", "isolated").astype(str))
-    _fail(path, table, "margin_mode", ~np.isin(modes, MODES), "isolated, cross")
-    cross = modes == "cross"
-    account = _text(table, "account_id", "")
-    _fail(path, table, "account_id", cross & (account == ""), "an account id on every cross-margin row")
-    account = np.where(cross, account, "")
-
-    tier = np.full(len(table), -1, np.int64)
-    if "tier" in names:
-        t = _numbers(path, table, "tier")
-        given = np.isfinite(t)
-        ok = ~given | ((t == np.round(t)) & (t >= 0) & (t < n_tiers))
-        _fail(path, table, "tier", ~ok, f"an integer from 0 to {n_tiers - 1}, or empty")
-        tier = np.where(given, t, -1).astype(np.int64)
-    count = np.ones(len(table))
-    if "positions" in names:
-        count = _numbers(path, table, "positions")
-        _fail(path, table, "positions", ~(np.isfinite(count) & (count > 0)), "a finite number > 0")
-
-    return Positions(
-        asset=np.array([lookup[a] for a in asset_names], np.int64),
-        side=side,
-        quantity=notional / entry,
-        entry=entry,
-        leverage=leverage,
-        cross=cross,
-        account=account,
-        tier=tier,
-        count=count,
-    )
+    return names
 
 
-def load_positions(path, assets: tuple[str, ...], n_tiers: int) -> Positions:
-    """Read and validate a positions file (see the module docstring)."""
-    return validate(read_table(Path(path)), path, assets, n_tiers)
+def codes(values: np.ndarray) -> np.ndarray:
+    """The code `[rows]` int64 of each of `values` (text or numbers): 0, 1, ... in the order of
+    first appearance."""
+    return pa.array(values).dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _refuse_unlike_first(path, table, column: str, labels, group, rows, why: str) -> None:
+    """Refuse the first of `rows` (bool `[rows]`) whose label (`labels` `[rows]`, the value of
+    `column` as read) differs from that of the first row of its `group` (`codes` `[rows]`),
+    naming that row; `why`: the rule."""
+    _, index, inverse = np.unique(group, return_index=True, return_inverse=True)
+    first = index[inverse.reshape(-1)]
+    bad = rows & (labels != labels[first])
+    if np.any(bad):
+        ref = first[int(np.argmax(bad))]
+        fail_first(path, table, column, bad, f"{str(labels[ref])!r}, as on row {ref + 1} of {why}")
+
+
+def _check_accounts(path, table: pa.Table, account, asset, side, cross) -> None:
+    """Refuse an account (`account` ids `[rows]`, "" for none) whose rows mix margin modes
+    (`cross` `[rows]` bool), or that holds both sides (`side` `[rows]` +1/-1) of an asset
+    (`asset` `[rows]` indices)."""
+    held = account != ""
+    if not np.any(held):
+        return
+    who = codes(account)
+    why = "the same account (an account with mixed margin modes is not simulated)"
+    _refuse_unlike_first(path, table, "margin_mode", np.array(MODES)[cross.astype(int)], who, held, why)
+    why = "the same account and asset (hedge mode is not simulated: one side per asset per account)"
+    legs = who * (int(asset.max()) + 1) + asset
+    _refuse_unlike_first(path, table, "side", np.array(SIDES)[(side < 0).astype(int)], legs, held, why)
+
+
+def _check_ids(path, table: pa.Table) -> None:
+    """Refuse a `position_id` given on an earlier row too (empty ids are not compared)."""
+    if "position_id" not in table.column_names:
+        return
+    ids = text_column(table, "position_id", "")
+    given = ids != ""
+    group = codes(ids)
+    first = np.unique(group, return_index=True)[1][group]
+    bad = given & (first != np.arange(len(ids)))
+    if np.any(bad):
+        ref = first[int(np.argmax(bad))]
+        fail_first(path, table, "position_id", bad, f"an id not used before (row {ref + 1} has it)")
+
+
+def _collateral(path, table: pa.Table, cross: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """Index `[rows]` of each row's collateral in `names`, -1 for USD."""
+    held = text_column(table, "collateral", "USD")
+    lookup = {"USD": -1} | {c: i for i, c in enumerate(names)}
+    fail_first(path, table, "collateral", ~np.isin(held, list(lookup)), ", ".join(lookup))
+    why = "USD on isolated rows (other collateral on cross rows)"
+    fail_first(path, table, "collateral", ~cross & (held != "USD"), why)
+    return np.array([lookup[c] for c in held], np.int64)
+
+
+def _stops(path, table, cross, asset, side, prices: dict[str, float] | None) -> np.ndarray:
+    """Stop prices `[rows]` (USD, NaN: none) of the rows (`cross`, `asset`, `side` `[rows]`);
+    `prices`: the assets' starting prices by name, in their order, or None not to check."""
+    if "stop_price" not in table.column_names:
+        return np.full(len(table), np.nan)
+    stop = number_column(path, table, "stop_price")
+    given = ~np.isnan(stop)
+    positive = np.isfinite(stop) & (stop > 0)
+    fail_first(path, table, "stop_price", given & ~positive, "a finite price > 0 (USD), or empty")
+    why = "empty on cross rows (stops on cross positions are not simulated; allowed on isolated rows)"
+    fail_first(path, table, "stop_price", given & cross, why)
+    if prices is not None:
+        names, start = list(prices), np.array(list(prices.values()))[asset]
+        bad = given & (side * (stop - start) >= 0)
+        if np.any(bad):
+            row = int(np.argmax(bad))
+            where = "below" if side[row] > 0 else "above"
+            name, side_name = names[asset[row]], SIDES[int(side[row] < 0)]
+            allowed = (
+                f"{where} {name}'s starting price {start[row]:g} for a {side_name} "
+                "(a stop on the other side of it triggers at once)"
+            )
+            fail_first(path, table, "stop_price", bad, allowed)
+    return stop
+
+
+def load_positions(
+    path,
+    assets: tuple[str, ...],
+    n_tiers: int,
+    *,
+    prices: tuple[float, ...] | None = None,
+    collateral: tuple[str, ...] = (),
+) -> Positions:
+    """Read and validate a positions file (see the module docstring and `validate`)."""
+    return validate(read_table(Path(path)), path, assets, n_tiers, prices=prices, collateral=collateral)

@@ -11,49 +11,15 @@ steps are simulation time steps of `run.dt_minutes` minutes.
 
 from __future__ import annotations
 
-import types
-import typing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+from engine.config.book_schema import Book, Collateral, Depeg
+from engine.config.strict import Finite, Fraction, NonNegFloat, PositiveFloat, Strict
 
-
-def _numbers_only(annotation: Any) -> bool:
-    """Whether a field admits only numbers (`int`, `float`, tuples of them, optionally None)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is Annotated:
-        return _numbers_only(args[0])
-    if origin in (typing.Union, types.UnionType):
-        return all(_numbers_only(a) for a in args if a is not type(None))
-    if origin is tuple:
-        return all(_numbers_only(a) for a in args if a is not Ellipsis)
-    return annotation in (int, float)
-
-
-def _holds_bool(value: Any) -> bool:
-    if isinstance(value, (list, tuple)):
-        return any(_holds_bool(v) for v in value)
-    return isinstance(value, bool)
-
-
-class Strict(BaseModel):
-    """Base model: unknown keys are errors, NaN and infinity are rejected, values are frozen,
-    and numeric fields refuse booleans (Python would read `leverage_cap = true` as 1)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bools_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        if _holds_bool(value) and _numbers_only(cls.model_fields[info.field_name].annotation):
-            raise ValueError("must be a number, not true or false")
-        return value
+__all__ = ["Book", "Collateral", "Config", "Strict"]
 
 
 # -------- Exchange rules -----------------------------------------------------------
@@ -209,68 +175,6 @@ class Market(Strict):
         return np.eye(n) if self.correlation is None else np.asarray(self.correlation, float)
 
 
-# -------- Book of positions --------------------------------------------------------
-
-
-class Book(Strict):
-    """How open interest splits into cohorts: leverage x entry price x position size x side,
-    `2 * len(leverage) * entry_points * len(position_sizes_usd)` per asset (or `positions`)."""
-
-    leverage: tuple[Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)], ...] = (
-        2,
-        3,
-        5,
-        10,
-        20,
-        25,
-        50,
-        75,
-        100,
-        125,
-    )
-    # Share of open interest at each leverage level (normalised); need not sum to one.
-    leverage_weights: tuple[NonNegFloat, ...] = (4, 5, 10, 18, 20, 12, 16, 6, 6, 3)
-    # Entry prices: log(entry / price) ~ Normal(entry_log_mean, entry_log_std), taken at
-    # `entry_points` equal-probability quantiles.
-    entry_log_mean: Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)] = 0.0
-    entry_log_std: Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)] = 0.03
-    entry_points: Annotated[int, Field(ge=1, le=256)] = 5
-    # Surviving positions thin out towards their liquidation price, as the density of a
-    # diffusion does near an absorbing barrier: a cohort's weight is scaled by
-    # min(1, distance / barrier_ramp), distance = |log(price / liquidation price)|.
-    barrier_ramp: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.05
-    # Representative position sizes (USD notional): they decide each cohort's tier.
-    position_sizes_usd: tuple[PositiveFloat, ...] = (5e3, 100e3, 800e3, 5e6)
-    size_weights: tuple[NonNegFloat, ...] = (30, 30, 25, 15)
-    # Positions file (CSV/Parquet, `engine.config.positions`, relative to the config file) that
-    # replaces the fields above and the assets' open interest and long share; `entry_bin`:
-    # log-width of its entry buckets (0: exact groups), `engine.config.book_file`.
-    positions: str | None = None
-    entry_bin: Annotated[float, Field(ge=0, le=0.1, allow_inf_nan=False)] = 0.001
-
-    @model_validator(mode="after")
-    def _check(self) -> Book:
-        if len(self.leverage) == 0:
-            raise ValueError("leverage needs at least one level")
-        if len(self.leverage_weights) != len(self.leverage):
-            raise ValueError(
-                f"leverage_weights has {len(self.leverage_weights)} entries for "
-                f"{len(self.leverage)} leverage levels"
-            )
-        if len(self.size_weights) != len(self.position_sizes_usd) or not self.size_weights:
-            raise ValueError(
-                f"size_weights has {len(self.size_weights)} entries for "
-                f"{len(self.position_sizes_usd)} position sizes"
-            )
-        if sum(self.leverage_weights) <= 0 or sum(self.size_weights) <= 0:
-            raise ValueError("leverage_weights and size_weights must not all be zero")
-        return self
-
-    @property
-    def cohorts_per_asset(self) -> int:
-        return 2 * len(self.leverage) * self.entry_points * len(self.position_sizes_usd)
-
-
 # -------- Scenario: shocks and flows -----------------------------------------------
 
 
@@ -304,6 +208,7 @@ class Scenario(Strict):
     shock_steps: Annotated[int, Field(ge=1)] = 1
     shocks: tuple[Shock, ...] = ()
     flows: tuple[Flow, ...] = ()
+    depegs: tuple[Depeg, ...] = ()
 
     def all_shocks(self) -> tuple[Shock, ...]:
         head = (
@@ -393,6 +298,8 @@ class Config(Strict):
     exchange: Exchange = Exchange()
     scenario: Scenario = Scenario()
     policy: Policy = Policy()
+    # Collateral assets cross-margin accounts may hold, by name (`USD` is cash and needs none).
+    collateral: dict[str, Collateral] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _cross_check(self) -> Config:
@@ -404,6 +311,7 @@ class Config(Strict):
         for i, f in enumerate(self.scenario.flows):
             if f.asset not in names:
                 raise ValueError(f"scenario.flows.{i}.asset: unknown asset {f.asset!r}; assets are {names}")
+        self._check_book_refs(names)
         n = self.run.steps
         for where, start, steps in self._schedule():
             if start + steps > n:
@@ -429,12 +337,30 @@ class Config(Strict):
             )
         return name
 
+    def _check_book_refs(self, names: list[str]) -> None:
+        """Stops, collateral and depegs name assets and collateral that exist."""
+        for i, o in enumerate(self.book.stops):
+            if o.asset not in names:
+                raise ValueError(f"book.stops.{i}.asset: unknown asset {o.asset!r}; assets are {names}")
+        held = list(self.collateral)
+        if "USD" in held:
+            raise ValueError("collateral: 'USD' is cash (a price of 1, no haircut) and needs no entry")
+        for name, c in self.collateral.items():
+            if c.tracks is not None and c.tracks not in names:
+                raise ValueError(f"collateral.{name}.tracks: unknown asset {c.tracks!r}; assets are {names}")
+        for i, d in enumerate(self.scenario.depegs):
+            if d.collateral not in held:
+                raise ValueError(
+                    f"scenario.depegs.{i}.collateral: unknown collateral {d.collateral!r}; collateral is {held}"
+                )
+
     def _schedule(self) -> list[tuple[str, int, int]]:
         """(field, first step, steps) of every scheduled shock and flow."""
         sc = self.scenario
         out = [("scenario.shock_start", sc.shock_start, sc.shock_steps)] if sc.shock != 0 else []
         out += [(f"scenario.shocks.{i}.start_step", s.start_step, s.steps) for i, s in enumerate(sc.shocks)]
         out += [(f"scenario.flows.{i}.start_step", f.start_step, f.steps) for i, f in enumerate(sc.flows)]
+        out += [(f"scenario.depegs.{i}.start_step", d.start_step, d.steps) for i, d in enumerate(sc.depegs)]
         return out
 
     @property

@@ -6,6 +6,14 @@ long share; leverage is drawn from `book.leverage` with `book.leverage_weights`,
 `price * exp(Normal(book.entry_log_mean, book.entry_log_std))`, and the notional from a
 log-normal (median `MEDIAN_USD`, log-sd `SIZE_LOG_SD`: many small positions and a heavy tail
 of large ones), scaled so that each side sums to its share of the open interest exactly.
+
+Optionally a share of the positions are cross margin (`cross_share`), spread at random over
+`accounts` accounts; an account holds one side per asset (drawn with the asset's long share),
+and a `collateral_share` of the accounts post their margin in one of the config's `collateral`
+assets (at random) instead of USD. A `stop_share` of the isolated positions carry a stop price
+a few percent beyond entry toward liquidation (`STOP_DISTANCE`, at most half the way to the
+bankruptcy price), measured from the entry or the starting price, whichever is nearer the
+liquidation, so that it lies on the safe side of the starting price.
 """
 
 from __future__ import annotations
@@ -23,12 +31,32 @@ from engine.config.schema import Config
 
 MEDIAN_USD = 10_000.0
 SIZE_LOG_SD = 1.8
+# Range of a stop's distance beyond its reference price (fraction), before the half-way cap.
+STOP_DISTANCE = (0.01, 0.05)
+STOP_DIGITS = 4
 
 
-def make_positions(cfg: Config, n: int, seed: int = 0) -> pa.Table:
-    """n isolated-margin positions (a table in the positions schema) for `cfg`'s assets."""
+def make_positions(
+    cfg: Config,
+    n: int,
+    seed: int = 0,
+    *,
+    cross_share: float = 0.0,
+    accounts: int = 0,
+    collateral_share: float = 0.5,
+    stop_share: float = 0.0,
+) -> pa.Table:
+    """n positions (a table in the positions schema) for `cfg`'s assets: isolated margin, a
+    `cross_share` of them cross over `accounts` accounts, a `stop_share` of the isolated ones
+    with a stop price (see the module docstring)."""
     if n < 2 * len(cfg.market.assets):
         raise ConfigError(f"--positions {n}: allowed at least 2 per asset ({2 * len(cfg.market.assets)})")
+    for option, share in (("--cross-share", cross_share), ("--collateral-share", collateral_share),
+                          ("--stop-share", stop_share)):  # fmt: skip
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"{option} {share:g}: allowed 0 to 1")
+    if cross_share > 0 and accounts < 1:
+        raise ConfigError(f"--accounts {accounts}: allowed at least 1 when --cross-share is above 0")
     rng = np.random.default_rng(seed)
     book, assets = cfg.book, list(cfg.market.assets.values())
     names = np.array(list(cfg.market.assets))
@@ -43,12 +71,20 @@ def make_positions(cfg: Config, n: int, seed: int = 0) -> pa.Table:
     price = np.array([a.price for a in assets])[asset]
     entry = price * np.exp(rng.normal(book.entry_log_mean, book.entry_log_std, n))
     notional = rng.lognormal(np.log(MEDIAN_USD), SIZE_LOG_SD, n)
+    extra = {}
+    if cross_share > 0:  # before the sides' sums: an account's side of an asset is its own
+        extra = _cross(rng, cfg, asset, side, cross_share, accounts, collateral_share)
+    cross = extra.get("margin_mode", np.full(n, "isolated")) == "cross"
+    if stop_share > 0:
+        chosen = ~cross & (rng.random(n) < stop_share)
+        extra["stop_price"] = _stop_prices(rng, chosen, side, entry, price, leverage)
     for a, spec in enumerate(assets):
         for s, share in ((1.0, spec.long_share), (-1.0, 1.0 - spec.long_share)):
             m = (asset == a) & (side == s)
             notional[m] *= spec.open_interest_usd * share / notional[m].sum()
     return pa.table(
         {
+            "position_id": np.arange(n),
             "asset": names[asset],
             "side": np.where(side > 0, "long", "short"),
             "notional_usd": notional,
@@ -56,7 +92,45 @@ def make_positions(cfg: Config, n: int, seed: int = 0) -> pa.Table:
             "leverage": leverage,
             "margin_mode": np.full(n, "isolated"),
         }
+        | extra
     )
+
+
+def _cross(rng, cfg: Config, asset, side, share: float, accounts: int, collateral_share: float) -> dict:
+    """The columns of cross margin, `[positions]` each (`margin_mode`, `account_id`,
+    `collateral`), for a `share` of the positions (`asset`, `side` `[positions]`; the side of
+    a cross position is set to its account's side of the asset, in place); the first two
+    positions of each asset stay isolated."""
+    n, n_assets = len(asset), len(cfg.market.assets)
+    cross = rng.random(n) < share
+    cross[: 2 * n_assets] = False
+    owner = rng.integers(0, accounts, n)
+    long_share = np.array([a.long_share for a in cfg.market.assets.values()])
+    account_side = np.where(rng.random((accounts, n_assets)) < long_share, 1.0, -1.0)
+    side[cross] = account_side[owner[cross], asset[cross]]
+    names = np.array(["USD", *cfg.collateral])
+    posted = np.zeros(accounts, np.int64)  # index into names: 0 is USD
+    if len(names) > 1:
+        posted = np.where(rng.random(accounts) < collateral_share, rng.integers(1, len(names), accounts), 0)
+    ids = np.char.add("acct-", owner.astype(str))
+    return {
+        "margin_mode": np.where(cross, "cross", "isolated"),
+        "account_id": pa.array(ids, mask=~cross),
+        "collateral": np.where(cross, names[posted[owner]], "USD"),
+    }
+
+
+def _stop_prices(rng, chosen, side, entry, price, leverage) -> pa.Array:
+    """Stop prices (USD; null where not `chosen`) of positions (`side`, `entry`, starting
+    `price`, `leverage` `[positions]`): `STOP_DISTANCE` beyond the nearer of entry and the
+    starting price toward liquidation, at most half the way to bankruptcy (`1 / leverage`),
+    rounded away from the price to `STOP_DIGITS` significant digits as traders' stops are (so
+    that positions share stops and cohorts)."""
+    distance = np.minimum(rng.uniform(*STOP_DISTANCE, len(side)), 0.5 / leverage)
+    from_ = np.where(side > 0, np.minimum(entry, price), np.maximum(entry, price))
+    stop = from_ * (1.0 - side * distance)
+    step = 10.0 ** (np.floor(np.log10(stop)) + 1 - STOP_DIGITS)
+    return pa.array(np.where(side > 0, np.floor(stop / step), np.ceil(stop / step)) * step, mask=~chosen)
 
 
 def write_positions(table: pa.Table, path: Path) -> None:

@@ -47,8 +47,8 @@ from engine.fit.common import (
     to_values,
 )
 from engine.model import params as P
-from engine.model.cascade import by_side, side_matrix
 from engine.model.kernel import word64
+from engine.model.sides import by_side, side_matrix
 from engine.sim.simulate import precision
 
 # Free parameters: dotted config paths (per asset, or shared by all assets with no asset

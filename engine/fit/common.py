@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from pydantic import BaseModel, ValidationError
 
+from engine.config import build
 from engine.config.errors import ConfigError, describe
 from engine.config.files import merge_tables, read_config_dict, read_toml, resolve_config_path
 from engine.config.schema import Config
@@ -61,9 +62,28 @@ def load_fit_config(path: str | Path, model: type[Model]) -> tuple[Model, Path]:
 
 
 def sized(scenario: Config, n_paths: int, steps: int | None) -> Config:
-    """The scenario with `n_paths` paths and, if given, `steps` steps (validated again)."""
+    """The scenario with `n_paths` paths and, if given, `steps` steps (validated again), or a
+    ConfigError if the relaxed kernel cannot run it (`relaxable`)."""
     run = scenario.run.model_copy(update={"n_paths": n_paths, **({"steps": steps} if steps else {})})
-    return Config.model_validate(scenario.model_copy(update={"run": run}).model_dump())
+    return relaxable(Config.model_validate(scenario.model_copy(update={"run": run}).model_dump()))
+
+
+def relaxable(cfg: Config) -> Config:
+    """`cfg`, or a ConfigError naming the field that gives it what the relaxed kernel does not
+    simulate: cross-margin accounts, collateral, stop orders (an isolated book without stops)."""
+    why = "calibration and optimisation run the relaxed kernel, which takes isolated books without stops"
+    if cfg.book.stops:
+        raise ConfigError(f"book.stops: {why}; allowed: none (got {len(cfg.book.stops)} stop orders)")
+    if cfg.collateral:
+        raise ConfigError(f"collateral: {why} or collateral; allowed: none (got {', '.join(cfg.collateral)})")
+    static = build.static_of(cfg) if cfg.book.positions else None
+    if static and (static.n_accounts or static.stops):
+        what = "cross-margin rows" if static.n_accounts else "stop prices"
+        raise ConfigError(
+            f"book.positions = {cfg.book.positions!r}: {why}; the file has {what}; allowed: isolated rows "
+            "without stop_price"
+        )
+    return cfg
 
 
 def relaxed_static(static: P.Static) -> P.Static:

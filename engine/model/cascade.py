@@ -37,9 +37,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from engine.model import accounts as A
+from engine.model import tally as T
 from engine.model.impact import impact
 from engine.model.margin import liquidation_price
 from engine.model.params import BookParams, MarketParams, PolicyParams
+from engine.model.sides import by_side, side_matrix, side_sums
 
 
 class Cascade(NamedTuple):
@@ -50,7 +53,12 @@ class Cascade(NamedTuple):
     shortfall: `[assets, 2]` USD. trader_loss, counterparty, fund_inflow: `[]` USD.
     backstop_left: `[]` USD; backstop_qty: `[assets]` units; backstop_cash: `[]` USD.
     rounds: `[]` rounds with a liquidation. residual: `[]` USD notional still crossing when
-    the rounds ran out (it carries to the next step).
+    the rounds ran out (it carries to the next step). tally: `engine.model.tally.Tally` of the
+    step (None in the ladder form, which tallies a path at its end). accounts: `[accounts,
+    assets]` leg units after liquidations, or None without accounts; pending: the accounts hit
+    so far during the rounds (`engine.model.accounts.Pending`), settled after the last.
+    liquidated_units: `[assets, cohorts]` units liquidated in the step, in the whole-position
+    form, which leaves its tally to the path's end (`engine.model.outputs.extract`); else None.
     """
 
     quantity: jnp.ndarray
@@ -66,28 +74,10 @@ class Cascade(NamedTuple):
     backstop_cash: jnp.ndarray
     rounds: jnp.ndarray
     residual: jnp.ndarray
-
-
-def side_matrix(side: jnp.ndarray) -> jnp.ndarray:
-    """Indicator `[cohorts, 2]` (long, short) of `side` `[assets, cohorts]`, for `by_side`.
-    Every asset's book has the same cohort layout (`engine.config.book`), so the first row serves."""
-    return jnp.stack([side[0] > 0, side[0] < 0], -1).astype(side.dtype)
-
-
-def by_side(x: jnp.ndarray, matrix: jnp.ndarray) -> jnp.ndarray:
-    """Sum `[..., cohorts]` into `[..., 2]` (long, short); matrix: `side_matrix(side)`.
-
-    One matrix product over the cohort axis: under `vmap` a plain `[paths * assets, cohorts]`
-    by `[cohorts, 2]` product with no transposes, on CPU several times cheaper than masked
-    reductions (XLA materialises the masked array before reducing). Full float32 precision
-    (GPUs would otherwise use TF32 products, about 10 mantissa bits).
-    """
-    return jnp.matmul(x, matrix, precision=jax.lax.Precision.HIGHEST)
-
-
-def side_sums(matrix: jnp.ndarray, *parts: jnp.ndarray) -> list[jnp.ndarray]:
-    """`by_side` of each of `parts` (`[assets, cohorts]` each), as one product: `[assets, 2]` each."""
-    return jnp.unstack(by_side(jnp.stack(parts, -2), matrix), axis=-2)
+    tally: T.Tally | None = None
+    accounts: jnp.ndarray | None = None
+    pending: A.Pending | None = None
+    liquidated_units: jnp.ndarray | None = None
 
 
 class Shares(NamedTuple):
@@ -130,6 +120,13 @@ class _Step(NamedTuple):
     lo: jnp.ndarray
     hi: jnp.ndarray
     sigma: jnp.ndarray
+    # for the tally: the cohorts' leverage buckets `[assets, cohorts, buckets]` and positions
+    # per unit held at t0 `[assets, cohorts]`; the accounts (`engine.model.accounts`) or None
+    buckets: jnp.ndarray
+    per_unit: jnp.ndarray
+    acc: A.AccountStep | None = None
+    lines: A.Lines | None = None
+    legs: jnp.ndarray | None = None  # [accounts, assets] units, fixed within the step's rounds
 
     def mark(self, flow):
         """Log mark `[assets]` after cumulative flow `flow` (USD)."""
@@ -148,6 +145,16 @@ def backstop_share(orders, backstop_left):
     return absorbed, phi
 
 
+def _stopped(st: _Step, q, dq, p_r) -> jnp.ndarray:
+    """Units `[assets, cohorts]` closed by their stop order this round: cohorts alive, not
+    liquidating, whose stop price `p_r` `[assets, 1]` (USD) reached."""
+    if st.book.stop is None:
+        return jnp.zeros_like(q)
+    s = st.book.side
+    hit = (st.active[:, None] > 0) & (q > 0) & (dq == 0) & (s * (p_r - st.book.stop) <= 0)
+    return jnp.where(hit, q, 0.0)
+
+
 def _round(st: _Step, shares, c: Cascade) -> Cascade:
     """One round: who is hit at this round's price, their orders and fills, and the accounting."""
     s, e, a = st.book.side, st.book.entry, st.book.maint_amount
@@ -156,8 +163,12 @@ def _round(st: _Step, shares, c: Cascade) -> Cascade:
     p_r = st.price(c.flow)
     p_liq = liquidation_price(s, b, st.mmr, a)
     w_full, w_part, f, dq = shares(s, q, b, p_r, p_liq, st.active, mp, pol)
+    ds = _stopped(st, q, dq, p_r)
 
-    units = by_side(dq, st.sides)  # [assets, 2]
+    units = by_side(dq + ds, st.sides)  # [assets, 2]
+    if st.acc is not None:
+        new, caused, acc_units, coll = A.hits(st.acc, st.lines, st.legs, c.pending, p_r[:, 0])
+        units = units + acc_units
     orders = p_r[:, 0] * (units[:, 0] - units[:, 1])
     absorbed, phi = backstop_share(orders, c.backstop_left)
     flow = c.flow + (1.0 - phi) * orders
@@ -174,12 +185,27 @@ def _round(st: _Step, shares, c: Cascade) -> Cascade:
     inflow = w_full * jnp.maximum(equity, 0.0) + w_part * fee
     short = w_full * jnp.maximum(-equity, 0.0)
 
-    q_new = q - dq
+    q_new = q - dq - ds
     b_partial = fill - s * (equity - fee) / jnp.where(q_new > 0, q_new, 1.0)
     # the backstop's units and cash: sum of s dq and of s dq p_r (1 - s d)
     net = units[:, 0] - units[:, 1]
     paid = jnp.sum(p_r[:, 0] * (net - pol.backstop_discount * (units[:, 0] + units[:, 1])))
-    liquidated, shortfall, lost, gained, paid_in = side_sums(st.sides, dq * fill, short, loss, gain, inflow)
+    liquidated, shortfall, lost, gained, paid_in, stops = side_sums(
+        st.sides, dq * fill, short, loss, gain, inflow, ds * fill
+    )
+    t = T.cohorts(
+        st.book.entry,
+        st.buckets,
+        st.per_unit,
+        c.tally._replace(stop_notional=c.tally.stop_notional + stops),
+        dq,
+        loss,
+    )
+    pend = c.pending
+    if st.acc is not None:
+        sides = jnp.array([1.0, -1.0], p_r.dtype)
+        acc_fill = phi * p_r * (1.0 - sides * pol.backstop_discount) + (1.0 - phi) * p_next  # [assets, 2]
+        pend = A.record(pend, c.rounds, new, caused, acc_fill, coll)
     return Cascade(
         quantity=q_new,
         bankrupt=jnp.where(w_part > 0, b_partial, b),
@@ -192,12 +218,14 @@ def _round(st: _Step, shares, c: Cascade) -> Cascade:
         backstop_left=c.backstop_left - absorbed,
         backstop_qty=c.backstop_qty + phi * net,
         backstop_cash=c.backstop_cash - phi * paid,
-        rounds=c.rounds + (jnp.sum(liquidated) > 0).astype(c.rounds.dtype),
+        rounds=c.rounds + (jnp.sum(units) > 0).astype(c.rounds.dtype),
         residual=c.residual,
+        tally=t,
+        pending=pend,
     )
 
 
-def _start(quantity, bankrupt, flow0, backstop_left) -> Cascade:
+def _start(quantity, bankrupt, flow0, backstop_left, pending=None) -> Cascade:
     """The cascade before its first round."""
     zero = jnp.zeros((), flow0.dtype)
     return Cascade(
@@ -214,6 +242,8 @@ def _start(quantity, bankrupt, flow0, backstop_left) -> Cascade:
         backstop_cash=zero,
         rounds=jnp.zeros((), jnp.int32),
         residual=zero,
+        tally=T.zero(flow0.shape[0], flow0.dtype),
+        pending=pending,
     )
 
 
@@ -251,6 +281,7 @@ def run_cascade(
     rounds: int,
     early_exit: bool = True,
     shares=exact_shares,
+    accounts: tuple | None = None,
 ) -> Cascade:
     """Run `rounds` cascade rounds for one path.
 
@@ -263,9 +294,18 @@ def run_cascade(
     where reverse-mode gradients are needed).
     shares: who a round liquidates, `exact_shares` or the relaxed kernel's ramp
     (`engine.model.relaxed.liquidation_shares`), called as `exact_shares` is.
+    accounts: None, or (`engine.model.accounts.AccountStep`, leg units `[accounts, assets]`).
     """
-    st = _Step(book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma)
-    start = _start(quantity, bankrupt, flow0, backstop_left)
+    acc, acc_q = accounts if accounts is not None else (None, None)
+    tallied = T.cohort_inputs(book, pol)
+    ln = None if acc is None else A.lines(acc, acc_q, active)
+    st = _Step(
+        book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma, *tallied, acc, ln, acc_q
+    )
+    # the legs stay out of the rounds' carry (they change only when the rounds are settled)
+    start = _start(
+        quantity, bankrupt, flow0, backstop_left, None if acc is None else A.pending(acc_q, rounds)
+    )
     one_round = lambda c: _round(st, shares, c)
     if early_exit:
         end = until_quiet(one_round, start, lambda c: c.rounds, rounds)
@@ -278,7 +318,26 @@ def run_cascade(
         & (end.quantity > 0)
         & (s * (p_end - liquidation_price(s, end.bankrupt, mmr, book.maint_amount)) <= 0)
     )
-    return end._replace(residual=jnp.sum(jnp.where(left, end.quantity * p_end, 0.0)))
+    end = end._replace(residual=jnp.sum(jnp.where(left, end.quantity * p_end, 0.0)))
+    return end if acc is None else _settle_accounts(acc, ln, acc_q, end, p_end[:, 0])
+
+
+def _settle_accounts(acc: A.AccountStep, ln: A.Lines, legs, end: Cascade, p_end) -> Cascade:
+    """`end` with the accounts hit in its rounds settled, and those still under water at the
+    last marks `p_end` `[assets]` (USD) in the residual."""
+    r = A.settle(acc, legs, end.pending, end.tally)
+    left = ln.live & ~end.pending.hit & (A.excess(acc, ln, legs, p_end) <= 0)
+    return end._replace(
+        accounts=r.quantity,
+        liquidated=end.liquidated + r.liquidated,
+        shortfall=end.shortfall + r.shortfall,
+        trader_loss=end.trader_loss + r.trader_loss,
+        counterparty=end.counterparty + r.counterparty,
+        fund_inflow=end.fund_inflow + r.fund_inflow,
+        tally=r.tally,
+        residual=end.residual + jnp.sum(jnp.where(left[:, None], legs * p_end, 0.0)),
+        pending=None,
+    )
 
 
 class _Hits(NamedTuple):
@@ -323,11 +382,12 @@ def _whole_accounts(st: _Step, quantity, bankrupt, p_liq, alive, end: _Hits) -> 
     equity = s * dq * (fill - b)
     p_end = st.price(end.flow)
     left = alive & ~hit & (s * (p_end - p_liq) <= 0)
+    margin = s * dq * (e - b)  # the trader loses the margin
     liquidated, shortfall, lost, gained, paid_in = side_sums(
         st.sides,
         dq * fill,
         jnp.maximum(-equity, 0.0),
-        s * dq * (e - b),  # the trader loses the margin
+        margin,
         s * dq * (e - fill),
         jnp.maximum(equity, 0.0),
     )
@@ -345,6 +405,7 @@ def _whole_accounts(st: _Step, quantity, bankrupt, p_liq, alive, end: _Hits) -> 
         backstop_cash=end.backstop_cash,
         rounds=end.busy,
         residual=jnp.sum(jnp.where(left, q * p_end, 0.0)),
+        liquidated_units=dq,
     )
 
 
@@ -371,7 +432,9 @@ def run_cascade_whole(
     comparison, one per-side sum and one select over the cohorts; the accounting runs once
     after the rounds.
     """
-    st = _Step(book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma)
+    st = _Step(
+        book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma, *T.cohort_inputs(book, pol)
+    )
     p_liq = liquidation_price(book.side, bankrupt, mmr, book.maint_amount)
     alive = (active[:, None] > 0) & (quantity > 0)
     start = _Hits(

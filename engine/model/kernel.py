@@ -46,12 +46,14 @@ def market_step(
     """
     pol = params.policy
     m = stages.move_market(state, draws, t, shock, params, static)
+    state = state._replace(gap=m.gap)
     lo, hi = policies.mark_limits(state.x_mark, m.x_ref, m.halted, pol)
     flow0 = jnp.where(m.halted, 0.0, flow + state.queue)
     queue = jnp.where(m.halted, state.queue + flow, 0.0)
     open_ = ~m.halted
     args = stages.cascade_args(state, m, flow0, lo, hi, open_, params, static)
-    c = run_cascade_whole(*args) if static.whole_only else run_cascade(*args)
+    accounts = stages.account_args(state, m, params)
+    c = run_cascade_whole(*args) if static.whole_only else run_cascade(*args, accounts=accounts)
     mk = stages.move_mark(m, c, open_, lo, hi, params)
     halt_left = stages.count_halt(state, policies.halt_triggered(mk.target, m.x_ref, m.halted, pol), params)
     f = pay_from_fund(state.fund, c.fund_inflow, c.shortfall)
@@ -183,7 +185,13 @@ def step_draws(keys: jax.Array, t, params: Params, static: Static, nudge=0.0) ->
     about `nudge` ulps (the tipping-point probe, `engine.sim.tipping`); 0 leaves them as drawn.
     """
     dtype = params.market.price0.dtype
-    one = lambda k: market.draw(k, static.n_assets, params.market.tail_dof, dtype, static.dof_max)
+
+    def one(k):
+        d = market.draw(k, static.n_assets, params.market.tail_dof, dtype, static.dof_max)
+        if static.n_collateral:
+            d = d._replace(u_depeg=market.depeg_draws(k, static.n_collateral, dtype))
+        return d
+
     draws = jax.vmap(one)(step_keys(keys, t))
     scale = 1 + jnp.asarray(nudge, dtype) * jnp.finfo(dtype).eps
     return jax.tree_util.tree_map(lambda x: x * scale, draws)

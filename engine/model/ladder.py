@@ -63,7 +63,8 @@ class Ladder(NamedTuple):
     quantity after the leverage cap, bankruptcy price, entry; units and USD), for windows. cum:
     `[assets, cohorts + 1, 6]` prefix sums of (q, q b, q e), high then low parts (units, USD). start, end: `[assets, groups]` int32 first and one-past-last position of each group.
     side: `[assets, groups]` +1/-1. mmr: `[assets, groups]` base rate. a_lo, a_hi: `[assets,
-    groups]` least and largest maintenance amount per unit (USD).
+    groups]` least and largest maintenance amount per unit (USD). order: `[assets, cohorts]`
+    int32, the cohort at each ladder position.
     """
 
     u: jnp.ndarray
@@ -78,6 +79,7 @@ class Ladder(NamedTuple):
     mmr: jnp.ndarray
     a_lo: jnp.ndarray
     a_hi: jnp.ndarray
+    order: jnp.ndarray
 
 
 def layout(side: np.ndarray, mmr: np.ndarray) -> tuple[int, int]:
@@ -148,6 +150,7 @@ def _one_asset(side, mmr, maint, entry, q, b, static: Static):
         mmr=jnp.concatenate([rates, rates]),
         a_lo=jnp.where(empty, 0.0, a_lo),
         a_hi=jnp.where(empty, 0.0, a_hi),
+        order=order.astype(jnp.int32),
     )
 
 
@@ -293,3 +296,11 @@ def shortfall(lad: Ladder, i0, i1, at0: tuple, fill) -> tuple[jnp.ndarray, jnp.n
     sure = between(cum_at(lad, c1), at0)
     rest, over = band(lad, c1, i1, fill)
     return s * (sure[..., 1] - fill * sure[..., 0]) + rest, over | unsure
+
+
+def liquidated(lad: Ladder, level: jnp.ndarray) -> jnp.ndarray:
+    """Cohorts liquidated at `level` `[assets, groups]`, in the book's order: `[assets,
+    cohorts]` bool (each group's positions from its start up to its level)."""
+    pos = jnp.arange(lad.u.shape[-1])[None, :, None]
+    done = jnp.any((pos >= lad.start[:, None, :]) & (pos < level[:, None, :]), -1)
+    return jax.vmap(lambda d, o: jnp.zeros_like(d).at[o].set(d))(done, lad.order)

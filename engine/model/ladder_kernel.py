@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from engine.model import ladder as L
 from engine.model import market, outputs, policies, stages
+from engine.model import tally as T
 from engine.model.cascade import Cascade, backstop_share, until_quiet
 from engine.model.impact import impact
 from engine.model.params import Params, Static
@@ -265,6 +266,7 @@ def init_state(params: Params, static: Static) -> SimState:
     return state._replace(
         quantity=None,
         bankrupt=None,
+        liquidated_units=None,
         level=params.ladder.start,
         fallback=jnp.asarray(FALLBACK_NEVER, jnp.int32),
     )
@@ -385,6 +387,17 @@ def adl_step(state: SimState, params: Params) -> SimState:
     )
 
 
+def _tally(state: SimState, params: Params) -> T.Tally:
+    """The path's tally (`engine.model.tally`) from its final levels: the ladder liquidates
+    cohorts whole, each at most once, so the liquidated cohorts say it all."""
+    book, pol = params.book, params.policy
+    q0, b0 = policies.cap_leverage(book, pol)
+    dq = jnp.where(L.liquidated(params.ladder, state.level), q0, 0.0)
+    margin = book.side * dq * (book.entry - b0)
+    t = state.totals.tally
+    return T.cohorts(book.entry, *T.cohort_inputs(book, pol), t, dq, margin)
+
+
 def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.ndarray]:
     """Per-path outputs of a final ladder state (`engine.model.outputs`), and `fallback_step`
     `[]` int32 (`FALLBACK_NEVER` if the ladder computed the path exactly)."""
@@ -395,6 +408,7 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     open_units = L.between(L.cum_at(lad, lad.end), at)[..., 0]
     reach, unsure = L.crossed(lad, fair, mmr, state.level)
     deferred = L.between(L.cum_at(lad, reach), at)[..., 0]
+    state = state._replace(totals=state.totals._replace(tally=_tally(state, params)))
     out = outputs.assemble(state, params, jnp.sum(open_units, -1), jnp.sum(fair * jnp.sum(deferred, -1)))
     # a search that could not finish (`ladder.find`) hands the last step to the dense kernel
     last = jnp.where(jnp.any(unsure), static.steps - 1, FALLBACK_NEVER)

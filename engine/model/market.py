@@ -38,12 +38,25 @@ MAX_VARIANCE_MULT = 400.0
 
 class Draws(NamedTuple):
     """Random numbers of one path-step. z, z_jump: `[assets]` N(0,1); chi2: `[]` chi-square
-    with `tail_dof` degrees of freedom (unused when Gaussian); u_jump: `[]` U(0,1)."""
+    with `tail_dof` degrees of freedom (unused when Gaussian); u_jump: `[]` U(0,1); u_depeg:
+    `[collateral]` U(0,1) for random depegs (`engine.model.collateral`), None without
+    collateral."""
 
     z: jnp.ndarray
     chi2: jnp.ndarray
     u_jump: jnp.ndarray
     z_jump: jnp.ndarray
+    u_depeg: jnp.ndarray | None = None
+
+
+# The depeg uniforms come from their own stream of the step's key, so that a book with
+# collateral draws the same market numbers as one without.
+DEPEG_STREAM = 0x64657067  # "depg"
+
+
+def depeg_draws(key: jax.Array, n_collateral: int, dtype=jnp.float32) -> jnp.ndarray:
+    """U(0,1) `[n_collateral]` of one path-step for the collateral's random depegs."""
+    return jax.random.uniform(jax.random.fold_in(key, DEPEG_STREAM), (n_collateral,), dtype)
 
 
 def draw(key: jax.Array, n_assets: int, tail_dof: jnp.ndarray, dtype=jnp.float32, dof_max: int = 0) -> Draws:

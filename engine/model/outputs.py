@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
+from engine.model import accounts, tally
 from engine.model import bins as B
 from engine.model.margin import liquidation_price
 from engine.model.params import JUMP_MAX, Params, Static
@@ -100,6 +101,69 @@ OUTPUTS: tuple[Output, ...] = (
         "1 - final open interest (USD) / initial (after the leverage cap)",
         lambda s: B.ratio(),
     ),
+    Output(
+        "stop_notional",
+        ("asset", "side"),
+        "USD",
+        "stop orders triggered, notional at fill",
+        lambda s: B.usd(),
+    ),
+    Output(
+        "positions_liquidated",
+        ("asset",),
+        "1",
+        "positions liquidated (cross legs included; in part: by the share of units)",
+        lambda s: B.usd(),
+    ),
+    Output("accounts_liquidated", (), "1", "cross-margin accounts liquidated", lambda s: B.usd()),
+    Output(
+        "accounts_liquidated_by_asset",
+        ("asset",),
+        "1",
+        "cross-margin accounts liquidated with a leg in the asset",
+        lambda s: B.usd(),
+    ),
+    Output(
+        "liquidated_entry_by_leverage",
+        ("leverage",),
+        "USD",
+        "notional liquidated at entry price, by leverage at t0 (account leverage for cross)",
+        lambda s: B.usd(),
+    ),
+    Output(
+        "trader_loss_by_leverage", ("leverage",), "USD", "trader loss by leverage at t0", lambda s: B.usd()
+    ),
+    Output(
+        "liquidated_entry_by_mode",
+        ("margin_mode",),
+        "USD",
+        "notional liquidated at entry price, by margin mode",
+        lambda s: B.usd(),
+    ),
+    Output("trader_loss_by_mode", ("margin_mode",), "USD", "trader loss by margin mode", lambda s: B.usd()),
+    Output(
+        "largest_account_loss",
+        (),
+        "USD",
+        "largest loss of one liquidated account (an isolated position counts as one)",
+        lambda s: B.usd(),
+        True,
+    ),
+    Output(
+        "collateral_liquidated",
+        (),
+        "USD",
+        "notional at fill of accounts that collateral at par would not have liquidated",
+        lambda s: B.usd(),
+        True,
+    ),
+    Output(
+        "collateral_markdown",
+        (),
+        "USD",
+        "fall in margin value of liquidated accounts' collateral since t0",
+        lambda s: B.usd(),
+    ),
 )
 # Per-point counts of paths where a static limit of the kernel bit (cube variables, int32).
 DIAGNOSTICS = {
@@ -116,9 +180,29 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     mmr = maintenance_rate(book.mmr, jnp.sqrt(state.variance), mp.sigma0, params.policy)
     p_liq = liquidation_price(book.side, state.bankrupt, mmr, book.maint_amount)
     deferred = (state.quantity > 0) & (book.side * (fair - p_liq) <= 0)
-    return assemble(
-        state, params, jnp.sum(state.quantity, -1), jnp.sum(jnp.where(deferred, state.quantity * fair, 0.0))
-    )
+    if state.liquidated_units is not None:  # the whole-position form tallies at the end
+        state = state._replace(totals=state.totals._replace(tally=whole_tally(state, params)))
+    units = jnp.sum(state.quantity, -1)
+    late = jnp.sum(jnp.where(deferred, state.quantity * fair, 0.0))
+    if params.accounts is not None:
+        sigma = jnp.sqrt(state.variance)
+        st = accounts.prepare(
+            params.accounts, params.collateral, state.gap, params.policy, sigma, mp.sigma0, mp.price0
+        )
+        under = accounts.under_water(st, state.accounts, fair[:, 0], jnp.ones_like(units))
+        units = units + jnp.sum(state.accounts, 0)
+        late = late + jnp.sum(jnp.where(under[:, None], state.accounts * fair[:, 0], 0.0))
+    return assemble(state, params, units, late)
+
+
+def whole_tally(state: SimState, params: Params) -> tally.Tally:
+    """The path's tally of the dense whole-position form from its units liquidated per cohort:
+    each liquidation there loses the cohort's margin `s q (e - b)` at the bankruptcy price in
+    force (which that form never moves)."""
+    book, dq = params.book, state.liquidated_units
+    margin = book.side * dq * (book.entry - state.bankrupt)
+    inputs = tally.cohort_inputs(book, params.policy)
+    return tally.cohorts(book.entry, *inputs, state.totals.tally, dq, margin)
 
 
 def assemble(state: SimState, params: Params, units, deferred) -> dict[str, jnp.ndarray]:
@@ -127,8 +211,12 @@ def assemble(state: SimState, params: Params, units, deferred) -> dict[str, jnp.
     t, mp, book = state.totals, params.market, params.book
     price = mp.price0 * jnp.exp(state.x_mark)
     # against the book after the leverage cap, so the cut made at t0 is not a "decline"
-    oi0 = jnp.sum(cap_leverage(book, params.policy)[0], -1) * mp.price0
+    units0 = jnp.sum(cap_leverage(book, params.policy)[0], -1)
+    if params.accounts is not None:
+        units0 = units0 + jnp.sum(accounts.capped(params.accounts, params.policy)[0], 0)
+    oi0 = units0 * mp.price0
     oi = units * price
+    k = t.tally
     return {
         "liquidated_notional": t.liquidated,
         "liquidated_total": jnp.sum(t.liquidated),
@@ -147,6 +235,17 @@ def assemble(state: SimState, params: Params, units, deferred) -> dict[str, jnp.
         "residual_notional": t.max_residual,
         "deferred_notional": deferred,
         "open_interest_decline": 1.0 - oi / jnp.where(oi0 > 0, oi0, 1.0),
+        "stop_notional": k.stop_notional,
+        "positions_liquidated": k.positions,
+        "accounts_liquidated": k.accounts,
+        "accounts_liquidated_by_asset": k.account_assets,
+        "liquidated_entry_by_leverage": k.by_leverage[0],
+        "trader_loss_by_leverage": k.by_leverage[1],
+        "liquidated_entry_by_mode": k.by_mode[0],
+        "trader_loss_by_mode": k.by_mode[1],
+        "largest_account_loss": k.largest_loss,
+        "collateral_liquidated": k.collateral_caused,
+        "collateral_markdown": k.markdown,
         "nonfinite": t.nonfinite,
         "jump_truncated": t.jump_truncated,
     }

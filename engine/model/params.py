@@ -23,6 +23,10 @@ IMPACT_LAWS = {"linear": 0, "sqrt": 1}
 # at the step's intensity (`engine.config.build.jump_truncation`), sets `jump_cdf_max`; the kernel
 # flags the paths where a draw fell beyond it (the cube's `n_jump_truncated`).
 JUMP_MAX = 4
+# Upper edges of the leverage buckets of the outputs by leverage (x; the last bucket is open).
+LEVERAGE_EDGES = (5.0, 10.0, 20.0, 50.0, 100.0)
+LEVERAGE_BUCKETS = ("1-5x", "5-10x", "10-20x", "20-50x", "50-100x", "100x+")
+MARGIN_MODES = ("isolated", "cross")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,12 @@ class Static:
     # Set by `engine.config.build.specialise`.
     ladder: int = 0
     ladder_cells: int = 0
+    # Cross-margin account cohorts and collateral assets (`Params.accounts`, `Params.collateral`),
+    # and whether cohorts carry stop orders (`BookParams.stop`); 0/False: none, and the kernel
+    # does no work for them. Any of them runs the dense general cascade.
+    n_accounts: int = 0
+    n_collateral: int = 0
+    stops: bool = False
 
 
 class MarketParams(NamedTuple):
@@ -81,7 +91,10 @@ class MarketParams(NamedTuple):
 
 
 class BookParams(NamedTuple):
-    """Cohorts `[assets, cohorts]` (see `engine.config.book`)."""
+    """Cohorts `[assets, cohorts]` (see `engine.config.book`): positions, the number of
+    positions a cohort stands for; stop: the trigger price (USD) of the stop order that closes
+    the cohort (0 for a long and infinity for a short without one), or None when no cohort has
+    one (`Static.stops`)."""
 
     side: jnp.ndarray
     leverage: jnp.ndarray
@@ -90,6 +103,46 @@ class BookParams(NamedTuple):
     bankrupt: jnp.ndarray
     mmr: jnp.ndarray
     maint_amount: jnp.ndarray
+    positions: jnp.ndarray
+    stop: Any = None
+
+
+class AccountParams(NamedTuple):
+    """Cross-margin account cohorts (`engine.model.accounts`), `[accounts, assets]` unless
+    stated. Each is the sum of `weight` accounts alike: its legs' units, wallets and collateral
+    are totals over them.
+
+    side: +1 long / -1 short (either where the account holds no leg). entry: USD. quantity:
+    units (0: no leg). mmr, maint_amount: the leg's maintenance rate and amount per unit (USD),
+    by the tier of one account's leg. positions: positions the leg stands for. wallet:
+    `[accounts]` USD cash. collateral: `[accounts, collateral]` units held. weight:
+    `[accounts]` accounts. leverage: `[accounts]` notional at entry over margin at t0 (x).
+    """
+
+    side: jnp.ndarray
+    entry: jnp.ndarray
+    quantity: jnp.ndarray
+    mmr: jnp.ndarray
+    maint_amount: jnp.ndarray
+    positions: jnp.ndarray
+    wallet: jnp.ndarray
+    collateral: jnp.ndarray
+    weight: jnp.ndarray
+    leverage: jnp.ndarray
+
+
+class CollateralParams(NamedTuple):
+    """Collateral assets `[collateral]` (`engine.model.collateral`): price0, USD at par;
+    haircut, fraction of value margin does not count; track, int32 index of the perp whose
+    mark it follows, -1 for none; depeg_prob, chance of a random depeg per step; depeg_size,
+    the gap (fraction below par) a depeg opens; recovery, per-step factor of the gap."""
+
+    price0: jnp.ndarray
+    haircut: jnp.ndarray
+    track: jnp.ndarray
+    depeg_prob: jnp.ndarray
+    depeg_size: jnp.ndarray
+    recovery: jnp.ndarray
 
 
 class PolicyParams(NamedTuple):
@@ -110,10 +163,13 @@ class PolicyParams(NamedTuple):
 
 
 class Schedule(NamedTuple):
-    """Scheduled inputs `[steps, assets]`: log shocks and exogenous flow (USD, + sells)."""
+    """Scheduled inputs `[steps, assets]`: log shocks and exogenous flow (USD, + sells);
+    depeg: `[steps, collateral]` the least gap of each collateral asset (scheduled depegs),
+    None without collateral."""
 
     shock: jnp.ndarray
     flow: jnp.ndarray
+    depeg: Any = None
 
 
 class Params(NamedTuple):
@@ -126,6 +182,9 @@ class Params(NamedTuple):
     # The ladder kernel's sorted book (`engine.model.ladder.Ladder`), built inside the compiled
     # call by `engine.model.kernel.prepare`; None outside it and in the other forms.
     ladder: Any = None
+    # Cross-margin account cohorts and collateral assets; None when the book has none.
+    accounts: AccountParams | None = None
+    collateral: CollateralParams | None = None
 
 
 def cast(tree, dtype):

@@ -10,7 +10,8 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from engine.model import market, policies
+from engine.model import accounts, collateral, market, policies
+from engine.model import tally as T
 from engine.model.cascade import Cascade
 from engine.model.impact import impact
 from engine.model.params import Params, Static
@@ -35,6 +36,7 @@ class Totals(NamedTuple):
     max_drawdown: jnp.ndarray  # [assets] fraction
     nonfinite: jnp.ndarray  # [] bool: a NaN or infinity appeared
     jump_truncated: jnp.ndarray  # [] bool: some step had more jumps than the kernel counts
+    tally: T.Tally  # stops, counts, losses by leverage and margin mode (`engine.model.tally`)
 
 
 class SimState(NamedTuple):
@@ -66,6 +68,13 @@ class SimState(NamedTuple):
     # from which the path's numbers come from the dense kernel (`engine.sim.fallback`).
     level: jnp.ndarray | None = None
     fallback: jnp.ndarray | None = None
+    # Books with cross-margin accounts (`Static.n_accounts`): leg units `[accounts, assets]`;
+    # with collateral (`Static.n_collateral`): the depeg gap `[collateral]` (fraction below par).
+    accounts: jnp.ndarray | None = None
+    gap: jnp.ndarray | None = None
+    # Dense whole-position form: units liquidated so far per cohort `[assets, cohorts]`, the
+    # path's tally at its end (cheaper than tallying every step).
+    liquidated_units: jnp.ndarray | None = None
 
 
 def init_state(params: Params, static: Static) -> SimState:
@@ -91,7 +100,9 @@ def init_state(params: Params, static: Static) -> SimState:
         max_drawdown=za,
         nonfinite=jnp.zeros((), bool),
         jump_truncated=jnp.zeros((), bool),
+        tally=T.zero(static.n_assets, dtype),
     )
+    acc = params.accounts
     return SimState(
         x_fair=za,
         x_trans=za,
@@ -109,6 +120,9 @@ def init_state(params: Params, static: Static) -> SimState:
         backstop_qty=za,
         backstop_cash=z,
         totals=totals,
+        accounts=None if acc is None else accounts.capped(acc, pol)[0],
+        gap=None if params.collateral is None else jnp.zeros(static.n_collateral, dtype),
+        liquidated_units=jnp.zeros_like(quantity) if static.whole_only and not static.relaxed else None,
     )
 
 
@@ -121,11 +135,13 @@ class Move(NamedTuple):
     halted: jnp.ndarray  # bool, halted at the start of the step
     x_ref: jnp.ndarray  # log mark `halt_window` steps ago
     mmr: jnp.ndarray  # [assets, cohorts] maintenance rate in force
+    gap: jnp.ndarray | None = None  # [collateral] depeg gap of the step (`engine.model.collateral`)
 
 
 def move_market(state: SimState, draws: market.Draws, t, shock, params: Params, static: Static) -> Move:
     """Stage 1: sigma = sqrt(h); the exogenous return moves the fair log price; transient
-    impact decays by the resilience factor. shock: `[assets]` scheduled log shock."""
+    impact decays by the resilience factor; collateral depeg gaps move. shock: `[assets]`
+    scheduled log shock."""
     mp, pol = params.market, params.policy
     sigma = jnp.sqrt(state.variance)
     x_fair = state.x_fair + market.exogenous_return(draws, sigma, shock, mp)
@@ -133,7 +149,21 @@ def move_market(state: SimState, draws: market.Draws, t, shock, params: Params, 
     halted = state.halt_left > 0
     slot = jnp.mod(t - pol.halt_window, static.max_window)
     mmr = policies.maintenance_rate(params.book.mmr, sigma, mp.sigma0, pol)
-    return Move(sigma, x_fair, x_trans, halted, state.ring[:, slot], mmr)
+    gap = None
+    if params.collateral is not None:
+        gap = collateral.next_gap(state.gap, draws.u_depeg, params.schedule.depeg[t], params.collateral)
+    return Move(sigma, x_fair, x_trans, halted, state.ring[:, slot], mmr, gap)
+
+
+def account_args(state: SimState, m: Move, params: Params) -> tuple | None:
+    """The `accounts` argument of `engine.model.cascade.run_cascade` for this step, or None."""
+    if params.accounts is None:
+        return None
+    mp = params.market
+    st = accounts.prepare(
+        params.accounts, params.collateral, m.gap, params.policy, m.sigma, mp.sigma0, mp.price0
+    )
+    return st, state.accounts
 
 
 def cascade_args(state: SimState, m: Move, flow0, lo, hi, active, params: Params, static: Static) -> tuple:
@@ -216,6 +246,7 @@ def close_step(
         max_drawdown=jnp.maximum(tot.max_drawdown, 1.0 - jnp.exp(x_mark - peak)),
         nonfinite=tot.nonfinite | ~finite,
         jump_truncated=tot.jump_truncated | market.jump_truncated(draws, mp),
+        tally=tot.tally if c.tally is None else T.add(tot.tally, c.tally),
     )
     return state._replace(
         x_fair=mk.x_fair,
@@ -234,19 +265,34 @@ def close_step(
         backstop_qty=state.backstop_qty + c.backstop_qty,
         backstop_cash=state.backstop_cash + c.backstop_cash,
         totals=totals,
+        accounts=c.accounts,
+        liquidated_units=(
+            state.liquidated_units
+            if c.liquidated_units is None
+            else state.liquidated_units + c.liquidated_units
+        ),
     )
 
 
 def deleverage(state: SimState, params: Params, minimum=jnp.minimum) -> SimState:
     """Stage 6 after the fund: ADL the step's deficit, the rest is bad debt (minimum: as
     `engine.model.waterfall.auto_deleverage` takes it)."""
-    price = params.market.price0 * jnp.exp(state.x_mark)
+    mp = params.market
+    price = mp.price0 * jnp.exp(state.x_mark)
+    legs = None
+    if params.accounts is not None:
+        sigma = jnp.sqrt(state.variance)
+        st = accounts.prepare(
+            params.accounts, params.collateral, state.gap, params.policy, sigma, mp.sigma0, mp.price0
+        )
+        legs = accounts.adl_legs(st, state.accounts, price)
     r = auto_deleverage(
-        state.quantity, state.bankrupt, price, state.deficit, params.book, params.policy, minimum
+        state.quantity, state.bankrupt, price, state.deficit, params.book, params.policy, minimum, legs
     )
     tot = state.totals
     return state._replace(
         quantity=r.quantity,
+        accounts=r.accounts,
         deficit=jnp.zeros_like(state.deficit),
         totals=tot._replace(
             adl_absorbed=tot.adl_absorbed + r.absorbed,

@@ -10,6 +10,10 @@
    - `pro_rata`: every profitable opposite position gives up the same share of its profit,
      closing that share of its size (the least notional that covers the deficit).
 3. Whatever ADL cannot cover (or everything, with ADL off) is bad debt.
+
+The legs of cross-margin accounts (`engine.model.accounts`) stand in the same queue and share
+as isolated positions: a leg's profit is its own, its score uses its account's margin and
+effective leverage (notional over equity), as venues rank cross positions.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from engine.model.cascade import by_side, side_matrix
 from engine.model.params import BookParams, PolicyParams
+from engine.model.sides import by_side, side_matrix
 
 # Bisection of the ADL queue threshold: log scores in [-30, 30], halved 26 times (to 1e-6).
 ADL_LOG_RANGE = 30.0
@@ -37,12 +41,31 @@ class Fund(NamedTuple):
 
 class Adl(NamedTuple):
     """quantity: `[assets, cohorts]` after ADL; absorbed: `[]` USD of profit given up by
-    ADL'd positions; notional: `[]` USD closed by ADL; bad_debt: `[]` USD."""
+    ADL'd positions; notional: `[]` USD closed by ADL; bad_debt: `[]` USD; accounts: leg units
+    `[accounts, assets]` after ADL, or None."""
 
     quantity: jnp.ndarray
     absorbed: jnp.ndarray
     notional: jnp.ndarray
     bad_debt: jnp.ndarray
+    accounts: jnp.ndarray | None = None
+
+
+class Opposite(NamedTuple):
+    """Positions ADL may take profit from, `[assets, n]` each: profit (USD), score, side
+    (+1/-1), units held, and `sums`, a function summing `[assets, n]` into `[assets, 2]`
+    (long, short)."""
+
+    profit: jnp.ndarray
+    score: jnp.ndarray
+    side: jnp.ndarray
+    units: jnp.ndarray
+    sums: object
+
+
+def _pick(t, side):
+    """Per position, the long (column 0) or short (column 1) entry of `t` `[assets, 2]`."""
+    return jnp.where(side > 0, t[:, :1], t[:, 1:])
 
 
 def pay_from_fund(fund, inflow, shortfall, minimum=jnp.minimum) -> Fund:
@@ -58,21 +81,20 @@ def pay_from_fund(fund, inflow, shortfall, minimum=jnp.minimum) -> Fund:
     return Fund(fund=fund - draw, draw=draw, deficit=shortfall * unpaid)
 
 
-def _adl_queue(profit, score, need, side):
-    """Whole-position closure in descending `score` order until profit covers `need`.
-
-    profit, score, side: `[assets, cohorts]`; need: `[assets, 2]` USD to be covered by the
-    longs (column 0) and the shorts (column 1). Returns (absorbed USD, closed 0/1) per cohort.
+def _adl_queue(parts: list[Opposite], need) -> list[tuple]:
+    """Whole-position closure in descending score order, over all `parts`, until profit covers
+    `need` `[assets, 2]` (USD to be covered by the longs, column 0, and the shorts, column 1).
+    Returns per part (absorbed USD, closed 0/1) per position.
 
     Instead of sorting (slow on CPU), bisection in log score finds, per asset and side, the
-    highest threshold whose cohorts at or above it hold enough profit. Cohorts strictly above
-    the final bracket give up all their profit; cohorts inside it (ties, to 1e-6 in log
-    score) share the rest in proportion to profit. Every cohort in the bracket is closed.
+    highest threshold whose positions at or above it hold enough profit. Positions strictly
+    above the final bracket give up all their profit; those inside it (ties, to 1e-6 in log
+    score) share the rest in proportion to profit. Every position in the bracket is closed.
     """
-    pick = lambda t: jnp.where(side > 0, t[:, :1], t[:, 1:])
-    log_score = jnp.log(jnp.where(profit > 0, score, 1e-30))
-    sides = side_matrix(side)
-    held = lambda t: by_side(jnp.where(log_score >= pick(t), profit, 0.0), sides)
+    logs = [jnp.log(jnp.where(p.profit > 0, p.score, 1e-30)) for p in parts]
+
+    def held(t):
+        return sum(p.sums(jnp.where(ls >= _pick(t, p.side), p.profit, 0.0)) for p, ls in zip(parts, logs))
 
     def halve(_, bracket):
         lo, hi = bracket
@@ -82,63 +104,81 @@ def _adl_queue(profit, score, need, side):
 
     start = (jnp.full_like(need, -ADL_LOG_RANGE), jnp.full_like(need, ADL_LOG_RANGE))
     lo, hi = jax.lax.fori_loop(0, ADL_BISECTIONS, halve, start)
-    above = log_score >= pick(hi)
-    inside = (log_score >= pick(lo)) & ~above & (profit > 0)
     held_hi, held_lo = held(hi), held(lo)
     gap = held_lo - held_hi
     share = jnp.clip((need - held_hi) / jnp.where(gap > 0, gap, 1.0), 0.0, 1.0)
-    absorbed = jnp.where(above, profit, jnp.where(inside, pick(share) * profit, 0.0))
-    return absorbed, (above | inside).astype(profit.dtype)
+    out = []
+    for p, ls in zip(parts, logs):
+        above = ls >= _pick(hi, p.side)
+        inside = (ls >= _pick(lo, p.side)) & ~above & (p.profit > 0)
+        absorbed = jnp.where(above, p.profit, jnp.where(inside, _pick(share, p.side) * p.profit, 0.0))
+        out.append((absorbed, (above | inside).astype(p.profit.dtype)))
+    return out
 
 
-def _adl_pro_rata(profit, need, side):
-    """Equal share of profit taken from every profitable opposite position (shapes as queue)."""
-    total = by_side(profit, side_matrix(side))
+def _adl_pro_rata(parts: list[Opposite], need) -> list[tuple]:
+    """Equal share of profit taken from every profitable opposite position (as `_adl_queue`)."""
+    total = sum(p.sums(p.profit) for p in parts)
     share = jnp.where(total > 0, jnp.minimum(need / jnp.where(total > 0, total, 1.0), 1.0), 0.0)
-    share = jnp.where(side > 0, share[:, :1], share[:, 1:])
-    return share * profit, share * (profit > 0)
+    return [(_pick(share, p.side) * p.profit, _pick(share, p.side) * (p.profit > 0)) for p in parts]
 
 
-def auto_deleverage(
-    quantity, bankrupt, price, deficit, book: BookParams, pol: PolicyParams, minimum=jnp.minimum
-) -> Adl:
-    """Cover `deficit` `[assets, 2]` (USD; long, short) from opposite profitable positions.
-
-    quantity, bankrupt: `[assets, cohorts]`; price: mark `[assets]` (USD). minimum: of the
-    amount needed and the profit available, as in `pay_from_fund`; which positions close does
-    not depend on it.
-    """
+def _isolated(quantity, bankrupt, p, book: BookParams) -> Opposite:
+    """The isolated cohorts as ADL sees them (`p`: marks `[assets, 1]` USD)."""
     s, e = book.side, book.entry
-    p = price[:, None]
     profit = jnp.maximum(s * quantity * (p - e), 0.0)
     margin = s * quantity * (e - bankrupt)
     equity = s * quantity * (p - bankrupt)
     safe = lambda x: jnp.where(x > 0, x, 1.0)
     # profit % of margin x effective leverage (notional / equity), the production ranking
     score = jnp.where(profit > 0, profit / safe(margin) * quantity * p / safe(equity), 0.0)
+    sides = side_matrix(s)
+    return Opposite(profit, score, s, quantity, lambda x: by_side(x, sides))
+
+
+def auto_deleverage(
+    quantity,
+    bankrupt,
+    price,
+    deficit,
+    book: BookParams,
+    pol: PolicyParams,
+    minimum=jnp.minimum,
+    legs: Opposite | None = None,
+) -> Adl:
+    """Cover `deficit` `[assets, 2]` (USD; long, short) from opposite profitable positions.
+
+    quantity, bankrupt: `[assets, cohorts]`; price: mark `[assets]` (USD). minimum: of the
+    amount needed and the profit available, as in `pay_from_fund`; which positions close does
+    not depend on it. legs: the accounts' legs `[assets, accounts]`
+    (`engine.model.accounts.adl_legs`), or None.
+    """
+    p = price[:, None]
+    parts = [_isolated(quantity, bankrupt, p, book)] + ([] if legs is None else [legs])
     # longs (column 0) cover deficits of short liquidations and vice versa
     need = deficit[:, ::-1]
 
     rule = pol.adl_rule
     # only the point's rule runs (the rule is the same for every path of a point, so under
     # vmap this stays a branch, not a select of all three)
-    closed = (
-        jax.lax.switch(
-            rule,
-            [
-                lambda: jnp.zeros_like(profit),
-                lambda: _adl_queue(profit, score, need, s)[1],
-                lambda: _adl_pro_rata(profit, need, s)[1],
-            ],
-        )
-        * quantity
+    shares = jax.lax.switch(
+        rule,
+        [
+            lambda: [jnp.zeros_like(x.profit) for x in parts],
+            lambda: [closed for _, closed in _adl_queue(parts, need)],
+            lambda: [closed for _, closed in _adl_pro_rata(parts, need)],
+        ],
     )
     # per asset and side both rules cover min(need, available profit); summing that instead of
-    # the per-cohort shares keeps bad debt exactly zero when ADL covers the deficit
-    covered = jnp.where(rule > 0, minimum(need, by_side(profit, side_matrix(s))), 0.0)
+    # the per-position shares keeps bad debt exactly zero when ADL covers the deficit
+    available = sum(x.sums(x.profit) for x in parts)
+    covered = jnp.where(rule > 0, minimum(need, available), 0.0)
+    closed = shares[0] * quantity
+    notional = jnp.sum(closed * p)
     return Adl(
         quantity=quantity - closed,
         absorbed=jnp.sum(covered),
-        notional=jnp.sum(closed * p),
+        notional=notional + (0.0 if legs is None else jnp.sum(shares[1] * legs.units * p)),
         bad_debt=jnp.sum(need - covered),
+        accounts=None if legs is None else ((1.0 - shares[1]) * legs.units).T,
     )

@@ -25,7 +25,7 @@ from engine.report.results import (
     metrics,
     policies,
 )
-from engine.report.summary import cell, few_paths_note
+from engine.report.summary import book_rows, cell, few_paths_note
 from engine.report.units import usd
 from engine.sim import tipping
 
@@ -254,6 +254,19 @@ def _run_lines(cubes: list[tuple[str, xr.Dataset]]) -> list[str]:
     return out
 
 
+def _book_section(pols: list[PolicyResult]) -> list[str]:
+    """ "What the book did" (`engine.report.summary.book_rows`, means over paths) per policy,
+    where some policy's book did more than liquidate isolated positions."""
+    rows = [book_rows(p.ds) for p in pols]
+    labels = sorted(
+        {label for r in rows for label, _ in r}, key=lambda x: [lb for r in rows for lb, _ in r].index(x)
+    )
+    if len(labels) <= 1:
+        return []
+    table = [[p.label] + [dict(r).get(label, "") for label in labels] for p, r in zip(pols, rows)]
+    return ["## What the book did (means over paths)", "", _markdown(["policy", *labels], table), ""]
+
+
 def write_report(cubes: list[tuple[str, xr.Dataset]], out: Path) -> Path:
     """Write `out/report.md` and `out/plots/*.png` comparing the policies of the cubes."""
     pols = policies(cubes)
@@ -293,6 +306,7 @@ def write_report(cubes: list[tuple[str, xr.Dataset]], out: Path) -> Path:
         *([""] if len(cubes) > 1 else []),
         _markdown(dhead, drows) if len(drows) > 1 else "(only one policy)",
         "",
+        *_book_section(pols),
         "## Plots",
         "",
     ]

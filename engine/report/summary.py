@@ -27,6 +27,7 @@ ROWS = (
     ("insurance_fund_draw", "Insurance fund draw (USD)"),
     ("adl_notional", "ADL notional (USD)"),
     ("bad_debt", "Bad debt (USD)"),
+    ("largest_account_loss", "Largest loss of one account (USD)"),
 )
 
 
@@ -108,6 +109,29 @@ def summary_table(ds: xr.Dataset, point: int = 0) -> str:
     total = float(p["liquidated_total_mean"])
     t.add_row("Long share of liquidations", f"{long / total:.1%}" if total > 0 else "n/a", "", "", "", "")
     t.add_row("P(bad debt > 0)", f"{float(p['p_bad_debt']):.3f}", "", "", "", "")
+    for label, value in book_rows(p):
+        t.add_row(label, value, "", "", "", "")
     buf = io.StringIO()
     Console(file=buf, width=110, force_terminal=False).print(t)
     return buf.getvalue()
+
+
+def book_rows(p: xr.Dataset) -> list[tuple[str, str]]:
+    """Rows on what the book's detail did at one point (means over paths), where it did
+    something: stops, positions and accounts liquidated, cross-margin and collateral shares."""
+    if "stop_notional_mean" not in p:  # a cube written before books had detail
+        return []
+    mean = lambda name: float(p[f"{name}_mean"].sum())
+    total = mean("liquidated_total")
+    share = lambda x: f"{x / total:.1%}" if total > 0 else "n/a"
+    by_mode = p["liquidated_entry_by_mode_mean"]
+    entry = float(by_mode.sum())
+    rows = [("Positions liquidated (mean)", f"{mean('positions_liquidated'):,.0f}")]
+    if mean("stop_notional") > 0:
+        rows.append(("Stop orders triggered (mean, USD)", usd(mean("stop_notional"))))
+    if float(by_mode.sel(margin_mode="cross")) > 0:
+        cross = float(by_mode.sel(margin_mode="cross")) / entry
+        rows.append(("Accounts liquidated (mean)", f"{mean('accounts_liquidated'):,.0f}"))
+        rows.append(("Cross-margin share of liquidations (at entry)", f"{cross:.1%}"))
+        rows.append(("Share of liquidations caused by collateral", share(mean("collateral_liquidated"))))
+    return rows

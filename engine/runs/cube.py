@@ -28,6 +28,8 @@ CONVENTIONS = "CF-1.8"
 COORD_ATTRS = {
     "asset": {"long_name": "perpetual market"},
     "side": {"long_name": "position side"},
+    "leverage": {"long_name": "leverage bucket at t0 (x; account leverage for cross margin)"},
+    "margin_mode": {"long_name": "margin mode"},
     "quantile": {"units": "1", "long_name": "probability level of the quantile across paths"},
     "band_quantile": {"units": "1", "long_name": "probability level of the fan-chart band"},
     "point": {"units": "1", "long_name": "index of the point in the sweep grid"},

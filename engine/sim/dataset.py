@@ -200,6 +200,8 @@ def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset
         "point": np.arange(len(results), dtype=np.int32),
         "asset": assets,
         "side": ["long", "short"],
+        "leverage": list(P.LEVERAGE_BUCKETS),
+        "margin_mode": list(P.MARGIN_MODES),
         "quantile": list(QUANTILES),
         "band_quantile": list(BAND_QUANTILES),
         "time": ("time", steps_at * cfg.run.dt_minutes, TIME_ATTRS),

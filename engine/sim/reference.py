@@ -2,8 +2,11 @@
 
 The equations are the ones stated in the docstrings of `engine.model.market`, `impact`,
 `policies`, `cascade`, `waterfall` and `kernel`; this module implements them again with plain
-loops over cascade rounds and steps, and with an explicit sort for the ADL queue (cohorts ranked by score, exact ties closed together and sharing the
-marginal amount pro rata), the definition the kernel's bisection must reproduce.
+loops over cascade rounds and steps, and with an explicit sort for the ADL queue (isolated
+cohorts and account legs ranked by score, exact ties closed together and sharing the marginal
+amount pro rata), the definition the kernel's bisection must reproduce. The tally, collateral
+and cross-margin accounts (`engine.model.tally`, `collateral`, `accounts`) are in
+`engine.sim.reference_accounts`; stop orders are here, in the cascade round.
 
 Every array has a leading path axis `[paths, ...]`, so the same code is both the one-path
 reference the tests compare `engine.model.kernel.step` with (`reference_step`) and the NumPy
@@ -26,8 +29,9 @@ from engine.config.build import build
 from engine.config.schema import Config
 from engine.model.market import MAX_VARIANCE_MULT, Draws
 from engine.model.params import Params, Static
-from engine.model.policies import MAX_MMR
 from engine.model.stages import SimState, Totals
+from engine.sim import reference_accounts as RA
+from engine.sim.reference_accounts import per_side
 
 LONG, SHORT = 0, 1  # column of the `[..., 2]` side axis
 
@@ -41,11 +45,6 @@ def to_numpy(params: Params) -> Params:
         ),
         host,
     )
-
-
-def _per_side(x: np.ndarray, side: np.ndarray) -> np.ndarray:
-    """`[paths, assets, cohorts]` summed into `[paths, assets, 2]` (long, short)."""
-    return np.stack([np.sum(x * (side > 0), -1), np.sum(x * (side < 0), -1)], -1)
 
 
 def capped_book(params: Params) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +84,9 @@ def init_state(params: Params, static: Static, n_paths: int) -> SimState:
         max_drawdown=za.copy(),
         nonfinite=paths(False, bool),
         jump_truncated=paths(False, bool),
+        tally=RA.zero_tally(n_paths, n_a),
     )
+    acc, n_c = params.accounts, static.n_collateral
     return SimState(
         x_fair=za.copy(),
         x_trans=za.copy(),
@@ -103,6 +104,10 @@ def init_state(params: Params, static: Static, n_paths: int) -> SimState:
         backstop_qty=za.copy(),
         backstop_cash=z.copy(),
         totals=totals,
+        accounts=None if acc is None else paths(RA.capped_accounts(acc, pol)[0]),
+        gap=None if params.collateral is None else paths(np.zeros(n_c)),
+        # the kernel's whole-position form tallies a path's liquidations at its end
+        liquidated_units=paths(np.zeros_like(quantity)) if static.whole_only and not static.relaxed else None,
     )
 
 
@@ -137,18 +142,39 @@ def liquidation_price(side, bankrupt, mmr, maint_amount):
     return (bankrupt - side * maint_amount) / (1.0 - side * mmr)
 
 
-def cascade(q, b, flow, x_base, lo, hi, sigma, mmr, active, backstop_left, params: Params, rounds: int):
+def _stopped(side, q, dq, p, active, stop) -> np.ndarray:
+    """Units `[paths, assets, cohorts]` closed by their stop order in a round: cohorts alive,
+    not liquidating (`dq` 0), in an open market, whose stop `[assets, cohorts]` (USD; 0 long,
+    inf short: none; None: no stops) the round's price `p` `[paths, assets, 1]` reached."""
+    if stop is None:
+        return np.zeros_like(q)
+    return np.where(active[:, :, None] & (q > 0) & (dq == 0) & (side * (p - stop) <= 0), q, 0.0)
+
+
+def cascade(
+    q, b, flow, x_base, lo, hi, sigma, mmr, active, backstop_left, params: Params, rounds: int, accounts=None
+):
     """The in-step cascade of `engine.model.cascade`, round by round, for all paths.
 
     q, b, mmr: `[paths, assets, cohorts]`; flow, x_base, lo, hi, sigma, active: `[paths,
-    assets]`; backstop_left: `[paths]`. Returns a dict of the cascade's results.
+    assets]`; backstop_left: `[paths]`; accounts: None, or (`reference_accounts.Accounts` of
+    the step, leg units `[paths, accounts, assets]`). Returns a dict of the cascade's results
+    (`legs`: the leg units after it, or None; `tally`: the step's `Tally`).
     """
-    mp, pol, bk = params.market, params.policy, params.book
-    s, e, a = bk.side, bk.entry, bk.maint_amount
+    mp, bk = params.market, params.book
+    s = bk.side
     n_p, n_a = flow.shape
-    fee_rate, f = mp.clearance_fee, pol.partial_fraction
-    q, b, flow, backstop_left = q.copy(), b.copy(), flow.copy(), backstop_left.copy()
+    ac, legs = accounts if accounts is not None else (None, None)
+
+    def mark_price(flow):
+        return mp.price0 * np.exp(np.clip(x_base + impact(flow, sigma, mp), lo, hi))
+
     r = {
+        "quantity": q.copy(),
+        "bankrupt": b.copy(),
+        "flow": flow.copy(),
+        "backstop_left": backstop_left.copy(),
+        "legs": None if legs is None else legs.copy(),
         "liquidated": np.zeros((n_p, n_a, 2)),
         "shortfall": np.zeros((n_p, n_a, 2)),
         "trader_loss": np.zeros(n_p),
@@ -157,62 +183,101 @@ def cascade(q, b, flow, x_base, lo, hi, sigma, mmr, active, backstop_left, param
         "backstop_qty": np.zeros((n_p, n_a)),
         "backstop_cash": np.zeros(n_p),
         "rounds": np.zeros(n_p, np.int64),
+        "tally": RA.zero_tally(n_p, n_a),
     }
-
-    def mark_price(flow):
-        return mp.price0 * np.exp(np.clip(x_base + impact(flow, sigma, mp), lo, hi))
-
     for _ in range(rounds):
-        p = mark_price(flow)[:, :, None]
-        hit = active[:, :, None] & (q > 0) & (s * (p - liquidation_price(s, b, mmr, a)) <= 0)
-        if not hit.any():
-            break  # a round without liquidations changes nothing, nor would any later round
-        stays_solvent = s * q * (p - b) - fee_rate * f * q * p > 0
-        partial = hit & (f < 1) & stays_solvent
-        full = hit & ~partial
-        dq = np.where(full, q, np.where(partial, f * q, 0.0))
+        if not _round(r, mark_price, mmr, active, params, ac):
+            break  # a round that closes nothing changes nothing, nor would any later round
 
-        orders = np.sum(s * dq * p, -1)
-        gross = np.sum(np.abs(orders), -1)
-        taken = np.minimum(gross, backstop_left)
-        phi = np.zeros(n_p)
-        np.divide(taken, gross, out=phi, where=gross > 0)
-        flow = flow + (1.0 - phi[:, None]) * orders
-        p_next = mark_price(flow)[:, :, None]
-        p_backstop = p * (1.0 - s * pol.backstop_discount)
-        phi3 = phi[:, None, None]
-        fill = phi3 * p_backstop + (1.0 - phi3) * p_next
-
-        equity = s * q * (fill - b)
-        fee = fee_rate * dq * fill
-        loss = np.where(full, s * q * (e - b), 0.0) + np.where(partial, s * dq * (e - fill) + fee, 0.0)
-        r["trader_loss"] += loss.sum((1, 2))
-        r["counterparty"] += np.where(hit, s * dq * (e - fill), 0.0).sum((1, 2))
-        r["fund_inflow"] += (np.where(full, np.maximum(equity, 0.0), 0.0) + np.where(partial, fee, 0.0)).sum(
-            (1, 2)
-        )
-        r["shortfall"] += _per_side(np.where(full, np.maximum(-equity, 0.0), 0.0), s)
-        r["liquidated"] += _per_side(dq * fill, s)
-        r["backstop_qty"] += phi[:, None] * np.sum(s * dq, -1)
-        r["backstop_cash"] -= phi * np.sum(s * dq * p_backstop, (1, 2))
-        r["rounds"] += hit.any((1, 2))
-        backstop_left = backstop_left - taken
-
-        rest = q - dq
-        # the remaining position keeps the equity less the fee: solve for its bankruptcy price
-        b = np.where(partial, fill - s * (equity - fee) / np.where(rest > 0, rest, 1.0), b)
-        q = np.where(full, 0.0, rest)
-
-    p_end = mark_price(flow)[:, :, None]
-    left = active[:, :, None] & (q > 0) & (s * (p_end - liquidation_price(s, b, mmr, a)) <= 0)
-    r.update(
-        quantity=q,
-        bankrupt=b,
-        flow=flow,
-        backstop_left=backstop_left,
-        residual=np.sum(np.where(left, q * p_end, 0.0), (1, 2)),
+    p_end = mark_price(r["flow"])
+    q, b = r["quantity"], r["bankrupt"]
+    left = (
+        active[:, :, None]
+        & (q > 0)
+        & (s * (p_end[:, :, None] - liquidation_price(s, b, mmr, bk.maint_amount)) <= 0)
     )
+    r["residual"] = np.sum(np.where(left, q * p_end[:, :, None], 0.0), (1, 2))
+    if ac is not None:
+        under = RA.under_water(ac, r["legs"], p_end, active)
+        r["residual"] += np.sum(np.where(under[..., None], r["legs"] * p_end[:, None, :], 0.0), (1, 2))
     return r
+
+
+def _round(r: dict, mark_price, mmr, active, params: Params, ac) -> bool:
+    """One round for all paths, `r` updated in place: the cohorts at or beyond their
+    liquidation price, those whose stop is reached and the accounts under water at the
+    round's price close; their orders move the price; fills split between the backstop and the
+    market. Returns whether anything closed on some path."""
+    mp, pol, bk = params.market, params.policy, params.book
+    s, f, d = bk.side, pol.partial_fraction, pol.backstop_discount
+    q, b = r["quantity"], r["bankrupt"]
+    p = mark_price(r["flow"])[:, :, None]
+    hit = active[:, :, None] & (q > 0) & (s * (p - liquidation_price(s, b, mmr, bk.maint_amount)) <= 0)
+    partial = hit & (f < 1) & (s * q * (p - b) - mp.clearance_fee * f * q * p > 0)
+    full = hit & ~partial
+    dq = np.where(full, q, np.where(partial, f * q, 0.0))
+    ds = _stopped(s, q, dq, p, active, bk.stop)
+    units = per_side(dq + ds, s)  # [paths, assets, 2]
+    closing = hit.any((1, 2)) | (ds > 0).any((1, 2))
+    if ac is not None:
+        hit_acc, caused = RA.hit(ac, r["legs"], p[:, :, 0], active)
+        closing_legs = np.where(hit_acc[..., None], r["legs"], 0.0)
+        units = units + per_side(np.swapaxes(closing_legs, 1, 2), ac.acc.side.T)
+        closing = closing | hit_acc.any(-1)
+    if not closing.any():
+        return False
+
+    net = units[..., 0] - units[..., 1]
+    orders = p[:, :, 0] * net
+    gross = np.sum(np.abs(orders), -1)
+    taken = np.minimum(gross, r["backstop_left"])
+    phi = np.zeros_like(gross)
+    np.divide(taken, gross, out=phi, where=gross > 0)
+    r["flow"] = r["flow"] + (1.0 - phi[:, None]) * orders
+    p_next = mark_price(r["flow"])
+    phi3 = phi[:, None, None]
+    fill = phi3 * p * (1.0 - s * d) + (1.0 - phi3) * p_next[:, :, None]
+    r["backstop_left"] = r["backstop_left"] - taken
+    r["backstop_qty"] += phi[:, None] * net
+    # the backstop pays the round's price less its discount for every unit it takes
+    r["backstop_cash"] -= phi * np.sum(p[:, :, 0] * (net - d * units.sum(-1)), -1)
+    r["rounds"] += closing
+    _close_cohorts(r, dq, ds, full, partial, fill, params)
+    if ac is not None:
+        fill_legs = RA.fills(ac, phi, p[:, :, 0], p_next, d)
+        closed, sums, r["tally"] = RA.settle(
+            ac, r["legs"], hit_acc, caused, fill_legs, p[:, :, 0], r["tally"]
+        )
+        r["legs"] = r["legs"] - closed
+        for name, x in sums.items():
+            r[name] = r[name] + x
+    return True
+
+
+def _close_cohorts(r: dict, dq, ds, full, partial, fill, params: Params) -> None:
+    """The accounting of a round's isolated cohorts (`engine.model.cascade`), `r` updated in
+    place: dq, ds `[paths, assets, cohorts]` units liquidated and stopped; full, partial: the
+    kind of each liquidation; fill: USD."""
+    mp, bk = params.market, params.book
+    s, e = bk.side, bk.entry
+    q, b = r["quantity"], r["bankrupt"]
+    equity = s * q * (fill - b)
+    fee = mp.clearance_fee * dq * fill
+    loss = np.where(full, s * q * (e - b), 0.0) + np.where(partial, s * dq * (e - fill) + fee, 0.0)
+    r["trader_loss"] += loss.sum((1, 2))
+    r["counterparty"] += np.sum(s * dq * (e - fill), (1, 2))
+    r["fund_inflow"] += (np.where(full, np.maximum(equity, 0.0), 0.0) + np.where(partial, fee, 0.0)).sum(
+        (1, 2)
+    )
+    r["shortfall"] += per_side(np.where(full, np.maximum(-equity, 0.0), 0.0), s)
+    r["liquidated"] += per_side(dq * fill, s)
+    t = r["tally"]
+    t = t._replace(stop_notional=t.stop_notional + per_side(ds * fill, s))
+    r["tally"] = RA.cohort_tally(t, params, capped_book(params)[0], dq, loss)
+    rest = q - dq - ds
+    # the remaining position keeps the equity less the fee: solve for its bankruptcy price
+    r["bankrupt"] = np.where(partial, fill - s * (equity - fee) / np.where(rest > 0, rest, 1.0), b)
+    r["quantity"] = np.where(full, 0.0, rest)
 
 
 def adl_closures(profit, score, need, side, rule: int) -> np.ndarray:
@@ -255,9 +320,14 @@ def adl_closures(profit, score, need, side, rule: int) -> np.ndarray:
     return closed
 
 
-def waterfall(st_fund, inflow, shortfall, q, b, price, params: Params):
-    """Fund, then ADL, then bad debt, for all paths. Returns a dict of the results."""
-    bk, s, e = params.book, params.book.side, params.book.entry
+def waterfall(st_fund, inflow, shortfall, q, b, price, params: Params, legs=None):
+    """Fund, then ADL, then bad debt, for all paths. Returns a dict of the results.
+
+    legs: None, or the account legs as ADL sees them (`reference_accounts.adl_legs`), which
+    stand in one queue (or share) with the isolated cohorts; `accounts` of the result: their
+    units `[paths, accounts, assets]` after ADL (None without).
+    """
+    s, e = params.book.side, params.book.entry
     rule = int(params.policy.adl_rule)
     fund = st_fund + inflow
     total = shortfall.sum((1, 2))
@@ -270,14 +340,19 @@ def waterfall(st_fund, inflow, shortfall, q, b, price, params: Params):
     profit = np.maximum(s * q * (p - e), 0.0)
     # profit % of margin x notional / equity; per unit held, so equal cohorts tie exactly
     score = s * (p - e) / (e - b) * p / (p - b)
+    units, side = q, s
+    if legs is not None:
+        profit, score, units = (np.concatenate([x, y], -1) for x, y in zip((profit, score, q), legs))
+        side = np.concatenate([s, legs[3]], -1)
     need = deficit[..., ::-1]
-    closed = adl_closures(profit, score, need, bk.side, rule) * q
-    available = _per_side(profit, s)
-    covered = np.minimum(need, available) if rule > 0 else np.zeros_like(need)
+    closed = adl_closures(profit, score, need, side, rule) * units
+    covered = np.minimum(need, per_side(profit, side)) if rule > 0 else np.zeros_like(need)
+    n_c = q.shape[-1]
     return {
         "fund": fund - draw,
         "draw": draw,
-        "quantity": q - closed,
+        "quantity": q - closed[..., :n_c],
+        "accounts": None if legs is None else np.swapaxes(units - closed, 1, 2)[:, n_c:],
         "absorbed": covered.sum((1, 2)),
         "notional": np.sum(closed * p, (1, 2)),
         "bad_debt": (need - covered).sum((1, 2)),
@@ -286,8 +361,8 @@ def waterfall(st_fund, inflow, shortfall, q, b, price, params: Params):
 
 def _add_step(tot: Totals, c: dict, w: dict, halted, drawdown, nonfinite, truncated) -> Totals:
     """The totals after one more step: sums of the step's cascade (`c`) and waterfall (`w`)
-    results, running maxima of rounds, residual and drawdown `[paths, assets]`, and the
-    non-finite and jump-truncation flags `[paths]`."""
+    results, running maxima of rounds, residual and drawdown `[paths, assets]`, the
+    non-finite and jump-truncation flags `[paths]`, and the step's tally."""
     return Totals(
         liquidated=tot.liquidated + c["liquidated"],
         trader_loss=tot.trader_loss + c["trader_loss"],
@@ -304,45 +379,66 @@ def _add_step(tot: Totals, c: dict, w: dict, halted, drawdown, nonfinite, trunca
         max_drawdown=np.maximum(tot.max_drawdown, drawdown),
         nonfinite=tot.nonfinite | nonfinite,
         jump_truncated=tot.jump_truncated | truncated,
+        tally=RA.add_tally(tot.tally, c["tally"]),
     )
 
 
-def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, static: Static) -> SimState:
-    """One step of every path: `engine.model.kernel.step` with a leading path axis."""
-    mp, pol, bk = params.market, params.policy, params.book
+def _move(st: SimState, d: Draws, t: int, shock, flow, params: Params, static: Static) -> dict:
+    """Stages 1-2 of every path: the exogenous move, the breaker's limits, the flow into the
+    cascade and the halt queue, the maintenance rates in force, the collateral's depeg gap
+    `[paths, collateral]` (None without) and the accounts' `reference_accounts.Accounts`."""
+    mp, pol = params.market, params.policy
     sigma = np.sqrt(st.variance)
-    x_fair = st.x_fair + exogenous_return(d, sigma, shock, mp)
-    x_trans = st.x_trans * mp.resilience
     halted = st.halt_left > 0
     x_ref = st.ring[:, :, (t - int(pol.halt_window)) % static.max_window]
     lo = np.maximum(st.x_mark - pol.band, x_ref - pol.halt_threshold)
     hi = np.minimum(st.x_mark + pol.band, x_ref + pol.halt_threshold)
-    lo, hi = np.where(halted, st.x_mark, lo), np.where(halted, st.x_mark, hi)
-    flow0 = np.where(halted, 0.0, flow + st.queue)
-    queue = np.where(halted, st.queue + flow, 0.0)
-    excess = np.maximum(sigma / mp.sigma0 - 1.0, 0.0)[:, :, None]
-    mmr = np.minimum(bk.mmr * (1.0 + pol.dynamic_margin * excess), MAX_MMR)
+    excess = np.maximum(sigma / mp.sigma0 - 1.0, 0.0)
+    gap = None
+    if params.collateral is not None:
+        gap = RA.next_gap(st.gap, d.u_depeg, params.schedule.depeg[t], params.collateral)
+    return {
+        "sigma": sigma,
+        "x_fair": st.x_fair + exogenous_return(d, sigma, shock, mp),
+        "x_trans": st.x_trans * mp.resilience,
+        "halted": halted,
+        "x_ref": x_ref,
+        "lo": np.where(halted, st.x_mark, lo),
+        "hi": np.where(halted, st.x_mark, hi),
+        "flow0": np.where(halted, 0.0, flow + st.queue),
+        "queue": np.where(halted, st.queue + flow, 0.0),
+        "mmr": RA.maintenance_rate(params.book.mmr, excess[:, :, None], pol),
+        "gap": gap,
+        "accounts": None if params.accounts is None else RA.prepare(params, gap, excess),
+    }
 
+
+def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, static: Static) -> SimState:
+    """One step of every path: `engine.model.kernel.step` with a leading path axis."""
+    mp, pol = params.market, params.policy
+    m = _move(st, d, t, shock, flow, params, static)
+    halted, sigma, lo, hi, ac = m["halted"], m["sigma"], m["lo"], m["hi"], m["accounts"]
     c = cascade(
         st.quantity,
         st.bankrupt,
-        flow0,
-        x_fair + x_trans,
+        m["flow0"],
+        m["x_fair"] + m["x_trans"],
         lo,
         hi,
         sigma,
-        mmr,
+        m["mmr"],
         ~halted,
         st.backstop_left,
         params,
         static.rounds,
+        None if ac is None else (ac, st.accounts),
     )
     dx = np.where(halted, 0.0, impact(c["flow"], sigma, mp))
-    x_fair = x_fair + mp.permanent * dx
-    x_trans = x_trans + (1.0 - mp.permanent) * dx
+    x_fair = m["x_fair"] + mp.permanent * dx
+    x_trans = m["x_trans"] + (1.0 - mp.permanent) * dx
     target = x_fair + x_trans
     x_mark = np.clip(target, lo, hi)
-    fires = ~halted & (np.abs(target - x_ref) > pol.halt_threshold)
+    fires = ~halted & (np.abs(target - m["x_ref"]) > pol.halt_threshold)
     halt_left = np.where(fires, int(pol.halt_duration), np.maximum(st.halt_left - 1, 0))
 
     realised = x_mark - st.x_mark - mp.mu
@@ -356,19 +452,20 @@ def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, stat
     ring[:, :, t % static.max_window] = x_mark
     peak = np.maximum(st.peak, x_mark)
 
+    price = mp.price0 * np.exp(x_mark)
+    legs = None if ac is None else RA.adl_legs(ac, c["legs"], price)
     w = waterfall(
-        st.fund,
-        c["fund_inflow"],
-        c["shortfall"],
-        c["quantity"],
-        c["bankrupt"],
-        mp.price0 * np.exp(x_mark),
-        params,
+        st.fund, c["fund_inflow"], c["shortfall"], c["quantity"], c["bankrupt"], price, params, legs
     )
     finite = np.isfinite(x_mark).all(-1) & np.isfinite(w["fund"]) & np.isfinite(c["quantity"]).all((1, 2))
     drawdown = 1.0 - np.exp(x_mark - peak)
     totals = _add_step(st.totals, c, w, halted, drawdown, ~finite, d.u_jump > mp.jump_cdf_max)
-    return SimState(
+    units = st.liquidated_units
+    if units is not None:  # whole positions only: the step's tally is the path's end's
+        units = units + (st.quantity - c["quantity"])
+        totals = totals._replace(tally=st.totals.tally)
+    return st._replace(
+        liquidated_units=units,
         x_fair=x_fair,
         x_trans=x_trans,
         x_mark=x_mark,
@@ -376,7 +473,7 @@ def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, stat
         variance=variance,
         ring=ring,
         halt_left=halt_left,
-        queue=queue,
+        queue=m["queue"],
         quantity=w["quantity"],
         bankrupt=c["bankrupt"],
         fund=w["fund"],
@@ -385,6 +482,8 @@ def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, stat
         backstop_qty=st.backstop_qty + c["backstop_qty"],
         backstop_cash=st.backstop_cash + c["backstop_cash"],
         totals=totals,
+        accounts=w["accounts"],
+        gap=m["gap"],
     )
 
 
@@ -410,16 +509,26 @@ def reference_step(
 
 def extract(st: SimState, params: Params) -> dict[str, np.ndarray]:
     """Per-path outputs `{name: [paths, ...]}`, the names of `engine.model.outputs.extract`."""
-    mp, bk, t = params.market, params.book, st.totals
+    mp, bk, t, k = params.market, params.book, st.totals, st.totals.tally
+    if st.liquidated_units is not None:
+        margin = bk.side * st.liquidated_units * (bk.entry - st.bankrupt)
+        k = RA.cohort_tally(k, params, capped_book(params)[0], st.liquidated_units, margin)
     price = mp.price0 * np.exp(st.x_mark)
-    oi0 = np.sum(capped_book(params)[0], -1) * mp.price0
-    oi = np.sum(st.quantity, -1) * price
-    fair = (mp.price0 * np.exp(st.x_fair + st.x_trans))[:, :, None]
-    excess = np.maximum(np.sqrt(st.variance) / mp.sigma0 - 1.0, 0.0)[:, :, None]
-    mmr = np.minimum(bk.mmr * (1.0 + params.policy.dynamic_margin * excess), MAX_MMR)
-    beyond = (st.quantity > 0) & (
-        bk.side * (fair - liquidation_price(bk.side, st.bankrupt, mmr, bk.maint_amount)) <= 0
-    )
+    units0, units = np.sum(capped_book(params)[0], -1), np.sum(st.quantity, -1)
+    fair = mp.price0 * np.exp(st.x_fair + st.x_trans)
+    # at the maintenance rates in force for the next step (dynamic margin included)
+    excess = np.maximum(np.sqrt(st.variance) / mp.sigma0 - 1.0, 0.0)
+    mmr = RA.maintenance_rate(bk.mmr, excess[:, :, None], params.policy)
+    p_liq = liquidation_price(bk.side, st.bankrupt, mmr, bk.maint_amount)
+    beyond = (st.quantity > 0) & (bk.side * (fair[:, :, None] - p_liq) <= 0)
+    deferred = np.sum(np.where(beyond, st.quantity * fair[:, :, None], 0.0), (1, 2))
+    if params.accounts is not None:
+        ac = RA.prepare(params, st.gap, excess)
+        under = RA.under_water(ac, st.accounts, fair, np.ones_like(fair, bool))
+        deferred = deferred + np.sum(np.where(under[..., None], st.accounts * fair[:, None, :], 0.0), (1, 2))
+        units = units + st.accounts.sum(1)
+        units0 = units0 + RA.capped_accounts(params.accounts, params.policy)[0].sum(0)
+    oi0, oi = units0 * mp.price0, units * price
     return {
         "liquidated_notional": t.liquidated,
         "liquidated_total": t.liquidated.sum((1, 2)),
@@ -436,8 +545,19 @@ def extract(st: SimState, params: Params) -> dict[str, np.ndarray]:
         "halted_steps": t.halted_steps,
         "cascade_rounds": t.max_rounds.astype(np.float64),
         "residual_notional": t.max_residual,
-        "deferred_notional": np.sum(np.where(beyond, st.quantity * fair, 0.0), (1, 2)),
+        "deferred_notional": deferred,
         "open_interest_decline": 1.0 - oi / np.where(oi0 > 0, oi0, 1.0),
+        "stop_notional": k.stop_notional,
+        "positions_liquidated": k.positions,
+        "accounts_liquidated": k.accounts,
+        "accounts_liquidated_by_asset": k.account_assets,
+        "liquidated_entry_by_leverage": k.by_leverage[:, 0],
+        "trader_loss_by_leverage": k.by_leverage[:, 1],
+        "liquidated_entry_by_mode": k.by_mode[:, 0],
+        "trader_loss_by_mode": k.by_mode[:, 1],
+        "largest_account_loss": k.largest_loss,
+        "collateral_liquidated": k.collateral_caused,
+        "collateral_markdown": k.markdown,
         "nonfinite": t.nonfinite,
         "jump_truncated": t.jump_truncated,
     }
@@ -453,11 +573,16 @@ def run_paths(params_np: Params, static: Static, n_paths: int, draws_at: Callabl
     return extract(st, params_np)
 
 
-def numpy_draws(rng: np.random.Generator, n_paths: int, n_assets: int, tail_dof: float) -> Draws:
-    """One step's random numbers for every path, distributed as `engine.model.market.draw`."""
+def numpy_draws(
+    rng: np.random.Generator, n_paths: int, n_assets: int, tail_dof: float, n_collateral: int = 0
+) -> Draws:
+    """One step's random numbers for every path, distributed as `engine.model.market.draw` (and
+    `depeg_draws` when there are `n_collateral` collateral assets)."""
     z = rng.standard_normal((n_paths, n_assets))
     chi2 = rng.chisquare(tail_dof, n_paths) if tail_dof > 0 else np.ones(n_paths)
-    return Draws(z=z, chi2=chi2, u_jump=rng.random(n_paths), z_jump=rng.standard_normal((n_paths, n_assets)))
+    u_jump, z_jump = rng.random(n_paths), rng.standard_normal((n_paths, n_assets))
+    u_depeg = rng.random((n_paths, n_collateral)) if n_collateral else None
+    return Draws(z=z, chi2=chi2, u_jump=u_jump, z_jump=z_jump, u_depeg=u_depeg)
 
 
 def simulate_paths(cfg: Config, n_paths: int, seed: int) -> dict[str, np.ndarray]:
@@ -470,4 +595,5 @@ def simulate_paths(cfg: Config, n_paths: int, seed: int) -> dict[str, np.ndarray
     p = to_numpy(params)
     rng = np.random.default_rng(seed)
     dof = float(p.market.tail_dof)
-    return run_paths(p, static, n_paths, lambda t: numpy_draws(rng, n_paths, static.n_assets, dof))
+    n_a, n_c = static.n_assets, static.n_collateral
+    return run_paths(p, static, n_paths, lambda t: numpy_draws(rng, n_paths, n_a, dof, n_c))

@@ -57,8 +57,10 @@ def bytes_per_path(static: P.Static, itemsize: int) -> int:
     cohorts]`), the mark ring buffer, outputs. Ladder (`Static.ladder`): no per-cohort state;
     per rung group (`2 * ladder` per asset) the level and the cascade's windows and search
     temporaries (about 8 values per window position and 64 more), the ring buffer, outputs.
-    The ladder's tables (`[assets, cohorts]`, shared by all paths) are not per path."""
-    fixed = static.n_assets * static.max_window + 256
+    The ladder's tables (`[assets, cohorts]`, shared by all paths) are not per path. Cross
+    accounts (dense only): the leg units and the rounds' temporaries, about 16 arrays of
+    `[accounts, assets]`."""
+    fixed = static.n_assets * static.max_window + 256 + 16 * static.n_accounts * static.n_assets
     if static.ladder:
         groups = static.n_assets * 2 * static.ladder
         return itemsize * (groups * (8 * ladder.WINDOW + 64) + fixed)
@@ -87,7 +89,7 @@ def cpu_paths_per_device(static: P.Static) -> int:
     """Most paths one host CPU device should hold in a chunk."""
     if static.ladder:
         return CPU_LADDER_PATHS_PER_DEVICE
-    by_cohorts = CPU_COHORTS_PER_DEVICE // (static.n_assets * static.n_cohorts)
+    by_cohorts = CPU_COHORTS_PER_DEVICE // (static.n_assets * (static.n_cohorts + static.n_accounts))
     return min(CPU_PATHS_PER_DEVICE, max(CPU_MIN_PATHS_PER_DEVICE, by_cohorts))
 
 

@@ -47,14 +47,17 @@ CASES = [
         "row 2, column asset = 'DOGE': allowed BTC, SOL",
     ),
     (
-        "positions file: cross margin",
+        "positions file: an account with mixed margin modes",
         {
             "c.toml": BOOK_TOML,
             "book.csv": "asset,side,notional_usd,entry_price,leverage,margin_mode,account_id\n"
-            "BTC,long,1e6,100000,10,cross,a1\n",
+            "BTC,long,1e6,100000,10,cross,a1\nSOL,long,1e5,200,5,isolated,a1\n",
         },
         ["run", "c.toml"],
-        "row 1, column margin_mode = 'cross': cross-margin accounts are not simulated yet",
+        (
+            "book.csv: row 2, column margin_mode = 'isolated': allowed 'cross', as on row 1 of the same account "
+            "(an account with mixed margin modes"
+        ),
     ),
     ("positions file: missing", {"c.toml": BOOK_TOML}, ["run", "c.toml"], "book.csv': no such file"),
     ("unknown nested key", {}, ["run", QUICK, "--set", "policy.levrage_cap=5"], "policy.levrage_cap"),
@@ -220,6 +223,111 @@ CASES = [
         {"notes.txt": "not a cube\n"},
         ["compare", "notes.txt"],
         "notes.txt: cannot read it as netCDF",
+    ),
+    *[
+        (f"positions file: {why}", {"c.toml": BOOK_TOML, "book.csv": text}, ["run", "c.toml"], needle)
+        for why, text, needle in [
+            (
+                "missing column",
+                "asset,side,notional_usd,leverage\nBTC,long,1e6,10\n",
+                "book.csv: column entry_price is missing; required: asset, side, entry_price",
+            ),
+            (
+                "negative notional",
+                BOOK_HEAD + "SOL,long,-5e5,200,5\n",
+                "book.csv: row 2, column notional_usd = -500000.0: allowed a finite number > 0",
+            ),
+            (
+                "leverage below 1",
+                BOOK_HEAD + "SOL,long,5e5,200,0.5\n",
+                "book.csv: row 2, column leverage = 0.5: allowed 1 to 1000",
+            ),
+            (
+                "NaN",
+                BOOK_HEAD + "SOL,long,5e5,NaN,5\n",
+                "book.csv: row 2, column entry_price = None: allowed a finite price > 0 (USD)",
+            ),
+            ("empty file", "", "book.csv: not a readable csv file"),
+            ("header only", BOOK_HEAD.splitlines()[0] + "\n", "book.csv: no positions"),
+            (
+                "duplicate position id",
+                (
+                    "asset,side,notional_usd,entry_price,leverage,position_id\n"
+                    "BTC,long,1e6,100000,10,p1\nSOL,long,1e5,200,5,p2\nSOL,long,1e5,200,5,p1\n"
+                ),
+                "book.csv: row 3, column position_id = 'p1': allowed an id not used before (row 1 has it)",
+            ),
+            (
+                "unknown collateral",
+                (
+                    "asset,side,notional_usd,entry_price,leverage,margin_mode,account_id,collateral\n"
+                    "BTC,long,1e6,100000,10,cross,a1,USDe\n"
+                ),
+                "book.csv: row 1, column collateral = 'USDe': allowed USD",
+            ),
+            (
+                "stop on a cross row",
+                (
+                    "asset,side,notional_usd,entry_price,leverage,margin_mode,account_id,stop_price\n"
+                    "BTC,long,1e6,100000,10,cross,a1,95000\n"
+                ),
+                (
+                    "book.csv: row 1, column stop_price = 95000: allowed empty on cross rows (stops on cross "
+                    "positions are not simulated"
+                ),
+            ),
+            (
+                "stop that triggers at once",
+                "asset,side,notional_usd,entry_price,leverage,stop_price\nSOL,short,1e5,200,5,190\n",
+                "book.csv: row 1, column stop_price = 190: allowed above SOL's starting price 200 for a short",
+            ),
+            (
+                "hedge-mode account",
+                (
+                    "asset,side,notional_usd,entry_price,leverage,margin_mode,account_id\n"
+                    "BTC,long,1e6,100000,10,cross,a1\nBTC,short,1e5,100000,5,cross,a1\n"
+                ),
+                (
+                    "book.csv: row 2, column side = 'short': allowed 'long', as on row 1 of the same account and "
+                    "asset (hedge mode is not simulated"
+                ),
+            ),
+        ]
+    ],
+    (
+        "positions file: binary",
+        {"c.toml": BOOK_TOML.replace("book.csv", "book.parquet"), "book.parquet": "PAR1\x00\x01binary"},
+        ["run", "c.toml"],
+        "book.parquet: not a readable parquet file",
+    ),
+    (
+        "positions file: unknown collateral of the config",
+        {
+            "c.toml": BOOK_TOML + "[collateral.USDe]\nhaircut = 0.05\n",
+            "book.csv": "asset,side,notional_usd,entry_price,leverage,margin_mode,account_id,collateral\n"
+            "BTC,long,1e6,100000,10,cross,a1,stETH\n",
+        },
+        ["run", "c.toml"],
+        "book.csv: row 1, column collateral = 'stETH': allowed USD, USDe",
+    ),
+    (
+        "positions file: collateral on an isolated row",
+        {
+            "c.toml": BOOK_TOML + "[collateral.USDe]\nhaircut = 0.05\n",
+            "book.csv": "asset,side,notional_usd,entry_price,leverage,collateral\n"
+            "BTC,long,1e6,100000,10,USD\nSOL,long,1e5,200,5,USDe\n",
+        },
+        ["run", "c.toml"],
+        "book.csv: row 2, column collateral = 'USDe': allowed USD on isolated rows",
+    ),
+    (
+        "stop order that triggers at once",
+        {},
+        ["run", QUICK, "--set", 'book.stops=[{asset="BTC", side="long", price=1e6, notional_usd=1e6}]'],
+        (
+            "book.stops.0.price = 1e+06: a long stop on the wrong side of the starting price of BTC (100000) "
+            "triggers at once; allowed: below 100000"
+        ),
     ),
 ]
 

@@ -31,7 +31,7 @@ from engine.sim import reference
 from engine.sim.reduce import QUANTILES
 from engine.sim.rollout import rollout
 from engine.sim.tipping import NUDGE_ULPS, tips
-from tests.helpers import engine_draws, usd_scale
+from tests.helpers import F32_RTOL, engine_draws, usd_scale
 from tests.sim.test_tipping import near_threshold
 
 N_PATHS, SEED = 512, 9
@@ -84,6 +84,8 @@ def test_distributions_agree_within_monte_carlo_error(runs):
         assert np.all(np.abs(a.mean(0) - b.mean(0)) <= MEAN_SE * se), name
         for q in QUANTILES:
             lo, hi = quantile_band(b, q)
+            # the float32 kernel cannot come closer than its rounding (many paths may share a value)
+            lo, hi = lo - F32_RTOL * np.abs(lo), hi + F32_RTOL * np.abs(hi)
             assert np.all((lo <= np.quantile(a, q, axis=0)) & (np.quantile(a, q, axis=0) <= hi)), (name, q)
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from engine.config import build
 from engine.config.schema import Config
 from engine.model import kernel, waterfall
+from engine.model.sides import by_side, side_matrix
 from engine.sim import reference
 from engine.sim.rollout import rollout
 from tests.conftest import small_dict
@@ -162,6 +164,13 @@ def test_rollout_matches_reference_paths(variant, form):
         assert np.any(np.abs(ref[acted]) > 0), f"{variant}: the lever under test never acted ({acted} is 0)"
 
 
+def queue(profit, score, need, side):
+    """The kernel's ADL queue over one set of cohorts `[assets, cohorts]`: (absorbed, closed)."""
+    sides = side_matrix(jnp.asarray(side))
+    part = waterfall.Opposite(profit, score, side, profit, lambda x: by_side(x, sides))
+    return waterfall._adl_queue([part], need)[0]
+
+
 def test_adl_queue_closes_by_score_and_ties_together():
     """The queue on a hand-made book, reference and kernel: best score first, ties together."""
     profit = np.array([[[5.0, 3.0, 3.0, 4.0, 0.0, 2.0]]])
@@ -172,16 +181,14 @@ def test_adl_queue_closes_by_score_and_ties_together():
     need = np.array([[[7.0, 0.0]]])
     closed = reference.adl_closures(profit, score, need, side, rule=1)
     np.testing.assert_array_equal(closed[0, 0], [1, 1, 1, 0, 0, 0])
-    absorbed, kernel_closed = waterfall._adl_queue(profit[0], score[0], need[0], side)
+    absorbed, kernel_closed = queue(profit[0], score[0], need[0], side)
     np.testing.assert_array_equal(np.asarray(kernel_closed)[0], [1, 1, 1, 0, 0, 0])
     assert_close(np.asarray(absorbed)[0], [5, 1, 1, 0, 0, 0], F32_RTOL)
     # nothing needed: nothing closed; more needed than held: every profitable cohort closed
     for amount, expect in ((0.0, [0, 0, 0, 0, 0, 0]), (100.0, [1, 1, 1, 1, 0, 0])):
         need = np.array([[[amount, 0.0]]])
         np.testing.assert_array_equal(reference.adl_closures(profit, score, need, side, rule=1)[0, 0], expect)
-        np.testing.assert_array_equal(
-            np.asarray(waterfall._adl_queue(profit[0], score[0], need[0], side)[1])[0], expect
-        )
+        np.testing.assert_array_equal(np.asarray(queue(profit[0], score[0], need[0], side)[1])[0], expect)
     # pro rata: every profitable cohort gives the same share of its profit and size
     closed = reference.adl_closures(profit, score, np.array([[[7.0, 1.0]]]), side, rule=2)
     assert_close(closed[0, 0], [7 / 15] * 4 + [0, 0.5], EXACT_RTOL)
