@@ -11,6 +11,7 @@ options, prints, and maps exceptions to exit codes.
                                                     (one process of N; or --distributed)
     liqstress validate CONFIG [--set key=value ...]
     liqstress combine DIR
+    liqstress events [EVENT.toml ...]              (the event library, or check event files)
 
 With no command it runs the default scenario. Exit codes: 0 success; 2 invalid config or
 usage (one message, nothing written); 1 runtime failure (parts already written are kept for

@@ -1,4 +1,5 @@
-"""`liqstress compare`, `list`, `validate`, `make-book`: read runs and configs, write synthetic books."""
+"""`liqstress compare`, `list`, `validate`, `make-book`, `events`: read runs, configs and the
+event library, write synthetic books."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from rich.table import Table
 
 from engine.cli.run import warn
 from engine.cli.shell import app, fail, out
+from engine.config import events as E
 from engine.config import synthetic
 from engine.config.errors import ConfigError
 from engine.config.files import load_config, load_study
@@ -150,3 +152,40 @@ def make_book(
     except OSError as e:
         raise fail(f"cannot write {out_file}: {e}", EXIT_FAILED) from None
     out().print(f"{positions:,} positions: {out_file}")
+
+
+def _figure(f: E.Figure | None, fmt) -> str:
+    """A figure for a table: its value, or its range where sources disagree."""
+    if f is None:
+        return "–"
+    if f.low is not None and f.low != f.high:
+        return f"{fmt(f.low)}–{fmt(f.high)}"
+    return fmt(f.central)
+
+
+@app.command()
+def events(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Event files to check (default: the shipped library).")
+    ] = None,
+) -> None:
+    """List the event library (engine/events/) or check event files: date, reported
+    liquidations, long share and traders liquidated, each with its sources in the file."""
+    try:
+        found = {p.stem: E.load_event(p) for p in files} if files else E.library()
+    except ConfigError as e:
+        raise fail(str(e), EXIT_USAGE) from None
+    t = Table(title=f"{len(found)} event(s)")
+    for col in ("event", "date", "liquidations (USD)", "long share", "traders liquidated", "assets"):
+        t.add_column(col)
+    for name, ev in found.items():
+        o = ev.outcomes
+        t.add_row(
+            name,
+            str(ev.date),
+            _figure(o.liquidations_usd, lambda x: f"{x / 1e9:.2f} B"),
+            _figure(o.long_share, lambda x: f"{x:.0%}"),
+            _figure(o.traders_liquidated, lambda x: f"{x:,.0f}"),
+            ", ".join(ev.pre_event.assets),
+        )
+    out().print(t)

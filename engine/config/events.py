@@ -1,0 +1,153 @@
+"""The event library: past liquidation cascades as data (`engine/events/*.toml`, one file each).
+
+An event holds what was public before it (prices, open interest, positioning), what the market
+did (peak, trough, how long the fall took) and what was reported afterwards (liquidations in
+total, per side and per asset, insurance-fund draws, ADL, the change in open interest, traders
+liquidated). Every figure is a `Figure`: a value, or a range where sources disagree, with the
+source and the date of the report it comes from. An event file is validated like a config
+file: a mistake gives one `ConfigError` naming the file and the field (exit 2 on the command
+line).
+
+```toml
+date = "2021-05-19"
+description = "China ban headlines and a long squeeze"
+
+[pre_event.assets.BTC]
+price = { value = 42900, units = "USD", source = "...", source_date = "2021-05-19" }
+
+[outcomes]
+liquidations_usd = { low = 8.0e9, high = 8.6e9, units = "USD", source = "...", source_date = "2021-05-19" }
+```
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, model_validator
+
+from engine.config.errors import ConfigError, describe
+from engine.config.strict import Strict
+
+Text = Annotated[str, Field(min_length=1)]
+
+
+class Figure(Strict):
+    """One reported figure: `value`, or `low` and `high` where sources disagree (the value, if
+    given too, must lie between them); its units, its source and the date of that report."""
+
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+    units: Text
+    source: Text
+    source_date: dt.date
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _value_or_range(self) -> Figure:
+        if (self.low is None) != (self.high is None):
+            raise ValueError("give both low and high, or neither")
+        if self.value is None and self.low is None:
+            raise ValueError("give a value, or a low and a high")
+        if self.low is not None and not self.low <= self.high:
+            raise ValueError(f"low ({self.low:g}) must not exceed high ({self.high:g})")
+        if self.value is not None and self.low is not None and not self.low <= self.value <= self.high:
+            raise ValueError(f"value {self.value:g} lies outside [{self.low:g}, {self.high:g}]")
+        return self
+
+    @property
+    def central(self) -> float:
+        """The value, or the middle of the range."""
+        return self.value if self.value is not None else 0.5 * (self.low + self.high)
+
+
+class PreAsset(Strict):
+    """One asset before the event: price, open interest and public positioning."""
+
+    price: Figure | None = None
+    open_interest_usd: Figure | None = None
+    long_short_ratio: Figure | None = None
+    funding_8h: Figure | None = None
+
+
+class PreEvent(Strict):
+    """What was public before the event."""
+
+    assets: dict[str, PreAsset]
+    aggregate_open_interest_usd: Figure | None = None
+    estimated_leverage_ratio: Figure | None = None
+
+
+class Move(Strict):
+    """What one asset's price did: peak and trough (USD), the fall as a fraction, its duration."""
+
+    peak: Figure | None = None
+    trough: Figure | None = None
+    fall: Figure | None = None
+    fall_hours: Figure | None = None
+
+
+class Outcomes(Strict):
+    """What was reported afterwards (over `horizon_hours` of the event)."""
+
+    liquidations_usd: Figure
+    long_share: Figure | None = None
+    by_asset_usd: dict[str, Figure] = Field(default_factory=dict)
+    insurance_fund_draw_usd: Figure | None = None
+    adl_usd: Figure | None = None
+    open_interest_change: Figure | None = None
+    traders_liquidated: Figure | None = None
+
+
+class Event(Strict):
+    """One past event (see the module docstring)."""
+
+    date: dt.date
+    description: Text
+    horizon_hours: Annotated[float, Field(gt=0, le=24 * 31)] = 24.0
+    pre_event: PreEvent
+    price_path: dict[str, Move]
+    outcomes: Outcomes
+
+    @model_validator(mode="after")
+    def _assets_known(self) -> Event:
+        known = list(self.pre_event.assets)
+        for where, names in (
+            ("price_path", self.price_path),
+            ("outcomes.by_asset_usd", self.outcomes.by_asset_usd),
+        ):
+            for name in names:
+                if name not in known:
+                    raise ValueError(f"{where}.{name}: not an asset of pre_event.assets ({known})")
+        return self
+
+
+def events_dir() -> Path:
+    """Where the shipped events live (`engine/events/`)."""
+    return Path(str(resources.files("engine") / "events"))
+
+
+def load_event(path: str | Path) -> Event:
+    """The validated event of a TOML file; a `ConfigError` names the file and the field."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not a TOML file: {e}") from None
+    try:
+        return Event.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{p}:\n{describe(err)}") from None
+
+
+def library() -> dict[str, Event]:
+    """Every shipped event by file stem, in date order."""
+    events = {p.stem: load_event(p) for p in sorted(events_dir().glob("*.toml"))}
+    return dict(sorted(events.items(), key=lambda kv: kv[1].date))
