@@ -39,26 +39,22 @@ def static_of(cfg: Config) -> Static:
     run = cfg.run
     fan_points = min(run.fan_points, run.steps)
     stride = math.ceil(run.steps / fan_points)
-    static = Static(
+    if cfg.book.positions:
+        book = book_file.cohorts_per_asset(cfg)
+    elif cfg.book.liquidation_map:
+        book = liquidation_map.map_cohorts_per_asset(cfg)
+    else:
+        book = cfg.book.cohorts_per_asset
+    acc = accounts.account_cohorts(cfg)
+    n_accounts = 0 if acc is None else len(acc.weight)
+    return Static(
         n_assets=len(cfg.market.assets),
-        n_cohorts=(
-            book_file.cohorts_per_asset(cfg)
-            if cfg.book.positions
-            else liquidation_map.map_cohorts_per_asset(cfg)
-            if cfg.book.liquidation_map
-            else cfg.book.cohorts_per_asset
-        ),
+        n_cohorts=book + 2 * stops.per_side(cfg),  # the config's stops beside the book
         steps=run.steps,
         rounds=run.cascade_rounds,
         max_window=run.max_window,
         fan_stride=stride,
         fan_points=math.ceil(run.steps / stride),
-    )
-    acc = accounts.account_cohorts(cfg)
-    n_accounts = 0 if acc is None else len(acc.weight)
-    return dataclasses.replace(
-        static,
-        n_cohorts=static.n_cohorts + 2 * stops.per_side(cfg),  # the config's stops beside the book
         n_accounts=n_accounts,
         n_collateral=len(cfg.collateral) if n_accounts else 0,
         stops=bool(cfg.book.stops) or bool(cfg.book.positions and book_file.has_stops(cfg)),
@@ -164,19 +160,20 @@ def jump_truncation(cfg: Config) -> float:
 
 def cohorts(cfg: Config) -> Cohorts:
     """The book of `cfg`: from its positions file (`engine.config.book_file`), its liquidation
-    map (`engine.config.liquidation_map`) or parametric (`engine.config.book.build_cohorts`)."""
+    map (`engine.config.liquidation_map`) or parametric (`engine.config.book.build_cohorts`),
+    with the config's stop orders beside it (`engine.config.stops`)."""
     if cfg.book.positions:
-        return book_file.cohorts_from_file(cfg)
-    if cfg.book.liquidation_map:
-        return liquidation_map.cohorts_from_map(cfg)
-    return build_cohorts(cfg)
+        book = book_file.cohorts_from_file(cfg)
+    elif cfg.book.liquidation_map:
+        book = liquidation_map.cohorts_from_map(cfg)
+    else:
+        book = build_cohorts(cfg)
+    return stops.with_stops(cfg, book)
 
 
 def book_params(cfg: Config) -> BookParams:
-    """The cohorts of `cohorts`, with the config's stop orders beside them
-    (`engine.config.stops`), as device arrays."""
-    c = stops.with_stops(cfg, cohorts(cfg))
-    return BookParams(*(None if x is None else jnp.asarray(x) for x in c))
+    """The cohorts of `cohorts` as device arrays."""
+    return BookParams(*(None if x is None else jnp.asarray(x) for x in cohorts(cfg)))
 
 
 def account_params(cfg: Config) -> AccountParams | None:

@@ -33,7 +33,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 
 from engine.model import collateral, policies, tally
-from engine.model.params import AccountParams, CollateralParams, PolicyParams
+from engine.model.params import AccountParams, CollateralParams, Params, PolicyParams
 from engine.model.waterfall import Opposite
 
 
@@ -41,8 +41,8 @@ class AccountStep(NamedTuple):
     """What one step's cascade rounds share about the accounts, `[accounts]` unless stated.
 
     wallet: USD after the leverage cap. margin0: USD margin at t0 (wallet and collateral).
-    excess_vol: `[assets]` relative excess volatility of the step (`policies.maintenance_rate`).
-    pol: the policy point. weights: `[accounts, buckets]` leverage bucket.
+    sigma, sigma0: `[assets]` per-step volatility of the step and long-run (dynamic margin,
+    `policies.maintenance_rate`). pol: the policy point. weights: `[accounts, buckets]` leverage bucket.
     gap: `[collateral]` depeg gap of the step, or None. price0: `[assets]` USD. per_unit:
     `[accounts, assets]` positions per unit of each leg at t0 (after the cap), so that a leg
     ADL has cut counts by the share of its units.
@@ -52,7 +52,8 @@ class AccountStep(NamedTuple):
     cp: CollateralParams | None
     wallet: jnp.ndarray
     margin0: jnp.ndarray
-    excess_vol: jnp.ndarray
+    sigma: jnp.ndarray
+    sigma0: jnp.ndarray
     pol: PolicyParams
     weights: jnp.ndarray
     gap: jnp.ndarray | None
@@ -74,22 +75,22 @@ def capped(acc: AccountParams, pol: PolicyParams) -> tuple[jnp.ndarray, jnp.ndar
     return quantity, wallet, lev
 
 
-def prepare(acc, cp, gap, pol: PolicyParams, sigma, sigma0, price0) -> AccountStep:
-    """The `AccountStep` of a step: sigma, sigma0 `[assets]` per-step volatility (dynamic
-    margin), gap `[collateral]` or None, price0 `[assets]` USD."""
+def prepare(params: Params, gap, sigma) -> AccountStep:
+    """The `AccountStep` of a step of `params` (which hold accounts): gap `[collateral]` the
+    step's depeg gap (None without collateral), sigma `[assets]` its per-step volatility."""
+    acc, cp, mp, pol = params.accounts, params.collateral, params.market, params.policy
     q0, wallet, lev = capped(acc, pol)
     per_unit = jnp.where(q0 > 0, acc.positions / jnp.where(q0 > 0, q0, 1.0), 0.0)
     c0 = 0.0
     if cp is not None:
-        c0 = collateral.margin_value(acc.collateral, cp, jnp.zeros_like(gap), price0, price0)
-    excess_vol = jnp.maximum(sigma / sigma0 - 1.0, 0.0)
+        c0 = collateral.margin_value(acc.collateral, cp, jnp.zeros_like(gap), mp.price0, mp.price0)
     weights = tally.bucket_weights(lev)
-    return AccountStep(acc, cp, wallet, wallet + c0, excess_vol, pol, weights, gap, price0, per_unit)
+    return AccountStep(acc, cp, wallet, wallet + c0, sigma, mp.sigma0, pol, weights, gap, mp.price0, per_unit)
 
 
 def rates(st: AccountStep) -> jnp.ndarray:
     """Maintenance rates in force `[accounts, assets]` (`engine.model.policies.maintenance_rate`)."""
-    return jnp.minimum(st.acc.mmr * (1.0 + st.pol.dynamic_margin * st.excess_vol), policies.MAX_MMR)
+    return policies.maintenance_rate(st.acc.mmr.T, st.sigma, st.sigma0, st.pol).T
 
 
 def collateral_value(st: AccountStep, price, par: bool = False) -> jnp.ndarray:
@@ -131,7 +132,7 @@ def under_water(st: AccountStep, q, price, active, par: bool = False) -> jnp.nda
     return ln.live & (excess(st, ln, q, price, par) <= 0)
 
 
-def side_sums(x, side) -> jnp.ndarray:
+def leg_sums(x, side) -> jnp.ndarray:
     """Legs `x` `[accounts, assets]` summed per asset and side of `side`: `[assets, 2]`."""
     return jnp.stack([jnp.sum(jnp.where(side > 0, x, 0.0), 0), jnp.sum(jnp.where(side < 0, x, 0.0), 0)], -1)
 
@@ -161,12 +162,12 @@ def hits(st: AccountStep, ln: Lines, q, pend: Pending, price) -> tuple:
     `[accounts]` bool, their units per asset and side `[assets, 2]`, collateral value
     `[accounts]` USD)."""
     coll = collateral_value(st, price)
-    ex = ln.level + jnp.sum(q * (st.acc.side - rates(st)) * price, -1) + coll
+    ex = excess(st, ln, q, price)
     new = ln.live & ~pend.hit & (ex <= 0)
     caused = jnp.zeros_like(new)
     if st.cp is not None:
         caused = new & (ex - coll + collateral_value(st, price, par=True) > 0)
-    return new, caused, side_sums(jnp.where(new[:, None], q, 0.0), st.acc.side), coll
+    return new, caused, leg_sums(jnp.where(new[:, None], q, 0.0), st.acc.side), coll
 
 
 def record(pend: Pending, index, new, caused, fill, coll) -> Pending:
@@ -227,8 +228,8 @@ def settle(st: AccountStep, q, pend: Pending, t: tally.Tally) -> Settled:
     )
     return Settled(
         quantity=q - dq,
-        liquidated=side_sums(at_fill, s),
-        shortfall=side_sums(short[:, None] * share, s),
+        liquidated=leg_sums(at_fill, s),
+        shortfall=leg_sums(short[:, None] * share, s),
         trader_loss=jnp.sum(loss),
         counterparty=-jnp.sum(pnl),
         fund_inflow=jnp.sum(jnp.where(hit, jnp.maximum(equity, 0.0), 0.0)),
@@ -248,4 +249,4 @@ def adl_legs(st: AccountStep, q, price) -> Opposite:
     score = jnp.where(
         profit > 0, profit / safe(st.margin0)[:, None] * (notional / safe(equity))[:, None], 0.0
     )
-    return Opposite(profit.T, score.T, acc.side.T, q.T, lambda x: side_sums(x.T, acc.side))
+    return Opposite(profit.T, score.T, acc.side.T, q.T, lambda x: leg_sums(x.T, acc.side))

@@ -120,10 +120,11 @@ class _Step(NamedTuple):
     lo: jnp.ndarray
     hi: jnp.ndarray
     sigma: jnp.ndarray
-    # for the tally: the cohorts' leverage buckets `[assets, cohorts, buckets]` and positions
-    # per unit held at t0 `[assets, cohorts]`; the accounts (`engine.model.accounts`) or None
-    buckets: jnp.ndarray
-    per_unit: jnp.ndarray
+    # the general form's tally per round: the cohorts' leverage buckets `[assets, cohorts,
+    # buckets]` and positions per unit held at t0 `[assets, cohorts]` (None in the whole form,
+    # which tallies at the path's end); the accounts (`engine.model.accounts`) or None
+    buckets: jnp.ndarray | None = None
+    per_unit: jnp.ndarray | None = None
     acc: A.AccountStep | None = None
     lines: A.Lines | None = None
     legs: jnp.ndarray | None = None  # [accounts, assets] units, fixed within the step's rounds
@@ -432,9 +433,7 @@ def run_cascade_whole(
     comparison, one per-side sum and one select over the cohorts; the accounting runs once
     after the rounds.
     """
-    st = _Step(
-        book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma, *T.cohort_inputs(book, pol)
-    )
+    st = _Step(book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma)
     p_liq = liquidation_price(book.side, bankrupt, mmr, book.maint_amount)
     alive = (active[:, None] > 0) & (quantity > 0)
     start = _Hits(

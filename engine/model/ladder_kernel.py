@@ -393,9 +393,7 @@ def _tally(state: SimState, params: Params) -> T.Tally:
     book, pol = params.book, params.policy
     q0, b0 = policies.cap_leverage(book, pol)
     dq = jnp.where(L.liquidated(params.ladder, state.level), q0, 0.0)
-    margin = book.side * dq * (book.entry - b0)
-    t = state.totals.tally
-    return T.cohorts(book.entry, *T.cohort_inputs(book, pol), t, dq, margin)
+    return T.whole(book, pol, state.totals.tally, dq, b0)
 
 
 def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.ndarray]:

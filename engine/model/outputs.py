@@ -181,28 +181,17 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     p_liq = liquidation_price(book.side, state.bankrupt, mmr, book.maint_amount)
     deferred = (state.quantity > 0) & (book.side * (fair - p_liq) <= 0)
     if state.liquidated_units is not None:  # the whole-position form tallies at the end
-        state = state._replace(totals=state.totals._replace(tally=whole_tally(state, params)))
+        t = tally.whole(book, params.policy, state.totals.tally, state.liquidated_units, state.bankrupt)
+        state = state._replace(totals=state.totals._replace(tally=t))
     units = jnp.sum(state.quantity, -1)
     late = jnp.sum(jnp.where(deferred, state.quantity * fair, 0.0))
     if params.accounts is not None:
         sigma = jnp.sqrt(state.variance)
-        st = accounts.prepare(
-            params.accounts, params.collateral, state.gap, params.policy, sigma, mp.sigma0, mp.price0
-        )
+        st = accounts.prepare(params, state.gap, sigma)
         under = accounts.under_water(st, state.accounts, fair[:, 0], jnp.ones_like(units))
         units = units + jnp.sum(state.accounts, 0)
         late = late + jnp.sum(jnp.where(under[:, None], state.accounts * fair[:, 0], 0.0))
     return assemble(state, params, units, late)
-
-
-def whole_tally(state: SimState, params: Params) -> tally.Tally:
-    """The path's tally of the dense whole-position form from its units liquidated per cohort:
-    each liquidation there loses the cohort's margin `s q (e - b)` at the bankruptcy price in
-    force (which that form never moves)."""
-    book, dq = params.book, state.liquidated_units
-    margin = book.side * dq * (book.entry - state.bankrupt)
-    inputs = tally.cohort_inputs(book, params.policy)
-    return tally.cohorts(book.entry, *inputs, state.totals.tally, dq, margin)
 
 
 def assemble(state: SimState, params: Params, units, deferred) -> dict[str, jnp.ndarray]:

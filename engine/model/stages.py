@@ -159,11 +159,7 @@ def account_args(state: SimState, m: Move, params: Params) -> tuple | None:
     """The `accounts` argument of `engine.model.cascade.run_cascade` for this step, or None."""
     if params.accounts is None:
         return None
-    mp = params.market
-    st = accounts.prepare(
-        params.accounts, params.collateral, m.gap, params.policy, m.sigma, mp.sigma0, mp.price0
-    )
-    return st, state.accounts
+    return accounts.prepare(params, m.gap, m.sigma), state.accounts
 
 
 def cascade_args(state: SimState, m: Move, flow0, lo, hi, active, params: Params, static: Static) -> tuple:
@@ -282,9 +278,7 @@ def deleverage(state: SimState, params: Params, minimum=jnp.minimum) -> SimState
     legs = None
     if params.accounts is not None:
         sigma = jnp.sqrt(state.variance)
-        st = accounts.prepare(
-            params.accounts, params.collateral, state.gap, params.policy, sigma, mp.sigma0, mp.price0
-        )
+        st = accounts.prepare(params, state.gap, sigma)
         legs = accounts.adl_legs(st, state.accounts, price)
     r = auto_deleverage(
         state.quantity, state.bankrupt, price, state.deficit, params.book, params.policy, minimum, legs

@@ -104,3 +104,12 @@ def cohorts(entry, buckets, per_unit, t: Tally, dq, loss) -> Tally:
     positions = per_unit * dq
     one = jnp.where(positions > 0, loss / jnp.where(positions > 0, positions, 1.0), 0.0)
     return liquidations(t, dq * entry, loss, buckets, jnp.sum(positions, -1), one, ISOLATED)
+
+
+def whole(book: BookParams, pol: PolicyParams, t: Tally, dq, bankrupt) -> Tally:
+    """`t` with whole liquidations of isolated cohorts added, a path's at its end: `dq` units
+    `[assets, cohorts]` liquidated, each losing its margin `s dq (e - b)` at the bankruptcy
+    price `bankrupt` `[assets, cohorts]` (USD) of its cohort, which whole liquidation never
+    moves."""
+    margin = book.side * dq * (book.entry - bankrupt)
+    return cohorts(book.entry, *cohort_inputs(book, pol), t, dq, margin)

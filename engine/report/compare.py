@@ -258,9 +258,7 @@ def _book_section(pols: list[PolicyResult]) -> list[str]:
     """ "What the book did" (`engine.report.summary.book_rows`, means over paths) per policy,
     where some policy's book did more than liquidate isolated positions."""
     rows = [book_rows(p.ds) for p in pols]
-    labels = sorted(
-        {label for r in rows for label, _ in r}, key=lambda x: [lb for r in rows for lb, _ in r].index(x)
-    )
+    labels = list(dict.fromkeys(label for r in rows for label, _ in r))  # first seen first
     if len(labels) <= 1:
         return []
     table = [[p.label] + [dict(r).get(label, "") for label in labels] for p, r in zip(pols, rows)]
