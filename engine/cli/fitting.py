@@ -12,6 +12,7 @@ from rich.table import Table
 
 from engine.cli.shell import app, err, fail, out, warning
 from engine.config.errors import ConfigError, SimulationError
+from engine.config.files import read_toml, resolve_config_path
 from engine.report.units import usd
 from engine.runs import rundir
 from engine.sim.distributed import EXIT_USAGE
@@ -45,7 +46,7 @@ def _fit(kind: str, config: Path, run_dir: Path | None, runs_root: Path, load, e
 ConfigArg = Annotated[
     Path,
     typer.Argument(
-        help="Config file, or the name of a shipped one (calibrate_oct10_2025, optimise_oct10_2025)."
+        help="Config file, or the name of a shipped one (calibrate_oct10_2025, joint_events, optimise_oct10_2025)."
     ),
 ]
 RunDirOpt = Annotated[
@@ -74,6 +75,59 @@ def _optimisation_plan(oc) -> str:
     )
 
 
+def _joint_plan(jc) -> str:
+    s = jc.calibration
+    return (
+        f"joint calibration over {len(jc.events)} events ({', '.join(jc.events)}): {len(jc.params)} shared "
+        f"parameters and one shock per event, seeds {list(s.seeds)}, {s.iterations} iterations of {s.n_paths} paths"
+    )
+
+
+def _is_joint(config: Path) -> bool:
+    """Whether the config file is a joint calibration over events (its `kind`)."""
+    try:
+        return read_toml(resolve_config_path(config)).get("kind") == "joint_calibration"
+    except ConfigError:
+        return False
+
+
+def _load_joint(config: Path):
+    from engine.fit.joint import load_joint
+
+    return load_joint(config)[0]
+
+
+def _calibrate_joint(config: Path, run_dir: Path | None, runs_root: Path, dry_run: bool) -> None:
+    """`liqstress calibrate` of a joint config (`engine.fit.joint`)."""
+    from engine.fit import joint
+    from engine.report.validation import write_joint
+
+    def execute(path, target, log):
+        jc, events = joint.load_joint(path)
+        probs = joint.problems(jc, events)
+        fits = joint.calibrate_joint(jc, events, probs, log)
+        a = joint.assess_joint(fits)
+        log("curvature: the Jacobian of every target at the fitted values")
+        cur = joint.curvature(jc, probs, a.values, a.shocks, jc.calibration.seeds[0])
+        return write_joint(jc, probs, fits, a, cur, target)
+
+    done = _fit("calibrate", config, run_dir, runs_root, _load_joint, execute, dry_run, _joint_plan)
+    if done is None:
+        return
+    summary, target = done
+    t = Table(title="joint calibration (mean and sd over converged seeds)")
+    for col in ("parameter", "fitted (mean)", "sd over seeds", "curvature s.e."):
+        t.add_column(col)
+    for p in summary["params"]:
+        t.add_row(p["path"], f"{p['mean']:.4g}", f"{p['std_over_seeds']:.2g}", f"{p['curvature_se']:.2g}")
+    for name, x in summary["shocks"].items():
+        t.add_row(
+            f"shock of {name}", f"{x['mean']:.4g}", f"{x['std_over_seeds']:.2g}", f"{x['curvature_se']:.2g}"
+        )
+    out().print(t)
+    out().print(f"run directory: {target}  (report.md: targets per event and the parameters' correlations)")
+
+
 @app.command()
 def calibrate(
     config: ConfigArg,
@@ -81,7 +135,10 @@ def calibrate(
     runs_root: RunsRootOpt = Path("runs"),
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Fit free parameters to observed targets (relaxed kernel, optax); one fit per seed."""
+    """Fit free parameters to observed targets (relaxed kernel, optax); one fit per seed. A
+    joint config (`kind = "joint_calibration"`) fits shared parameters over several events."""
+    if _is_joint(config):
+        return _calibrate_joint(config, run_dir, runs_root, dry_run)
     from engine.fit import calibrate as fit
     from engine.report.fits import write_calibration
 
@@ -164,6 +221,82 @@ def optimise(
             f"reaches it: {fmt(rec['values'])} (cost {rec['cost']:.3f}, P(feasible) = {rec['p_feasible']:.3f})"
         )
     out().print(f"run directory: {target}")
+
+
+@app.command()
+def backtest(
+    config: Annotated[
+        Path, typer.Argument(help="A joint calibration config, or the name of a shipped one.")
+    ] = Path("joint_events"),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write validation.md, validation.json and validation.png here (replaced whole); "
+            "default: a new runs/<time>_backtest_<name>/.",
+        ),
+    ] = None,
+    event: Annotated[
+        list[str] | None, typer.Option("--event", help="Hold out only this event (repeatable).")
+    ] = None,
+    runs_root: RunsRootOpt = Path("runs"),
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Leave-one-event-out validation: fit on all events but one, predict the one left out."""
+    from engine.fit import backtest as bt
+    from engine.fit import joint
+    from engine.report.validation import write_validation
+
+    try:
+        jc, events = joint.load_joint(config)
+        unknown = [e for e in event or [] if e not in events]
+        if unknown:
+            raise ConfigError(f"--event {unknown[0]}: not an event of {config}; allowed: {list(events)}")
+        target = (
+            out_dir
+            if out_dir is not None
+            else rundir.default_run_dir(runs_root, f"backtest_{Path(config).stem}")
+        )
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"--out {target}: exists and is not a directory")
+    except ConfigError as e:
+        raise fail(str(e), 2) from None
+    held = event or list(events)
+    if dry_run:
+        out().print(
+            f"{config}: ok: hold out {', '.join(held)}; {_joint_plan(jc)}; would write to {target}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    command = " ".join(
+        ["liqstress backtest", str(config)]
+        + ([f"--out {out_dir}"] if out_dir else [])
+        + [f"--event {e}" for e in event or []]
+    )
+    log = lambda line: err().print(line, highlight=False)
+    try:
+        probs = joint.problems(jc, events)
+        folds = bt.backtest(jc, events, probs, log=log, only=held)
+        summary = write_validation(jc, folds, probs, target, command)
+    except (SimulationError, OSError, ValueError, RuntimeError) as e:
+        raise fail(f"backtest failed: {e}", 1) from None
+    except KeyboardInterrupt:
+        raise fail("backtest interrupted; nothing more is written", 130) from None
+    t = Table(title="held-out events: predicted median against reported")
+    for col in ("event", "target", "reported", "predicted", "goal"):
+        t.add_column(col)
+    for f in summary["folds"]:
+        for x in f["targets"]:
+            goal = "" if x["met"] is None else ("met" if x["met"] else "[red]missed[/]")
+            rep = (
+                f"{x['reported_low']:.4g}"
+                if x["reported_low"] == x["reported_high"]
+                else f"{x['reported_low']:.4g}–{x['reported_high']:.4g}"
+            )
+            t.add_row(f["held_out"], x["target"], rep, f"{x['median']:.4g}", goal)
+    out().print(t)
+    out().print(f"written: {target / 'validation.md'}, validation.json, validation.png")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,0 +1,199 @@
+"""Leave-one-event-out validation (`liqstress backtest`): fit on all events but one, then
+predict the one left out from its pre-event state and its observed price move.
+
+For each held-out event:
+
+1. the joint calibration (`engine.fit.joint`) fits the shared parameters and the other
+   events' shocks, one fit per seed; the fold's values are the means over converged seeds;
+2. the held-out event's shock is fitted to its observed falls alone (its `fall` targets),
+   the shared values held fixed: the price move is an input, not a prediction;
+3. the exact kernel runs `backtest.n_paths` fresh paths of the held-out event with those
+   values; the prediction of each target is the median over paths and a central band.
+
+The goals (`Tolerances`): total liquidations within a factor, the long share within a
+difference, per-asset liquidations within a factor. A reported range counts as met when the
+median lies in it; outside it the factor (or difference) is to the nearer end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine.config.events import Event
+from engine.fit.common import descend, differentiable_outputs, to_unconstrained, to_values
+from engine.fit.joint import (
+    LOG_KINDS,
+    EventProblem,
+    JointConfig,
+    JointFit,
+    Target,
+    apply_values,
+    assess_joint,
+    bounds_of,
+    calibrate_joint,
+    layout,
+    problems,
+)
+from engine.model.kernel import word64
+from engine.sim.simulate import precision
+
+
+def held_out_shock(jc: JointConfig, pr: EventProblem, values, seed: int) -> float:
+    """The event's shock fitted to its observed falls with the shared `values` fixed; the
+    shock's starting value if the event has no fall."""
+    sb = jc.shock
+    falls = [i for t, i in zip(pr.targets, pr.index) if t.kind == "fall"]
+    weight = np.zeros_like(pr.weight)
+    weight[falls] = pr.weight[falls]
+    if not weight.any():
+        return sb.init
+    lay = layout(jc)
+    u_shared = jnp.asarray(to_unconstrained(values, lay.lower, lay.upper), jnp.float32)
+    key = word64(seed)
+    objective = pr.objective(lay, jc.calibration.n_paths, bounds_of(jc))
+
+    def value_and_grad(u):
+        (loss, st), (_, g) = objective(u_shared, u[0], key, weight)
+        return (loss, st), jnp.reshape(g, (1,)).astype(u.dtype)
+
+    u0 = jnp.asarray([to_unconstrained(sb.init, sb.lower, sb.upper)], jnp.float32)
+    d = descend(
+        value_and_grad,
+        u0,
+        iterations=jc.backtest.shock_iterations,
+        learning_rate=jc.calibration.learning_rate,
+        clip_norm=jc.calibration.clip_norm,
+        score_end=True,
+    )
+    return float(to_values(np.asarray(d.best_u, float)[0], sb.lower, sb.upper))
+
+
+def per_path(out: dict, pr: EventProblem, oi) -> np.ndarray:
+    """Each target's statistic per path `[paths, n_targets]` (long share: NaN on a path
+    with nothing liquidated)."""
+    total = np.asarray(out["liquidated_total"], float)
+    notional = np.asarray(out["liquidated_notional"], float)
+    cols = []
+    for t in pr.targets:
+        if t.kind == "liquidations":
+            cols.append(float(pr.data.coverage) * total)
+        elif t.kind == "long_share":
+            long = notional[:, :, 0].sum(-1)
+            cols.append(np.divide(long, total, out=np.full_like(total, np.nan), where=total > 0))
+        elif t.kind == "by_asset":
+            cols.append(notional[:, t.asset, :].sum(-1))
+        elif t.kind == "fall":
+            cols.append(np.asarray(out["max_drawdown"], float)[:, t.asset])
+        else:
+            cols.append(np.asarray(out["open_interest_decline"], float) @ (oi / oi.sum()))
+    return np.stack(cols, -1)
+
+
+def simulate_exact(jc: JointConfig, pr: EventProblem, values, shock: float) -> np.ndarray:
+    """Per-path statistics `[paths, n_targets]` of the exact kernel on `backtest.n_paths`
+    fresh paths (seed `backtest.seed`) of the event with the shared `values` and `shock`."""
+    with precision(pr.cfg.run.dtype):
+        dtype = pr.data.oi.dtype
+        out, oi = _exact(
+            jnp.asarray(values, dtype),
+            jnp.asarray(shock, dtype),
+            word64(jc.backtest.seed),
+            pr.data,
+            static=dataclasses.replace(pr.static, relaxed=False),
+            n_paths=jc.backtest.n_paths,
+            fields=layout(jc).fields,
+        )
+    return per_path(jax.device_get(out), pr, np.asarray(oi, float))
+
+
+@partial(jax.jit, static_argnames=("static", "n_paths", "fields"))
+def _exact(values, shock, key, data, *, static, n_paths, fields):
+    prm = apply_values(data, fields, values, shock)
+    return differentiable_outputs(prm, static, key, n_paths), prm.book.quantity.sum(-1) * prm.market.price0
+
+
+@dataclass
+class TargetResult:
+    """One target of a held-out event: reported range and value, predicted median and band,
+    the miss (a factor for factor goals, an absolute difference otherwise; 1 or 0 inside the
+    reported range), the goal and whether it was met (None: no goal for this kind)."""
+
+    target: Target
+    median: float
+    low: float
+    high: float
+    miss: float
+    goal: float | None
+    met: bool | None
+
+
+def miss_of(t: Target, median: float, factor: bool) -> float:
+    """How far `median` lies from the reported range: a factor (>= 1) or a difference (>= 0)."""
+    if t.low <= median <= t.high:
+        return 1.0 if factor else 0.0
+    if factor:
+        m = max(median, 1e-300)
+        return max(t.low / m, m / max(t.high, 1e-300))
+    return min(abs(median - t.low), abs(median - t.high))
+
+
+def judge(jc: JointConfig, targets, stats: np.ndarray) -> list[TargetResult]:
+    """Medians, bands and goals of every target from per-path statistics `[paths, n]`."""
+    tail = (1.0 - jc.backtest.band) / 2.0
+    tol = jc.tolerances
+    goals = {
+        "liquidations": tol.liquidations_factor,
+        "long_share": tol.long_share,
+        "by_asset": tol.by_asset_factor,
+    }
+    res = []
+    for i, t in enumerate(targets):
+        col = stats[:, i]
+        lo, med, hi = (float(x) for x in np.nanquantile(col, [tail, 0.5, 1.0 - tail]))
+        miss = miss_of(t, med, t.kind in LOG_KINDS)
+        goal = goals.get(t.kind)
+        res.append(TargetResult(t, med, lo, hi, miss, goal, None if goal is None else miss <= goal))
+    return res
+
+
+@dataclass
+class Fold:
+    """One held-out event: the fold's joint fits, the shared values (means over converged
+    seeds) and their sd, the held-out shock, and each target's result."""
+
+    event: str
+    fits: list[JointFit]
+    values: np.ndarray
+    spread: np.ndarray
+    shock: float
+    results: list[TargetResult]
+
+
+def backtest(
+    jc: JointConfig,
+    events: dict[str, Event],
+    probs: dict[str, EventProblem] | None = None,
+    log: Callable[[str], None] = lambda line: None,
+    only: list[str] | None = None,
+) -> list[Fold]:
+    """Leave-one-event-out over `events` (or only the held-out events named in `only`);
+    `probs` as from `engine.fit.joint.problems`, built here if not given."""
+    probs = probs if probs is not None else problems(jc, events)
+    folds = []
+    for name in only or list(events):
+        rest = {k: v for k, v in events.items() if k != name}
+        log(f"{name}: fitting on {', '.join(rest)}")
+        fits = calibrate_joint(jc, rest, probs, log=lambda line, name=name: log(f"  {line}"))
+        a = assess_joint(fits)
+        shock = held_out_shock(jc, probs[name], a.values, jc.calibration.seeds[0])
+        log(f"{name}: held-out shock {shock:.4f}; predicting on {jc.backtest.n_paths} exact paths")
+        stats = simulate_exact(jc, probs[name], a.values, shock)
+        folds.append(Fold(name, fits, a.values, a.spread, shock, judge(jc, probs[name].targets, stats)))
+    return folds
