@@ -67,18 +67,29 @@ class Figure(Strict):
 
 
 class PreAsset(Strict):
-    """One asset before the event: price, open interest and public positioning."""
+    """One asset before the event: price, open interest and public positioning.
+
+    `long_short_ratio`: accounts long over accounts short (1.5 = 60% of accounts long);
+    `funding_8h`: the perpetual funding rate per 8 hours (0.0001 = 0.01%);
+    `open_interest_growth` and `price_return`: the change of open interest and of the price
+    over the `lookback_days` before the event, as fractions (0.2 = +20%);
+    `daily_volume_usd`: perpetual trading volume in a normal day before the event.
+    """
 
     price: Figure | None = None
     open_interest_usd: Figure | None = None
     long_short_ratio: Figure | None = None
     funding_8h: Figure | None = None
+    open_interest_growth: Figure | None = None
+    price_return: Figure | None = None
+    daily_volume_usd: Figure | None = None
 
 
 class PreEvent(Strict):
     """What was public before the event."""
 
     assets: dict[str, PreAsset]
+    lookback_days: Annotated[float, Field(gt=0, le=365)] = 30.0
     aggregate_open_interest_usd: Figure | None = None
     estimated_leverage_ratio: Figure | None = None
 
