@@ -92,7 +92,7 @@ def _is_joint(config: Path) -> bool:
 
 
 def _load_joint(config: Path):
-    from engine.fit.joint import load_joint
+    from engine.fit.event_setup import load_joint
 
     return load_joint(config)[0]
 
@@ -100,11 +100,13 @@ def _load_joint(config: Path):
 def _calibrate_joint(config: Path, run_dir: Path | None, runs_root: Path, dry_run: bool) -> None:
     """`liqstress calibrate` of a joint config (`engine.fit.joint`)."""
     from engine.fit import joint
+    from engine.fit.event_problem import problems
+    from engine.fit.event_setup import load_joint
     from engine.report.validation import write_joint
 
     def execute(path, target, log):
-        jc, events = joint.load_joint(path)
-        probs = joint.problems(jc, events)
+        jc, events = load_joint(path)
+        probs = problems(jc, events)
         fits = joint.calibrate_joint(jc, events, probs, log)
         a = joint.assess_joint(fits)
         log("curvature: the Jacobian of every target at the fitted values")
@@ -244,11 +246,12 @@ def backtest(
 ) -> None:
     """Leave-one-event-out validation: fit on all events but one, predict the one left out."""
     from engine.fit import backtest as bt
-    from engine.fit import joint
+    from engine.fit.event_problem import problems
+    from engine.fit.event_setup import load_joint
     from engine.report.validation import write_validation
 
     try:
-        jc, events = joint.load_joint(config)
+        jc, events = load_joint(config)
         unknown = [e for e in event or [] if e not in events]
         if unknown:
             raise ConfigError(f"--event {unknown[0]}: not an event of {config}; allowed: {list(events)}")
@@ -276,7 +279,7 @@ def backtest(
     )
     log = lambda line: err().print(line, highlight=False)
     try:
-        probs = joint.problems(jc, events)
+        probs = problems(jc, events)
         folds = bt.backtest(jc, events, probs, log=log, only=held)
         summary = write_validation(jc, folds, probs, target, command)
     except (SimulationError, OSError, ValueError, RuntimeError) as e:

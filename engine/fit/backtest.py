@@ -28,19 +28,9 @@ import numpy as np
 
 from engine.config.events import Event
 from engine.fit.common import descend, differentiable_outputs, to_unconstrained, to_values
-from engine.fit.joint import (
-    LOG_KINDS,
-    EventProblem,
-    JointConfig,
-    JointFit,
-    Target,
-    apply_values,
-    assess_joint,
-    bounds_of,
-    calibrate_joint,
-    layout,
-    problems,
-)
+from engine.fit.event_problem import EventProblem, apply_values, bounds_of, layout, problems
+from engine.fit.event_setup import LOG_KINDS, JointConfig, Target
+from engine.fit.joint import JointFit, assess_joint, calibrate_joint
 from engine.model.kernel import word64
 from engine.sim.simulate import precision
 

@@ -16,14 +16,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from engine.fit.backtest import Fold, TargetResult
-from engine.fit.joint import (
-    NOT_CONVERGED_RATIO,
-    EventProblem,
-    JointAssessment,
-    JointConfig,
-    JointFit,
-    layout,
-)
+from engine.fit.event_problem import EventProblem, layout
+from engine.fit.event_setup import JointConfig
+from engine.fit.joint import NOT_CONVERGED_RATIO, JointAssessment, JointFit
 from engine.report.fits import loss_curve
 from engine.report.units import usd
 from engine.runs.rundir import write_text_atomic

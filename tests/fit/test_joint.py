@@ -1,0 +1,286 @@
+"""Joint calibration over events, the book map and the leave-one-event-out backtest
+(`engine.fit.joint`, `engine.fit.book_map`, `engine.fit.backtest`, `liqstress backtest`)."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tomli_w
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.config import build
+from engine.config.events import Event
+from engine.fit import backtest as bt
+from engine.fit import book_map, joint
+from engine.fit import event_problem as ep
+from engine.fit import event_setup as es
+from engine.fit.common import to_unconstrained
+from engine.model.kernel import word64
+from engine.model.sides import by_side, side_matrix
+
+TEMPLATE = {
+    "base": "quick.toml",
+    "run": {"steps": 16, "cascade_rounds": 4},
+    "book": {
+        "leverage": [3, 10, 25, 50, 100],
+        "leverage_weights": [30, 30, 20, 12, 8],
+        "entry_log_mean": 0.0,
+        "entry_log_std": 0.1,
+        "entry_points": 5,
+        "position_sizes_usd": [100e3],
+        "size_weights": [1],
+    },
+    "scenario": {"shock": -0.05, "shock_start": 2, "shock_steps": 1},
+}
+PARAMS = [
+    {"path": "market.impact_y", "lower": 0.05, "upper": 3.0, "init": 0.5},
+    {"path": "book_map.tilt", "lower": -2.0, "upper": 1.0, "init": -0.9},
+]
+
+
+def fig(value, units="1"):
+    return {"value": value, "units": units, "source": "synthetic (tests)", "source_date": "2026-01-01"}
+
+
+def event_dict(oi_btc, oi_sol, funding, ret, liq, long_share, fall_btc, fall_sol, ratio=1.5):
+    pre = {
+        a: {
+            "price": fig(p, "USD"),
+            "open_interest_usd": fig(oi, "USD"),
+            "funding_8h": fig(funding),
+            "price_return": fig(ret),
+            "long_short_ratio": fig(ratio),
+        }
+        for a, p, oi in (("BTC", 100000.0, oi_btc), ("SOL", 200.0, oi_sol))
+    }
+    return {
+        "date": "2026-01-01",
+        "description": "synthetic",
+        "pre_event": {"assets": pre},
+        "price_path": {"BTC": {"fall": fig(fall_btc)}, "SOL": {"fall": fig(fall_sol)}},
+        "outcomes": {"liquidations_usd": fig(liq, "USD"), "long_share": fig(long_share)},
+    }
+
+
+def config(**calibration) -> es.JointConfig:
+    cal = {
+        "n_paths": 16,
+        "seeds": [0],
+        "iterations": 60,
+        "learning_rate": 0.1,
+        "temperature": 0.05,
+        **calibration,
+    }
+    data = {
+        "kind": "joint_calibration",
+        "events": ["a", "b"],
+        "scenario": TEMPLATE,
+        "calibration": cal,
+        "params": PARAMS,
+        "shock": {"lower": -0.3, "upper": -0.005, "init": -0.04},
+        "backtest": {"n_paths": 32, "shock_iterations": 5},
+    }
+    from engine.config.files import packaged_configs_dir
+    from engine.fit.common import resolve_scenario
+
+    return es.JointConfig.model_validate(resolve_scenario(data, packaged_configs_dir() / "x.toml"))
+
+
+# ----------------------------------------------------------------------------------------
+# The book map
+# ----------------------------------------------------------------------------------------
+
+
+def base_book(jc):
+    cfg = es.event_config(
+        jc.scenario, Event.model_validate(event_dict(40e9, 8e9, 1e-4, 0, 1e9, 0.9, 0.1, 0.2)), "a"
+    )
+    params, _ = build.build(cfg)
+    return cfg, params
+
+
+def test_map_keeps_each_sides_open_interest_at_the_mapped_long_share():
+    jc = config()
+    cfg, params = base_book(jc)
+    obs = book_map.Observables(*(jnp.asarray(x) for x in ([2.0, -1.0], [0.3, 0.0], [0.2, -0.1], [0.4, -0.2])))
+    values = {**jc.book_map.model_dump(), "tilt_funding": 0.3, "entry_lag": 0.5}
+    oi = jnp.asarray([40e9, 8e9])
+    book = book_map.apply(params.book, params.market.price0, oi, obs, values, cfg.book.entry_log_std)
+    sides = by_side(book.quantity * book.entry, side_matrix(book.side))
+    share = 1 / (1 + np.exp(-(values["long_bias"] + values["long_ratio"] * np.array([0.4, -0.2]))))
+    np.testing.assert_allclose(sides[:, 0], oi * share, rtol=1e-5)
+    np.testing.assert_allclose(sides[:, 1], oi * (1 - share), rtol=1e-5)
+
+
+def test_map_leverage_and_entries_move_with_the_observables():
+    jc = config()
+    cfg, params = base_book(jc)
+    values = {**jc.book_map.model_dump(), "tilt_funding": 0.5, "entry_lag": 0.5}
+    oi = jnp.asarray([40e9, 8e9])
+
+    def book_for(funding, ret):
+        obs = book_map.Observables(
+            *(jnp.asarray(x) for x in ([funding] * 2, [0.0] * 2, [ret] * 2, [0.0] * 2))
+        )
+        return book_map.apply(params.book, params.market.price0, oi, obs, values, cfg.book.entry_log_std)
+
+    def mean(book, x):
+        n = book.quantity * book.entry
+        return float(jnp.sum(n[0] * x[0]) / jnp.sum(n[0]))
+
+    # dearer funding (tilt_funding > 0): more notional at high leverage
+    assert (
+        mean(book_for(3.0, 0.0), book_for(3.0, 0.0).leverage)
+        > mean(book_for(0.0, 0.0), params.book.leverage) + 1
+    )
+    # after a rally positions entered below today's price (lag 0.5), after a fall above it
+    up, down = book_for(0.0, 0.2), book_for(0.0, -0.2)
+    offset = jnp.log(params.book.entry / params.market.price0[:, None])
+    assert mean(up, offset) < -0.05 < 0.05 < mean(down, offset)
+
+
+def test_observables_take_neutral_values_and_name_what_is_missing():
+    ev = event_dict(40e9, 8e9, 3e-4, 0.1, 1e9, 0.9, 0.1, 0.2)
+    del ev["pre_event"]["assets"]["SOL"]["funding_8h"]
+    obs, missing = book_map.observables(Event.model_validate(ev), ["BTC", "SOL"])
+    np.testing.assert_allclose(obs.funding, [2.0, 0.0])
+    np.testing.assert_allclose(obs.log_return, [np.log(1.1)] * 2)
+    assert missing == ("SOL.funding_8h", "BTC.open_interest_growth", "SOL.open_interest_growth")
+
+
+# ----------------------------------------------------------------------------------------
+# Synthetic recovery
+# ----------------------------------------------------------------------------------------
+
+
+def synthetic_events(jc, truth, shocks):
+    """Events whose reported outcomes are the relaxed model's statistics at `truth`."""
+    draft = {
+        "a": event_dict(40e9, 8e9, 3e-4, 0.2, 1e9, 0.9, 0.1, 0.2, ratio=2.0),
+        "b": event_dict(20e9, 6e9, 1e-4, -0.1, 1e9, 0.9, 0.1, 0.2, ratio=1.0),
+    }
+    lay = ep.layout(jc)
+    probs = ep.problems(jc, {k: Event.model_validate(v) for k, v in draft.items()})
+    events = {}
+    for name, pr in probs.items():
+        objective = pr.objective(lay, jc.calibration.n_paths, ep.bounds_of(jc))
+        u = jnp.asarray(to_unconstrained(np.array(truth), lay.lower, lay.upper), jnp.float32)
+        us = jnp.asarray(to_unconstrained(shocks[name], jc.shock.lower, jc.shock.upper), jnp.float32)
+        (_, st), _ = objective(u, us, word64(0), pr.weight)
+        st = np.asarray(st, float)
+        ev = draft[name]
+        ev["outcomes"]["liquidations_usd"]["value"] = float(st[0])
+        ev["outcomes"]["long_share"]["value"] = float(st[1])
+        ev["outcomes"]["by_asset_usd"] = {"BTC": fig(float(st[2]), "USD"), "SOL": fig(float(st[3]), "USD")}
+        ev["price_path"]["BTC"]["fall"]["value"] = float(st[4])
+        ev["price_path"]["SOL"]["fall"]["value"] = float(st[5])
+        events[name] = Event.model_validate(ev)
+    return events
+
+
+def test_joint_calibration_recovers_known_parameters():
+    jc = config()
+    truth, shocks = [0.4, -0.3], {"a": -0.04, "b": -0.07}
+    events = synthetic_events(jc, truth, shocks)
+    probs = ep.problems(jc, events)
+    fit = joint.calibrate_joint(jc, events, probs)[0]
+    # stated tolerances: impact within 20%, tilt within 0.1, shocks within 0.01 (log return)
+    assert fit.loss < 0.01 * fit.losses[0]
+    assert abs(fit.values[0] - truth[0]) < 0.2 * truth[0]
+    assert abs(fit.values[1] - truth[1]) < 0.1
+    for name in events:
+        assert abs(fit.shocks[name] - shocks[name]) < 0.01
+    # the curvature covariance: finite errors and a symmetric correlation matrix with unit diagonal
+    se, corr = joint.curvature(jc, probs, fit.values, fit.shocks, 0)
+    assert np.all(np.isfinite(se)) and np.all(se > 0)
+    np.testing.assert_allclose(np.diag(corr), 1.0, atol=1e-6)
+    np.testing.assert_allclose(corr, corr.T, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------
+# The backtest
+# ----------------------------------------------------------------------------------------
+
+
+def test_miss_is_one_inside_the_range_and_the_factor_to_the_nearer_end():
+    t = es.Target("liquidations", None, "x", 2e9, 1.5e9, 3e9)
+    assert bt.miss_of(t, 2.5e9, True) == 1.0
+    assert bt.miss_of(t, 6e9, True) == pytest.approx(2.0)
+    assert bt.miss_of(t, 0.5e9, True) == pytest.approx(3.0)
+    s = es.Target("long_share", None, "x", 0.875, 0.85, 0.9)
+    assert bt.miss_of(s, 0.97, False) == pytest.approx(0.07)
+
+
+def write_files(tmp_path, jc_dict=None):
+    for name, ev in (
+        ("a", event_dict(40e9, 8e9, 3e-4, 0.2, 3e9, 0.88, 0.08, 0.15)),
+        ("b", event_dict(20e9, 6e9, 1e-4, -0.1, 1e9, 0.8, 0.06, 0.12, ratio=1.0)),
+    ):
+        (tmp_path / f"{name}.toml").write_text(tomli_w.dumps(ev))
+    data = {
+        "kind": "joint_calibration",
+        "events": ["a.toml", "b.toml"],
+        "scenario": TEMPLATE,
+        "calibration": {"n_paths": 8, "seeds": [0], "iterations": 4, "temperature": 0.05},
+        "params": PARAMS,
+        "backtest": {"n_paths": 16, "shock_iterations": 3},
+        **(jc_dict or {}),
+    }
+    (tmp_path / "joint.toml").write_text(tomli_w.dumps(data))
+    return tmp_path / "joint.toml"
+
+
+def test_backtest_command_on_two_tiny_events(tmp_path):
+    cfg = write_files(tmp_path)
+    out = tmp_path / "val"
+    res = CliRunner().invoke(app, ["backtest", str(cfg), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "validation.json").read_text())
+    assert [f["held_out"] for f in summary["folds"]] == ["a", "b"]
+    for f in summary["folds"]:
+        rows = {t["target"]: t for t in f["targets"]}
+        assert set(rows) == {"liquidations_usd", "long_share", "fall.BTC", "fall.SOL"}
+        liq = rows["liquidations_usd"]
+        assert liq["band_low"] <= liq["median"] <= liq["band_high"]
+        factor = max(liq["median"] / liq["reported"], liq["reported"] / liq["median"])
+        assert liq["miss"] == pytest.approx(factor)
+        assert liq["met"] == (factor <= 1.5)
+        assert rows["fall.BTC"]["met"] is None  # an input, no goal
+    md = (out / "validation.md").read_text()
+    assert f"liqstress backtest {cfg} --out {out}" in md and "| a | total liquidations |" in md
+    assert (out / "validation.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "change, args, field",
+    [
+        ({"events": ["a.toml", "nope"]}, [], "unknown event 'nope'"),
+        ({"params": [{"path": "book_map.tilted", "lower": 0, "upper": 1}]}, [], "params.0.path"),
+        (
+            {"scenario": {**TEMPLATE, "book": {**TEMPLATE["book"], "entry_log_mean": 0.1}}},
+            [],
+            "entry_log_mean",
+        ),
+        ({}, ["--event", "c"], "--event c"),
+    ],
+)
+def test_backtest_refuses_bad_input_with_exit_2_and_writes_nothing(tmp_path, change, args, field):
+    cfg = write_files(tmp_path, change)
+    out = tmp_path / "val"
+    res = CliRunner().invoke(app, ["backtest", str(cfg), "--out", str(out), *args])
+    assert res.exit_code == 2, res.output
+    assert field in res.output
+    assert not out.exists()
+
+
+def test_event_asset_outside_the_template_is_refused(tmp_path):
+    cfg = write_files(tmp_path)
+    ev = event_dict(40e9, 8e9, 3e-4, 0.2, 3e9, 0.88, 0.08, 0.15)
+    ev["pre_event"]["assets"]["DOGE"] = {"price": fig(0.2, "USD"), "open_interest_usd": fig(1e9, "USD")}
+    (tmp_path / "a.toml").write_text(tomli_w.dumps(ev))
+    res = CliRunner().invoke(app, ["calibrate", str(cfg), "--dry-run"])
+    assert res.exit_code == 2 and "pre_event.assets.DOGE" in res.output
