@@ -18,16 +18,24 @@ from engine.runs import rundir
 from engine.sim.distributed import EXIT_USAGE
 
 
-def _fit(kind: str, config: Path, run_dir: Path | None, runs_root: Path, load, execute, dry_run: bool, plan):
+def _fit(
+    kind: str,
+    config: Path,
+    run_dir: Path | None,
+    runs_root: Path,
+    load,
+    execute,
+    dry_run: bool,
+    plan,
+    name=lambda loaded: loaded.scenario.name,
+):
     """Validate (exit 2, nothing written), choose the run directory, run (exit 1 on failure,
     130 interrupted). With `dry_run`, print `plan(loaded config)` instead of running.
     Returns (summary, run directory), or None after a dry run."""
     try:
         loaded = load(config)
         target = (
-            run_dir
-            if run_dir is not None
-            else rundir.default_run_dir(runs_root, f"{kind}_{loaded.scenario.name}")
+            run_dir if run_dir is not None else rundir.default_run_dir(runs_root, f"{kind}_{name(loaded)}")
         )
         rundir.check_new_run_dir(target)
     except ConfigError as e:
@@ -113,7 +121,17 @@ def _calibrate_joint(config: Path, run_dir: Path | None, runs_root: Path, dry_ru
         cur = joint.curvature(jc, probs, a.values, a.shocks, jc.calibration.seeds[0])
         return write_joint(jc, probs, fits, a, cur, target)
 
-    done = _fit("calibrate", config, run_dir, runs_root, _load_joint, execute, dry_run, _joint_plan)
+    done = _fit(
+        "calibrate",
+        config,
+        run_dir,
+        runs_root,
+        _load_joint,
+        execute,
+        dry_run,
+        _joint_plan,
+        lambda jc: Path(config).stem,
+    )
     if done is None:
         return
     summary, target = done

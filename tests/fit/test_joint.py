@@ -284,3 +284,22 @@ def test_event_asset_outside_the_template_is_refused(tmp_path):
     (tmp_path / "a.toml").write_text(tomli_w.dumps(ev))
     res = CliRunner().invoke(app, ["calibrate", str(cfg), "--dry-run"])
     assert res.exit_code == 2 and "pre_event.assets.DOGE" in res.output
+
+
+def test_calibrate_command_on_a_joint_config_reports_spread_and_correlations(tmp_path):
+    cfg = write_files(tmp_path, {"calibration": {"n_paths": 8, "seeds": [0, 1], "iterations": 3}})
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["calibrate", str(cfg), "--run-dir", str(run)])
+    assert res.exit_code == 0, res.output
+    fitted = json.loads((run / "fitted.json").read_text())
+    assert [p["path"] for p in fitted["params"]] == ["market.impact_y", "book_map.tilt"]
+    for p in fitted["params"]:
+        assert p["mean"] == pytest.approx(np.mean(p["per_seed"]))
+        assert p["std_over_seeds"] == pytest.approx(np.std(p["per_seed"], ddof=1), abs=1e-9)
+        assert p["curvature_se"] > 0
+    corr = np.array(fitted["correlations"]["matrix"])
+    assert fitted["correlations"]["order"] == ["market.impact_y", "book_map.tilt", "shock.a", "shock.b"]
+    np.testing.assert_allclose(np.diag(corr), 1.0, atol=1e-3)
+    assert set(fitted["events"]) == {"a", "b"}
+    report = (run / "report.md").read_text()
+    assert "## Correlations of the fitted values" in report and "| b | `long_share` |" in report
