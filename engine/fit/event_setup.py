@@ -67,13 +67,12 @@ class Weights(Strict):
 
 
 class BacktestSettings(Strict):
-    """`liqstress backtest`: exact-kernel paths per held-out prediction, their seed (fresh:
-    not one of the fit's), the iterations of the held-out shock's fit, the band (central
+    """`liqstress backtest`: exact-kernel paths per held-out prediction (and per step of the
+    held-out shock's search), their seed (fresh: not one of the fit's), the band (central
     probability) reported around the median."""
 
     n_paths: Annotated[int, Field(ge=8, le=1_000_000)] = 512
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 7
-    shock_iterations: Annotated[int, Field(ge=1, le=10_000)] = 40
     band: Annotated[float, Field(gt=0, lt=1)] = 0.9
 
 

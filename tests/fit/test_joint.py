@@ -82,7 +82,7 @@ def config(**calibration) -> es.JointConfig:
         "calibration": cal,
         "params": PARAMS,
         "shock": {"lower": -0.3, "upper": -0.005, "init": -0.04},
-        "backtest": {"n_paths": 32, "shock_iterations": 5},
+        "backtest": {"n_paths": 32},
     }
     from engine.config.files import packaged_configs_dir
     from engine.fit.common import resolve_scenario
@@ -183,17 +183,17 @@ def synthetic_events(jc, truth, shocks):
 
 
 def test_joint_calibration_recovers_known_parameters():
-    jc = config()
+    jc = config(iterations=150)
     truth, shocks = [0.4, -0.3], {"a": -0.04, "b": -0.07}
     events = synthetic_events(jc, truth, shocks)
     probs = ep.problems(jc, events)
     fit = joint.calibrate_joint(jc, events, probs)[0]
-    # stated tolerances: impact within 20%, tilt within 0.1, shocks within 0.01 (log return)
-    assert fit.loss < 0.01 * fit.losses[0]
-    assert abs(fit.values[0] - truth[0]) < 0.2 * truth[0]
-    assert abs(fit.values[1] - truth[1]) < 0.1
+    # stated tolerances: impact within 10%, tilt within 0.05, shocks within 0.005 (log return)
+    assert fit.loss < 1e-3 * fit.losses[0]
+    assert abs(fit.values[0] - truth[0]) < 0.1 * truth[0]
+    assert abs(fit.values[1] - truth[1]) < 0.05
     for name in events:
-        assert abs(fit.shocks[name] - shocks[name]) < 0.01
+        assert abs(fit.shocks[name] - shocks[name]) < 0.005
     # the curvature covariance: finite errors and a symmetric correlation matrix with unit diagonal
     se, corr = joint.curvature(jc, probs, fit.values, fit.shocks, 0)
     assert np.all(np.isfinite(se)) and np.all(se > 0)
@@ -227,7 +227,7 @@ def write_files(tmp_path, jc_dict=None):
         "scenario": TEMPLATE,
         "calibration": {"n_paths": 8, "seeds": [0], "iterations": 4, "temperature": 0.05},
         "params": PARAMS,
-        "backtest": {"n_paths": 16, "shock_iterations": 3},
+        "backtest": {"n_paths": 16},
         **(jc_dict or {}),
     }
     (tmp_path / "joint.toml").write_text(tomli_w.dumps(data))
@@ -295,7 +295,7 @@ def test_calibrate_command_on_a_joint_config_reports_spread_and_correlations(tmp
     assert [p["path"] for p in fitted["params"]] == ["market.impact_y", "book_map.tilt"]
     for p in fitted["params"]:
         assert p["mean"] == pytest.approx(np.mean(p["per_seed"]))
-        assert p["std_over_seeds"] == pytest.approx(np.std(p["per_seed"], ddof=1), abs=1e-9)
+        assert p["std_over_seeds"] == pytest.approx(np.std(p["per_seed"], ddof=1), rel=1e-5)
         assert p["curvature_se"] > 0
     corr = np.array(fitted["correlations"]["matrix"])
     assert fitted["correlations"]["order"] == ["market.impact_y", "book_map.tilt", "shock.a", "shock.b"]
