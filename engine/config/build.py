@@ -79,6 +79,10 @@ def specialise(static: Static, points: list[Config]) -> Static:
     to `LOOP_FREE_DOF`. A book with accounts or stop orders runs on the general dense cascade,
     the only form that simulates them.
 
+    Voluntary closing (`Static.derisk`) is turned on where some point's rates are above 0 (a
+    `static` that has it on keeps it) and keeps every point off the ladder, whose levels cannot
+    shrink (`run.kernel = "ladder"` with it is a config error, `engine.config.schema.Config`).
+
     The numbers of the whole-position cascade equal the general one's, the ladder's the dense
     kernel's (to the rounding of their sums; paths it cannot finish exactly are rerun on the
     dense kernel, `engine.sim.fallback`); the loop-free chi-square has the same distribution as
@@ -90,18 +94,25 @@ def specialise(static: Static, points: list[Config]) -> Static:
     integer = all(d == int(d) and d <= LOOP_FREE_DOF for d in dofs)
     general = bool(static.n_accounts or static.stops)
     whole = not general and all(p.policy.partial_liquidation >= 1.0 for p in points)
+    derisk = static.derisk or derisks(points)
     rungs = (
         [ladder.layout(c.side, c.mmr) for c in map(cohorts, points)]
-        if whole and _on_ladder(static, points)
+        if whole and not derisk and _on_ladder(static, points)
         else [(0, 0)]
     )
     return dataclasses.replace(
         static,
+        derisk=derisk,
         whole_only=whole,
         dof_max=max(1, int(max(dofs))) if integer else 0,
         ladder=max(r for r, _ in rungs),
         ladder_cells=max(c for _, c in rungs),
     )
+
+
+def derisks(points: list[Config]) -> bool:
+    """Whether holders close positions voluntarily at some of `points` (`market.derisk`)."""
+    return any(p.market.derisk.on for p in points)
 
 
 def _on_ladder(static: Static, points: list[Config]) -> bool:
@@ -149,6 +160,8 @@ def market_params(cfg: Config) -> MarketParams:
         resilience=dt(0.5 ** (1.0 / col(lambda a: a.resilience_halflife_steps))),
         steps_per_day=dt(spd),
         clearance_fee=dt(cfg.exchange.clearance_fee),
+        derisk_vol=dt(np.full(len(assets), cfg.market.derisk.vol_rate_per_day)),
+        derisk_loss=dt(np.full(len(assets), cfg.market.derisk.loss_rate_per_day)),
     )
 
 
@@ -259,7 +272,8 @@ def build_schedule(cfg: Config) -> Schedule:
 
 
 def build(cfg: Config) -> tuple[Params, Static]:
-    """All traced parameters of one configuration, cast to the run's float type."""
+    """All traced parameters of one configuration, cast to the run's float type, and its static
+    settings (`static_of`, with `Static.derisk` where the config's holders close voluntarily)."""
     params = Params(
         market_params(cfg),
         book_params(cfg),
@@ -269,4 +283,6 @@ def build(cfg: Config) -> tuple[Params, Static]:
         accounts=account_params(cfg),
         collateral=collateral_params(cfg),
     )
-    return cast(params, dtype_of(cfg)), static_of(cfg)
+    # voluntary closing is a form of the step, not a shape: sweeps compare `static_of`
+    static = dataclasses.replace(static_of(cfg), derisk=derisks([cfg]))
+    return cast(params, dtype_of(cfg)), static

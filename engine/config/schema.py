@@ -110,6 +110,31 @@ class Asset(Strict):
     long_share: Fraction = 0.5
 
 
+class Derisk(Strict):
+    """Voluntary closing: holders of isolated positions close a share of them as volatility
+    rises and after losses (`docs/model.md`, "Voluntary closing"). Per asset, side s (+1 long,
+    -1 short) and step of dt_days = run.dt_minutes / 1440 days, every open isolated cohort of
+    the side closes the fraction 1 - exp(-dt_days * hazard) of its units, with
+
+        hazard = vol_rate_per_day * max(0, sigma_t / sigma0 - 1)
+               + loss_rate_per_day * max(0, -s * x_mark)
+
+    (sigma_t / sigma0: the step's GARCH volatility over the long-run one; x_mark: the log mark
+    relative to the starting price at the start of the step). Units: per day, per unit of
+    excess volatility (vol) and per unit of log loss (loss). Both 0 (the default): off, and
+    the kernel does no work for it."""
+
+    # Closing rate per day per unit of excess volatility sigma_t / sigma0 - 1 (1/day).
+    vol_rate_per_day: Annotated[float, Field(ge=0, le=1e4, allow_inf_nan=False)] = 0.0
+    # Closing rate per day per unit of the side's log loss since t0 (1/day per log unit).
+    loss_rate_per_day: Annotated[float, Field(ge=0, le=1e4, allow_inf_nan=False)] = 0.0
+
+    @property
+    def on(self) -> bool:
+        """Whether holders close anything (some rate above 0)."""
+        return self.vol_rate_per_day > 0 or self.loss_rate_per_day > 0
+
+
 class Market(Strict):
     """Joint price dynamics of all assets."""
 
@@ -122,6 +147,8 @@ class Market(Strict):
     garch_beta: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.90
     # Market-wide jump arrivals per day (compound Poisson; sizes per asset).
     jump_intensity_per_day: NonNegFloat = 0.0
+    # Voluntary closing by the holders of isolated positions (off by default).
+    derisk: Derisk = Derisk()
 
     @field_validator("assets")
     @classmethod
@@ -320,6 +347,12 @@ class Config(Strict):
                     f"{where} = {start}: it covers steps {start} to {start + steps - 1}, past the last "
                     f"step {n - 1} (run.steps = {n}); allowed start steps for its {steps} step(s): {allowed}"
                 )
+        if self.run.kernel == "ladder" and self.market.derisk.on:
+            raise ValueError(
+                "run.kernel = 'ladder' cannot simulate market.derisk (holders closing part of "
+                "their positions; the ladder's levels cannot shrink): set run.kernel to 'auto' "
+                "or 'dense', or both market.derisk rates to 0"
+            )
         if self.policy.breaker.window >= self.run.max_window:
             raise ValueError(
                 f"policy.breaker.window ({self.policy.breaker.window}) must be below "

@@ -4,7 +4,8 @@
    (`engine.model.market`) moves the fair log price; transient impact decays;
 2. breaker limits (`engine.model.policies.mark_limits`): a halted asset is frozen and its
    exogenous flow queues;
-3. cascade (`engine.model.cascade`) at the dynamic maintenance rate;
+3. cascade (`engine.model.cascade`) at the dynamic maintenance rate, after holders' voluntary
+   closing (`engine.model.derisk`, with `Static.derisk`), whose orders join the exogenous flow;
 4. impact (`stages.move_mark`): the cascade's flow moves the fair and transient price, the
    mark is clipped to the limits, and a move beyond the halt threshold starts a halt;
 5. volatility and totals (`stages.close_step`): GARCH update from the realised mark return,
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry_2x32
 
-from engine.model import ladder, ladder_kernel, market, outputs, policies, relaxed, stages
+from engine.model import derisk, ladder, ladder_kernel, market, outputs, policies, relaxed, stages
 from engine.model.cascade import run_cascade, run_cascade_whole
 from engine.model.params import Params, Static
 from engine.model.stages import SimState
@@ -51,13 +52,15 @@ def market_step(
     flow0 = jnp.where(m.halted, 0.0, flow + state.queue)
     queue = jnp.where(m.halted, state.queue + flow, 0.0)
     open_ = ~m.halted
+    state, flow0, closing = derisk.start(state, m, flow0, lo, hi, open_, params, static)
     args = stages.cascade_args(state, m, flow0, lo, hi, open_, params, static)
     accounts = stages.account_args(state, m, params)
     c = run_cascade_whole(*args) if static.whole_only else run_cascade(*args, accounts=accounts)
     mk = stages.move_mark(m, c, open_, lo, hi, params)
     halt_left = stages.count_halt(state, policies.halt_triggered(mk.target, m.x_ref, m.halted, pol), params)
     f = pay_from_fund(state.fund, c.fund_inflow, c.shortfall)
-    return stages.close_step(state, draws, t, c, f, mk, (m.halted, halt_left, queue), params, static)
+    new = stages.close_step(state, draws, t, c, f, mk, (m.halted, halt_left, queue), params, static)
+    return derisk.record(new, closing)
 
 
 def adl_step(state: SimState, params: Params) -> SimState:
@@ -112,6 +115,8 @@ def form(static: Static) -> Form:
     """The kernel's stage functions for `static`: relaxed, ladder (`Static.ladder`) or dense exact."""
     if static.relaxed:
         return RELAXED
+    if static.ladder and static.derisk:
+        raise ValueError("the ladder kernel does not simulate voluntary closing (Static.derisk)")
     return LADDER if static.ladder else EXACT
 
 

@@ -102,6 +102,21 @@ OUTPUTS: tuple[Output, ...] = (
         lambda s: B.ratio(),
     ),
     Output(
+        "open_interest_decline_forced",
+        ("asset",),
+        "1",
+        "1 - (final open interest + units closed by holders at the final price) / initial: "
+        "the decline by forced closing alone",
+        lambda s: B.ratio(),
+    ),
+    Output(
+        "voluntary_closed",
+        ("asset", "side"),
+        "USD",
+        "notional closed by holders (voluntary closing) at fill price",
+        lambda s: B.usd(),
+    ),
+    Output(
         "stop_notional",
         ("asset", "side"),
         "USD",
@@ -205,6 +220,12 @@ def assemble(state: SimState, params: Params, units, deferred) -> dict[str, jnp.
         units0 = units0 + jnp.sum(accounts.capped(params.accounts, params.policy)[0], 0)
     oi0 = units0 * mp.price0
     oi = units * price
+    decline = 1.0 - oi / jnp.where(oi0 > 0, oi0, 1.0)
+    if t.voluntary is None:  # nobody closes voluntarily: every decline is forced
+        voluntary, forced = jnp.zeros_like(t.liquidated), decline
+    else:
+        voluntary = t.voluntary
+        forced = 1.0 - (units + t.voluntary_units) * price / jnp.where(oi0 > 0, oi0, 1.0)
     k = t.tally
     return {
         "liquidated_notional": t.liquidated,
@@ -223,7 +244,9 @@ def assemble(state: SimState, params: Params, units, deferred) -> dict[str, jnp.
         "cascade_rounds": t.max_rounds.astype(price.dtype),
         "residual_notional": t.max_residual,
         "deferred_notional": deferred,
-        "open_interest_decline": 1.0 - oi / jnp.where(oi0 > 0, oi0, 1.0),
+        "open_interest_decline": decline,
+        "open_interest_decline_forced": forced,
+        "voluntary_closed": voluntary,
         "stop_notional": k.stop_notional,
         "positions_liquidated": k.positions,
         "accounts_liquidated": k.accounts,

@@ -62,6 +62,11 @@ class Static:
     n_accounts: int = 0
     n_collateral: int = 0
     stops: bool = False
+    # Holders close part of their isolated positions voluntarily (`engine.model.derisk`; rates
+    # `MarketParams.derisk_vol`, `derisk_loss`). False: the step does no work for it, and the
+    # rates are not read. Set by `engine.config.build` where some rate is above 0; a fit of the
+    # rates from 0 sets it itself. The ladder kernel does not simulate it.
+    derisk: bool = False
 
 
 class MarketParams(NamedTuple):
@@ -88,6 +93,10 @@ class MarketParams(NamedTuple):
     resilience: jnp.ndarray  # per-step decay factor of transient impact
     steps_per_day: jnp.ndarray  # []
     clearance_fee: jnp.ndarray  # [] fraction of notional
+    # Voluntary closing rates per day (`engine.model.derisk`; read only with `Static.derisk`):
+    # per unit of excess volatility sigma/sigma0 - 1, and per unit of the side's log loss.
+    derisk_vol: jnp.ndarray
+    derisk_loss: jnp.ndarray
 
 
 class BookParams(NamedTuple):

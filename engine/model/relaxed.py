@@ -7,6 +7,9 @@
   still (full liquidation only);
 - halt breaker: a halt has a strength in [0, 1] that ramps over the same width past the
   threshold; the mark, the flow and the liquidations are the mix of a halted and an open market;
+- voluntary closing (`engine.model.derisk`): as in the exact kernel, at the open share; it is
+  smooth in its rates (fitted by gradient) and scales `quantity0` too, so that the ramp measures
+  the share of what holders still hold;
 - fund and ADL: their minimums are soft (`soft_minimum`), never above the exact ones. Which
   positions ADL closes, and the split of a liquidation's equity into fund inflow and shortfall
   (max(E, 0)), stay exact: a softplus there gave NaN gradients under XLA's compiled code in
@@ -22,7 +25,7 @@ from functools import partial
 
 import jax.numpy as jnp
 
-from engine.model import market, policies, stages
+from engine.model import derisk, market, policies, stages
 from engine.model.cascade import Shares, run_cascade
 from engine.model.params import MarketParams, Params, PolicyParams, Static
 from engine.model.stages import SimState
@@ -72,6 +75,7 @@ def market_step(
     lo, hi = w * state.x_mark + (1 - w) * lo_open, w * state.x_mark + (1 - w) * hi_open
     flow0, queue = (1 - w) * (flow + state.queue), w * (state.queue + flow)
     open_ = 1.0 - w
+    state, flow0, closing = derisk.start(state, m, flow0, lo, hi, open_, params, static)
     shares = partial(liquidation_shares, temperature=temperature, quantity0=state.quantity0)
     args = stages.cascade_args(state, m, flow0, lo, hi, open_, params, static)
     c = run_cascade(*args, early_exit=False, shares=shares)
@@ -82,7 +86,7 @@ def market_step(
     halt_left = stages.count_halt(state, triggered, params)
     f = pay_from_fund(state.fund, c.fund_inflow, c.shortfall, partial(soft_minimum, temperature=temperature))
     new = stages.close_step(state, draws, t, c, f, mk, (w, halt_left, queue), params, static)
-    return new._replace(halt_weight=jnp.where(triggered, strength, state.halt_weight))
+    return derisk.record(new, closing)._replace(halt_weight=jnp.where(triggered, strength, state.halt_weight))
 
 
 def adl_step(state: SimState, params: Params) -> SimState:

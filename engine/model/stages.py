@@ -37,6 +37,10 @@ class Totals(NamedTuple):
     nonfinite: jnp.ndarray  # [] bool: a NaN or infinity appeared
     jump_truncated: jnp.ndarray  # [] bool: some step had more jumps than the kernel counts
     tally: T.Tally  # stops, counts, losses by leverage and margin mode (`engine.model.tally`)
+    # Voluntary closing (`Static.derisk`, `engine.model.derisk`; None without): notional closed
+    # by holders at the fill marks `[assets, 2]` USD (long, short), and units closed `[assets]`.
+    voluntary: jnp.ndarray | None = None
+    voluntary_units: jnp.ndarray | None = None
 
 
 class SimState(NamedTuple):
@@ -101,6 +105,8 @@ def init_state(params: Params, static: Static) -> SimState:
         nonfinite=jnp.zeros((), bool),
         jump_truncated=jnp.zeros((), bool),
         tally=T.zero(static.n_assets, dtype),
+        voluntary=jnp.zeros((static.n_assets, 2), dtype) if static.derisk else None,
+        voluntary_units=za if static.derisk else None,
     )
     acc = params.accounts
     return SimState(

@@ -118,7 +118,8 @@ def summary_table(ds: xr.Dataset, point: int = 0) -> str:
 
 def book_rows(p: xr.Dataset) -> list[tuple[str, str]]:
     """Rows on what the book's detail did at one point (means over paths), where it did
-    something: stops, positions and accounts liquidated, cross-margin and collateral shares."""
+    something: stops, positions and accounts liquidated, notional closed by holders next to the
+    liquidated, cross-margin and collateral shares."""
     if "stop_notional_mean" not in p:  # a cube written before books had detail
         return []
     mean = lambda name: float(p[f"{name}_mean"].sum())
@@ -127,6 +128,10 @@ def book_rows(p: xr.Dataset) -> list[tuple[str, str]]:
     by_mode = p["liquidated_entry_by_mode_mean"]
     entry = float(by_mode.sum())
     rows = [("Positions liquidated (mean)", f"{mean('positions_liquidated'):,.0f}")]
+    if "voluntary_closed_mean" in p and mean("voluntary_closed") > 0:
+        # holders' voluntary closing (`market.derisk`) next to the forced kind
+        rows.append(("Liquidated (mean, USD)", usd(total)))
+        rows.append(("Closed by holders (mean, USD)", usd(mean("voluntary_closed"))))
     if mean("stop_notional") > 0:
         rows.append(("Stop orders triggered (mean, USD)", usd(mean("stop_notional"))))
     if float(by_mode.sel(margin_mode="cross")) > 0:

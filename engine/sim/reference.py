@@ -85,6 +85,8 @@ def init_state(params: Params, static: Static, n_paths: int) -> SimState:
         nonfinite=paths(False, bool),
         jump_truncated=paths(False, bool),
         tally=RA.zero_tally(n_paths, n_a),
+        voluntary=paths(np.zeros((n_a, 2))) if static.derisk else None,
+        voluntary_units=za.copy() if static.derisk else None,
     )
     acc, n_c = params.accounts, static.n_collateral
     return SimState(
@@ -380,6 +382,8 @@ def _add_step(tot: Totals, c: dict, w: dict, halted, drawdown, nonfinite, trunca
         nonfinite=tot.nonfinite | nonfinite,
         jump_truncated=tot.jump_truncated | truncated,
         tally=RA.add_tally(tot.tally, c["tally"]),
+        voluntary=tot.voluntary,
+        voluntary_units=tot.voluntary_units,
     )
 
 
@@ -413,11 +417,42 @@ def _move(st: SimState, d: Draws, t: int, shock, flow, params: Params, static: S
     }
 
 
+def derisk(st: SimState, m: dict, params: Params) -> tuple[SimState, np.ndarray]:
+    """Voluntary closing at the start of the cascade stage (`engine.model.derisk`) for all
+    paths, from the step's move `m` (`_move`): the state with the units left and the closing
+    in its totals (notional at the fill marks, units), and the orders `[paths, assets]` (USD,
+    + sells).
+
+    Per side s the hazard is vol_rate max(0, sigma / sigma0 - 1) + loss_rate max(0, -s x_mark)
+    with x_mark the mark at the start of the step; a cohort closes 1 - exp(-hazard / steps
+    per day) of its units, nothing while halted; the orders meet the step's mark before any
+    flow, within the breaker's limits, and fill there.
+    """
+    mp, s = params.market, params.book.side
+    excess = np.maximum(m["sigma"] / mp.sigma0 - 1.0, 0.0)
+    fraction = np.zeros_like(st.quantity)
+    for sd, loss in ((1.0, -st.x_mark), (-1.0, st.x_mark)):
+        hazard = mp.derisk_vol * excess + mp.derisk_loss * np.maximum(loss, 0.0)
+        nu = np.where(m["halted"], 0.0, 1.0 - np.exp(-hazard / mp.steps_per_day))
+        fraction = np.where(s == sd, nu[:, :, None], fraction)
+    closed = st.quantity * fraction
+    units = per_side(closed, s)
+    price = mp.price0 * np.exp(np.clip(m["x_fair"] + m["x_trans"], m["lo"], m["hi"]))
+    tot = st.totals._replace(
+        voluntary=st.totals.voluntary + price[..., None] * units,
+        voluntary_units=st.totals.voluntary_units + closed.sum(-1),
+    )
+    return st._replace(quantity=st.quantity - closed, totals=tot), price * (units[..., 0] - units[..., 1])
+
+
 def step_paths(st: SimState, d: Draws, t: int, shock, flow, params: Params, static: Static) -> SimState:
     """One step of every path: `engine.model.kernel.step` with a leading path axis."""
     mp, pol = params.market, params.policy
     m = _move(st, d, t, shock, flow, params, static)
     halted, sigma, lo, hi, ac = m["halted"], m["sigma"], m["lo"], m["hi"], m["accounts"]
+    if static.derisk:
+        st, orders = derisk(st, m, params)
+        m["flow0"] = m["flow0"] + orders
     c = cascade(
         st.quantity,
         st.bankrupt,
@@ -529,6 +564,7 @@ def extract(st: SimState, params: Params) -> dict[str, np.ndarray]:
         units = units + st.accounts.sum(1)
         units0 = units0 + RA.capped_accounts(params.accounts, params.policy)[0].sum(0)
     oi0, oi = units0 * mp.price0, units * price
+    closed = np.zeros_like(units) if t.voluntary_units is None else t.voluntary_units
     return {
         "liquidated_notional": t.liquidated,
         "liquidated_total": t.liquidated.sum((1, 2)),
@@ -547,6 +583,9 @@ def extract(st: SimState, params: Params) -> dict[str, np.ndarray]:
         "residual_notional": t.max_residual,
         "deferred_notional": deferred,
         "open_interest_decline": 1.0 - oi / np.where(oi0 > 0, oi0, 1.0),
+        # without the units holders closed: the decline by forced closing alone
+        "open_interest_decline_forced": 1.0 - (units + closed) * price / np.where(oi0 > 0, oi0, 1.0),
+        "voluntary_closed": np.zeros_like(t.liquidated) if t.voluntary is None else t.voluntary,
         "stop_notional": k.stop_notional,
         "positions_liquidated": k.positions,
         "accounts_liquidated": k.accounts,

@@ -24,14 +24,13 @@ from engine.sim import reference
 from engine.sim.rollout import dense, rollout
 from engine.sim.simulate import simulate
 from tests.conftest import small_dict
-from tests.helpers import F32_RTOL, PARITY_RTOL, assert_close, engine_draws, usd_scale
+from tests.helpers import F32_RTOL, PARITY_RTOL, UNITLESS, assert_close, engine_draws, usd_scale
 from tests.model.test_reference import VARIANTS, parity_config
 
 N_PATHS, SEED = 16, 3
 WHOLE = [v for v in VARIANTS if "partial_liquidation" not in VARIANTS[v][0]]
 # variants whose ADL must act on some path: the ladder hands those paths to the dense kernel
 HANDED_OVER = {"base_queue", "queue_small_fund", "pro_rata"}
-UNITLESS = ("max_drawdown", "open_interest_decline", "halted_steps", "cascade_rounds")
 
 
 def on_ladder(cfg: Config):

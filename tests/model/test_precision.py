@@ -31,7 +31,7 @@ from engine.sim import reference
 from engine.sim.reduce import QUANTILES
 from engine.sim.rollout import rollout
 from engine.sim.tipping import NUDGE_ULPS, tips
-from tests.helpers import F32_RTOL, engine_draws, usd_scale
+from tests.helpers import F32_RTOL, UNITLESS, engine_draws, usd_scale
 from tests.sim.test_tipping import near_threshold
 
 N_PATHS, SEED = 512, 9
@@ -39,8 +39,14 @@ F32_PATH_RTOL = 1e-5
 MEAN_SE = 2.0
 UNFLAGGED_SHARE = 0.01
 # outputs fixed by discrete ADL choices: compared as distributions only
-DISCRETE = {"adl_notional", "adl_absorbed", "bad_debt", "open_interest_decline"}
-UNIT_SCALE = {"max_drawdown", "open_interest_decline", "halted_steps", "cascade_rounds"}
+DISCRETE = {
+    "adl_notional",
+    "adl_absorbed",
+    "bad_debt",
+    "open_interest_decline",
+    "open_interest_decline_forced",
+}
+UNIT_SCALE = set(UNITLESS)
 CONFIGS = {
     "near_threshold": near_threshold(),
     "partial_pro_rata": near_threshold(insurance_fund_usd=2e8, partial_liquidation=0.5, adl_rule="pro_rata"),

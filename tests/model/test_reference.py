@@ -18,12 +18,21 @@ import pytest
 
 from engine.config import build
 from engine.config.schema import Config
-from engine.model import kernel, waterfall
+from engine.model import waterfall
 from engine.model.sides import by_side, side_matrix
 from engine.sim import reference
 from engine.sim.rollout import rollout
 from tests.conftest import small_dict
-from tests.helpers import EXACT_RTOL, F32_RTOL, PARITY_RTOL, assert_close, engine_draws, usd_scale
+from tests.helpers import (
+    EXACT_RTOL,
+    F32_RTOL,
+    PARITY_RTOL,
+    UNITLESS,
+    assert_close,
+    assert_steps_match,
+    engine_draws,
+    usd_scale,
+)
 
 N_PATHS, SEED = 4, 3
 
@@ -89,12 +98,6 @@ def x64():
         yield
 
 
-@pytest.fixture(scope="module")
-def jax_step():
-    # params are traced, so one compiled step serves every variant
-    return jax.jit(jax.vmap(kernel.step, in_axes=(0, 0, None, None, None, None, None)), static_argnums=6)
-
-
 def field_scale(name: str, cfg: Config, params) -> float:
     """Natural size of a state field (see the tolerance rule in tests/helpers.py)."""
     if name in ("totals.max_rounds", "totals.halted_steps", "totals.max_drawdown"):
@@ -109,30 +112,11 @@ def field_scale(name: str, cfg: Config, params) -> float:
 
 
 @pytest.mark.parametrize(("variant", "form"), CASES)
-def test_step_matches_reference_every_step(variant, form, jax_step):
+def test_step_matches_reference_every_step(variant, form):
     """Every step of every path: JAX `kernel.step` and `reference_step` from the same state."""
     cfg, params, static = built(variant, form)
     p_np = reference.to_numpy(params)
-    draws = engine_draws(params, static, SEED, N_PATHS)
-    one = kernel.init_state(params, static)
-    state = jax.tree_util.tree_map(lambda x: jax.numpy.broadcast_to(x, (N_PATHS,) + x.shape), one)
-    names = [jax.tree_util.keystr(k).lstrip(".") for k, _ in jax.tree_util.tree_flatten_with_path(one)[0]]
-    for t in range(static.steps):
-        d = draws(t)
-        shock, flow = params.schedule.shock[t], params.schedule.flow[t]
-        new = jax.device_get(jax_step(state, d, t, shock, flow, params, static))
-        for i in range(2):
-            path = lambda tree: jax.tree_util.tree_map(lambda x: np.asarray(x)[i], tree)  # noqa: B023
-            ref = reference.reference_step(
-                path(state), path(d), t, np.asarray(shock), np.asarray(flow), p_np, static
-            )
-            for name, a, b in zip(
-                names, jax.tree_util.tree_leaves(path(new)), jax.tree_util.tree_leaves(ref)
-            ):
-                assert_close(
-                    a, b, PARITY_RTOL, field_scale(name, cfg, p_np), f"{variant} step {t} path {i} {name}"
-                )
-        state = new
+    assert_steps_match(params, static, SEED, N_PATHS, lambda name: field_scale(name, cfg, p_np), variant)
 
 
 @pytest.mark.parametrize(("variant", "form"), CASES)
@@ -146,11 +130,7 @@ def test_rollout_matches_reference_paths(variant, form):
     )
     assert set(out) == set(ref)
     for name in ref:
-        scale = (
-            1.0
-            if name in ("max_drawdown", "open_interest_decline", "halted_steps", "cascade_rounds")
-            else usd_scale(cfg)
-        )
+        scale = 1.0 if name in UNITLESS else usd_scale(cfg)
         assert_close(out[name], ref[name], PARITY_RTOL, scale, f"{variant}: {name}")
     if acted == "changed":
         base = reference.run_paths(

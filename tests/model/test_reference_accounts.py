@@ -27,13 +27,12 @@ from engine.model.params import AccountParams, CollateralParams
 from engine.sim import reference
 from engine.sim.rollout import rollout
 from tests.conftest import small_dict
-from tests.helpers import PARITY_RTOL, assert_close, engine_draws, usd_scale
+from tests.helpers import PARITY_RTOL, UNITLESS, assert_close, engine_draws, usd_scale
 
 N_PATHS, SEED, STEPS = 8, 11, 30
 BTC, SOL = 0, 1
 STABLE, STAKED = 0, 1  # collateral: a USD stablecoin and a token that tracks SOL's mark
 LONG_5X, LONG_20X, LONG_50X, SHORT_5X = 0, 1, 2, 3  # cohort columns (leverage 5, 20, 50 per side)
-UNITLESS = ("max_drawdown", "open_interest_decline", "halted_steps", "cascade_rounds")
 UNITS = ("positions_liquidated", "accounts_liquidated")
 UNITLESS_TOTALS = {
     f"totals.{n}" for n in ("halted_steps", "max_rounds", "max_drawdown", "nonfinite", "jump_truncated")

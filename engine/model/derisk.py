@@ -1,0 +1,95 @@
+"""Voluntary closing: holders of isolated positions close part of them as volatility rises and
+after losses, a behavioural flow beside the forced one (`docs/model.md`, "Voluntary closing").
+
+Per asset a, side s (+1 long, -1 short) and step t of dt_days = 1 / steps_per_day days:
+
+    hazard = derisk_vol * max(0, sigma_t / sigma0 - 1) + derisk_loss * max(0, -s x_mark)
+    nu     = 1 - exp(-dt_days * open * hazard)
+
+sigma_t: the step's GARCH volatility per step (sqrt of `SimState.variance`); x_mark: the log
+mark relative to `price0` at the start of the step (the side's log loss since t0 where
+positive); open: 1 where the market trades, 0 during a halt (the relaxed kernel's open share in
+between): holders cannot close while trading is halted. Every open isolated cohort of the side
+closes the fraction nu of its units at the start of the cascade stage, which leaves its
+bankruptcy and liquidation prices unchanged. The closing orders join the step's exogenous flow
+(longs sell, shorts buy: `s dq p` USD, + sells) at the step's mark before any flow `p`, so they
+move the mark through the same impact and can liquidate others in the step's cascade. They
+fill at `p` (their notional `dq p`) and touch no part of the waterfall: holders close at the
+market with their own margin. Cross-margin account legs are not closed (not modelled).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from engine.model.params import MarketParams, Params, Static
+from engine.model.sides import by_side, side_matrix
+from engine.model.stages import Move, SimState
+
+
+class Closing(NamedTuple):
+    """One step's voluntary closing of one path. quantity: `[assets, cohorts]` units left;
+    fraction: `[assets, cohorts]` the share nu of each cohort's units closed; flow: `[assets]`
+    USD of closing orders (+ sells); notional: `[assets, 2]` USD closed at the fill marks (long,
+    short); units: `[assets]` units closed, both sides."""
+
+    quantity: jnp.ndarray
+    fraction: jnp.ndarray
+    flow: jnp.ndarray
+    notional: jnp.ndarray
+    units: jnp.ndarray
+
+
+def close(quantity, side, x_start, x_open, sigma, open_, mp: MarketParams) -> Closing:
+    """The closing of the module docstring.
+
+    quantity, side: `[assets, cohorts]` units and +1/-1; x_start: `[assets]` log mark at the
+    start of the step; x_open: `[assets]` log mark the orders meet (the step's, before any
+    flow, within the breaker's limits); sigma: `[assets]` volatility per step; open_: `[assets]`
+    bool or open share in [0, 1].
+    """
+    excess = jnp.maximum(sigma / mp.sigma0 - 1.0, 0.0)
+    loss = jnp.maximum(jnp.stack([-x_start, x_start], -1), 0.0)  # [assets, 2] (long, short)
+    hazard = mp.derisk_vol[:, None] * excess[:, None] + mp.derisk_loss[:, None] * loss
+    nu = -jnp.expm1(-jnp.asarray(open_, sigma.dtype)[:, None] * hazard / mp.steps_per_day)
+    fraction = jnp.where(side > 0, nu[:, :1], nu[:, 1:])
+    closed = quantity * fraction
+    units = by_side(closed, side_matrix(side))
+    price = mp.price0 * jnp.exp(x_open)
+    return Closing(
+        quantity=quantity - closed,
+        fraction=fraction,
+        flow=price * (units[:, 0] - units[:, 1]),
+        notional=price[:, None] * units,
+        units=units[:, 0] + units[:, 1],
+    )
+
+
+def start(
+    state: SimState, m: Move, flow0, lo, hi, open_, params: Params, static: Static
+) -> tuple[SimState, jnp.ndarray, Closing | None]:
+    """The first part of stage 3 (`engine.model.kernel`): the state with the cohorts' units
+    (and the relaxed kernel's `quantity0`, so that its liquidation ramp measures the share of
+    what holders still hold) after the step's closing, the flow into the cascade `[assets]`
+    (USD) with its orders, and the `Closing`; all unchanged, and None, without `Static.derisk`.
+    flow0, lo, hi, open_: the step's flow, limits and open share (`engine.model.kernel.market_step`)."""
+    if not static.derisk:
+        return state, flow0, None
+    x_open = jnp.clip(m.x_fair + m.x_trans, lo, hi)
+    c = close(state.quantity, params.book.side, state.x_mark, x_open, m.sigma, open_, params.market)
+    q0 = None if state.quantity0 is None else state.quantity0 - state.quantity0 * c.fraction
+    return state._replace(quantity=c.quantity, quantity0=q0), flow0 + c.flow, c
+
+
+def record(state: SimState, c: Closing | None) -> SimState:
+    """`state` with the step's closing `c` added to its totals (as it is when `c` is None)."""
+    if c is None:
+        return state
+    tot = state.totals
+    return state._replace(
+        totals=tot._replace(
+            voluntary=tot.voluntary + c.notional, voluntary_units=tot.voluntary_units + c.units
+        )
+    )
