@@ -168,11 +168,13 @@ def backtest(
     """Leave-one-event-out over `events` (or only the held-out events named in `only`);
     `probs` as from `engine.fit.joint.problems`, built here if not given."""
     probs = probs if probs is not None else problems(jc, events)
+    seeds = jc.backtest.seeds or jc.calibration.seeds
+    fold_config = jc.model_copy(update={"calibration": jc.calibration.model_copy(update={"seeds": seeds})})
     folds = []
     for name in only or list(events):
         rest = {k: v for k, v in events.items() if k != name}
         log(f"{name}: fitting on {', '.join(rest)}")
-        fits = calibrate_joint(jc, rest, probs, log=lambda line, name=name: log(f"  {line}"))
+        fits = calibrate_joint(fold_config, rest, probs, log=lambda line, name=name: log(f"  {line}"))
         a = assess_joint(fits)
         shock = held_out_shock(jc, probs[name], a.values)
         log(f"{name}: held-out shock {shock:.4f}; predicting on {jc.backtest.n_paths} exact paths")

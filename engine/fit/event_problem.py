@@ -10,6 +10,7 @@ events with as many assets share its compiled code. The shared values enter thro
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -31,6 +32,7 @@ from engine.fit.common import (
     to_values,
 )
 from engine.fit.event_setup import (
+    DERISK_FIELDS,
     LOG_KINDS,
     JointConfig,
     Target,
@@ -46,6 +48,11 @@ from engine.sim.simulate import precision
 # Smallest values a path's liquidations (USD) and fall (fraction) count at in the geometric
 # means: a path with nothing liquidated counts as $1 M liquidated, one with no fall as 0.1%.
 USD_FLOOR = 1e6
+# Names in `engine.model.params.MarketParams` of the free market fields that differ.
+PARAM_NAMES = {
+    "resilience_halflife_steps": "resilience",
+    **{f"derisk.{k}": v for k, v in DERISK_FIELDS.items()},
+}
 FALL_FLOOR = 1e-3
 
 
@@ -145,7 +152,7 @@ def apply_values(data: EventData, fields, values, shock) -> P.Params:
         if group == "book_map":
             m[field] = v
             continue
-        name = "resilience" if field == "resilience_halflife_steps" else field
+        name = PARAM_NAMES.get(field, field)
         v = 0.5 ** (1.0 / v) if field == "resilience_halflife_steps" else v
         cur = getattr(mp, name)
         mp = mp._replace(**{name: cur + data.masks[k] * (v - cur)})
@@ -241,6 +248,10 @@ def make_problem(jc: JointConfig, name: str, event: Event, lay: Layout) -> Event
             fixed_map={k: arr(v) for k, v in jc.book_map.model_dump().items()},
             grid_std=arr(cfg.book.entry_log_std),
         )
+    # fitting a closing rate from 0 needs the step's closing on (`Static.derisk`)
+    static = dataclasses.replace(
+        static, derisk=static.derisk or any(f.startswith("derisk.") for _, f in lay.fields)
+    )
     return EventProblem(name, event, cfg, relaxed_static(static), data, targets, index, weight, missing)
 
 

@@ -24,6 +24,9 @@ from engine.fit.common import (
 )
 
 MARKET_FIELDS = ("impact_y", "depth_kappa", "resilience_halflife_steps")
+# Voluntary closing rates (`market.derisk.<field>`, shared by all assets), by their name in
+# `engine.model.params.MarketParams`.
+DERISK_FIELDS = {"vol_rate_per_day": "derisk_vol", "loss_rate_per_day": "derisk_loss"}
 TARGET_KINDS = ("liquidations", "long_share", "by_asset", "fall", "open_interest")
 LOG_KINDS = ("liquidations", "by_asset")
 NOT_CONVERGED_RATIO = 1.5
@@ -68,18 +71,21 @@ class Weights(Strict):
 
 class BacktestSettings(Strict):
     """`liqstress backtest`: exact-kernel paths per held-out prediction (and per step of the
-    held-out shock's search), their seed (fresh: not one of the fit's), the band (central
-    probability) reported around the median."""
+    held-out shock's search), their seed (fresh: not one of the fit's), the seeds of each
+    fold's fit, the band (central probability) reported around the median."""
 
     n_paths: Annotated[int, Field(ge=8, le=1_000_000)] = 512
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 7
+    # Seeds of each fold's joint fit (default: `calibration.seeds`).
+    seeds: tuple[Annotated[int, Field(ge=0, lt=2**63)], ...] | None = Field(default=None, min_length=1)
     band: Annotated[float, Field(gt=0, lt=1)] = 0.9
 
 
 class JointConfig(Strict):
     """A joint calibration: the template `scenario`, the `events` (names in the library or
     event files relative to this one), the shared free `[[params]]` (`market.<field>`,
-    `market.assets.<ASSET>.<field>` with field in MARKET_FIELDS, or `book_map.<field>`), the
+    `market.assets.<ASSET>.<field>` with field in MARKET_FIELDS, `market.derisk.<field>` with
+    field in DERISK_FIELDS, or `book_map.<field>`), the
     per-event `[shock]`, the map's fixed values `[book_map]`, `[tolerances]`, `[weights]`, and
     the `[backtest]` settings."""
 
@@ -125,13 +131,17 @@ def param_slot(path: str, assets: list[str], where: str) -> tuple[str, str, str 
         return "book_map", parts[1], None
     if len(parts) == 2 and parts[0] == "market" and parts[1] in MARKET_FIELDS:
         return "market", parts[1], None
+    if len(parts) == 3 and parts[:2] == ["market", "derisk"] and parts[2] in DERISK_FIELDS:
+        return "market", f"derisk.{parts[2]}", None
     if len(parts) == 4 and parts[:2] == ["market", "assets"] and parts[3] in MARKET_FIELDS:
         if parts[2] not in assets:
             raise ValueError(f"{where}: unknown asset {parts[2]!r}; the template's assets are {assets}")
         return "market", parts[3], parts[2]
-    allowed = [f"book_map.{f}" for f in book_map.FIELDS] + [
-        f"market[.assets.<ASSET>].{f}" for f in MARKET_FIELDS
-    ]
+    allowed = (
+        [f"book_map.{f}" for f in book_map.FIELDS]
+        + [f"market[.assets.<ASSET>].{f}" for f in MARKET_FIELDS]
+        + [f"market.derisk.{f}" for f in DERISK_FIELDS]
+    )
     raise ValueError(f"{where}: unknown free parameter {path!r}; allowed: {allowed}")
 
 

@@ -120,6 +120,8 @@ def starting_value(jc: JointConfig, p: FreeParam) -> float:
     group, field, asset = param_slot(p.path, list(jc.scenario.market.assets), p.path)
     if group == "book_map":
         v = getattr(jc.book_map, field)
+    elif field.startswith("derisk."):
+        v = getattr(jc.scenario.market.derisk, field.removeprefix("derisk."))
     else:
         assets = jc.scenario.market.assets
         v = float(np.mean([getattr(assets[a], field) for a in ([asset] if asset else list(assets))]))

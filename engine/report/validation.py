@@ -250,7 +250,7 @@ def validation_markdown(
         "",
         (
             f"Written by `{command}`. For each event: the shared parameters are fitted on the other events "
-            f"(`liqstress calibrate`, {len(jc.calibration.seeds)} seeds of {jc.calibration.n_paths} paths, relaxed "
+            f"(`liqstress calibrate`, {len(jc.backtest.seeds or jc.calibration.seeds)} seeds of {jc.calibration.n_paths} paths, relaxed "
             "kernel); the held-out event's shock is fitted to its observed falls alone; then "
             f"{jc.backtest.n_paths} fresh paths of the exact kernel predict its outcomes from its pre-event state. "
             f"Predicted: the median over paths and the central {pct}% band. A reported range counts as met when "

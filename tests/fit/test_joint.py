@@ -303,3 +303,24 @@ def test_calibrate_command_on_a_joint_config_reports_spread_and_correlations(tmp
     assert set(fitted["events"]) == {"a", "b"}
     report = (run / "report.md").read_text()
     assert "## Correlations of the fitted values" in report and "| b | `long_share` |" in report
+
+
+def test_closing_rates_are_free_parameters_of_the_joint_fit():
+    """A fit of `market.derisk` rates from 0 turns the step's closing on, and the rates reach
+    the kernel: the open-interest decline rises with the loss rate."""
+    params = [*PARAMS, {"path": "market.derisk.loss_rate_per_day", "lower": 0.0, "upper": 50.0, "init": 1.0}]
+    jc = config()
+    jc = es.JointConfig.model_validate({**jc.model_dump(), "params": params})
+    ev = Event.model_validate(event_dict(40e9, 8e9, 3e-4, 0.2, 3e9, 0.9, 0.08, 0.15))
+    lay = ep.layout(jc)
+    pr = ep.make_problem(jc, "a", ev, lay)
+    assert pr.static.derisk and not jc.scenario.market.derisk.on
+    objective = pr.objective(lay, jc.calibration.n_paths, ep.bounds_of(jc))
+
+    def decline(rate):
+        u = to_unconstrained(np.array([0.5, -0.5, rate]), lay.lower, lay.upper)
+        us = to_unconstrained(-0.06, jc.shock.lower, jc.shock.upper)
+        (_, st), _ = objective(jnp.asarray(u, jnp.float32), jnp.asarray(us, jnp.float32), word64(0), pr.weight)
+        return float(st[-1])
+
+    assert decline(0.001) < decline(20.0) - 0.05
