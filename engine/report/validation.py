@@ -295,34 +295,38 @@ def validation_markdown(
     return "\n".join(lines)
 
 
-def validation_figure(folds: list[Fold]) -> Figure:
-    """Predicted (median and band) against reported (range), one panel per kind of goal,
-    liquidations as predicted over reported (log scale)."""
+def validation_figure(folds: list[Fold], goals: dict[str, float]) -> Figure:
+    """Predicted (median and band) against reported (range), one panel per kind of goal:
+    liquidations as predicted over reported (log scale) with the goal's factor shaded."""
     kinds = ["liquidations", "by_asset", "long_share"]
-    fig = Figure(figsize=(10, 3.8))
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 3, width_ratios=[1, 2.2, 1])
     for ax, kind in zip(axes, kinds):
         rows = [(f.event, r) for f in folds for r in f.results if r.target.kind == kind]
-        for i, (event, r) in enumerate(rows):
-            ref = r.target.value if kind != "long_share" else 1.0
-            lo, hi = (
-                (r.target.low / ref, r.target.high / ref)
-                if kind != "long_share"
-                else (r.target.low, r.target.high)
-            )
-            ax.plot([i, i], [lo, hi], color="0.5", lw=6, alpha=0.5, solid_capstyle="butt")
+        ratio = kind != "long_share"
+        for i, (_, r) in enumerate(rows):
+            ref = r.target.value if ratio else 1.0
+            ax.plot([i, i], [r.target.low / ref, r.target.high / ref], color="0.5", lw=7, alpha=0.6)
             m, b0, b1 = (r.median / ref, r.low / ref, r.high / ref)
             ax.errorbar([i], [m], yerr=[[m - b0], [b1 - m]], fmt="o", color="C0", capsize=3)
-        labels = [e if r.target.asset is None else f"{e}\n{r.target.label.split('.')[-1]}" for e, r in rows]
-        ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
-        if kind == "long_share":
-            ax.set_ylabel("long share of liquidations")
-        else:
+        labels = [
+            e.replace("_", " ") + ("" if r.target.asset is None else f" {r.target.label.split('.')[-1]}")
+            for e, r in rows
+        ]
+        ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        if ratio:
             ax.set_yscale("log")
             ax.set_ylabel("predicted / reported")
+            ax.axhspan(1 / goals[kind], goals[kind], color="C2", alpha=0.12, lw=0)
             ax.axhline(1.0, color="0.3", lw=0.8)
+        else:
+            ax.set_ylabel("long share of liquidations")
         ax.set_title(KIND_TITLES[kind], fontsize=9)
-    fig.suptitle("held-out events: predicted median and band (blue), reported (grey)", fontsize=9)
+    fig.suptitle(
+        "held-out events: predicted median and band (blue), reported value or range (grey), goal (green)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -332,7 +336,9 @@ def write_validation(jc: JointConfig, folds: list[Fold], probs, out: Path, comma
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = validation_summary(jc, folds, command)
-    save_figure(validation_figure(folds), out / "validation.png")
+    tol = jc.tolerances
+    goals = {"liquidations": tol.liquidations_factor, "by_asset": tol.by_asset_factor}
+    save_figure(validation_figure(folds, goals), out / "validation.png")
     write_text_atomic(out / "validation.json", json.dumps(summary, indent=2))
     write_text_atomic(out / "validation.md", validation_markdown(jc, folds, probs, command))
     return summary
