@@ -277,6 +277,18 @@ def test_backtest_refuses_bad_input_with_exit_2_and_writes_nothing(tmp_path, cha
     assert not out.exists()
 
 
+def test_a_bad_event_file_names_the_file_and_the_field(tmp_path):
+    cfg = write_files(tmp_path)
+    ev = event_dict(40e9, 8e9, 3e-4, 0.2, 3e9, 0.88, 0.08, 0.15)
+    del ev["outcomes"]["liquidations_usd"]["source"]
+    (tmp_path / "a.toml").write_text(tomli_w.dumps(ev))
+    out = tmp_path / "val"
+    res = CliRunner().invoke(app, ["backtest", str(cfg), "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "a.toml" in res.output and "outcomes.liquidations_usd.source" in res.output
+    assert not out.exists()
+
+
 def test_event_asset_outside_the_template_is_refused(tmp_path):
     cfg = write_files(tmp_path)
     ev = event_dict(40e9, 8e9, 3e-4, 0.2, 3e9, 0.88, 0.08, 0.15)
