@@ -282,7 +282,7 @@ def backtest(
             raise ConfigError(f"--out {target}: exists and is not a directory")
     except ConfigError as e:
         raise fail(str(e), 2) from None
-    held = event or list(events)
+    held = list(dict.fromkeys(event or events))
     if dry_run:
         out().print(
             f"{config}: ok: hold out {', '.join(held)}; {_joint_plan(jc)}; would write to {target}",

@@ -66,6 +66,18 @@ class Figure(Strict):
         return self.value if self.value is not None else 0.5 * (self.low + self.high)
 
 
+def check_range(owner: Strict, bounds: dict[str, tuple[float, float]]) -> None:
+    """ValueError naming the first figure of `owner` whose value or range leaves its open
+    interval (lower, upper) of `bounds` {field: (lower, upper)}."""
+    for name, (lo, hi) in bounds.items():
+        fig = getattr(owner, name)
+        if fig is None:
+            continue
+        for x in (fig.value, fig.low, fig.high):
+            if x is not None and not lo < x < hi:
+                raise ValueError(f"{name}: {x:g} outside ({lo:g}, {hi:g})")
+
+
 class PreAsset(Strict):
     """One asset before the event: price, open interest and public positioning.
 
@@ -83,6 +95,25 @@ class PreAsset(Strict):
     open_interest_growth: Figure | None = None
     price_return: Figure | None = None
     daily_volume_usd: Figure | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self) -> PreAsset:
+        inf = float("inf")
+        check_range(
+            self,
+            {
+                "price": (0, inf),
+                "open_interest_usd": (0, inf),
+                "long_short_ratio": (0, inf),
+                # a fraction per 8 h: 1% (0.01) is far above any recorded rate, so a larger
+                # figure is a percentage written as a number
+                "funding_8h": (-0.01, 0.01),
+                "open_interest_growth": (-1, inf),
+                "price_return": (-1, inf),
+                "daily_volume_usd": (0, inf),
+            },
+        )
+        return self
 
 
 class PreEvent(Strict):
@@ -102,6 +133,12 @@ class Move(Strict):
     fall: Figure | None = None
     fall_hours: Figure | None = None
 
+    @model_validator(mode="after")
+    def _ranges(self) -> Move:
+        inf = float("inf")
+        check_range(self, {"peak": (0, inf), "trough": (0, inf), "fall": (0, 1), "fall_hours": (0, inf)})
+        return self
+
 
 class Outcomes(Strict):
     """What was reported afterwards (over `horizon_hours` of the event)."""
@@ -113,6 +150,26 @@ class Outcomes(Strict):
     adl_usd: Figure | None = None
     open_interest_change: Figure | None = None
     traders_liquidated: Figure | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Outcomes:
+        inf = float("inf")
+        check_range(
+            self,
+            {
+                "liquidations_usd": (0, inf),
+                "long_share": (-1e-12, 1 + 1e-12),
+                "insurance_fund_draw_usd": (-1e-12, inf),
+                "adl_usd": (-1e-12, inf),
+                "open_interest_change": (-1, inf),
+                "traders_liquidated": (-1e-12, inf),
+            },
+        )
+        for name, fig in self.by_asset_usd.items():
+            for x in (fig.value, fig.low, fig.high):
+                if x is not None and not x > 0:
+                    raise ValueError(f"by_asset_usd.{name}: {x:g} must be above 0")
+        return self
 
 
 class Event(Strict):

@@ -30,7 +30,7 @@ from scipy.optimize import minimize_scalar
 
 from engine.config.events import Event
 from engine.fit.common import differentiable_outputs
-from engine.fit.event_problem import EventProblem, apply_values, layout, problems
+from engine.fit.event_problem import EventProblem, apply_values, layout, path_statistics, problems
 from engine.fit.event_setup import LOG_KINDS, JointConfig, Target
 from engine.fit.joint import JointFit, assess_joint, calibrate_joint
 from engine.model.kernel import word64
@@ -48,34 +48,13 @@ def held_out_shock(jc: JointConfig, pr: EventProblem, values) -> float:
     observed = np.array([pr.targets[i].value for i in falls])
 
     def loss(shock: float) -> float:
-        median = np.nanmedian(simulate_exact(jc, pr, values, shock)[:, falls], 0)
+        median = np.median(simulate_exact(jc, pr, values, shock)[:, falls], 0)
         return float(np.sum(((median - observed) / jc.tolerances.fall) ** 2))
 
     res = minimize_scalar(
         loss, bounds=(jc.shock.lower, jc.shock.upper), method="bounded", options={"xatol": 1e-4}
     )
     return float(res.x)
-
-
-def per_path(out: dict, pr: EventProblem, oi) -> np.ndarray:
-    """Each target's statistic per path `[paths, n_targets]` (long share: NaN on a path
-    with nothing liquidated)."""
-    total = np.asarray(out["liquidated_total"], float)
-    notional = np.asarray(out["liquidated_notional"], float)
-    cols = []
-    for t in pr.targets:
-        if t.kind == "liquidations":
-            cols.append(float(pr.data.coverage) * total)
-        elif t.kind == "long_share":
-            long = notional[:, :, 0].sum(-1)
-            cols.append(np.divide(long, total, out=np.full_like(total, np.nan), where=total > 0))
-        elif t.kind == "by_asset":
-            cols.append(notional[:, t.asset, :].sum(-1))
-        elif t.kind == "fall":
-            cols.append(np.asarray(out["max_drawdown"], float)[:, t.asset])
-        else:
-            cols.append(np.asarray(out["open_interest_decline"], float) @ (oi / oi.sum()))
-    return np.stack(cols, -1)
 
 
 def simulate_exact(jc: JointConfig, pr: EventProblem, values, shock: float) -> np.ndarray:
@@ -92,7 +71,7 @@ def simulate_exact(jc: JointConfig, pr: EventProblem, values, shock: float) -> n
             n_paths=jc.backtest.n_paths,
             fields=layout(jc).fields,
         )
-    return per_path(jax.device_get(out), pr, np.asarray(oi, float))
+    return np.asarray(path_statistics(out, pr.data, oi), float)[:, list(pr.index)]
 
 
 @partial(jax.jit, static_argnames=("static", "n_paths", "fields"))
@@ -138,7 +117,7 @@ def judge(jc: JointConfig, targets, stats: np.ndarray) -> list[TargetResult]:
     res = []
     for i, t in enumerate(targets):
         col = stats[:, i]
-        lo, med, hi = (float(x) for x in np.nanquantile(col, [tail, 0.5, 1.0 - tail]))
+        lo, med, hi = (float(x) for x in np.quantile(col, [tail, 0.5, 1.0 - tail]))
         miss = miss_of(t, med, t.kind in LOG_KINDS)
         goal = goals.get(t.kind)
         res.append(TargetResult(t, med, lo, hi, miss, goal, None if goal is None else miss <= goal))

@@ -102,7 +102,8 @@ def layout(jc: JointConfig) -> Layout:
 class EventData(NamedTuple):
     """An event's traced inputs (a pytree): base parameters, the schedule of a unit shock
     `[steps, assets]` and the scenario's shock, observables, open interest `[assets]` USD,
-    coverage, targets in the fit's units `goal` and their `tolerance` `[n_stats]`, which assets
+    coverage, targets in the fit's units (`goal` the central value, `low` and `high` the
+    reported range) and their `tolerance` `[n_stats]`, which assets
     each shared parameter sets (`masks` `[n_shared, assets]`, 1 or 0), the map's fixed values
     and the entry grid's width."""
 
@@ -113,6 +114,8 @@ class EventData(NamedTuple):
     oi: jnp.ndarray
     coverage: jnp.ndarray
     goal: jnp.ndarray
+    low: jnp.ndarray
+    high: jnp.ndarray
     tolerance: jnp.ndarray
     masks: jnp.ndarray
     fixed_map: dict
@@ -161,28 +164,31 @@ def apply_values(data: EventData, fields, values, shock) -> P.Params:
     return p._replace(market=mp, book=book, schedule=sched)
 
 
-def log_mean(x, floor: float):
-    """Mean over paths (axis 0) of log(max(x, floor)): the log of the geometric mean, which for
-    the right-skewed liquidations and falls sits near the log of the median (the backtest's
-    prediction) where the plain mean sits above it, pulled by the paths that cascade."""
-    return jnp.mean(jnp.log(jnp.maximum(x, floor)), 0)
+def path_statistics(out: dict, data: EventData, oi) -> jnp.ndarray:
+    """Every statistic of `stat_slots` per path `[paths, n_stats]` from per-path outputs:
+    liquidations in total (times the coverage, USD), the long share of the total (0 on a path
+    that liquidates less than USD_FLOOR), liquidations per asset (USD), each asset's fall (max
+    drawdown, fraction) and the open-interest decline weighted by `oi` `[assets]` USD."""
+    total = data.coverage * out["liquidated_total"]
+    notional = out["liquidated_notional"]
+    long = data.coverage * jnp.sum(notional[:, :, 0], -1)
+    return jnp.concatenate(
+        [
+            jnp.stack([total, long / jnp.maximum(total, USD_FLOOR)], -1),
+            jnp.sum(notional, -1),
+            out["max_drawdown"],
+            (out["open_interest_decline"] @ (oi / jnp.sum(oi)))[:, None],
+        ],
+        -1,
+    )
 
 
 def statistics(out: dict, data: EventData, oi) -> jnp.ndarray:
-    """Every statistic of `stat_slots` `[n_stats]` from per-path outputs: geometric means over
-    paths of the liquidations (total, long, per asset) and the falls, the long share as the
-    ratio of the long and total geometric means, the mean open-interest decline."""
-    total = log_mean(data.coverage * out["liquidated_total"], USD_FLOOR)
-    notional = out["liquidated_notional"]
-    long = log_mean(data.coverage * jnp.sum(notional[:, :, 0], -1), USD_FLOOR)
-    return jnp.concatenate(
-        [
-            jnp.stack([jnp.exp(total), jnp.exp(long - total)]),
-            jnp.exp(log_mean(jnp.sum(notional, -1), USD_FLOOR)),
-            jnp.exp(log_mean(out["max_drawdown"], FALL_FLOOR)),
-            jnp.mean(out["open_interest_decline"] @ (oi / jnp.sum(oi)))[None],
-        ]
-    )
+    """The medians over paths `[n_stats]` of `path_statistics`: the statistic the backtest
+    predicts, so that the fit and the prediction aim at the same thing. With common random
+    numbers the median of the relaxed kernel's smooth per-path outputs is a continuous,
+    piecewise smooth function of the parameters, differentiable through its middle paths."""
+    return jnp.median(path_statistics(out, data, oi), 0)
 
 
 def in_fit_units(x, n_assets: int):
@@ -191,13 +197,16 @@ def in_fit_units(x, n_assets: int):
     return jnp.where(is_log, jnp.log(jnp.maximum(x, 1.0)), x)
 
 
-def residuals(values, shock, key, data: EventData, *, static, n_paths, fields):
-    """Scaled errors `[n_stats]` (statistic - target) / tolerance in the fit's units, and the
-    statistics."""
+def residuals(values, shock, key, data: EventData, *, static, n_paths, fields, interval=True):
+    """Scaled errors `[n_stats]` in the fit's units over the tolerance, and the statistics.
+    The error is the distance to the reported range (0 inside it: the backtest counts a
+    prediction inside the range as exact), or with `interval` False to the central value."""
     prm = apply_values(data, fields, values, shock)
     out = differentiable_outputs(prm, static, key, n_paths)
     st = statistics(out, data, prm.book.quantity.sum(-1) * prm.market.price0)
-    return (in_fit_units(st, static.n_assets) - data.goal) / data.tolerance, st
+    x = in_fit_units(st, static.n_assets)
+    err = jnp.maximum(x - data.high, 0.0) - jnp.maximum(data.low - x, 0.0) if interval else x - data.goal
+    return err / data.tolerance, st
 
 
 @partial(jax.jit, static_argnames=("static", "n_paths", "fields"))
@@ -222,9 +231,10 @@ def make_problem(jc: JointConfig, name: str, event: Event, lay: Layout) -> Event
     slots = stat_slots(len(assets))
     targets = tuple(event_targets(event, assets))
     index = tuple(slots.index((t.kind, t.asset)) for t in targets)
-    goal = np.zeros(len(slots))
-    weight = np.zeros(len(slots))
-    goal[list(index)] = [np.log(t.value) if t.kind in LOG_KINDS else t.value for t in targets]
+    goal, low, high, weight = (np.zeros(len(slots)) for _ in range(4))
+    for t, i in zip(targets, index):
+        unit = np.log if t.kind in LOG_KINDS else float
+        goal[i], low[i], high[i] = unit(t.value), unit(t.low), unit(t.high)
     weight[list(index)] = [getattr(jc.weights, t.kind) for t in targets]
     obs, missing = book_map.observables(event, assets)
     masks = np.array([[1.0 if a is None or a == x else 0.0 for x in assets] for _, _, a in lay.slots])
@@ -243,6 +253,8 @@ def make_problem(jc: JointConfig, name: str, event: Event, lay: Layout) -> Event
             oi=arr([a.open_interest_usd for a in cfg.market.assets.values()]),
             coverage=arr(coverage(event)),
             goal=arr(goal),
+            low=arr(low),
+            high=arr(high),
             tolerance=arr([tolerance_of(k, jc.tolerances) for k, _ in slots]),
             masks=arr(masks.reshape(len(lay.slots), len(assets))),
             fixed_map={k: arr(v) for k, v in jc.book_map.model_dump().items()},

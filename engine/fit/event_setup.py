@@ -19,9 +19,7 @@ from engine.config.strict import Strict
 from engine.fit import book_map
 from engine.fit.book_map import BookMap
 from engine.fit.calibrate import CalibrationSettings, FreeParam
-from engine.fit.common import (
-    load_fit_config,
-)
+from engine.fit.common import load_fit_config, sized
 
 MARKET_FIELDS = ("impact_y", "depth_kappa", "resilience_halflife_steps")
 # Voluntary closing rates (`market.derisk.<field>`, shared by all assets), by their name in
@@ -29,7 +27,6 @@ MARKET_FIELDS = ("impact_y", "depth_kappa", "resilience_halflife_steps")
 DERISK_FIELDS = {"vol_rate_per_day": "derisk_vol", "loss_rate_per_day": "derisk_loss"}
 TARGET_KINDS = ("liquidations", "long_share", "by_asset", "fall", "open_interest")
 LOG_KINDS = ("liquidations", "by_asset")
-NOT_CONVERGED_RATIO = 1.5
 
 
 class ShockBounds(Strict):
@@ -163,7 +160,8 @@ def load_joint(path: str | Path) -> tuple[JointConfig, dict[str, Event]]:
             )
         events[name] = shipped[name]
     for name, ev in events.items():
-        event_config(jc.scenario, ev, name)  # every event must make a scenario
+        # every event must make a scenario the relaxed kernel runs, at the fit's size
+        sized(event_config(jc.scenario, ev, name), jc.calibration.n_paths, jc.calibration.steps)
     return jc, events
 
 

@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.config.errors import SimulationError
 from engine.config.events import Event
-from engine.fit.calibrate import FreeParam
+from engine.fit.calibrate import NOT_CONVERGED_RATIO, FreeParam
 from engine.fit.common import (
     descend,
     to_unconstrained,
@@ -45,8 +46,6 @@ from engine.fit.event_problem import EventProblem, bounds_of, layout, problems, 
 from engine.fit.event_setup import JointConfig, param_slot
 from engine.model.kernel import word64
 from engine.sim.simulate import precision
-
-NOT_CONVERGED_RATIO = 1.5
 
 
 @dataclass
@@ -101,6 +100,10 @@ def fit_joint(
         on_step=(lambda i, u, loss, st: progress(i, loss)) if progress else None,
         score_end=True,
     )
+    if d.best_aux is None:
+        raise SimulationError(
+            f"seed {seed}: the joint loss is not finite at the starting values; check the events' figures"
+        )
     best = np.asarray(d.best_u, float)
     return JointFit(
         seed=seed,
@@ -195,7 +198,9 @@ def curvature(jc: JointConfig, probs: dict[str, EventProblem], values, shocks: d
     blocks = []
     for k, name in enumerate(names):
         pr = probs[name]
-        fn = partial(residuals, static=pr.static, n_paths=jc.calibration.n_paths, fields=lay.fields)
+        fn = partial(
+            residuals, static=pr.static, n_paths=jc.calibration.n_paths, fields=lay.fields, interval=False
+        )
 
         def scaled(x, pr=pr, fn=fn):
             r, _ = fn(x[:n], x[n], word64(seed), pr.data)
