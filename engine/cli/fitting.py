@@ -110,7 +110,7 @@ def _calibrate_joint(config: Path, run_dir: Path | None, runs_root: Path, dry_ru
     from engine.fit import joint
     from engine.fit.event_problem import problems
     from engine.fit.event_setup import load_joint
-    from engine.report.validation import write_joint
+    from engine.report.validation import se_text, write_joint
 
     def execute(path, target, log):
         jc, events = load_joint(path)
@@ -118,7 +118,8 @@ def _calibrate_joint(config: Path, run_dir: Path | None, runs_root: Path, dry_ru
         fits = joint.calibrate_joint(jc, events, probs, log)
         a = joint.assess_joint(fits)
         log("curvature: the Jacobian of every target at the fitted values")
-        cur = joint.curvature(jc, probs, a.values, a.shocks, jc.calibration.seeds[0])
+        seed = next(f.seed for f, ok in zip(fits, a.converged) if ok)
+        cur = joint.curvature(jc, probs, a.values, a.shocks, seed)
         return write_joint(jc, probs, fits, a, cur, target)
 
     done = _fit(
@@ -139,10 +140,10 @@ def _calibrate_joint(config: Path, run_dir: Path | None, runs_root: Path, dry_ru
     for col in ("parameter", "fitted (mean)", "sd over seeds", "curvature s.e."):
         t.add_column(col)
     for p in summary["params"]:
-        t.add_row(p["path"], f"{p['mean']:.4g}", f"{p['std_over_seeds']:.2g}", f"{p['curvature_se']:.2g}")
+        t.add_row(p["path"], f"{p['mean']:.4g}", f"{p['std_over_seeds']:.2g}", se_text(p["curvature_se"]))
     for name, x in summary["shocks"].items():
         t.add_row(
-            f"shock of {name}", f"{x['mean']:.4g}", f"{x['std_over_seeds']:.2g}", f"{x['curvature_se']:.2g}"
+            f"shock of {name}", f"{x['mean']:.4g}", f"{x['std_over_seeds']:.2g}", se_text(x["curvature_se"])
         )
     out().print(t)
     out().print(f"run directory: {target}  (report.md: targets per event and the parameters' correlations)")

@@ -189,9 +189,11 @@ def assess_joint(fits: list[JointFit]) -> JointAssessment:
 
 
 def curvature(jc: JointConfig, probs: dict[str, EventProblem], values, shocks: dict[str, float], seed: int):
-    """Gauss-Newton covariance of the fitted values (shared, then one shock per event) with
-    each target's tolerance as its standard deviation: (J^T J)^+ with J the Jacobian of the
-    weighted, scaled residuals. Returns (standard errors `[n]`, correlations `[n, n]`)."""
+    """Gauss-Newton covariance of the fitted values `values` `[n_shared]` and `shocks` (one per
+    event) with each target's tolerance over the square root of its weight as its standard
+    deviation, from J the Jacobian of the weighted, scaled errors to the central values on the
+    paths of `seed` (`covariance`). Returns (standard errors `[n]`, correlations `[n, n]`), in
+    the order shared values, then shocks."""
     lay = layout(jc)
     names = list(probs)
     n = len(values)
@@ -212,8 +214,27 @@ def curvature(jc: JointConfig, probs: dict[str, EventProblem], values, shocks: d
         full = np.zeros((jac.shape[0], n + len(names)))
         full[:, :n], full[:, n + k] = jac[:, :n], jac[:, n]
         blocks.append(full)
-    j = np.concatenate(blocks)
-    cov = np.linalg.pinv(j.T @ j)
+    return covariance(np.concatenate(blocks))
+
+
+# Eigenvalues of J^T J below this fraction of the largest count as directions the targets do
+# not identify.
+UNIDENTIFIED = 1e-10
+
+
+def covariance(j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(standard errors `[n]`, correlations `[n, n]`) of the Gauss-Newton covariance (J^T J)^-1
+    of the Jacobian `j` `[residuals, n]`. A value with a share above 0.1 in a direction of
+    J^T J's null space (eigenvalue below UNIDENTIFIED of the largest) is not identified by the
+    targets: its error is infinite and its correlations NaN."""
+    w, v = np.linalg.eigh(j.T @ j)
+    null = w <= UNIDENTIFIED * max(w.max(), 1e-300)
+    keep = v[:, ~null]
+    cov = (keep / w[~null]) @ keep.T
     se = np.sqrt(np.maximum(np.diag(cov), 0.0))
     corr = cov / np.maximum(np.outer(se, se), 1e-300)
+    lost = np.abs(v[:, null]).max(1) > 0.1 if null.any() else np.zeros(len(w), bool)
+    se[lost] = np.inf
+    corr[lost, :] = np.nan
+    corr[:, lost] = np.nan
     return se, corr

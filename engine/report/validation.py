@@ -42,6 +42,16 @@ def save_figure(fig: Figure, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def finite_or_none(x: float) -> float | None:
+    """`x`, or None where it is not finite (JSON has no inf or NaN)."""
+    return float(x) if np.isfinite(x) else None
+
+
+def se_text(x: float | None) -> str:
+    """A curvature standard error, or "not identified" (None)."""
+    return "not identified" if x is None else f"{x:.2g}"
+
+
 def fmt(kind: str, x: float) -> str:
     """A statistic of `kind` for a table: USD for liquidations, else a fraction."""
     return usd(x) if kind in ("liquidations", "by_asset") else f"{x:.3f}"
@@ -91,7 +101,7 @@ def joint_summary(jc, probs, fits, a: JointAssessment, curvature) -> dict:
                 "upper": float(lay.upper[i]),
                 "mean": float(a.values[i]),
                 "std_over_seeds": float(a.spread[i]),
-                "curvature_se": float(se[i]),
+                "curvature_se": finite_or_none(se[i]),
                 "per_seed": [float(f.values[i]) for f in fits],
             }
             for i, path in enumerate(lay.paths)
@@ -100,14 +110,14 @@ def joint_summary(jc, probs, fits, a: JointAssessment, curvature) -> dict:
             name: {
                 "mean": a.shocks[name],
                 "std_over_seeds": a.shock_spread[name],
-                "curvature_se": float(se[n + k]),
+                "curvature_se": finite_or_none(se[n + k]),
                 "per_seed": [f.shocks[name] for f in fits],
             }
             for k, name in enumerate(names)
         },
         "correlations": {
             "order": list(lay.paths) + [f"shock.{x}" for x in names],
-            "matrix": corr.round(4).tolist(),
+            "matrix": [[finite_or_none(round(float(x), 4)) for x in row] for row in corr],
         },
         "events": {
             name: [
@@ -158,7 +168,7 @@ def joint_markdown(jc, probs, fits, a: JointAssessment, summary: dict) -> str:
     for p in summary["params"]:
         lines.append(
             f"| `{p['path']}` | [{p['lower']:g}, {p['upper']:g}] | {p['mean']:.4g} | {p['std_over_seeds']:.2g} | "
-            f"{p['curvature_se']:.2g} |"
+            f"{se_text(p['curvature_se'])} |"
         )
     lines += [
         "",
@@ -168,8 +178,10 @@ def joint_markdown(jc, probs, fits, a: JointAssessment, summary: dict) -> str:
         "|---|---|---|---|",
     ]
     for name, s in summary["shocks"].items():
-        lines.append(f"| {name} | {s['mean']:.4f} | {s['std_over_seeds']:.2g} | {s['curvature_se']:.2g} |")
-    order, corr = summary["correlations"]["order"], np.asarray(summary["correlations"]["matrix"])
+        lines.append(
+            f"| {name} | {s['mean']:.4f} | {s['std_over_seeds']:.2g} | {se_text(s['curvature_se'])} |"
+        )
+    order, corr = summary["correlations"]["order"], summary["correlations"]["matrix"]
     lines += [
         "",
         "## Correlations of the fitted values",
@@ -178,7 +190,7 @@ def joint_markdown(jc, probs, fits, a: JointAssessment, summary: dict) -> str:
     ]
     lines.append("|---" * (len(order) + 1) + "|")
     for i, x in enumerate(order):
-        lines.append(f"| `{x}` | " + " | ".join(f"{v:+.2f}" for v in corr[i]) + " |")
+        lines.append(f"| `{x}` | " + " | ".join("–" if v is None else f"{v:+.2f}" for v in corr[i]) + " |")
     lines += ["", "## Targets", "", "| event | target | reported | fitted (mean) |", "|---|---|---|---|"]
     for name, pr in probs.items():
         for t, st in zip(pr.targets, a.statistics[name]):

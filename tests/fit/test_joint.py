@@ -336,3 +336,28 @@ def test_closing_rates_are_free_parameters_of_the_joint_fit():
         return float(st[-1])
 
     assert decline(0.001) < decline(20.0) - 0.05
+
+
+def test_covariance_flags_what_the_targets_do_not_identify():
+    """Two values the residuals see only through their sum: neither is identified; a third,
+    seen alone with unit scale, has standard error 1 and no correlation."""
+    j = np.array([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    se, corr = joint.covariance(j)
+    assert np.isinf(se[:2]).all() and se[2] == pytest.approx(1.0)
+    assert np.isnan(corr[0]).all() and corr[2, 2] == pytest.approx(1.0)
+    # identified: J = diag(2, 4) gives errors 1/2 and 1/4
+    se, corr = joint.covariance(np.diag([2.0, 4.0]))
+    np.testing.assert_allclose(se, [0.5, 0.25])
+    np.testing.assert_allclose(corr, np.eye(2), atol=1e-12)
+
+
+def test_event_targets_take_signs_ranges_and_coverage_from_the_file():
+    ev = event_dict(40e9, 8e9, 3e-4, 0.2, 3e9, 0.88, 0.08, 0.15)
+    ev["outcomes"]["open_interest_change"] = {**fig(-0.3), "low": -0.4, "high": -0.3}
+    ev["pre_event"]["aggregate_open_interest_usd"] = fig(96e9, "USD")
+    event = Event.model_validate(ev)
+    targets = {t.label: t for t in es.event_targets(event, ["BTC", "SOL"])}
+    oi = targets["open_interest_decline"]
+    assert (oi.value, oi.low, oi.high) == (0.3, 0.3, 0.4)
+    assert targets["fall.SOL"].asset == 1 and targets["fall.SOL"].value == 0.15
+    assert es.coverage(event) == pytest.approx(96 / 48)
