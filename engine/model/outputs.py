@@ -106,7 +106,7 @@ OUTPUTS: tuple[Output, ...] = (
         ("asset",),
         "1",
         "1 - (final open interest + units closed by holders at the final price) / initial: "
-        "the decline by forced closing alone",
+        "the decline had holders closed nothing (liquidations, ADL and the price change)",
         lambda s: B.ratio(),
     ),
     Output(

@@ -583,7 +583,7 @@ def extract(st: SimState, params: Params) -> dict[str, np.ndarray]:
         "residual_notional": t.max_residual,
         "deferred_notional": deferred,
         "open_interest_decline": 1.0 - oi / np.where(oi0 > 0, oi0, 1.0),
-        # without the units holders closed: the decline by forced closing alone
+        # with the units holders closed put back: the decline had holders closed nothing
         "open_interest_decline_forced": 1.0 - (units + closed) * price / np.where(oi0 > 0, oi0, 1.0),
         "voluntary_closed": np.zeros_like(t.liquidated) if t.voluntary is None else t.voluntary,
         "stop_notional": k.stop_notional,
