@@ -150,8 +150,8 @@ def joint_markdown(jc, probs, fits, a: JointAssessment, summary: dict) -> str:
             f"Events: {', '.join(probs)}. Template `{jc.scenario.name}`, {jc.calibration.n_paths} paths per seed and "
             f"event, {jc.scenario.run.steps} steps of {jc.scenario.run.dt_minutes:g} min, seeds "
             f"{[f.seed for f in fits]}, temperature {jc.calibration.temperature}. Means and sds are over the "
-            f"converged seeds ({summary['not_converged_rule']}); the curvature s.e. takes each target's "
-            "tolerance as its standard deviation (Gauss-Newton)."
+            f"converged seeds ({summary['not_converged_rule']}); the curvature s.e. (Gauss-Newton) takes each "
+            "target's tolerance over the square root of its weight as its standard deviation."
         ),
         "",
         "| seed | best loss | converged |",
