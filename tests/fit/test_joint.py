@@ -361,3 +361,23 @@ def test_event_targets_take_signs_ranges_and_coverage_from_the_file():
     assert (oi.value, oi.low, oi.high) == (0.3, 0.3, 0.4)
     assert targets["fall.SOL"].asset == 1 and targets["fall.SOL"].value == 0.15
     assert es.coverage(event) == pytest.approx(96 / 48)
+
+
+def test_held_out_shock_matches_the_observed_fall_in_the_median():
+    """The held-out shock brings the exact kernel's median fall to the observed one; without
+    an observed fall the shock stays at its starting value."""
+    jc = config()
+    jc = es.JointConfig.model_validate({**jc.model_dump(), "backtest": {"n_paths": 64}})
+    ev = event_dict(40e9, 8e9, 3e-4, 0.2, 3e9, 0.88, 0.07, 0.12)
+    del ev["price_path"]["SOL"]
+    pr = ep.make_problem(jc, "a", Event.model_validate(ev), ep.layout(jc))
+    values = np.array([0.5, -0.5])
+    shock = bt.held_out_shock(jc, pr, values)
+    fall = [i for i, t in enumerate(pr.targets) if t.kind == "fall"]
+    assert len(fall) == 1
+    median = np.median(bt.simulate_exact(jc, pr, values, shock)[:, fall[0]])
+    assert abs(median - 0.07) < 0.003
+    assert jc.shock.lower < shock < jc.shock.upper
+    del ev["price_path"]["BTC"]
+    none = ep.make_problem(jc, "a", Event.model_validate(ev), ep.layout(jc))
+    assert bt.held_out_shock(jc, none, values) == jc.shock.init
