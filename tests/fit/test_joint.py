@@ -332,7 +332,9 @@ def test_closing_rates_are_free_parameters_of_the_joint_fit():
     def decline(rate):
         u = to_unconstrained(np.array([0.5, -0.5, rate]), lay.lower, lay.upper)
         us = to_unconstrained(-0.06, jc.shock.lower, jc.shock.upper)
-        (_, st), _ = objective(jnp.asarray(u, jnp.float32), jnp.asarray(us, jnp.float32), word64(0), pr.weight)
+        (_, st), _ = objective(
+            jnp.asarray(u, jnp.float32), jnp.asarray(us, jnp.float32), word64(0), pr.weight
+        )
         return float(st[-1])
 
     assert decline(0.001) < decline(20.0) - 0.05
