@@ -20,6 +20,7 @@ from engine.fit.event_problem import EventProblem, layout
 from engine.fit.event_setup import JointConfig
 from engine.fit.joint import JointAssessment, JointFit
 from engine.report.fits import NOT_CONVERGED_RULE, loss_curve
+from engine.report.ticks import plain_log_axis
 from engine.report.units import usd
 from engine.runs.rundir import write_text_atomic
 
@@ -343,6 +344,7 @@ def validation_figure(folds: list[Fold]) -> Figure:
         ax.set_xlim(-0.6, len(rows) - 0.4)
         if ratio:
             ax.set_yscale("log")
+            plain_log_axis(ax.yaxis)
             ax.set_ylabel("predicted / reported")
             ax.axhline(1.0, color="0.3", lw=0.8)
         else:
