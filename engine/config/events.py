@@ -66,11 +66,11 @@ class Figure(Strict):
         return self.value if self.value is not None else 0.5 * (self.low + self.high)
 
 
-def check_range(owner: Strict, bounds: dict[str, tuple[float, float]]) -> None:
-    """ValueError naming the first figure of `owner` whose value or range leaves its open
-    interval (lower, upper) of `bounds` {field: (lower, upper)}."""
+def check_range(owner: Strict, bounds: dict[str, tuple[float, float]], figures: dict | None = None) -> None:
+    """ValueError naming the first figure of `owner` (or of `figures` {name: Figure}) whose
+    value or range leaves its open interval (lower, upper) of `bounds` {name: (lower, upper)}."""
     for name, (lo, hi) in bounds.items():
-        fig = getattr(owner, name)
+        fig = figures[name] if figures is not None else getattr(owner, name)
         if fig is None:
             continue
         for x in (fig.value, fig.low, fig.high):
@@ -165,10 +165,8 @@ class Outcomes(Strict):
                 "traders_liquidated": (-1e-12, inf),
             },
         )
-        for name, fig in self.by_asset_usd.items():
-            for x in (fig.value, fig.low, fig.high):
-                if x is not None and not x > 0:
-                    raise ValueError(f"by_asset_usd.{name}: {x:g} must be above 0")
+        per_asset = {f"by_asset_usd.{a}": fig for a, fig in self.by_asset_usd.items()}
+        check_range(self, dict.fromkeys(per_asset, (0, inf)), per_asset)
         return self
 
 
