@@ -267,7 +267,7 @@ def backtest(
     from engine.fit import backtest as bt
     from engine.fit.event_problem import problems
     from engine.fit.event_setup import load_joint
-    from engine.report.validation import write_validation
+    from engine.report.validation import fmt, reported, write_validation
 
     try:
         jc, events = load_joint(config)
@@ -300,7 +300,7 @@ def backtest(
     try:
         probs = problems(jc, events)
         folds = bt.backtest(jc, events, probs, log=log, only=held)
-        summary = write_validation(jc, folds, probs, target, command)
+        write_validation(jc, folds, probs, target, command)
     except (SimulationError, OSError, ValueError, RuntimeError) as e:
         raise fail(f"backtest failed: {e}", 1) from None
     except KeyboardInterrupt:
@@ -308,15 +308,10 @@ def backtest(
     t = Table(title="held-out events: predicted median against reported")
     for col in ("event", "target", "reported", "predicted", "goal"):
         t.add_column(col)
-    for f in summary["folds"]:
-        for x in f["targets"]:
-            goal = "" if x["met"] is None else ("met" if x["met"] else "[red]missed[/]")
-            rep = (
-                f"{x['reported_low']:.4g}"
-                if x["reported_low"] == x["reported_high"]
-                else f"{x['reported_low']:.4g}–{x['reported_high']:.4g}"
-            )
-            t.add_row(f["held_out"], x["target"], rep, f"{x['median']:.4g}", goal)
+    for f in folds:
+        for r in f.results:
+            goal = "" if r.met is None else ("met" if r.met else "[red]missed[/]")
+            t.add_row(f.event, r.target.label, reported(r.target), fmt(r.target.kind, r.median), goal)
     out().print(t)
     out().print(f"written: {target / 'validation.md'}, validation.json, validation.png")
 

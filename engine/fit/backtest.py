@@ -145,7 +145,7 @@ def backtest(
     only: list[str] | None = None,
 ) -> list[Fold]:
     """Leave-one-event-out over `events` (or only the held-out events named in `only`);
-    `probs` as from `engine.fit.joint.problems`, built here if not given."""
+    `probs` as from `engine.fit.event_problem.problems`, built here if not given."""
     probs = probs if probs is not None else problems(jc, events)
     seeds = jc.backtest.seeds or jc.calibration.seeds
     fold_config = jc.model_copy(update={"calibration": jc.calibration.model_copy(update={"seeds": seeds})})

@@ -45,15 +45,13 @@ from engine.fit.event_setup import (
 from engine.model import params as P
 from engine.sim.simulate import precision
 
-# Smallest values a path's liquidations (USD) and fall (fraction) count at in the geometric
-# means: a path with nothing liquidated counts as $1 M liquidated, one with no fall as 0.1%.
+# Liquidations (USD) of a path below which its long share counts as 0.
 USD_FLOOR = 1e6
 # Names in `engine.model.params.MarketParams` of the free market fields that differ.
 PARAM_NAMES = {
     "resilience_halflife_steps": "resilience",
     **{f"derisk.{k}": v for k, v in DERISK_FIELDS.items()},
 }
-FALL_FLOOR = 1e-3
 
 
 def stat_slots(n_assets: int) -> list[tuple[str, int | None]]:

@@ -36,7 +36,7 @@ import numpy as np
 
 from engine.config.errors import SimulationError
 from engine.config.events import Event
-from engine.fit.calibrate import NOT_CONVERGED_RATIO, FreeParam
+from engine.fit.calibrate import NOT_CONVERGED_RATIO, FreeParam, logged_progress
 from engine.fit.common import (
     descend,
     to_unconstrained,
@@ -140,24 +140,18 @@ def calibrate_joint(
     """One joint fit per seed of `calibration.seeds` over `events`."""
     probs = probs if probs is not None else problems(jc, events)
     probs = {name: probs[name] for name in events}
-    every = max(1, jc.calibration.iterations // 5)
-    fits = []
-    for seed in jc.calibration.seeds:
-        cb = None
-        if log:
-            cb = lambda i, loss, seed=seed: (
-                log(f"seed {seed}: iteration {i + 1}/{jc.calibration.iterations}, loss {loss:.4g}")
-                if i % every == 0 or i == jc.calibration.iterations - 1
-                else None
-            )
-        fits.append(fit_joint(jc, probs, seed, cb))
-    return fits
+    progress = logged_progress(jc, log) if log else None
+    return [
+        fit_joint(jc, probs, seed, (lambda i, loss, k=k: progress(k, i, loss)) if progress else None)
+        for k, seed in enumerate(jc.calibration.seeds)
+    ]
 
 
 @dataclass
 class JointAssessment:
     """Converged seeds (best loss at most NOT_CONVERGED_RATIO x the median) and the means
-    and sds (ddof 1; 0 for one seed) over them of the shared values and the shocks."""
+    and sds (ddof 1; 0 for one seed) over them of the shared values and the shocks, and each
+    event's statistics (one per target) averaged over them."""
 
     converged: np.ndarray
     values: np.ndarray
@@ -168,6 +162,7 @@ class JointAssessment:
 
 
 def assess_joint(fits: list[JointFit]) -> JointAssessment:
+    """Which seeds converged, and the means and spreads over them (`JointAssessment`)."""
     loss = np.array([f.loss for f in fits])
     ok = loss <= NOT_CONVERGED_RATIO * np.median(loss)
     good = [f for f, k in zip(fits, ok) if k]

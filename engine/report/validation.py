@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from engine.fit.backtest import Fold, TargetResult
 from engine.fit.event_problem import EventProblem, layout
-from engine.fit.event_setup import JointConfig
+from engine.fit.event_setup import LOG_KINDS, JointConfig
 from engine.fit.joint import JointAssessment, JointFit
 from engine.report.fits import NOT_CONVERGED_RULE, loss_curve
 from engine.report.ticks import plain_log_axis
@@ -55,7 +55,7 @@ def se_text(x: float | None) -> str:
 
 def fmt(kind: str, x: float) -> str:
     """A statistic of `kind` for a table: USD for liquidations, else a fraction."""
-    return usd(x) if kind in ("liquidations", "by_asset") else f"{x:.3f}"
+    return usd(x) if kind in LOG_KINDS else f"{x:.3f}"
 
 
 def reported(t) -> str:
@@ -213,7 +213,7 @@ def goal_text(r: TargetResult) -> str:
     """A target's goal column: met or missed, by how much (a factor or a difference), the goal."""
     if r.goal is None:
         return "–"
-    factor = r.target.kind in ("liquidations", "by_asset")
+    factor = r.target.kind in LOG_KINDS
     miss = f"×{r.miss:.2f}" if factor else f"{r.miss:.3f}"
     goal = f"×{r.goal:g}" if factor else f"{r.goal:g}"
     return f"{'met' if r.met else '**missed**'} ({miss}; goal {goal})"
