@@ -7,14 +7,14 @@ Python API (the CLI is a thin shell over it):
     ds = engine.simulate(cfg)                  # xarray Dataset of loss distributions
     engine.summary_table(ds)                   # the key figures as text
 
-Importing the package asks JAX for one host CPU device per core (see `engine.sim.devices`;
+Importing the package asks JAX for one host CPU device per core (see `engine.sim.cpu_devices`;
 `LIQSTRESS_CPU_DEVICES=1` turns that off) so that simulations use every core. The API names
 load on first use (PEP 562), so that `import engine.model` needs neither pydantic nor xarray.
 """
 
 import importlib
 
-from engine.sim.devices import configure_host_devices
+from engine.sim.cpu_devices import configure_host_devices
 
 configure_host_devices()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.stats import norm
 
 from engine.config.schema import Config, Tier
 from engine.model.margin import liquidation_price
@@ -88,7 +87,9 @@ def build_cohorts(cfg: Config) -> Cohorts:
     w_size = np.asarray(book.size_weights, float)
     n_e = book.entry_points
     probs = (np.arange(n_e) + 0.5) / n_e
-    offsets = book.entry_log_mean + book.entry_log_std * norm.ppf(probs)
+    from scipy.special import ndtri  # the normal quantile; SciPy loads when a book is built, not read
+
+    offsets = book.entry_log_mean + book.entry_log_std * ndtri(probs)
 
     tier = tier_index(tiers, sizes)
     mmr_of_size = np.array([tiers[j].mmr for j in tier])

@@ -1,7 +1,9 @@
 """Config -> Params/Static: the traced parameters and the kernel's shape of one configuration.
 
 Everything that reads a `Config` to feed the model lives here (host side, NumPy and SciPy), so
-that `engine.model` needs neither pydantic nor SciPy.
+that `engine.model` needs neither pydantic nor SciPy. The parameters are built as NumPy arrays
+(`host_params`) and moved to the device by `build` only: loading and checking a config
+(`liqstress validate`, the sweep's checks) imports neither JAX nor SciPy, which take seconds.
 """
 
 from __future__ import annotations
@@ -9,14 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax.numpy as jnp
 import numpy as np
-from scipy.stats import poisson
 
 from engine.config import accounts, book_file, liquidation_map, stops
 from engine.config.book import Cohorts, build_cohorts
 from engine.config.schema import Config
-from engine.model import ladder
 from engine.model.params import (
     ADL_RULES,
     IMPACT_LAWS,
@@ -95,6 +94,8 @@ def specialise(static: Static, points: list[Config]) -> Static:
     general = bool(static.n_accounts or static.stops)
     whole = not general and all(p.policy.partial_liquidation >= 1.0 for p in points)
     derisk = static.derisk or derisks(points)
+    from engine.model import ladder  # imports JAX: only a simulation specialises
+
     rungs = (
         [ladder.layout(c.side, c.mmr) for c in map(cohorts, points)]
         if whole and not derisk and _on_ladder(static, points)
@@ -125,14 +126,14 @@ def _on_ladder(static: Static, points: list[Config]) -> bool:
     return kinds == {"ladder"}
 
 
-def dtype_of(cfg: Config):
+def dtype_of(cfg: Config) -> type:
     """The run's float type."""
-    return jnp.float64 if cfg.run.dtype == "float64" else jnp.float32
+    return np.float64 if cfg.run.dtype == "float64" else np.float32
 
 
 def market_params(cfg: Config) -> MarketParams:
     """Per-asset market parameters in log units per step (annual figures scaled by the step)."""
-    dt = jnp.asarray
+    dt = np.asarray
     spy, spd = cfg.steps_per_year, cfg.steps_per_day
     assets = list(cfg.market.assets.values())
     col = lambda f: np.array([f(a) for a in assets], float)
@@ -147,7 +148,7 @@ def market_params(cfg: Config) -> MarketParams:
         tail_dof=dt(cfg.market.tail_dof),
         garch_alpha=dt(cfg.market.garch_alpha),
         garch_beta=dt(cfg.market.garch_beta),
-        jump_cdf=dt(poisson.cdf(np.arange(JUMP_MAX), lam)),
+        jump_cdf=dt(_poisson().cdf(np.arange(JUMP_MAX), lam)),
         jump_cdf_max=dt(1.0 - jump_truncation(cfg)),
         jump_mean=dt(col(lambda a: a.jump_mean)),
         jump_std=dt(col(lambda a: a.jump_std)),
@@ -168,7 +169,14 @@ def market_params(cfg: Config) -> MarketParams:
 def jump_truncation(cfg: Config) -> float:
     """Probability mass of more than JUMP_MAX jumps in one step (counted as JUMP_MAX; the
     kernel flags the paths where it happened, `jump_truncated`)."""
-    return float(poisson.sf(JUMP_MAX, cfg.market.jump_intensity_per_day / cfg.steps_per_day))
+    return float(_poisson().sf(JUMP_MAX, cfg.market.jump_intensity_per_day / cfg.steps_per_day))
+
+
+def _poisson():
+    """SciPy's Poisson distribution, imported when a book is built, not when a config is read."""
+    from scipy.stats import poisson
+
+    return poisson
 
 
 def cohorts(cfg: Config) -> Cohorts:
@@ -185,15 +193,15 @@ def cohorts(cfg: Config) -> Cohorts:
 
 
 def book_params(cfg: Config) -> BookParams:
-    """The cohorts of `cohorts` as device arrays."""
-    return BookParams(*(None if x is None else jnp.asarray(x) for x in cohorts(cfg)))
+    """The cohorts of `cohorts` as arrays."""
+    return BookParams(*(None if x is None else np.asarray(x) for x in cohorts(cfg)))
 
 
 def account_params(cfg: Config) -> AccountParams | None:
     """The cross-margin account cohorts of `cfg`'s positions file (`engine.config.accounts`) as
-    device arrays, or None without any."""
+    arrays, or None without any."""
     acc = accounts.account_cohorts(cfg)
-    return None if acc is None else AccountParams(*map(jnp.asarray, acc))
+    return None if acc is None else AccountParams(*map(np.asarray, acc))
 
 
 def collateral_params(cfg: Config) -> CollateralParams | None:
@@ -203,11 +211,11 @@ def collateral_params(cfg: Config) -> CollateralParams | None:
         return None
     names = cfg.asset_names
     held = list(cfg.collateral.values())
-    col = lambda f: jnp.asarray(np.array([f(c) for c in held], float))
+    col = lambda f: np.array([f(c) for c in held], float)
     return CollateralParams(
         price0=col(lambda c: c.price),
         haircut=col(lambda c: c.haircut),
-        track=jnp.asarray([-1 if c.tracks is None else names.index(c.tracks) for c in held], jnp.int32),
+        track=np.asarray([-1 if c.tracks is None else names.index(c.tracks) for c in held], np.int32),
         depeg_prob=col(lambda c: -math.expm1(-c.depeg_per_day / cfg.steps_per_day)),
         depeg_size=col(lambda c: c.depeg_size),
         recovery=col(lambda c: 0.5 ** (1.0 / c.recovery_halflife_steps)),
@@ -234,18 +242,18 @@ def policy_params(cfg: Config) -> PolicyParams:
     p, br = cfg.policy, cfg.policy.breaker
     # float() also for values that reached the Config unvalidated (model_copy with an int):
     # every point must give leaves of the same type, or the kernel compiles again
-    f = lambda x: jnp.asarray(float(x))
+    f = lambda x: np.asarray(float(x))
     return PolicyParams(
         leverage_cap=f(p.leverage_cap),
         cap_add_margin=f(1.0 if p.leverage_cap_mode == "add_margin" else 0.0),
         halt_threshold=f(br.threshold if br.kind == "halt" else NO_LIMIT),
-        halt_window=jnp.asarray(br.window, jnp.int32),
-        halt_duration=jnp.asarray(br.duration if br.kind == "halt" else 0, jnp.int32),
+        halt_window=np.asarray(br.window, np.int32),
+        halt_duration=np.asarray(br.duration if br.kind == "halt" else 0, np.int32),
         band=f(br.band if br.kind == "band" else NO_LIMIT),
         insurance_fund=f(p.insurance_fund_usd),
         backstop_capacity=f(p.backstop_capacity_usd),
         backstop_discount=f(p.backstop_discount),
-        adl_rule=jnp.asarray(ADL_RULES[p.adl_rule], jnp.int32),
+        adl_rule=np.asarray(ADL_RULES[p.adl_rule], np.int32),
         partial_fraction=f(p.partial_liquidation),
         dynamic_margin=f(p.dynamic_margin),
     )
@@ -267,22 +275,27 @@ def build_schedule(cfg: Config) -> Schedule:
         flow[lo:hi, names.index(f.asset)] += f.usd / f.steps
     depeg = depeg_schedule(cfg)
     return Schedule(
-        shock=jnp.asarray(shock), flow=jnp.asarray(flow), depeg=None if depeg is None else jnp.asarray(depeg)
+        shock=shock, flow=flow, depeg=depeg
     )
 
 
-def build(cfg: Config) -> tuple[Params, Static]:
-    """All traced parameters of one configuration, cast to the run's float type, and its static
-    settings (`static_of`, with `Static.derisk` where the config's holders close voluntarily)."""
-    params = Params(
+def host_params(cfg: Config) -> Params:
+    """All traced parameters of one configuration as NumPy arrays (float64 and int32)."""
+    return Params(
         market_params(cfg),
         book_params(cfg),
         policy_params(cfg),
         build_schedule(cfg),
-        jnp.asarray(0.0),
+        np.asarray(0.0),
         accounts=account_params(cfg),
         collateral=collateral_params(cfg),
     )
+
+
+def build(cfg: Config) -> tuple[Params, Static]:
+    """All traced parameters of one configuration as device arrays of the run's float type, and
+    its static settings (`static_of`, with `Static.derisk` where the config's holders close
+    voluntarily)."""
     # voluntary closing is a form of the step, not a shape: sweeps compare `static_of`
     static = dataclasses.replace(static_of(cfg), derisk=derisks([cfg]))
-    return cast(params, dtype_of(cfg)), static
+    return cast(host_params(cfg), dtype_of(cfg)), static

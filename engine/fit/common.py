@@ -52,13 +52,19 @@ def resolve_scenario(data: dict, p: Path) -> dict:
 
 def load_fit_config(path: str | Path, model: type[Model]) -> tuple[Model, Path]:
     """A validated `model` from a config file (by path or shipped name) whose `scenario` is
-    read in by `resolve_scenario`, and the file's path; ConfigError naming the fields if not."""
+    read in by `resolve_scenario`, and the file's path; ConfigError naming the fields if not,
+    or if the relaxed kernel cannot run the scenario's book (`relaxable`)."""
     p = resolve_config_path(path)
     data = resolve_scenario(read_toml(p), p)
     try:
-        return model.model_validate(data), p
+        loaded = model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"{p}:\n{describe(err)}") from None
+    try:  # every fit runs the relaxed kernel: a book it cannot take is refused at load (and dry run)
+        relaxable(loaded.scenario)
+    except ConfigError as err:
+        raise ConfigError(f"{p}: scenario.{err}") from None
+    return loaded, p
 
 
 def sized(scenario: Config, n_paths: int, steps: int | None) -> Config:

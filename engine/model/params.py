@@ -10,10 +10,10 @@ one compiled kernel serves every policy point and scenario variant of the same s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
+if TYPE_CHECKING:  # the types are read by the config layer, which `liqstress validate` runs without JAX
+    import jax.numpy as jnp
 
 # A breaker that is off is a limit too wide to bind (log units).
 NO_LIMIT = 1e6
@@ -197,7 +197,10 @@ class Params(NamedTuple):
 
 
 def cast(tree, dtype):
-    """Cast floating leaves to `dtype`, leave integer leaves alone."""
+    """Device arrays of the leaves of `tree` (NumPy or JAX), floating ones cast to `dtype`."""
+    import jax  # here, not above: see the TYPE_CHECKING import
+    import jax.numpy as jnp
+
     return jax.tree_util.tree_map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+        lambda x: jnp.asarray(x, dtype) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.asarray(x), tree
     )

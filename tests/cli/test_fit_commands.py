@@ -8,6 +8,8 @@ import pytest
 import tomli_w
 
 from engine.cli import main
+from engine.config.files import packaged_configs_dir, read_toml, resolve_config_path
+from engine.fit.event_setup import load_joint
 from tests.conftest import small_dict
 
 TINY_RUN = {"n_paths": 16, "steps": 12, "seed": 1, "cascade_rounds": 3, "max_window": 16, "fan_points": 4}
@@ -74,3 +76,31 @@ def test_bad_config_exits_2_and_writes_nothing(tmp_path, capsys, command):
     assert not out.exists()
     err = capsys.readouterr().err
     assert "error" in err and ("tolerance" in err or "levers" in err or "kind" in err)
+
+
+@pytest.mark.parametrize("command", ["calibrate", "optimise"])
+def test_a_book_the_fit_cannot_take_exits_2_at_dry_run(tmp_path, capsys, command):
+    """The relaxed kernel takes no collateral: the dry run refuses it, naming the file and field."""
+    data = read_toml(resolve_config_path(f"{command}_oct10_2025"))
+    data["scenario"]["base"] = str(packaged_configs_dir() / data["scenario"]["base"])
+    data["scenario"]["collateral"] = {"USDe": {"haircut": 0.05}}
+    path = tmp_path / "fit.toml"
+    path.write_text(tomli_w.dumps(data))
+    assert run_cli([command, str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: scenario.collateral: " in err and "relaxed kernel" in err and "USDe" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.toml"]
+
+
+def test_backtest_dry_run_describes_the_backtest_with_its_own_seeds(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    jc = load_joint("joint_events")[0]
+    assert list(jc.backtest.seeds) != list(jc.calibration.seeds)  # the plan must show the backtest's
+    assert run_cli(["backtest", "--dry-run"]) in (0, None)
+    out = " ".join(capsys.readouterr().out.split())
+    folds = len(jc.events)
+    seeds = list(jc.backtest.seeds or jc.calibration.seeds)
+    assert f"backtest holding out {', '.join(jc.events)} one at a time ({folds} folds)" in out
+    assert f"seeds {seeds}" in out and f"{jc.backtest.n_paths:,} exact-kernel paths" in out
+    assert f"seed {jc.backtest.seed}" in out and "joint calibration over" not in out
+    assert not any(tmp_path.iterdir())
