@@ -8,6 +8,7 @@ it and returns the base scenario, `load_study` expands it.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -16,9 +17,14 @@ from pydantic import ValidationError
 
 from engine.config.errors import ConfigError, describe
 from engine.config.schema import Config
-from engine.config.sweep import Study, apply_overrides, build_study, set_path
+from engine.config.sweep import Study, apply_overrides, build_study, flatten_sweep, set_path
 
 DEFAULT_SCENARIO = "oct10_2025"
+# The fields that name a file the config reads besides its TOML (the book's data), as dotted
+# paths. A relative path is relative to the config file that names it, or to the current
+# directory where a `--set` item names it; every one is made absolute on reading, so that a run's
+# `config.toml` works from any directory.
+FILE_FIELDS = ("book.positions", "book.liquidation_map")
 
 
 def packaged_configs_dir() -> Path:
@@ -77,10 +83,9 @@ def read_config_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     """The raw (unvalidated) settings of a config file with its `base` chain merged in."""
     p = resolve_config_path(path)
     data = read_toml(p)
-    book = data.get("book")
-    for key in ("positions", "liquidation_map"):  # files of the book: relative to this config
-        if isinstance(book, dict) and isinstance(book.get(key), str):
-            book[key] = str((p.parent / book[key]).resolve())
+    if isinstance(data.get("sweep"), dict):  # flat, for `absolute_files` (merges the same)
+        data["sweep"] = flatten_sweep(data["sweep"])
+    absolute_files(data, p.parent)
     base = data.pop("base", None)
     if base is None:
         return data
@@ -90,6 +95,40 @@ def read_config_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     if parent.resolve() in _seen + (p.resolve(),):
         raise ConfigError(f"{p}: base: {base!r} includes itself")
     return merge_tables(read_config_dict(parent, _seen + (p.resolve(),)), data)
+
+
+def absolute_files(data: dict, base: Path) -> None:
+    """Make the relative paths of `FILE_FIELDS` in raw config dict `data` absolute against
+    directory `base`, in place: the fields themselves, and a (flattened) sweep's axes over them
+    and its baseline values for them. Values of the wrong type are left to validation."""
+    sweep = data.get("sweep") if isinstance(data.get("sweep"), dict) else {}
+    baseline = sweep.get("baseline") if isinstance(sweep.get("baseline"), dict) else {}
+    for field in FILE_FIELDS:
+        table, key = field.split(".")
+        if isinstance(data.get(table), dict) and isinstance(data[table].get(key), str):
+            data[table][key] = _absolute(data[table][key], base)
+        if isinstance(sweep.get(field), list):
+            sweep[field] = [_absolute(v, base) if isinstance(v, str) else v for v in sweep[field]]
+        if isinstance(baseline.get(field), str):
+            baseline[field] = _absolute(baseline[field], base)
+
+
+def input_files(study: Study) -> dict[str, str]:
+    """Every file `study` reads besides its TOML, by where its config names it: the base
+    config's `FILE_FIELDS` (`book.positions`), and each value of a sweep axis over one of them
+    (`sweep.book.positions[1]`, the axis's second value) -> the file's (absolute) path."""
+    out = {}
+    for field in FILE_FIELDS:
+        if path := functools.reduce(getattr, field.split("."), study.config):
+            out[field] = path
+    for axis in study.axes:
+        if axis.path in FILE_FIELDS:
+            out.update({f"sweep.{axis.path}[{k}]": v for k, v in enumerate(axis.values) if v})
+    return out
+
+
+def _absolute(path: str, base: Path) -> str:
+    return str((base / path).resolve()) if path else path  # "": no file (as validation reads it)
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -115,7 +154,8 @@ def load_study(
 ) -> Study:
     """A validated `engine.config.sweep.Study` from a config file and `--set key=value` overrides;
     `n_paths` and `seed` (the CLI's `--paths`, `--seed`), if given, replace `run.n_paths` and
-    `run.seed` after the overrides.
+    `run.seed` after the overrides. A file path given by a `--set` item (`FILE_FIELDS`) is
+    relative to the current directory, as the shell where it was typed would read it.
 
     A problem that the file alone does not have is reported as the `--set` items' (or
     `--paths`', `--seed`'s: those that cause it on their own, else all of them), not the file's.
@@ -138,9 +178,10 @@ def load_study(
 
 
 def _edited(raw: dict, edits: list[str | tuple[str, int]]) -> dict:
-    """A copy of `raw` with the `--set` items among `edits` applied, then the typed
-    `(run field, value)` ones."""
+    """A copy of `raw` with the `--set` items among `edits` applied (their file paths made
+    absolute against the current directory), then the typed `(run field, value)` ones."""
     data = apply_overrides(raw, [e for e in edits if isinstance(e, str)])
+    absolute_files(data, Path.cwd())  # only the `--set` ones are still relative
     for field, value in (e for e in edits if not isinstance(e, str)):
         set_path(data, ["run", field], value, create=True)
     return data

@@ -3,8 +3,10 @@ concurrent processes apart.
 
 ```
 runs/<UTC timestamp>_<config name>/
-    config.toml      the fully resolved config with its sweep (what --resume reruns)
-    manifest.json    run id, seed, sweep, versions, devices, git commit, timings, parts
+    config.toml      the fully resolved config with its sweep (what --resume reruns), its
+                     file paths absolute
+    manifest.json    run id, seed, sweep, versions, devices, git commit, timings, parts, and
+                     the path and SHA-256 of each file the config reads (`inputs`)
     parts/part-NNNN.nc   one block of grid points each (one `engine.simulate` call)
     cube.nc          the combined cube (`engine.runs.cube`)
     run.log          the progress lines of every session
@@ -13,7 +15,9 @@ runs/<UTC timestamp>_<config name>/
 A new directory is built complete under a hidden temporary name and renamed into place, so of
 two runs started in one directory exactly one gets it and the other writes nothing. Every file
 is written through a temporary name and `os.replace`, and a part counts only once the manifest
-records it with its SHA-256 (the cube too); `engine.runs.execute` runs the parts.
+records it with its SHA-256 (the cube too); `engine.runs.execute` runs the parts. Opening a run
+again (`--resume`, a shard joining, `combine`) re-hashes its input files and refuses one that
+changed, so that one cube never mixes two books.
 
 The shards of one sweep share one directory (`join_run` creates it race-free). Locks (`flock`;
 on a cluster the filesystem must support it) keep concurrent processes apart:
@@ -51,8 +55,9 @@ from typing import Literal
 from pydantic import BaseModel, ValidationError
 
 from engine.config.errors import ConfigError, describe
+from engine.config.files import input_files
 from engine.config.sweep import Study, build_study
-from engine.runs.provenance import git_info, jax_info, versions
+from engine.runs.provenance import changed_input, git_info, hash_inputs, jax_info, versions
 
 MANIFEST = "manifest.json"
 CONFIG = "config.toml"
@@ -70,14 +75,6 @@ def utc_now() -> dt.datetime:
 
 def iso(t: dt.datetime) -> str:
     return t.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -136,6 +133,11 @@ class _Jax(BaseModel):
     backend: str
 
 
+class _Input(BaseModel):
+    path: str
+    sha256: str
+
+
 class _Manifest(BaseModel):
     """Checked when a run is opened or listed, so that a hand-edited manifest gets a message
     naming the key rather than a `KeyError` halfway through a resume."""
@@ -156,6 +158,7 @@ class _Manifest(BaseModel):
     sessions: list[_Session]
     timings: _Timings
     parts: list[_Part]
+    inputs: dict[str, _Input] = {}  # absent from the manifests of older versions
 
 
 class ManifestError(ValueError):
@@ -256,6 +259,7 @@ def create_run(study: Study, path: Path, *, source: str, command: str) -> RunDir
     `--run-dir` the loser gets `ConfigError` and leaves nothing behind.
     """
     check_new_run_dir(path)
+    inputs = hash_inputs(input_files(study))
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.new"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,7 +268,7 @@ def create_run(study: Study, path: Path, *, source: str, command: str) -> RunDir
         raise ConfigError(
             f"--run-dir {path}: cannot create the run directory ({err.strerror or err})"
         ) from None
-    run = RunDir(tmp, study, _new_manifest(study, path.name, source=source, command=command))
+    run = RunDir(tmp, study, _new_manifest(study, path.name, inputs, source=source, command=command))
     try:
         _write_new(run)
         _claim(tmp, path)
@@ -291,8 +295,8 @@ def _claim(tmp: Path, path: Path) -> None:
         ) from None
 
 
-def _new_manifest(study: Study, run_id: str, *, source: str, command: str) -> dict:
-    """The manifest of a new run: every part pending."""
+def _new_manifest(study: Study, run_id: str, inputs: dict, *, source: str, command: str) -> dict:
+    """The manifest of a new run: every part pending; `inputs` from `hash_inputs`."""
     cfg = study.config
     return {
         "format": FORMAT,
@@ -300,6 +304,7 @@ def _new_manifest(study: Study, run_id: str, *, source: str, command: str) -> di
         "config_name": cfg.name,
         "config_source": source,
         "config_sha256": hashlib.sha256(study.resolved_toml().encode()).hexdigest(),
+        "inputs": inputs,
         "command": command,
         "created": iso(utc_now()),
         "seed": cfg.run.seed,
@@ -339,7 +344,8 @@ def _write_new(run: RunDir) -> None:
 
 def open_run(path: Path, flag: str = "--resume") -> RunDir:
     """An existing run directory for resuming, or `ConfigError` (its text starting with `flag`,
-    the option that named the directory) if it is not a resumable run."""
+    the option that named the directory) if it is not a resumable run, or if a file its config
+    reads is no longer the one it started with (`changed_input`)."""
     if not path.is_dir():
         raise ConfigError(f"{flag} {path}: no such run directory")
     try:
@@ -355,6 +361,8 @@ def open_run(path: Path, flag: str = "--resume") -> RunDir:
         raise ConfigError(f"{flag} {path}: unreadable {CONFIG} ({err})") from None
     if hashlib.sha256(text.encode()).hexdigest() != manifest.get("config_sha256"):
         raise ConfigError(f"{flag} {path}: {CONFIG} was changed after the run started; start a new run")
+    if why := changed_input(manifest.get("inputs", {})):
+        raise ConfigError(f"{flag} {path}: {why}")
     try:
         study = build_study(tomllib.loads(text), source=str(path / CONFIG))
     except tomllib.TOMLDecodeError as err:
@@ -371,6 +379,7 @@ def join_run(study: Study, path: Path, *, source: str, command: str) -> RunDir:
     Shards of a job array start together, so the check and the creation happen under
     `.manifest.lock` inside the directory.
     """
+    inputs = hash_inputs(input_files(study))
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -382,7 +391,7 @@ def join_run(study: Study, path: Path, *, source: str, command: str) -> RunDir:
     with flock(path / MANIFEST_LOCK, fcntl.LOCK_EX):
         if not (path / MANIFEST).exists():
             check_new_run_dir(path)
-            run = RunDir(path, study, _new_manifest(study, path.name, source=source, command=command))
+            run = RunDir(path, study, _new_manifest(study, path.name, inputs, source=source, command=command))
             _write_new(run)
             return run
         run = open_run(path, flag="--run-dir")

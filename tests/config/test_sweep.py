@@ -118,6 +118,13 @@ def test_overrides_set_fields_and_sweep_axes():
 def test_parse_value_reads_toml_or_falls_back_to_a_string():
     assert parse_value("20") == 20 and parse_value("1e9") == 1e9 and parse_value("[1, 2]") == [1, 2]
     assert parse_value("pro_rata") == "pro_rata" and parse_value('"x y"') == "x y"
+    assert parse_value("books/desk.csv") == "books/desk.csv"  # a relative path, e.g. book.positions
+
+
+@pytest.mark.parametrize("text", ["1.2.3", "[20,", "two words", "../1/2"])
+def test_a_value_that_is_neither_toml_nor_one_bare_word_is_an_error(text):
+    with pytest.raises(ConfigError, match="--set"):
+        apply_overrides({}, [f"name={text}"])
 
 
 def test_shipped_sweeps_validate():
