@@ -71,6 +71,13 @@ def read_positions(src: Source) -> Positions:
     return load_positions(src.path, src.assets, src.n_tiers, prices=src.prices, collateral=src.collateral)
 
 
+def row_tiers(pos: Positions, tiers) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's tier (its `tier`, or that of one position of `notional / positions`) and
+    maintenance amount (USD, all positions of the row), `[rows]` each."""
+    tier = np.where(pos.tier >= 0, pos.tier, tier_index(tiers, pos.quantity * pos.entry / pos.count))
+    return tier, maintenance_amounts(tiers)[tier] * pos.count
+
+
 def _per_asset(cfg: Config) -> list[tuple[dict, dict]]:
     """`_grouped` of `cfg`'s positions file."""
     return _grouped(source_of(cfg), cfg.exchange.tiers, cfg.book.entry_bin)
@@ -88,8 +95,7 @@ def _grouped(src: Source, tiers, width: float) -> list:
     stops = not np.isnan(pos.stop).all()
     stop = np.where(np.isnan(pos.stop), np.where(pos.side > 0, NO_STOP[1.0], NO_STOP[-1.0]), pos.stop)
     notional = pos.quantity * pos.entry
-    tier = np.where(pos.tier >= 0, pos.tier, tier_index(tiers, notional / pos.count))
-    amount = maintenance_amounts(tiers)[tier] * pos.count  # USD, all positions of the row
+    tier, amount = row_tiers(pos, tiers)
     if width > 0:
         bucket = np.floor(np.log(pos.entry) / width)
     else:  # exact: one group per entry and maintenance amount per unit

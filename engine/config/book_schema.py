@@ -88,6 +88,11 @@ class Book(Strict):
     # log-width of its entry buckets (0: exact groups), `engine.config.book_file`.
     positions: str | None = None
     entry_bin: Annotated[float, Field(ge=0, le=0.1, allow_inf_nan=False)] = 0.001
+    # Share of the positions file's notional (at the starting prices) allowed to start at or
+    # beyond its liquidation price (cross accounts: equity at or below maintenance), which the
+    # first step liquidates before any market move: above it the file is refused, at or below
+    # it a warning names the rows (`engine.config.book_checks`). Raise it for a stale snapshot.
+    max_underwater_share: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.01
     # Cross-margin accounts of the positions file are summed into account cohorts by their legs,
     # collateral and account leverage in buckets `account_bin` wide in log leverage (0: one
     # cohort per account), `engine.config.accounts`.

@@ -18,8 +18,11 @@ quantity `notional / p_liq` (so that the notional liquidated at the level's pric
 price impact, is the map's), its bankruptcy price `b`. A map counts no positions: each row stands for one (`positions`).
 Each asset holds its long levels, then its short ones, by price (`engine.config.layout`).
 
-A bad file gives one `BookFileError` naming the file, the row (1 = the first data row), the
-column, the value and what is allowed; a `book.map_leverage` above tier 0's `max_leverage` (or
+Other columns are refused (naming the closest of these), as are text that is not UTF-8, nested
+Parquet columns, integers beyond 2^53, prices outside 10^-12 to 10^12 USD and levels above
+10^12 USD (`engine.config.positions`), and levels already crossed at the starting price (all
+counted per asset in the message). A bad file gives one `BookFileError` naming the file, the
+row (1 = the first data row), the column, the value and what is allowed; a `book.map_leverage` above tier 0's `max_leverage` (or
 of 1, which puts a long's liquidation price at 0), a `ConfigError`.
 """
 
@@ -34,9 +37,21 @@ import numpy as np
 import pyarrow as pa
 
 from engine.config.book import Cohorts
+from engine.config.book_checks import per_asset
 from engine.config.errors import ConfigError
 from engine.config.layout import cohorts_per_side, lay_out
-from engine.config.positions import SIDES, BookFileError, fail_first, number_column, read_table, text_column
+from engine.config.positions import (
+    MAX_NOTIONAL_USD,
+    PRICES,
+    SIDES,
+    BookFileError,
+    fail_first,
+    fail_outside,
+    number_column,
+    plain,
+    read_table,
+    text_column,
+)
 from engine.config.schema import Config, Tier
 
 COLUMNS = ("asset", "side", "price", "notional_usd")
@@ -55,6 +70,7 @@ class Levels(NamedTuple):
 def validate_map(table: pa.Table, path, prices: dict[str, float]) -> Levels:
     """The rows of `table` as `Levels`, or `BookFileError` at the first bad value; `prices`: the
     starting price (USD) of each asset of the scenario, in its order."""
+    table = plain(path, table, COLUMNS, "liquidation map")
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise BookFileError(f"{path}: column {missing[0]} is missing; required: {', '.join(COLUMNS)}")
@@ -70,24 +86,38 @@ def validate_map(table: pa.Table, path, prices: dict[str, float]) -> Levels:
 
     price = number_column(path, table, "price")
     fail_first(path, table, "price", ~(np.isfinite(price) & (price > 0)), "a finite price > 0 (USD)")
-    start = np.array([prices[n] for n in names])[asset]
-    crossed = side * (price - start) >= 0  # at or beyond the starting price: crossed at t0
+    fail_outside(path, table, "price", price, PRICES, "USD")
+    notional = number_column(path, table, "notional_usd")
+    ok = np.isfinite(notional) & (notional > 0)
+    fail_first(path, table, "notional_usd", ~ok, "a finite number > 0 (USD)")
+    why = f"up to {MAX_NOTIONAL_USD:g} USD per level (more than all crypto perpetuals' open interest)"
+    fail_first(path, table, "notional_usd", notional > MAX_NOTIONAL_USD, why)
+    _refuse_crossed(path, table, names, asset, side, price, notional, np.array([prices[n] for n in names]))
+    return Levels(asset=asset, side=side, price=price, notional=notional)
+
+
+def _refuse_crossed(path, table, names: list[str], asset, side, price, notional, start) -> None:
+    """Refuse levels (`asset`, `side`, `price` USD, `notional` USD `[rows]`) at or beyond their
+    asset's starting price (`start` `[assets]` USD), naming the first and counting all per asset.
+    A map is where liquidations lie ahead of the price: a level behind it is a stale snapshot or
+    a price in another unit, not flow to liquidate at t0 (`book.max_underwater_share` is for
+    positions files)."""
+    p0 = start[asset]
+    crossed = side * (price - p0) >= 0
     if np.any(crossed):
         row = int(np.argmax(crossed))
-        name, p0 = names[asset[row]], f"{start[row]:.10g}"
-        allowed = f"0 < price < {p0}" if side[row] > 0 else f"price > {p0}"
+        name, first = names[asset[row]], f"{p0[row]:.10g}"
+        allowed = f"0 < price < {first}" if side[row] > 0 else f"price > {first}"
+        side_name = SIDES[int(side[row] < 0)]
+        counted = per_asset(tuple(names), asset, crossed, notional)
         fail_first(
             path,
             table,
             "price",
             crossed,
-            f"{allowed} for a {side_names[row]} level of {name} (market.assets.{name}.price = {p0}; "
-            "a level at or beyond the starting price is already crossed)",
+            f"{allowed} for a {side_name} level of {name} (market.assets.{name}.price = {first}; a level "
+            f"at or beyond the starting price is already crossed; crossed levels: {counted})",
         )
-    notional = number_column(path, table, "notional_usd")
-    ok = np.isfinite(notional) & (notional > 0)
-    fail_first(path, table, "notional_usd", ~ok, "a finite number > 0 (USD)")
-    return Levels(asset=asset, side=side, price=price, notional=notional)
 
 
 def read_map(path, prices: dict[str, float]) -> Levels:

@@ -29,12 +29,22 @@ trigger at once). An `account_id` is isolated on all its rows or cross on all of
 holds one side per asset (hedge mode is not simulated); cross rows make the accounts
 (`engine.config.accounts`).
 
+Every value must lie within the model's range: a row's notional at most
+`MAX_NOTIONAL_USD` (10^12 USD, more than the open interest of all crypto perpetuals together,
+so a larger row is a unit error) and prices from 10^-12 to 10^12 USD, so that no product of the
+model's float32 arithmetic overflows. A column not in the table above is refused (naming the
+closest known column: `marginmode` would otherwise turn cross rows isolated without a word), as
+are cells pyarrow cannot hold as one number or one text: text that is not UTF-8 (a
+spreadsheet's Latin-1 CSV), a list or other nested Parquet column, an integer beyond 2^53 (not
+exact as a float).
+
 A bad file gives one `BookFileError` naming the file, the row (1 = the first data row), the
 column, the value and what is allowed.
 """
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -49,6 +59,29 @@ from engine.config.errors import ConfigError
 SIDES = ("long", "short")
 MODES = ("isolated", "cross")
 MAX_LEVERAGE = 1000.0
+COLUMNS = (
+    "asset",
+    "side",
+    "notional_usd",
+    "quantity",
+    "entry_price",
+    "leverage",
+    "margin_usd",
+    "margin_mode",
+    "account_id",
+    "tier",
+    "positions",
+    "collateral",
+    "stop_price",
+    "position_id",
+)
+# Bounds that keep the model's float32 products of two values (price x units, notional x rate)
+# far below float32's 3.4e38: prices (USD), a row's notional (USD; 10^12 is more than the open
+# interest of all crypto perpetuals together, so a larger row is a unit error) and positions.
+PRICES = (1e-12, 1e12)
+MAX_NOTIONAL_USD = 1e12
+MAX_POSITIONS = 1e12
+EXACT_INT = 2**53  # integers beyond it are not exact as float64
 
 
 class BookFileError(ConfigError):
@@ -80,7 +113,8 @@ class Positions(NamedTuple):
 
 
 def read_table(path: Path) -> pa.Table:
-    """The file as an Arrow table (`.csv` or `.parquet`), every column as read."""
+    """The file as an Arrow table (`.csv` or `.parquet`), every column as read (`plain` makes
+    its columns text or numbers)."""
     path = Path(path)
     if not path.is_file():
         raise BookFileError(f"{path}: no such file")
@@ -96,6 +130,57 @@ def read_table(path: Path) -> pa.Table:
     )
 
 
+def plain(path, table: pa.Table, known: tuple[str, ...], what: str) -> pa.Table:
+    """`table` with every column text (string), numbers (integer, float) or empty (null), or
+    `BookFileError` for a column not in `known` (naming the closest of them; `what`: the kind
+    of file) or a cell that is not one number or one UTF-8 text."""
+    try:
+        names = table.column_names
+    except UnicodeDecodeError as e:  # a header pyarrow could not decode
+        raise BookFileError(
+            f"{path}: the header row is not UTF-8 text ({e}); save the file as UTF-8"
+        ) from None
+    for i, name in enumerate(names):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise BookFileError(
+                f"{path}: column {name!r} is not a column of a {what}; {hint}allowed: {', '.join(known)}"
+            )
+        if name in names[:i]:
+            raise BookFileError(f"{path}: column {name} is given twice; allowed: once")
+    return pa.Table.from_arrays([_plain_column(path, table, c) for c in names], names)
+
+
+def _plain_column(path, table: pa.Table, column: str) -> pa.ChunkedArray:
+    """The column `column` of `table` as text, numbers or nulls (see `plain`)."""
+    col = table.column(column)
+    kind = col.type
+    if pa.types.is_dictionary(kind):  # a categorical column: its values
+        col, kind = col.cast(kind.value_type), kind.value_type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):  # text pyarrow could not decode
+        bad = np.array([v is not None and not _is_utf8(v) for v in col.to_pylist()], bool)
+        why = "UTF-8 text (this cell is not: save the file as UTF-8, e.g. a spreadsheet's 'CSV UTF-8')"
+        fail_first(path, table, column, bad, why)
+        return col.cast(pa.string())
+    if pa.types.is_large_string(kind) or pa.types.is_decimal(kind):
+        return col.cast(pa.float64() if pa.types.is_decimal(kind) else pa.string())
+    plain_kinds = (pa.types.is_string, pa.types.is_integer, pa.types.is_floating, pa.types.is_null)
+    if not any(is_kind(kind) for is_kind in plain_kinds):
+        given = pc.invert(pc.is_null(col)).to_numpy(zero_copy_only=False)
+        fail_first(path, table, column, given, f"one number or one text per cell (the column holds {kind})")
+    return col
+
+
+def _is_utf8(raw: bytes) -> bool:
+    """Whether `raw` decodes as UTF-8."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def fail_first(path, table: pa.Table, column: str, bad: np.ndarray, allowed: str):
     """Raise for the first row of `bad` (bool `[rows]`) if there is one."""
     if np.any(bad):
@@ -104,14 +189,27 @@ def fail_first(path, table: pa.Table, column: str, bad: np.ndarray, allowed: str
         raise BookFileError(f"{path}: row {row + 1}, column {column} = {value!r}: allowed {allowed}")
 
 
+def fail_outside(path, table: pa.Table, column: str, values: np.ndarray, bounds: tuple, unit: str):
+    """Raise for the first row of `values` (`[rows]`, NaN: not given) outside `bounds` (low,
+    high) in `unit`, the range in which the model's float32 arithmetic cannot overflow."""
+    low, high = bounds
+    why = f"{low:g} to {high:g} {unit} (beyond it the model's float32 arithmetic overflows)"
+    fail_first(path, table, column, (values < low) | (values > high), why)
+
+
 def number_column(path, table: pa.Table, column: str) -> np.ndarray:
-    """A column as float64 (NaN where empty); fails on the first row that is not a number."""
+    """A column as float64 (NaN where empty); fails on the first row that is not a number or an
+    integer beyond 2^53 (not exact as a float)."""
     col = table.column(column)
     if pa.types.is_string(col.type):  # text: numbers written as text, or a value that is not one
         values = [None if v is None or not v.strip() else v for v in col.to_pylist()]
         fail_first(path, table, column, np.array([not _is_number(v) for v in values]), "numbers")
         return np.array([np.nan if v is None else float(v) for v in values])
-    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
+    if pa.types.is_integer(col.type):
+        big = pc.or_(pc.greater(col, EXACT_INT), pc.less(col, -EXACT_INT)).fill_null(False)
+        why = f"integers up to 2^53 = {EXACT_INT} in size (beyond it they are not exact as floats)"
+        fail_first(path, table, column, big.to_numpy(zero_copy_only=False), why)
+    elif not (pa.types.is_floating(col.type) or pa.types.is_null(col.type)):
         fail_first(path, table, column, np.ones(len(table), bool), "numbers")
     return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
 
@@ -128,7 +226,7 @@ def _is_number(text: str | None) -> bool:
 
 
 def text_column(table: pa.Table, column: str, default: str) -> np.ndarray:
-    """A column as lower-case text (`default` where absent or empty)."""
+    """A column (text or numbers, `plain`) as text (`default` where absent or empty)."""
     if column not in table.column_names:
         return np.full(len(table), default, object)
     values = pc.cast(table.column(column), pa.string()).to_numpy(zero_copy_only=False)
@@ -149,6 +247,7 @@ def validate(
     prices: the assets' starting prices (USD), which a stop price must not have crossed (None:
     stop prices are only checked to be positive). collateral: the names of the config's
     `collateral`, in its order (besides `USD`)."""
+    table = plain(path, table, COLUMNS, "positions file")
     names = _check_columns(path, table)
     asset_names = text_column(table, "asset", "")
     lookup = {a: i for i, a in enumerate(assets)}
@@ -156,25 +255,7 @@ def validate(
     side_names = np.char.lower(text_column(table, "side", "").astype(str))
     fail_first(path, table, "side", ~np.isin(side_names, SIDES), "long, short")
     side = np.where(side_names == "long", 1.0, -1.0)
-
-    entry = number_column(path, table, "entry_price")
-    fail_first(path, table, "entry_price", ~(np.isfinite(entry) & (entry > 0)), "a finite price > 0 (USD)")
-    size_col = "notional_usd" if "notional_usd" in names else "quantity"
-    size = number_column(path, table, size_col)
-    fail_first(path, table, size_col, ~(np.isfinite(size) & (size > 0)), "a finite number > 0")
-    notional = size if size_col == "notional_usd" else size * entry
-
-    if "leverage" in names:
-        leverage = number_column(path, table, "leverage")
-        ok = np.isfinite(leverage) & (leverage >= 1.0) & (leverage <= MAX_LEVERAGE)
-        fail_first(path, table, "leverage", ~ok, f"1 to {MAX_LEVERAGE:g}")
-    else:
-        margin = number_column(path, table, "margin_usd")
-        ok = np.isfinite(margin) & (margin > 0) & (margin <= notional) & (notional / margin <= MAX_LEVERAGE)
-        fail_first(
-            path, table, "margin_usd", ~ok, f"> 0 and at most the notional, leverage up to {MAX_LEVERAGE:g}"
-        )
-        leverage = notional / margin
+    entry, notional, leverage = _sizes(path, table, names)
 
     modes = np.char.lower(text_column(table, "margin_mode", "isolated").astype(str))
     fail_first(path, table, "margin_mode", ~np.isin(modes, MODES), "isolated, cross")
@@ -196,6 +277,7 @@ def validate(
     if "positions" in names:
         count = number_column(path, table, "positions")
         fail_first(path, table, "positions", ~(np.isfinite(count) & (count > 0)), "a finite number > 0")
+        fail_outside(path, table, "positions", count, (0.0, MAX_POSITIONS), "positions")
 
     _check_ids(path, table)
     return Positions(
@@ -211,6 +293,35 @@ def validate(
         collateral=_collateral(path, table, cross, collateral),
         stop=_stops(path, table, cross, asset, side, None if prices is None else dict(zip(assets, prices))),
     )
+
+
+def _sizes(path, table: pa.Table, names: set[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's entry price (USD), notional at entry (USD) and leverage, `[rows]` each, from
+    the columns `names` of `table` give (one of notional_usd and quantity, one of leverage and
+    margin_usd)."""
+    entry = number_column(path, table, "entry_price")
+    fail_first(path, table, "entry_price", ~(np.isfinite(entry) & (entry > 0)), "a finite price > 0 (USD)")
+    fail_outside(path, table, "entry_price", entry, PRICES, "USD")
+    size_col = "notional_usd" if "notional_usd" in names else "quantity"
+    size = number_column(path, table, size_col)
+    fail_first(path, table, size_col, ~(np.isfinite(size) & (size > 0)), "a finite number > 0")
+    notional = size if size_col == "notional_usd" else size * entry
+    what = "a notional" if size_col == "notional_usd" else "a notional (quantity x entry_price)"
+    why = f"{what} up to {MAX_NOTIONAL_USD:g} USD per row (more than all crypto perpetuals' open interest)"
+    fail_first(path, table, size_col, notional > MAX_NOTIONAL_USD, why)
+
+    if "leverage" in names:
+        leverage = number_column(path, table, "leverage")
+        ok = np.isfinite(leverage) & (leverage >= 1.0) & (leverage <= MAX_LEVERAGE)
+        fail_first(path, table, "leverage", ~ok, f"1 to {MAX_LEVERAGE:g}")
+    else:
+        margin = number_column(path, table, "margin_usd")
+        ok = np.isfinite(margin) & (margin > 0) & (margin <= notional) & (notional / margin <= MAX_LEVERAGE)
+        fail_first(
+            path, table, "margin_usd", ~ok, f"> 0 and at most the notional, leverage up to {MAX_LEVERAGE:g}"
+        )
+        leverage = notional / margin
+    return entry, notional, leverage
 
 
 def _check_columns(path, table: pa.Table) -> set[str]:
@@ -293,6 +404,7 @@ def _stops(path, table, cross, asset, side, prices: dict[str, float] | None) -> 
     given = ~np.isnan(stop)
     positive = np.isfinite(stop) & (stop > 0)
     fail_first(path, table, "stop_price", given & ~positive, "a finite price > 0 (USD), or empty")
+    fail_outside(path, table, "stop_price", stop, PRICES, "USD")
     why = "empty on cross rows (stops on cross positions are not simulated; allowed on isolated rows)"
     fail_first(path, table, "stop_price", given & cross, why)
     if prices is not None:

@@ -43,7 +43,7 @@ from typing import Annotated, Any
 import tomli_w
 from pydantic import Field, ValidationError
 
-from engine.config import build
+from engine.config import book_checks, build, levers
 from engine.config.errors import ConfigError, describe
 from engine.config.schema import Config, Strict
 
@@ -89,6 +89,9 @@ class Study:
     coords: tuple[tuple[Scalar, ...], ...]  # per point, one value per axis
     baseline: int
     points_per_part: int
+    # What is odd but allowed (a lever that cannot change anything, positions already beyond
+    # their liquidation price): one sentence each, printed before a run and kept in its report.
+    warnings: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -200,9 +203,9 @@ def flatten(table: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # A `--set` value that is not TOML is taken as a string only if it is one bare word like this
-# (`policy.adl_rule=queue`, `name=2025_oct`); anything else (`[20,`, `"x`, `1.2.3`, `two words`)
-# is a mistake, not a string.
-BARE_WORD = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9_.\-]+")
+# (`policy.adl_rule=queue`, `name=2025_oct`, `book.positions=books/desk.csv`); anything else
+# (`[20,`, `"x`, `1.2.3`, `two words`) is a mistake, not a string.
+BARE_WORD = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9_.\-/]+")
 
 
 def parse_value(text: str) -> Any:
@@ -434,4 +437,13 @@ def build_study(data: dict, source: str = "config") -> Study:
             where = ", ".join(f"{a.path} = {v!r}" for a, v in zip(axes, c))
             raise ConfigError(f"sweep point ({where}):\n{describe(err)}") from None
     baseline = coords.index(tuple(choice[a.path] for a in axes))
-    return Study(config, tuple(axes), tuple(points), tuple(coords), baseline, spec.points_per_part)
+    warnings = tuple(study_warnings(config, axes, points, coords))
+    return Study(config, tuple(axes), tuple(points), tuple(coords), baseline, spec.points_per_part, warnings)
+
+
+def study_warnings(config: Config, axes: list[Axis], points: list[Config], coords: list[tuple]) -> list[str]:
+    """The study's warnings (`Study.warnings`): levers that cannot change anything
+    (`engine.config.levers`), and what the book's own checks find odd but allowed."""
+    warnings = levers.lever_warnings(axes, points, coords)
+    warnings += book_checks.underwater_warnings(config)  # BookFileError above book.max_underwater_share
+    return warnings

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from engine import cli
-from engine.config import accounts, book, build, synthetic
+from engine.config import accounts, book, book_checks, book_file, build, synthetic
 from engine.config.book import maintenance_amounts, tier_index
 from engine.config.files import load_config
 from engine.config.positions import BookFileError
@@ -300,5 +300,28 @@ def test_make_book_refuses_cross_positions_without_accounts(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     argv = ["make-book", "book.csv", "--config", QUICK, "--positions", "100", "--cross-share", "0.5"]
     result = CliRunner().invoke(cli.app, argv)
-    assert result.exit_code == 2 and "--accounts 0: allowed at least 1" in result.output
+    assert result.exit_code == 2 and "--accounts 0: allowed 1 to 50" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_accounts_under_water_at_the_starting_prices(tmp_path):
+    """Account x (100x BTC long bought at 101,000, USD margin 1,000): equity 1,000 - 0.990 x
+    1,000 = 9.9 USD, under its maintenance 0.990 x 0.4% x 100,000 = 396 USD; account y (the
+    same long plus a SOL short entered at 150, so its equity is negative) is beyond bankruptcy;
+    account z (10x at the price) is safe. Every row of an account shares its verdict."""
+    path = tmp_path / "book.csv"
+    path.write_text(
+        "asset,side,notional_usd,entry_price,leverage,margin_mode,account_id\n"
+        "BTC,long,1e5,101000,100,cross,x\nBTC,long,1e5,101000,100,cross,y\n"
+        "SOL,short,1.5e4,150,10,cross,y\nBTC,long,1e5,100000,10,cross,z\nBTC,long,1e4,100000,10,isolated,\n"
+    )
+    cfg = config(path, collateral={})
+    pos = book_file.read_positions(book_file.source_of(cfg))
+    got = book_checks.beyond(pos, np.array([100_000.0, 200.0]), cfg.exchange.tiers, np.zeros(0))
+    units = 1e5 / 101_000
+    equity_x, maint_x = 1e3 + units * (100_000 - 101_000), units * 0.004 * 100_000
+    equity_y = equity_x + 1.5e3 - 100.0 * (200 - 150)  # SOL short: 100 units, 50 USD each against it
+    assert equity_x < maint_x and equity_x > 0 and equity_y < 0
+    np.testing.assert_array_equal(got.liquidated, [True, True, True, False, False])
+    np.testing.assert_array_equal(got.bankrupt, [False, True, True, False, False])
+    np.testing.assert_allclose(got.notional, [units * 1e5, units * 1e5, 2e4, 1e5, 1e4])

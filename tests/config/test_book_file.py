@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.config import book, book_file, build
+from engine.config import book, book_checks, book_file, build, files
+from engine.config.positions import BookFileError
 from engine.config.schema import Config
 from engine.sim.simulate import simulate
 from tests.conftest import small_dict
@@ -125,3 +126,76 @@ def test_entry_buckets_keep_the_sums_and_move_liquidations_little(tmp_path, widt
     assert want.min() > 0
     rel = np.abs(got / want - 1.0)
     assert rel.max() < tolerance, rel
+
+
+# One BTC long 10x at 100,000 (safe), one bought at 111,000 (bankruptcy 99,900: beyond its
+# liquidation price, not its bankruptcy price), and the issue's short entered at 1.0 (a price
+# in the wrong unit: 1,000 units, beyond both), with BTC starting at 100,000.
+UNDER = """asset,side,notional_usd,entry_price,leverage
+BTC,long,1e6,100000,10
+BTC,long,1.11e6,111000,10
+BTC,short,1000,1.0,10
+SOL,long,1e5,200,5
+"""
+
+
+def under_config(path, share: float | None = None) -> Config:
+    extra = {} if share is None else {"max_underwater_share": share}
+    return Config.model_validate(small_dict(book={"positions": str(path), **extra}))
+
+
+def test_rows_beyond_their_liquidation_and_bankruptcy_price(tmp_path):
+    """Against the margin arithmetic written out (`engine.model.margin`), at the default tiers;
+    notional at the starting prices."""
+    path = tmp_path / "b.csv"
+    path.write_text(UNDER)
+    cfg = under_config(path)
+    pos = book_file.read_positions(book_file.source_of(cfg))
+    got = book_checks.beyond(pos, np.array([100_000.0, 200.0]), cfg.exchange.tiers, np.zeros(0))
+    # row 2: b = 111,000 (1 - 1/10) = 99,900; tier of 1.11e6 is 3 (mmr 2.5%, amount 16,300 USD)
+    amounts = book.maintenance_amounts(cfg.exchange.tiers)
+    p_liq = (99_900 - amounts[3] / 10) / (1 - 0.025)
+    assert p_liq > 100_000
+    np.testing.assert_array_equal(got.liquidated, [False, True, True, False])
+    np.testing.assert_array_equal(got.bankrupt, [False, False, True, False])
+    np.testing.assert_allclose(got.notional, [1e6, 1e6, 1e8, 1e5])
+
+
+def test_the_parametric_book_starts_with_nothing_beyond(pair):
+    """The parametric book drops what the starting price has liquidated: its file has no such row."""
+    _, on_file = pair
+    pos = book_file.read_positions(book_file.source_of(on_file))
+    got = book_checks.beyond(pos, np.array([100_000.0, 200.0]), on_file.exchange.tiers, np.zeros(0))
+    assert len(pos.asset) > 50 and not got.liquidated.any()
+
+
+def test_a_book_mostly_beyond_its_liquidation_price_is_refused(tmp_path):
+    """The issue's short at 1.0 and the long at 111,000: 1.01e8 of the 1.021e8 USD book (98.92%,
+    at the starting prices) would be liquidated at once."""
+    path = tmp_path / "b.csv"
+    path.write_text(UNDER)
+    with pytest.raises(BookFileError) as e:
+        book_checks.underwater_warnings(under_config(path))
+    assert str(e.value) == (
+        f"{path}: 98.92% of the book's notional at the starting prices ($101 M of $102 M) starts at or "
+        "beyond its liquidation price and is liquidated in the first step (BTC: 2 rows, $101 M, of which "
+        "$100 M beyond bankruptcy, rows 2, 3); allowed up to book.max_underwater_share = 0.01 of the "
+        "notional: check those rows' entry_price (a price in the wrong unit does this) and leverage, or "
+        "raise book.max_underwater_share"
+    )
+
+
+def test_within_the_allowed_share_it_is_a_warning_of_the_study(tmp_path):
+    path = tmp_path / "b.csv"
+    path.write_text(UNDER.replace("BTC,short,1000,1.0,10\n", "").replace("1.11e6", "1.11e4"))
+    (tmp_path / "c.toml").write_text('base = "quick"\n[book]\npositions = "b.csv"\n')
+    study = files.load_study(str(tmp_path / "c.toml"))
+    want = (
+        f"{path}: 0.90% of the book's notional at the starting prices ($10 k of $1.11 M) starts at or beyond "
+        "its liquidation price and is liquidated in the first step (BTC: 1 row, $10 k, row 2), within "
+        "book.max_underwater_share = 0.01"
+    )
+    assert study.warnings == (want,)
+    path.write_text(UNDER.replace("BTC,short,1000,1.0,10\n", "").replace("111000", "100000"))
+    assert files.load_study(str(tmp_path / "c.toml")).warnings == ()
+    assert book_checks.underwater_warnings(under_config(path, share=0.0)) == []

@@ -203,3 +203,57 @@ def test_a_shock_past_a_level_liquidates_it_and_nothing_else(tmp_path):
     assert float(out["p_liquidated_notional_positive"].sel(btc_long)) == 1.0  # on every path
     assert float(mean.sel(asset="BTC", side="short")) == 0.0
     assert np.all(mean.sel(asset="SOL").values == 0.0)
+
+
+@pytest.mark.parametrize(
+    "line, column, allowed",
+    [
+        ("BTC,long,95000,1e13", "notional_usd", "up to 1e+12 USD per level"),
+        ("BTC,long,95000,1e300", "notional_usd", "up to 1e+12 USD per level"),
+        (
+            "BTC,short,1e300,1e6",
+            "price",
+            "1e-12 to 1e+12 USD (beyond it the model's float32 arithmetic overflows)",
+        ),
+        ("BTC,long,1e-300,1e6", "price", "1e-12 to 1e+12 USD"),
+    ],
+)
+def test_values_beyond_the_models_range_are_refused(tmp_path, line, column, allowed):
+    path = write(tmp_path, f"{HEADER}\n{FIRST}\n{FIRST}\n{line}\n")
+    with pytest.raises(BookFileError) as e:
+        build.static_of(config(path))
+    assert f"{path}: row 3, column {column} = " in str(e.value) and allowed in str(e.value), str(e.value)
+
+
+def test_crossed_levels_are_counted_per_asset_in_the_refusal(tmp_path):
+    """Three levels behind the starting price (BTC 100,000, SOL 200): the first is named, all are
+    counted per asset with their notional and first rows."""
+    extra = "BTC,long,101000,2e6\nBTC,short,99000,3e6\nSOL,long,300,1e6\n"
+    path = write(tmp_path, MAP + extra)
+    with pytest.raises(BookFileError) as e:
+        build.static_of(config(path))
+    want = (
+        f"{path}: row 7, column price = 101000: allowed 0 < price < 100000 for a long level of BTC "
+        "(market.assets.BTC.price = 100000; a level at or beyond the starting price is already crossed; "
+        "crossed levels: BTC: 2 rows, $5 M, rows 7, 8; SOL: 1 row, $1 M, row 9)"
+    )
+    assert str(e.value) == want
+
+
+def test_an_unknown_column_or_a_latin_1_byte_is_refused(tmp_path):
+    path = write(tmp_path, MAP.replace("notional_usd", "notional"))
+    with pytest.raises(
+        BookFileError, match="column 'notional' is not a column of a liquidation map; did you mean"
+    ):
+        build.static_of(config(path))
+    path.write_bytes(MAP.encode() + "BTC,lông,95000,1e6\n".encode("latin-1"))
+    with pytest.raises(BookFileError, match=r"row 7, column side = b'l\\xf4ng': allowed UTF-8 text"):
+        build.static_of(config(path))
+    pq.write_table(
+        pcsv.read_csv(write(tmp_path, MAP)).set_column(3, "notional_usd", [[[1.0]] * 6]),
+        tmp_path / "m.parquet",
+    )
+    with pytest.raises(
+        BookFileError, match=r"row 1, column notional_usd = \[1.0\]: allowed one number or one text"
+    ):
+        build.static_of(config(tmp_path / "m.parquet"))
