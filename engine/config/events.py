@@ -6,7 +6,9 @@ total, per side and per asset, insurance-fund draws, ADL, the change in open int
 liquidated). Every figure is a `Figure`: a value, or a range where sources disagree, with the
 source and the date of the report it comes from. An event file is validated like a config
 file: a mistake gives one `ConfigError` naming the file and the field (exit 2 on the command
-line).
+line). Beyond each figure's range a file must be plausible: fractions written as fractions (a
+percentage is refused with the fraction to write), a trough below the peak, no date after
+today, per-asset figures within their total, no blank source (docs/events.md).
 
 ```toml
 date = "2021-05-19"
@@ -28,12 +30,27 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from engine.config.errors import ConfigError, describe
 from engine.config.strict import Strict
 
-Text = Annotated[str, Field(min_length=1)]
+# a source or a description of blanks says nothing
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+INF = float("inf")
+# Figures that are fractions (0.2 = 20%): a value outside their bounds whose hundredth lies
+# inside is a percentage written as a number, and the message says how to write it.
+FRACTIONS = frozenset(
+    {"funding_8h", "open_interest_growth", "price_return", "fall", "long_share", "open_interest_change"}
+)
+
+
+def not_future(day: dt.date) -> dt.date:
+    """`day`, or a ValueError if it is after today (UTC): the library holds reports of the past."""
+    today = dt.datetime.now(dt.UTC).date()
+    if day > today:
+        raise ValueError(f"in the future; allowed: a date up to today ({today} UTC)")
+    return day
 
 
 class Figure(Strict):
@@ -60,22 +77,33 @@ class Figure(Strict):
             raise ValueError(f"value {self.value:g} lies outside [{self.low:g}, {self.high:g}]")
         return self
 
+    _reported = field_validator("source_date")(not_future)
+
     @property
     def central(self) -> float:
         """The value, or the middle of the range."""
         return self.value if self.value is not None else 0.5 * (self.low + self.high)
 
+    @property
+    def ends(self) -> tuple[float, float]:
+        """The lowest and highest number the figure admits: its range, or its value twice."""
+        return (self.value, self.value) if self.low is None else (self.low, self.high)
+
 
 def check_range(owner: Strict, bounds: dict[str, tuple[float, float]], figures: dict | None = None) -> None:
     """ValueError naming the first figure of `owner` (or of `figures` {name: Figure}) whose
-    value or range leaves its open interval (lower, upper) of `bounds` {name: (lower, upper)}."""
+    value or range leaves its open interval (lower, upper) of `bounds` {name: (lower, upper)};
+    for a figure of `FRACTIONS` written as a percentage, the message gives the fraction."""
     for name, (lo, hi) in bounds.items():
         fig = figures[name] if figures is not None else getattr(owner, name)
         if fig is None:
             continue
         for x in (fig.value, fig.low, fig.high):
             if x is not None and not lo < x < hi:
-                raise ValueError(f"{name}: {x:g} outside ({lo:g}, {hi:g})")
+                hint = ""
+                if name in FRACTIONS and lo < x / 100 < hi:
+                    hint = f"; a fraction: write {x / 100:g} for {x:g}%"
+                raise ValueError(f"{name}: {x:g} outside ({lo:g}, {hi:g}){hint}")
 
 
 class PreAsset(Strict):
@@ -84,7 +112,7 @@ class PreAsset(Strict):
     `long_short_ratio`: accounts long over accounts short (1.5 = 60% of accounts long);
     `funding_8h`: the perpetual funding rate per 8 hours (0.0001 = 0.01%);
     `open_interest_growth` and `price_return`: the change of open interest and of the price
-    over the `lookback_days` before the event, as fractions (0.2 = +20%);
+    over the `lookback_days` before the event, as fractions (0.2 = +20%; at most +300%);
     `daily_volume_usd`: perpetual trading volume in a normal day before the event.
     """
 
@@ -98,19 +126,20 @@ class PreAsset(Strict):
 
     @model_validator(mode="after")
     def _ranges(self) -> PreAsset:
-        inf = float("inf")
         check_range(
             self,
             {
-                "price": (0, inf),
-                "open_interest_usd": (0, inf),
-                "long_short_ratio": (0, inf),
+                "price": (0, INF),
+                "open_interest_usd": (0, INF),
+                "long_short_ratio": (0, INF),
                 # a fraction per 8 h: 1% (0.01) is far above any recorded rate, so a larger
                 # figure is a percentage written as a number
                 "funding_8h": (-0.01, 0.01),
-                "open_interest_growth": (-1, inf),
-                "price_return": (-1, inf),
-                "daily_volume_usd": (0, inf),
+                # over a lookback of about a month no major's open interest or price has
+                # quadrupled: a larger figure is a percentage (20 meant as 20%)
+                "open_interest_growth": (-1, 3),
+                "price_return": (-1, 3),
+                "daily_volume_usd": (0, INF),
             },
         )
         return self
@@ -124,6 +153,27 @@ class PreEvent(Strict):
     aggregate_open_interest_usd: Figure | None = None
     estimated_leverage_ratio: Figure | None = None
 
+    @model_validator(mode="after")
+    def _parts_within_total(self) -> PreEvent:
+        parts = {f"assets.{a}.open_interest_usd": p.open_interest_usd for a, p in self.assets.items()}
+        within_total(parts, "aggregate_open_interest_usd", self.aggregate_open_interest_usd)
+        return self
+
+
+def within_total(parts: dict[str, Figure | None], total_name: str, total: Figure | None) -> None:
+    """ValueError if the figures `parts` {name: Figure} (the per-asset share of a total) add up
+    to more than the `total` admits even where sources disagree: the sum of their low ends
+    above the total's high end."""
+    given = {name: fig for name, fig in parts.items() if fig is not None}
+    if total is None or not given:
+        return
+    least, most = sum(fig.ends[0] for fig in given.values()), total.ends[1]
+    if least > most:
+        raise ValueError(
+            f"{', '.join(given)}: add up to at least {least:,.0f} {total.units}, above {total_name} "
+            f"(at most {most:,.0f} {total.units}); allowed: parts that fit in the total"
+        )
+
 
 class Move(Strict):
     """What one asset's price did: peak and trough (USD), the fall as a fraction, its duration."""
@@ -135,8 +185,12 @@ class Move(Strict):
 
     @model_validator(mode="after")
     def _ranges(self) -> Move:
-        inf = float("inf")
-        check_range(self, {"peak": (0, inf), "trough": (0, inf), "fall": (0, 1), "fall_hours": (0, inf)})
+        check_range(self, {"peak": (0, INF), "trough": (0, INF), "fall": (0, 1), "fall_hours": (0, INF)})
+        if self.peak is not None and self.trough is not None and not self.trough.ends[1] < self.peak.ends[0]:
+            raise ValueError(
+                f"trough: {self.trough.ends[1]:g} not below the peak ({self.peak.ends[0]:g}); "
+                "allowed: every trough figure below every peak figure"
+            )
         return self
 
 
@@ -153,20 +207,22 @@ class Outcomes(Strict):
 
     @model_validator(mode="after")
     def _ranges(self) -> Outcomes:
-        inf = float("inf")
         check_range(
             self,
             {
-                "liquidations_usd": (0, inf),
+                "liquidations_usd": (0, INF),
                 "long_share": (-1e-12, 1 + 1e-12),
-                "insurance_fund_draw_usd": (-1e-12, inf),
-                "adl_usd": (-1e-12, inf),
-                "open_interest_change": (-1, inf),
-                "traders_liquidated": (-1e-12, inf),
+                "insurance_fund_draw_usd": (-1e-12, INF),
+                "adl_usd": (-1e-12, INF),
+                # over the horizon (a day or so) open interest has never doubled: a larger
+                # figure is a percentage
+                "open_interest_change": (-1, 1),
+                "traders_liquidated": (-1e-12, INF),
             },
         )
         per_asset = {f"by_asset_usd.{a}": fig for a, fig in self.by_asset_usd.items()}
-        check_range(self, dict.fromkeys(per_asset, (0, inf)), per_asset)
+        check_range(self, dict.fromkeys(per_asset, (0, INF)), per_asset)
+        within_total(per_asset, "liquidations_usd", self.liquidations_usd)
         return self
 
 
@@ -179,6 +235,8 @@ class Event(Strict):
     pre_event: PreEvent
     price_path: dict[str, Move]
     outcomes: Outcomes
+
+    _happened = field_validator("date")(not_future)
 
     @model_validator(mode="after")
     def _assets_known(self) -> Event:

@@ -14,14 +14,19 @@ assets (at random) instead of USD. A `stop_share` of the isolated positions carr
 a few percent beyond entry toward liquidation (`STOP_DISTANCE`, at most half the way to the
 bankruptcy price), measured from the entry or the starting price, whichever is nearer the
 liquidation, so that it lies on the safe side of the starting price.
+
+A request is checked before anything is allocated: its options (`check_request`), and the
+memory it needs (`memory_needed`) against the memory available.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
@@ -34,6 +39,97 @@ SIZE_LOG_SD = 1.8
 # Range of a stop's distance beyond its reference price (fraction), before the half-way cap.
 STOP_DISTANCE = (0.01, 0.05)
 STOP_DIGITS = 4
+COLLATERAL_SHARE = 0.5  # of the accounts, by default
+
+# The peak memory of `make_positions` (bytes), a linear model of its arrays: per position the
+# NumPy columns and the draws' temporaries alive at the peak (8 B a number), per text column a
+# NumPy copy (4 B a character) and an Arrow one (a 4 B offset and 1 B a character), for cross
+# margin a second NumPy margin-mode column; per account its sides and collateral with their
+# draws. Against the peak resident memory of 2 and 4 million positions (the default scenario's
+# four assets): isolated 167 B a position (the model: 172), cross margin 96 B more (127), stops
+# 23 B more (32), 48 B an account (80), and about 50 MB besides (Arrow's pool, the allocator's
+# arenas; the model: 64 MiB). tests/config/test_synthetic.py measures it again on 400,000.
+NUMBERS_PER_POSITION = 10
+CROSS_NUMBERS = 2  # account index, cross mask
+STOP_NUMBERS = 4  # distance, reference, stop, rounding step
+FIXED_BYTES = 64 * 2**20
+
+
+def _text_bytes(chars: int) -> int:
+    """Bytes a position's text column of `chars` characters takes, in NumPy and in Arrow."""
+    return 4 * chars + 4 + chars
+
+
+def memory_needed(cfg: Config, n: int, *, cross_share: float, accounts: int, stop_share: float) -> int:
+    """Estimated peak memory (bytes) of `make_positions(cfg, n, ...)` (see `NUMBERS_PER_POSITION`)."""
+    per = 8 * NUMBERS_PER_POSITION + sum(
+        _text_bytes(c) for c in (max(map(len, cfg.market.assets)), len("short"), len("isolated"))
+    )
+    per_account = 0
+    if cross_share > 0:
+        id_chars = len("acct-") + len(str(max(accounts - 1, 0)))
+        collateral_chars = max(map(len, ["USD", *cfg.collateral]))
+        per += 8 * CROSS_NUMBERS + _text_bytes(id_chars) + _text_bytes(collateral_chars) + 4 * len("isolated")
+        per_account = 8 * (2 * len(cfg.market.assets) + 2)
+    if stop_share > 0:
+        per += 8 * STOP_NUMBERS
+    return FIXED_BYTES + n * per + accounts * per_account
+
+
+def readable_bytes(b: float) -> str:
+    """`b` bytes for people: "1.5 GiB"."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if b >= size:
+            return f"{b / size:,.1f} {unit}"
+    return f"{b:.0f} B"
+
+
+def check_request(
+    cfg: Config, n: int, *, cross_share: float, accounts: int, collateral_share: float, stop_share: float
+) -> None:
+    """ConfigError naming the first option of a `make_positions` request that is out of its
+    range, or the memory the request needs when it exceeds the memory available."""
+    if n < 2 * len(cfg.market.assets):
+        raise ConfigError(f"--positions {n}: allowed at least 2 per asset ({2 * len(cfg.market.assets)})")
+    for option, share in (("--cross-share", cross_share), ("--collateral-share", collateral_share),
+                          ("--stop-share", stop_share)):  # fmt: skip
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"{option} {share:g}: allowed 0 to 1")
+    if cross_share > 0:
+        # an account holds at least one cross position: more accounts than those are empty
+        most = math.ceil(cross_share * n)
+        if not 1 <= accounts <= most:
+            raise ConfigError(
+                f"--accounts {accounts}: allowed 1 to {most:,}, the cross positions "
+                f"(--cross-share {cross_share:g} of --positions {n:,})"
+            )
+    needed = memory_needed(cfg, n, cross_share=cross_share, accounts=accounts, stop_share=stop_share)
+    available = psutil.virtual_memory().available
+    if needed > available:
+        fits = (available - FIXED_BYTES) * n // (needed - FIXED_BYTES)
+        raise ConfigError(
+            f"--positions {n:,}: needs about {readable_bytes(needed)} of memory, more than the "
+            f"{readable_bytes(available)} available; allowed: about {max(fits, 0):,} positions here"
+        )
+
+
+def idle_options(
+    cfg: Config, *, cross_share: float, accounts: int | None, collateral_share: float | None
+) -> list[str]:
+    """A warning for each option given (not None) that cannot change the book: cross-margin
+    options without cross positions, a collateral share where the scenario has no
+    `[collateral]`."""
+    notes = [
+        f"{option} changes nothing: no position is cross margin (--cross-share 0)"
+        for option, value in (("--accounts", accounts), ("--collateral-share", collateral_share))
+        if value is not None and cross_share == 0
+    ]
+    if collateral_share is not None and cross_share > 0 and not cfg.collateral:
+        notes.append(
+            f"--collateral-share changes nothing: the scenario {cfg.name} has no [collateral] "
+            "assets, so every account posts USD"
+        )
+    return notes
 
 
 def make_positions(
@@ -43,20 +139,21 @@ def make_positions(
     *,
     cross_share: float = 0.0,
     accounts: int = 0,
-    collateral_share: float = 0.5,
+    collateral_share: float = COLLATERAL_SHARE,
     stop_share: float = 0.0,
 ) -> pa.Table:
     """n positions (a table in the positions schema) for `cfg`'s assets: isolated margin, a
     `cross_share` of them cross over `accounts` accounts, a `stop_share` of the isolated ones
-    with a stop price (see the module docstring)."""
-    if n < 2 * len(cfg.market.assets):
-        raise ConfigError(f"--positions {n}: allowed at least 2 per asset ({2 * len(cfg.market.assets)})")
-    for option, share in (("--cross-share", cross_share), ("--collateral-share", collateral_share),
-                          ("--stop-share", stop_share)):  # fmt: skip
-        if not 0.0 <= share <= 1.0:
-            raise ConfigError(f"{option} {share:g}: allowed 0 to 1")
-    if cross_share > 0 and accounts < 1:
-        raise ConfigError(f"--accounts {accounts}: allowed at least 1 when --cross-share is above 0")
+    with a stop price (see the module docstring). A request out of range, or beyond the memory
+    available, is a ConfigError before anything is allocated (`check_request`)."""
+    check_request(
+        cfg,
+        n,
+        cross_share=cross_share,
+        accounts=accounts,
+        collateral_share=collateral_share,
+        stop_share=stop_share,
+    )
     rng = np.random.default_rng(seed)
     book, assets = cfg.book, list(cfg.market.assets.values())
     names = np.array(list(cfg.market.assets))

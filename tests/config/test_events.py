@@ -89,3 +89,107 @@ def test_the_command_lists_the_library_and_refuses_a_bad_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.toml"]  # nothing written
     text = write(tmp_path, "\\x00\\x01 not toml", "binary.toml")
     assert runner.invoke(cli.app, ["events", str(text)]).exit_code == 2
+
+
+def pre(line: str) -> tuple[str, str]:
+    """An edit of GOOD adding `line` to BTC's pre-event figures."""
+    price = 'price = { value = 42900, units = "USD", source = "a report", source_date = 2021-05-19 }\n'
+    return price, price + line + "\n"
+
+
+def figure(name: str, numbers: str, units: str = "1") -> str:
+    return f'{name} = {{ {numbers}, units = "{units}", source = "a report", source_date = 2021-05-19 }}'
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            pre(figure("open_interest_growth", "value = 20")),
+            "pre_event.assets.BTC: open_interest_growth: 20 outside (-1, 3); a fraction: write 0.2 for 20%",
+        ),
+        (
+            pre(figure("price_return", "low = -25, high = -0.2")),
+            "price_return: -25 outside (-1, 3); a fraction: write -0.25 for -25%",
+        ),
+        (
+            pre(figure("funding_8h", "value = 0.01")),
+            "funding_8h: 0.01 outside (-0.01, 0.01); a fraction: write 0.0001",
+        ),
+        (
+            ("[outcomes]\n", "[outcomes]\n" + figure("open_interest_change", "value = -31") + "\n"),
+            "outcomes: open_interest_change: -31 outside (-1, 1); a fraction: write -0.31 for -31%",
+        ),
+        (
+            ("low = 0.28, high = 0.30", "value = 14.5"),
+            "fall: 14.5 outside (0, 1); a fraction: write 0.145 for 14.5%",
+        ),
+        (
+            (
+                "[price_path.BTC]\n",
+                "[price_path.BTC]\n"
+                + figure("peak", "value = 40000", "USD")
+                + "\n"
+                + figure("trough", "low = 30000, high = 40000", "USD")
+                + "\n",
+            ),
+            "price_path.BTC: trough: 40000 not below the peak (40000)",
+        ),
+        (("date = 2021-05-19\n", "date = 2999-01-01\n"), "date: in the future; allowed: a date up to today"),
+        (
+            (
+                'source = "a report", source_date = 2021-05-19 }\n\n[outcomes]',
+                'source = "r", source_date = 2999-01-01 }\n\n[outcomes]',
+            ),
+            "price_path.BTC.fall.source_date: in the future",
+        ),
+        (
+            (
+                'fall = { low = 0.28, high = 0.30, units = "1", source = "a report"',
+                'fall = { low = 0.28, high = 0.30, units = "1", source = "  "',
+            ),
+            "price_path.BTC.fall.source: String should have at least 1 character",
+        ),
+        (
+            (
+                "[outcomes]\n",
+                "[outcomes]\n" + figure("by_asset_usd.BTC", "low = 8.5e9, high = 9e9", "USD") + "\n",
+            ),
+            (
+                "outcomes: by_asset_usd.BTC: add up to at least 8,500,000,000 USD, above liquidations_usd "
+                "(at most 8,000,000,000 USD)"
+            ),
+        ),
+        (
+            (
+                "[pre_event.assets.BTC]\n",
+                "[pre_event]\n"
+                + figure("aggregate_open_interest_usd", "value = 10e9", "USD")
+                + "\n[pre_event.assets.BTC]\n"
+                + figure("open_interest_usd", "low = 12e9, high = 13e9", "USD")
+                + "\n",
+            ),
+            (
+                "pre_event: assets.BTC.open_interest_usd: add up to at least 12,000,000,000 USD, above "
+                "aggregate_open_interest_usd (at most 10,000,000,000 USD)"
+            ),
+        ),
+    ],
+)
+def test_an_implausible_event_is_refused_with_the_fix(tmp_path, edit, message):
+    assert edit[0] in GOOD
+    path = write(tmp_path, GOOD.replace(*edit, 1))
+    with pytest.raises(ConfigError) as err:
+        E.load_event(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_plausible_edge_figures_pass(tmp_path):
+    # a fall of 28-30% and liquidations per asset up to the total's high end are consistent
+    text = GOOD.replace(
+        "[outcomes]\n",
+        "[outcomes]\n" + figure("by_asset_usd.BTC", "value = 8e9", "USD") + "\n",
+    ).replace(*pre(figure("open_interest_growth", "low = -0.5, high = 2.5")))
+    ev = E.load_event(write(tmp_path, text))
+    assert ev.outcomes.by_asset_usd["BTC"].central == 8e9
+    assert ev.pre_event.assets["BTC"].open_interest_growth.ends == (-0.5, 2.5)

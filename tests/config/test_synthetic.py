@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from engine import cli
 from engine.config import build, synthetic
+from engine.config.errors import ConfigError
 from engine.config.files import load_config
 from engine.config.schema import Config
 from tests.cli.test_bad_configs import QUICK
@@ -51,3 +58,72 @@ def test_make_book_refuses_other_file_types_and_writes_nothing(tmp_path, monkeyp
     assert result.exit_code == 2
     assert "allowed: .csv, .parquet" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+# Peak resident memory of one make_positions call in a fresh process, above what the process
+# held before it (bytes): Linux resets the peak (VmHWM) when "5" is written to clear_refs.
+PEAK = """
+import sys
+from pathlib import Path
+from engine.config import synthetic
+from engine.config.files import load_config
+
+def status(key):
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key))
+    return int(line.split()[1]) * 1024
+
+cfg = load_config(sys.argv[1])
+Path("/proc/self/clear_refs").write_text("5")
+before = status("VmRSS:")
+synthetic.make_positions(cfg, 400_000, 1, cross_share=0.5, accounts=50_000, stop_share=0.5)
+print(status("VmHWM:") - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's peak memory reset")
+def test_the_memory_estimate_bounds_the_measured_peak():
+    config = str(Path(QUICK).parent / "oct10_2025_collateral.toml")
+    run = subprocess.run([sys.executable, "-c", PEAK, config], capture_output=True, text=True, check=True)
+    peak = int(run.stdout)
+    cfg = load_config(config)
+    estimate = synthetic.memory_needed(cfg, 400_000, cross_share=0.5, accounts=50_000, stop_share=0.5)
+    # measured 149 MiB against 196 MiB: the estimate errs on the safe side, not far
+    assert peak <= estimate <= 1.6 * peak, (peak, estimate)
+
+
+def test_the_estimate_counts_columns_accounts_and_stops():
+    cfg = Config.model_validate(small_dict())  # assets BTC and SOL, no collateral
+    isolated = synthetic.memory_needed(cfg, 1000, cross_share=0.0, accounts=0, stop_share=0.0)
+    # 10 numbers (80 B) and the texts asset (3), side (5), margin mode (8) at 5 B a character + 4
+    assert isolated == synthetic.FIXED_BYTES + 1000 * (80 + 19 + 29 + 44)
+    stops = synthetic.memory_needed(cfg, 1000, cross_share=0.0, accounts=0, stop_share=0.1)
+    assert stops - isolated == 1000 * 32
+    cross = synthetic.memory_needed(cfg, 1000, cross_share=0.5, accounts=100, stop_share=0.0)
+    # ids "acct-99" (7), collateral "USD" (3), a second margin mode (32 B), 2 numbers; per
+    # account 8 B times (2 sides x 2 assets + 2)
+    assert cross - isolated == 1000 * (16 + 39 + 19 + 32) + 100 * 48
+    assert synthetic.readable_bytes(cross) == "64.3 MiB" and synthetic.readable_bytes(512) == "512 B"
+
+
+def test_a_request_beyond_the_memory_available_is_refused_before_allocating(monkeypatch):
+    cfg = Config.model_validate(small_dict())
+    fake = SimpleNamespace(available=synthetic.FIXED_BYTES + 172 * 10_000)  # room for 10,000 positions
+    monkeypatch.setattr(synthetic.psutil, "virtual_memory", lambda: fake)
+    assert synthetic.make_positions(cfg, 10_000).num_rows == 10_000
+    with pytest.raises(ConfigError) as err:
+        synthetic.make_positions(cfg, 100_000)
+    assert str(err.value) == (
+        "--positions 100,000: needs about 80.4 MiB of memory, more than the 65.6 MiB available; "
+        "allowed: about 10,000 positions here"
+    )
+
+
+def test_accounts_must_hold_cross_positions():
+    cfg = Config.model_validate(small_dict())
+    with pytest.raises(
+        ConfigError,
+        match=r"--accounts 501: allowed 1 to 500, the cross positions \(--cross-share 0.5 of --positions 1,000\)",
+    ):
+        synthetic.make_positions(cfg, 1000, cross_share=0.5, accounts=501)
+    t = synthetic.make_positions(cfg, 1000, cross_share=0.5, accounts=500)
+    assert 0 < len(set(t.column("account_id").drop_null().to_pylist())) <= 500
