@@ -2,10 +2,13 @@
 benchmarks and the docs, in the schema of `engine.config.positions`.
 
 Per asset of the scenario, the positions hold its open interest (`open_interest_usd`) with its
-long share; leverage is drawn from `book.leverage` with `book.leverage_weights`, the entry from
-`price * exp(Normal(book.entry_log_mean, book.entry_log_std))`, and the notional from a
-log-normal (median `MEDIAN_USD`, log-sd `SIZE_LOG_SD`: many small positions and a heavy tail
-of large ones), scaled so that each side sums to its share of the open interest exactly.
+long share; leverage is drawn from `book.leverage` with `book.leverage_weights` and capped at
+the maximum of the position's bracket (`exchange.tiers`; a cross position's bracket is its
+account leg's), the notional from a log-normal (median `MEDIAN_USD`, log-sd `SIZE_LOG_SD`: many
+small positions and a heavy tail of large ones), scaled so that each side sums to its share of
+the open interest exactly, and the entry from `price * exp(Normal(book.entry_log_mean,
+book.entry_log_std))` among the entries that leave the position alive at the starting price
+(`_surviving_entries`): a book holds what past prices did not liquidate.
 
 Optionally a share of the positions are cross margin (`cross_share`), spread at random over
 `accounts` accounts; an account holds one side per asset (drawn with the asset's long share),
@@ -24,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import psutil
@@ -31,6 +35,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from engine.config.book import maintenance_amounts, tier_index
 from engine.config.errors import ConfigError
 from engine.config.schema import Config
 
@@ -40,6 +45,8 @@ SIZE_LOG_SD = 1.8
 STOP_DISTANCE = (0.01, 0.05)
 STOP_DIGITS = 4
 COLLATERAL_SHARE = 0.5  # of the accounts, by default
+# Draws of a position's entry before it enters at the starting price (`_surviving_entries`).
+ENTRY_DRAWS = 20
 
 # The peak memory of `make_positions` (bytes), a linear model of its arrays: per position the
 # NumPy columns and the draws' temporaries alive at the peak (8 B a number), per text column a
@@ -166,19 +173,23 @@ def make_positions(
     weights = np.asarray(book.leverage_weights, float)
     leverage = np.asarray(book.leverage, float)[rng.choice(len(weights), n, p=weights / weights.sum())]
     price = np.array([a.price for a in assets])[asset]
-    entry = price * np.exp(rng.normal(book.entry_log_mean, book.entry_log_std, n))
     notional = rng.lognormal(np.log(MEDIAN_USD), SIZE_LOG_SD, n)
-    extra = {}
+    extra, holder = {}, Holder(np.full(n, -1), np.zeros(n))
     if cross_share > 0:  # before the sides' sums: an account's side of an asset is its own
-        extra = _cross(rng, cfg, asset, side, cross_share, accounts, collateral_share)
-    cross = extra.get("margin_mode", np.full(n, "isolated")) == "cross"
-    if stop_share > 0:
-        chosen = ~cross & (rng.random(n) < stop_share)
-        extra["stop_price"] = _stop_prices(rng, chosen, side, entry, price, leverage)
+        extra, holder = _cross(rng, cfg, asset, side, cross_share, accounts, collateral_share)
     for a, spec in enumerate(assets):
         for s, share in ((1.0, spec.long_share), (-1.0, 1.0 - spec.long_share)):
             m = (asset == a) & (side == s)
             notional[m] *= spec.open_interest_usd * share / notional[m].sum()
+    leg = np.where(holder.account >= 0, holder.account * len(assets) + asset, -1)
+    tier = _tiers(cfg, notional, leg)
+    leverage = np.minimum(leverage, np.array([t.max_leverage for t in cfg.exchange.tiers])[tier])
+    entry = _surviving_entries(
+        rng, cfg, Rows(asset, side, notional, leverage, price, holder.haircut, leg, tier)
+    )
+    if stop_share > 0:
+        chosen = (holder.account < 0) & (rng.random(n) < stop_share)
+        extra["stop_price"] = _stop_prices(rng, chosen, side, entry, price, leverage)
     return pa.table(
         {
             "position_id": np.arange(n),
@@ -193,9 +204,81 @@ def make_positions(
     )
 
 
-def _cross(rng, cfg: Config, asset, side, share: float, accounts: int, collateral_share: float) -> dict:
+class Holder(NamedTuple):
+    """Who holds each position, `[positions]` each: the account index (-1: isolated) and the
+    haircut of the collateral its margin is posted in (0 for USD)."""
+
+    account: np.ndarray
+    haircut: np.ndarray
+
+
+class Rows(NamedTuple):
+    """What decides whether a position starts alive, `[positions]` each: asset index, side
+    (+1/-1), notional (USD at entry), leverage, the asset's starting price (USD), the haircut
+    of its margin, its account leg (account * assets + asset; -1 isolated) and its bracket."""
+
+    asset: np.ndarray
+    side: np.ndarray
+    notional: np.ndarray
+    leverage: np.ndarray
+    price: np.ndarray
+    haircut: np.ndarray
+    leg: np.ndarray
+    tier: np.ndarray
+
+
+def _tiers(cfg: Config, notional: np.ndarray, leg: np.ndarray) -> np.ndarray:
+    """Each position's bracket: by its own notional, or by its account leg's summed notional
+    (cross margin: the leg is one position to the exchange, `engine.config.accounts`)."""
+    sized = notional.copy()
+    cross = leg >= 0
+    if cross.any():
+        _, inverse = np.unique(leg[cross], return_inverse=True)
+        sized[cross] = np.bincount(inverse, weights=notional[cross])[inverse]
+    return tier_index(cfg.exchange.tiers, sized)
+
+
+def _alive(cfg: Config, rows: Rows, entry: np.ndarray) -> np.ndarray:
+    """Whether each position's margin (after its collateral's haircut) plus its profit at the
+    starting price covers its maintenance margin there `[positions]`. A cross leg's
+    maintenance amount is shared by its positions in proportion to their units, so positions
+    alive on their own make accounts alive."""
+    tiers = cfg.exchange.tiers
+    units = rows.notional / entry
+    amount = maintenance_amounts(tiers)[rows.tier]
+    held = units.copy()
+    cross = rows.leg >= 0
+    if cross.any():
+        _, inverse = np.unique(rows.leg[cross], return_inverse=True)
+        held[cross] = np.bincount(inverse, weights=units[cross])[inverse]
+    mmr = np.array([t.mmr for t in tiers])[rows.tier]
+    equity = rows.notional / rows.leverage * (1.0 - rows.haircut) + rows.side * units * (rows.price - entry)
+    return equity > units * (mmr * rows.price - amount / held)
+
+
+def _surviving_entries(rng, cfg: Config, rows: Rows) -> np.ndarray:
+    """Entry prices (USD) `[positions]` from `price * exp(Normal(book.entry_log_mean,
+    book.entry_log_std))`, drawn again where the position would start at or beyond its
+    liquidation price (`_alive`): a book holds the positions the past prices left alive, as the
+    parametric book does by dropping the others. After `ENTRY_DRAWS` tries the few left enter
+    at the starting price, where a position within its bracket's leverage is alive."""
+    book = cfg.book
+    draw = lambda k: rows.price[k] * np.exp(rng.normal(book.entry_log_mean, book.entry_log_std, k.sum()))
+    entry = draw(np.ones(len(rows.side), bool))
+    for _ in range(ENTRY_DRAWS):
+        dead = ~_alive(cfg, rows, entry)
+        if not dead.any():
+            return entry
+        entry[dead] = draw(dead)
+    entry[~_alive(cfg, rows, entry)] = rows.price[~_alive(cfg, rows, entry)]
+    return entry
+
+
+def _cross(
+    rng, cfg: Config, asset, side, share: float, accounts: int, collateral_share: float
+) -> tuple[dict, Holder]:
     """The columns of cross margin, `[positions]` each (`margin_mode`, `account_id`,
-    `collateral`), for a `share` of the positions (`asset`, `side` `[positions]`; the side of
+    `collateral`), and who holds each position, for a `share` of the positions (`asset`, `side` `[positions]`; the side of
     a cross position is set to its account's side of the asset, in place); the first two
     positions of each asset stay isolated."""
     n, n_assets = len(asset), len(cfg.market.assets)
@@ -210,11 +293,13 @@ def _cross(rng, cfg: Config, asset, side, share: float, accounts: int, collatera
     if len(names) > 1:
         posted = np.where(rng.random(accounts) < collateral_share, rng.integers(1, len(names), accounts), 0)
     ids = np.char.add("acct-", owner.astype(str))
-    return {
+    haircut = np.array([0.0, *(c.haircut for c in cfg.collateral.values())])[posted[owner]]
+    columns = {
         "margin_mode": np.where(cross, "cross", "isolated"),
         "account_id": pa.array(ids, mask=~cross),
         "collateral": np.where(cross, names[posted[owner]], "USD"),
     }
+    return columns, Holder(np.where(cross, owner, -1), np.where(cross, haircut, 0.0))
 
 
 def _stop_prices(rng, chosen, side, entry, price, leverage) -> pa.Array:

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from engine import cli
-from engine.config import build, synthetic
+from engine.config import book_checks, build, positions, synthetic
 from engine.config.errors import ConfigError
 from engine.config.files import load_config
 from engine.config.schema import Config
@@ -32,7 +32,8 @@ def test_a_synthetic_book_holds_each_assets_open_interest_and_long_share():
         shorts = notional[(names == name) & (side == "short")].sum()
         np.testing.assert_allclose(longs + shorts, spec.open_interest_usd, rtol=1e-9)
         np.testing.assert_allclose(longs / (longs + shorts), spec.long_share, rtol=1e-9)
-    assert set(t.column("leverage").to_numpy()) <= set(cfg.book.leverage)
+    allowed = set(cfg.book.leverage) | {t.max_leverage for t in cfg.exchange.tiers}  # a level or its cap
+    assert set(t.column("leverage").to_numpy()) <= allowed
     assert synthetic.make_positions(cfg, 20_000, seed=1).equals(t)
     assert not synthetic.make_positions(cfg, 20_000, seed=2).equals(t)
 
@@ -127,3 +128,23 @@ def test_accounts_must_hold_cross_positions():
         synthetic.make_positions(cfg, 1000, cross_share=0.5, accounts=501)
     t = synthetic.make_positions(cfg, 1000, cross_share=0.5, accounts=500)
     assert 0 < len(set(t.column("account_id").drop_null().to_pylist())) <= 500
+
+
+@pytest.mark.parametrize("cross_share", [0.0, 0.5])
+def test_every_position_of_a_synthetic_book_starts_alive(tmp_path, cross_share):
+    """Entries are drawn among those the starting price leaves alive, leverage within the
+    bracket (of the account leg for cross margin), margin after its collateral's haircut: the
+    book's own check finds nothing at or beyond a liquidation price."""
+    cfg = load_config("oct10_2025_collateral")  # collateral with haircuts; 125x at the top
+    kwargs = {"cross_share": cross_share, "accounts": 300, "collateral_share": 1.0} if cross_share else {}
+    table = synthetic.make_positions(cfg, 6_000, seed=4, **kwargs)
+    path = tmp_path / "book.parquet"
+    synthetic.write_positions(table, path)
+    names = tuple(cfg.market.assets)
+    pos = positions.load_positions(path, names, len(cfg.exchange.tiers), collateral=tuple(cfg.collateral))
+    unit_value = np.array([(1.0 - c.haircut) * c.price for c in cfg.collateral.values()])
+    prices = np.array([a.price for a in cfg.market.assets.values()])
+    assert not book_checks.beyond(pos, prices, cfg.exchange.tiers, unit_value).liquidated.any()
+    top = {t.max_notional_usd: t.max_leverage for t in cfg.exchange.tiers}
+    notional = table.column("notional_usd").to_numpy()
+    assert table.column("leverage").to_numpy()[notional > min(top)].max() < max(top.values())
