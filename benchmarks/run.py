@@ -1,7 +1,7 @@
 """liqstress benchmarks: workloads W1-W3 against their baselines, and scaling curves.
 
     python benchmarks/run.py                      # W1, W2, W3 at full size
-    python benchmarks/run.py --quick              # the seconds-long variants (tests use these)
+    python benchmarks/run.py --quick              # small variants, about 2 minutes (tests use W1's)
     python benchmarks/run.py --workload W1 --paths 65536 --save --readme
     python benchmarks/run.py --scaling --max-paths 10000000 --max-devices 8
     python benchmarks/run.py --scaling --scaling-axes cohorts --name scaling_cohorts
@@ -53,10 +53,12 @@ WORKLOADS = {
     "W4": "w4_large_book.toml",
     "W5": "w5_accounts.toml",
 }
-# NumPy baseline size (paths, steps or None for the workload's): the reference is slow.
 # What runs when no --workload is named: W5 (accounts) only on request, its book takes a while.
 DEFAULT_WORKLOADS = ("W1", "W2", "W3", "W4")
-NUMPY_SIZE = {"W1": (1024, 96), "W2": (64, 48), "W3": (20, 720), "W4": (16, 24), "W5": (4, 12)}
+# NumPy baseline size (paths, steps; --quick: the quick steps): the reference is slow. W2's
+# 8,192 and W4's 65,536 cohorts per path keep its arrays large with 16 and 4 paths (64 and 16
+# took 9-46 s and 19-54 s of a --quick run).
+NUMPY_SIZE = {"W1": (1024, 96), "W2": (16, 48), "W3": (20, 720), "W4": (4, 24), "W5": (4, 12)}
 # Where workloads with a generated positions file (`[bench] book`) keep it between runs.
 BOOKS = HERE / ".books"
 SCALING_PATHS = (10**3, 10**4, 10**5, 10**6, 10**7)
@@ -99,7 +101,7 @@ def load_workload(
         data["book"]["entry_points"] = entry_points
     quick_spec = bench.get("quick", {}) if quick else {}
     run = data.setdefault("run", {})
-    for key in ("n_paths", "steps"):
+    for key in ("n_paths", "steps", "kernel"):
         if key in quick_spec:
             run[key] = quick_spec[key]
     if paths:
@@ -154,7 +156,7 @@ def machine_info() -> dict:
     import jax
     import psutil
 
-    from engine.sim import devices
+    from engine.sim import cpu_devices, devices
 
     model = platform.processor()
     try:
@@ -169,7 +171,7 @@ def machine_info() -> dict:
         "host": platform.node(),
         "cpu_model": model,
         "cpu_cores": os.cpu_count(),
-        "cores_available": devices.available_cores(),
+        "cores_available": cpu_devices.available_cores(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "jax": jax.__version__,
@@ -240,13 +242,16 @@ def _step_cost(params, static, n_paths: int) -> dict:
     keys = path_keys(0, 0, n_paths)
     kernel = form(static)
 
-    def one_step(states, t):
-        sched = params.schedule
-        prepared = kernel.prepare(params, static)
-        draws = step_draws(keys, t, params, static)
+    # Prepared once, as the rollout does, and an argument of the step, not a constant of it:
+    # XLA folds constants at compile time (the ladder's sort of W4's book took 26 s).
+    prepared = kernel.prepare(params, static)
+
+    def one_step(states, prepared, t):
+        sched = prepared.schedule
+        draws = step_draws(keys, t, prepared, static)
         return kernel.market_batch(states, draws, t, sched.shock[t], sched.flow[t], prepared, static)
 
-    cost = jax.jit(one_step).lower(states, 0).compile().cost_analysis()
+    cost = jax.jit(one_step).lower(states, prepared, 0).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     per = lambda key: float(cost.get(key, 0.0)) / n_paths
     return {
@@ -491,7 +496,9 @@ def results_dir(out: Path | None, save: bool, name: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="liqstress benchmarks (see benchmarks/README.md)")
-    p.add_argument("--quick", action="store_true", help="the seconds-long variant of each workload")
+    p.add_argument(
+        "--quick", action="store_true", help="small variants of the workloads (W1-W4: about 2 minutes in all)"
+    )
     p.add_argument("--workload", action="append", choices=sorted(WORKLOADS), help="repeatable; default W1-W4")
     p.add_argument("--paths", type=int, help="override the number of paths")
     p.add_argument("--steps", type=int, help="override the number of steps")

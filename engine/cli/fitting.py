@@ -91,6 +91,20 @@ def _joint_plan(jc) -> str:
     )
 
 
+def _backtest_plan(jc, held: list[str]) -> str:
+    """What `liqstress backtest` runs: per held-out event, a joint fit on the others with the
+    backtest's seeds, then its exact-kernel prediction on fresh paths."""
+    s, b = jc.calibration, jc.backtest
+    seeds = list(b.seeds or s.seeds)
+    return (
+        f"backtest holding out {', '.join(held)} one at a time ({len(held)} folds): each fold fits "
+        f"{len(jc.params)} shared parameters and the other events' shocks on {len(jc.events) - 1} events "
+        f"(seeds {seeds}{'' if b.seeds else ', the calibration seeds'}, {s.iterations} iterations of "
+        f"{s.n_paths} paths), then predicts the held-out event on {b.n_paths:,} exact-kernel paths "
+        f"(seed {b.seed}, {b.band:.0%} band)"
+    )
+
+
 def _is_joint(config: Path) -> bool:
     """Whether the config file is a joint calibration over events (its `kind`)."""
     try:
@@ -286,7 +300,7 @@ def backtest(
     held = list(dict.fromkeys(event or events))
     if dry_run:
         out().print(
-            f"{config}: ok: hold out {', '.join(held)}; {_joint_plan(jc)}; would write to {target}",
+            f"{config}: ok: {_backtest_plan(jc, held)}; would write to {target}",
             highlight=False,
             soft_wrap=True,
         )
@@ -318,8 +332,11 @@ def backtest(
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
-    """Run benchmarks/run.py of a source checkout (arguments pass through, e.g. --quick);
-    results go to a new runs/<time>_bench_<name>/, to benchmarks/results/ only with --save."""
+    """Run the benchmarks of a source checkout: --quick the small variants of W1-W4 (about 2
+    minutes on 2 idle cores), without it their full sizes (hours).
+
+    Arguments pass through to benchmarks/run.py; results go to a new runs/<time>_bench_<name>/,
+    to benchmarks/results/ only with --save."""
     import subprocess
 
     import engine

@@ -46,7 +46,7 @@ def maintenance_amounts(tiers: tuple[Tier, ...]) -> np.ndarray:
     """Maintenance amount (USD) of each bracket, making `notional * rate - amount` continuous.
 
     amount_i = amount_{i-1} + floor_i * (rate_i - rate_{i-1}), floor_i = the upper bound of the
-    bracket below (../shared/DATA.md).
+    bracket below (docs/data.md).
     """
     amounts = np.zeros(len(tiers))
     for i in range(1, len(tiers)):

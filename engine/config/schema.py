@@ -33,7 +33,7 @@ class Tier(Strict):
     mmr: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 
 
-# Binance USD(S)-M BTCUSDT brackets, 2021 snapshot (../shared/DATA.md; they change over time).
+# Binance USD(S)-M BTCUSDT brackets, 2021 snapshot (docs/data.md; they change over time).
 BINANCE_BTC_TIERS: tuple[Tier, ...] = tuple(
     Tier(max_notional_usd=n, max_leverage=lev, mmr=m)
     for n, lev, m in [
@@ -56,7 +56,7 @@ class Exchange(Strict):
 
     tiers: tuple[Tier, ...] = BINANCE_BTC_TIERS
     # Clearance (liquidation) fee, fraction of notional, paid to the insurance fund;
-    # about 0.3-0.5% publicly reported (../shared/DATA.md).
+    # about 0.3-0.5% publicly reported (docs/data.md).
     clearance_fee: Annotated[float, Field(ge=0, lt=0.1, allow_inf_nan=False)] = 0.005
 
     @field_validator("tiers")
@@ -268,7 +268,7 @@ class Policy(Strict):
     leverage_cap: Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)] = 125.0
     leverage_cap_mode: Literal["reduce_size", "add_margin"] = "reduce_size"
     breaker: Breaker = Breaker()
-    # One venue's shared BTC/ETH/BNB fund was about $1.23 B before 10 Oct 2025 (DATA.md).
+    # One venue's shared BTC/ETH/BNB fund was about $1.23 B before 10 Oct 2025 (docs/data.md).
     insurance_fund_usd: NonNegFloat = 1.23e9
     backstop_capacity_usd: NonNegFloat = 0.0
     # Price concession the backstop vault takes on what it absorbs (fraction of the mark).

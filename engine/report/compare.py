@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import xarray as xr
+from rich.console import Group
 from rich.table import Table
 
 from engine.report import plots
@@ -25,7 +26,7 @@ from engine.report.results import (
     metrics,
     policies,
 )
-from engine.report.summary import book_rows, cell, few_paths_note
+from engine.report.summary import book_rows, cell, few_paths_note, short_usd
 from engine.report.units import usd
 from engine.sim import tipping
 
@@ -55,9 +56,10 @@ def pct(x: float) -> str:
 
 
 def _diff_text(name: str, d: float, se: float) -> str:
+    """`d ± 1.96 se` (`± n/e` without a standard error)."""
     if name == "max_drawdown":
-        return f"{d:+.2%} ± {Z95 * se:.2%}"
-    return f"{usd(d, signed=True)} ± {usd(Z95 * se)}"
+        return f"{d:+.2%} ± {cell(Z95 * se, lambda x: f'{x:.2%}')}"
+    return f"{usd(d, signed=True)} ± {cell(Z95 * se, usd)}"
 
 
 def tables(
@@ -123,27 +125,61 @@ def few_paths_notes(pols: list[PolicyResult]) -> list[str]:
     return [note for n in sizes if (note := few_paths_note(n))]
 
 
-def rich_table(pols: list[PolicyResult], asset: str, title: str) -> Table:
-    """The metrics and the paired difference of liquidations, for the terminal."""
-    _, rows, _, drows = tables(pols, asset)
-    diff_by_label = {r[0]: r[1] for r in drows}
-    t = Table(title=title, caption="\n".join(few_paths_notes(pols)) or None)
-    short = [
-        "policy",
-        "liq. median",
-        "liq. q99",
-        "liq. ES99",
-        "bad debt",
-        "P(bad debt)",
-        "fund draw",
-        "fund q99",
-        "Δ liq. (95%)",
-    ]
-    for h in short:
-        t.add_column(h, justify="left" if h == "policy" else "right", no_wrap=h == "policy")
-    for p, r in zip(pols, rows):
-        t.add_row(*r[:8], diff_by_label[p.label] + (" (baseline)" if p.baseline else ""))
+def _terminal_table(title: str, head: list[str], rows: list[list[str]], caption: str | None = None) -> Table:
+    """A table of the terminal: policy labels wrap (at their commas), numbers never do, so
+    that it fits `WIDTH` columns without cutting a number to "…"."""
+    t = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    for h in head:
+        t.add_column(h, justify="left" if h == "policy" else "right", no_wrap=h != "policy")
+    for r in rows:
+        t.add_row(*r)
     return t
+
+
+def rich_table(pols: list[PolicyResult], asset: str, title: str) -> Group:
+    """The key metrics and the difference of mean liquidations against the baseline, for the
+    terminal: two tables (liquidations; bad debt and the insurance fund) that fit an 80-column
+    terminal (`engine.report.summary.WIDTH`); unpaired rows (another run's paths) are marked."""
+    ref = next(p for p in pols if p.baseline)
+    labels, liq, losses = [], [], []
+    for p in pols:
+        m = metrics(p)
+        labels.append(p.label + (" (baseline)" if p.baseline else "" if p.paired else " (unpaired)"))
+        if p.baseline:
+            diff = BASELINE_DIFF
+        else:
+            d, se, _ = difference(p, ref, "liquidated_total")
+            diff = f"{usd(d, signed=True, short=True)} ± {cell(Z95 * se, short_usd)}"
+        liq.append([cell(m[k], short_usd) for k in ("liq_median", "liq_q99", "liq_es99")] + [diff])
+        losses.append(
+            [short_usd(m["bad_debt_mean"]), f"{m['p_bad_debt']:.3f}", short_usd(m["fund_mean"])]
+            + [cell(m["fund_q99"], short_usd)]
+        )
+    unpaired = sorted({p.run for p in pols if not p.paired})
+    notes = [
+        "Δ mean: mean difference against the baseline, ± its 95% interval"
+        + (
+            f"; unpaired rows ({', '.join(unpaired)}: other paths than the baseline's) combine "
+            "both runs' standard errors (report.md says why)"
+            if unpaired
+            else " (paired: the same paths)"
+        )
+        + ".",
+        *few_paths_notes(pols),
+    ]
+    return Group(
+        _terminal_table(
+            f"{title}: liquidated notional, all assets (USD)",
+            ["policy", "median", "q99", "ES99", "Δ mean"],
+            [[label, *r] for label, r in zip(labels, liq)],
+        ),
+        _terminal_table(
+            "bad debt and insurance fund (USD; means unless marked)",
+            ["policy", "bad debt", "P(bad debt)", "fund draw", "fund q99"],
+            [[label, *r] for label, r in zip(labels, losses)],
+            "\n".join(notes),
+        ),
+    )
 
 
 def fund_note(pols: list[PolicyResult]) -> str | None:
@@ -200,9 +236,10 @@ def pairing_notes(cubes: list[tuple[str, xr.Dataset]]) -> list[str]:
 
 
 def diagnostics(pols: list[PolicyResult]) -> list[str]:
-    """Warnings, one per kernel limit that bit (`DIAGNOSTIC_ADVICE`): how many paths of which
-    policies, what it means, and what to change. Empty when no path was affected."""
-    out = []
+    """Warnings: the runs' own (`warnings` of the cube: levers that cannot change anything, an
+    odd book), then one per kernel limit that bit (`DIAGNOSTIC_ADVICE`): how many paths of which
+    policies, what it means, and what to change. Empty when there is nothing to say."""
+    out = list(dict.fromkeys(w for p in pols for w in str(p.ds.attrs.get("warnings", "")).splitlines() if w))
     for name, (meaning, fix) in DIAGNOSTIC_ADVICE.items():
         hit = [(p, int(p.ds[name])) for p in pols if name in p.ds and int(p.ds[name]) > 0]
         if hit:

@@ -1,9 +1,11 @@
 """Progress of a run for people: a rich progress bar on a terminal, plain log lines otherwise,
-and a forecast after the first chunk (`FirstChunk`).
+and a forecast after the first calls (`Forecast`).
 
-All take `engine.runs.execute.RunProgress` events. Work is counted in path-points (one path
-under one grid point, the baseline's repeat in each part included), so the rate is paths per
-second and the ETA covers the whole sweep.
+All take `engine.runs.execute.RunProgress` events, one after every compiled call (about a
+second of work each, `engine.sim.cost`). Work is counted in path-points, paths x points (one
+path under one grid point, the baseline's repeat in each part included; a chunk in progress by
+the share of its steps done), so the rate is path-points per second and the ETA covers the
+whole sweep.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from engine.runs.execute import RunProgress
 class _Rate(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} paths/s" if speed else "-- paths/s", style="progress.data.speed")
+        text = f"{speed:,.0f} path-points/s" if speed else "-- path-points/s"
+        return Text(text, style="progress.data.speed")
 
 
 def _hms(seconds: float) -> str:
@@ -40,7 +43,8 @@ def _hms(seconds: float) -> str:
 
 
 class BarReporter:
-    """A rich progress bar: points and paths done, paths/s, elapsed time and ETA."""
+    """A rich progress bar: points and path-points (paths x points) done, their rate, elapsed
+    time and ETA."""
 
     def __init__(self, console: Console, title: str):
         self.progress = Progress(
@@ -48,7 +52,7 @@ class BarReporter:
             BarColumn(bar_width=20),
             TaskProgressColumn(),
             TextColumn("points {task.fields[points]}"),
-            TextColumn("paths {task.completed:,.0f}/{task.total:,.0f}"),
+            TextColumn("path-points {task.completed:,.0f}/{task.total:,.0f}"),
             _Rate(),
             TimeElapsedColumn(),
             TextColumn("ETA"),
@@ -95,7 +99,7 @@ class LogReporter:
             self.t0, self.last, self.work0 = now, now, ev.work_done
             self._line(
                 f"{self.title}: {ev.points_total} points in {ev.parts_total} parts, "
-                f"{ev.parts_done} done, {ev.work_total:,} path-points"
+                f"{ev.parts_done} done, {ev.work_total:,} path-points (paths x points)"
             )
             return
         if ev.part_finished is None and now - self.last < self.every_s:
@@ -107,7 +111,8 @@ class LogReporter:
         what = f"part {ev.part_finished} done" if ev.part_finished is not None else "working"
         self._line(
             f"{what} | parts {ev.parts_done}/{ev.parts_total} | points {ev.points_done}/{ev.points_total} | "
-            f"paths {ev.work_done:,}/{ev.work_total:,} | {rate:,.0f} paths/s | elapsed {_hms(elapsed)} | "
+            f"path-points {ev.work_done:,.0f}/{ev.work_total:,} | {rate:,.0f} path-points/s | "
+            f"elapsed {_hms(elapsed)} | "
             f"ETA {'--' if math.isnan(eta) else _hms(eta)}"
         )
 
@@ -116,32 +121,37 @@ class LogReporter:
         print(f"[{stamp}] {text}", file=self.stream, flush=True)
 
 
-class FirstChunk:
-    """Progress that, once the run's first chunk is done, says (through `say`) how long it took
-    (compilation included) and how long the rest takes at that pace, then passes every event on
-    to `progress`."""
+class Forecast:
+    """Progress that passes every event on to `progress` and, once the run's second compiled call
+    is done, says (through `say`) how long the first took (compilation included) and how long
+    the rest takes at the pace of the second (compilation excluded): seconds after the start,
+    not after the first chunk."""
 
     def __init__(self, progress: Callable[[RunProgress], None], say: Callable[[str], None]):
         self.progress, self.say = progress, say
-        self.start: tuple[float, int] | None = None  # (time, work done) of the first event
+        self.marks: list[tuple[float, float]] = []  # (time, work done) of the start and first calls
         self.told = False
 
     def __call__(self, ev: RunProgress) -> None:
         self.progress(ev)
-        now = time.perf_counter()
-        if self.start is None:
-            self.start = (now, ev.work_done)
+        if self.told:
             return
-        t0, work0 = self.start
+        now = time.perf_counter()
+        if self.marks and ev.work_done <= self.marks[-1][1]:
+            return  # no new work (a rerun's call, a part's end)
+        self.marks.append((now, ev.work_done))
         left = ev.work_total - ev.work_done
-        if not self.told and ev.work_done > work0 and left > 0:
-            self.told = True
-            elapsed, done = now - t0, ev.work_done - work0
-            self.say(
-                f"first chunk: {done:,} path-points in {elapsed:.1f} s, compilation included "
-                f"(so this overestimates); the other {left:,} at that pace: "
-                f"about {duration(left * elapsed / done)}"
-            )
+        if len(self.marks) < 3 or left <= 0:
+            self.told = left <= 0
+            return
+        self.told = True
+        (t0, _), (t1, w1), (t2, w2) = self.marks
+        rate = (w2 - w1) / (t2 - t1)
+        self.say(
+            f"first call: {w1 - self.marks[0][1]:,.0f} path-points (paths x points) in {t1 - t0:.1f} s, "
+            f"compilation included; the next: {w2 - w1:,.0f} in {t2 - t1:.1f} s; the other {left:,.0f} "
+            f"at that pace: about {duration(left / rate)}"
+        )
 
 
 def duration(seconds: float) -> str:

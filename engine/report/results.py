@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import xarray as xr
 
-from engine.report.summary import estimate
+from engine.report.summary import estimate, mc_error
 
 Z95 = 1.959963984540054
 LOSSES = (
@@ -99,12 +99,13 @@ def metrics(p: PolicyResult) -> dict[str, float]:
 
 
 def difference(p: PolicyResult, ref: PolicyResult, name: str) -> tuple[float, float, bool]:
-    """Mean difference of `name` against the reference, its standard error, and whether paired."""
+    """Mean difference of `name` against the reference, its standard error (NaN where a run
+    has too few paths for one, `engine.report.summary.mc_error`), and whether paired."""
+    err = lambda r, key: mc_error(int(r.ds.attrs["n_paths"]), float(lead(r.ds[key])))
     if p.paired:
-        return float(lead(p.ds[f"{name}_diff_mean"])), float(lead(p.ds[f"{name}_diff_se"])), True
+        return float(lead(p.ds[f"{name}_diff_mean"])), err(p, f"{name}_diff_se"), True
     d = float(lead(p.ds[f"{name}_mean"])) - float(lead(ref.ds[f"{name}_mean"]))
-    se = math.hypot(float(lead(p.ds[f"{name}_mc_se"])), float(lead(ref.ds[f"{name}_mc_se"])))
-    return d, se, False
+    return d, math.hypot(err(p, f"{name}_mc_se"), err(ref, f"{name}_mc_se")), False
 
 
 def lead_asset(cube: xr.Dataset) -> str:

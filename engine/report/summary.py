@@ -1,8 +1,9 @@
 """A plain-text summary of a simulation's key figures (rich table).
 
 Quantiles and ES99 that the cube flags as not estimable (too few paths; `engine.sim.reduce`) are
-shown as `n/e`, with a note that says what each needs; runs of fewer than 100 paths also get
-a warning.
+shown as `n/e`, with a note that says what each needs; so is a standard error from one path.
+Runs of fewer than 100 paths also get a warning. The table fits an 80-column terminal
+(`WIDTH`): amounts in three significant digits, long labels wrapped.
 """
 
 from __future__ import annotations
@@ -20,15 +21,25 @@ from engine.sim.reduce import ES_LEVEL, ESTIMATED, MIN_ES_TAIL_PATHS, QUANTILES,
 NOT_ESTIMABLE = "n/e"
 # Below this many paths even q99 is not estimable: the whole table describes a handful of paths.
 FEW_PATHS = 100
+# A standard error needs two paths: from one the cube's sample variance (and so its s.e.) is 0.
+MIN_SE_PATHS = 2
+# Columns of the terminal: `summary_table` renders at this width, and the tables `compare`
+# prints fit it.
+WIDTH = 80
 
 ROWS = (
-    ("liquidated_total", "Liquidated, all assets (USD)"),
-    ("trader_loss", "Trader losses (USD)"),
-    ("insurance_fund_draw", "Insurance fund draw (USD)"),
-    ("adl_notional", "ADL notional (USD)"),
-    ("bad_debt", "Bad debt (USD)"),
-    ("largest_account_loss", "Largest loss of one account (USD)"),
+    ("liquidated_total", "Liquidated, all assets"),
+    ("trader_loss", "Trader losses"),
+    ("insurance_fund_draw", "Insurance fund draw"),
+    ("adl_notional", "ADL notional"),
+    ("bad_debt", "Bad debt"),
+    ("largest_account_loss", "Largest loss of one account"),
 )
+
+
+def short_usd(x: float) -> str:
+    """A USD amount for the terminal's tables (three significant digits)."""
+    return usd(x, short=True)
 
 
 def estimate(ds: xr.Dataset, name: str, level: float | None = None) -> xr.DataArray:
@@ -59,12 +70,19 @@ def paths_needed(level: float | None = None) -> int:
     return math.ceil(round(1.0 / beyond, 6))
 
 
+def mc_error(n_paths: int, se: float) -> float:
+    """A Monte Carlo standard error, NaN (shown `n/e`) when `n_paths` is too few to have one."""
+    return se if n_paths >= MIN_SE_PATHS else math.nan
+
+
 def few_paths_note(n_paths: int) -> str:
     """What a run of `n_paths` cannot estimate and what each statistic needs ('' if none)."""
     levels = [q for q, s in zip(QUANTILES, quantile_status(n_paths, QUANTILES)) if s != ESTIMATED]
     needs = {f"q{100 * q:g}": (paths_needed(q), "") for q in levels}
     if es_status(n_paths) != ESTIMATED:
         needs["ES99"] = (paths_needed(), f" ({MIN_ES_TAIL_PATHS} paths beyond q99)")
+    if n_paths < MIN_SE_PATHS:
+        needs["a standard error"] = (MIN_SE_PATHS, "")
     if not needs:
         return ""
     paths = f"{n_paths:,} path{'s' * (n_paths != 1)}"
@@ -78,21 +96,32 @@ def few_paths_note(n_paths: int) -> str:
     return note
 
 
+def render(table) -> str:
+    """A rich renderable as the text of an 80-column terminal (`WIDTH`)."""
+    buf = io.StringIO()
+    Console(file=buf, width=WIDTH, force_terminal=False).print(table)
+    return buf.getvalue()
+
+
 def summary_table(ds: xr.Dataset, point: int = 0) -> str:
-    """Median, 99% quantile, ES99 and mean +- MC error of the key outputs at one point."""
+    """Median, 99% quantile, ES99 and mean +- MC error of the key outputs at one point, as
+    text at most `WIDTH` columns wide (amounts in USD, three significant digits)."""
     p = ds.isel(point=point)
     n = int(ds.attrs["n_paths"])
-    t = Table(title=f"liqstress: {n:,} paths, point {point}", caption=few_paths_note(n) or None)
-    for col in ("metric", "median", "q99", "ES99", "mean", "± MC s.e."):
-        t.add_column(col, justify="right" if col != "metric" else "left")
+    t = Table(
+        title=f"liqstress: {n:,} paths, point {point} (amounts in USD)", caption=few_paths_note(n) or None
+    )
+    t.add_column("metric")
+    for col in ("median", "q99", "ES99", "mean", "± MC s.e."):
+        t.add_column(col, justify="right", no_wrap=True)
     for name, label in ROWS:
         t.add_row(
             label,
-            cell(float(estimate(p, name, 0.5)), usd),
-            cell(float(estimate(p, name, 0.99)), usd),
-            cell(float(estimate(p, name)), usd),
-            usd(float(p[f"{name}_mean"])),
-            usd(float(p[f"{name}_mc_se"])),
+            cell(float(estimate(p, name, 0.5)), short_usd),
+            cell(float(estimate(p, name, 0.99)), short_usd),
+            cell(float(estimate(p, name)), short_usd),
+            short_usd(float(p[f"{name}_mean"])),
+            cell(mc_error(n, float(p[f"{name}_mc_se"])), short_usd),
         )
     pct = lambda v: f"{v:.1%}"
     for a in ds.asset.values:
@@ -103,23 +132,21 @@ def summary_table(ds: xr.Dataset, point: int = 0) -> str:
             cell(float(estimate(dd, "max_drawdown", 0.99)), pct),
             "",
             pct(float(dd["max_drawdown_mean"])),
-            f"{float(dd['max_drawdown_mc_se']):.2%}",
+            cell(mc_error(n, float(dd["max_drawdown_mc_se"])), lambda v: f"{v:.2%}"),
         )
     long = float(p["liquidated_notional_mean"].sel(side="long").sum())
     total = float(p["liquidated_total_mean"])
     t.add_row("Long share of liquidations", f"{long / total:.1%}" if total > 0 else "n/a", "", "", "", "")
     t.add_row("P(bad debt > 0)", f"{float(p['p_bad_debt']):.3f}", "", "", "", "")
-    for label, value in book_rows(p):
+    for label, value in book_rows(p, short_usd):
         t.add_row(label, value, "", "", "", "")
-    buf = io.StringIO()
-    Console(file=buf, width=110, force_terminal=False).print(t)
-    return buf.getvalue()
+    return render(t)
 
 
-def book_rows(p: xr.Dataset) -> list[tuple[str, str]]:
+def book_rows(p: xr.Dataset, fmt=usd) -> list[tuple[str, str]]:
     """Rows on what the book's detail did at one point (means over paths), where it did
     something: stops, positions and accounts liquidated, notional closed by holders next to the
-    liquidated, cross-margin and collateral shares."""
+    liquidated, cross-margin and collateral shares; amounts written by `fmt`."""
     if "stop_notional_mean" not in p:  # a cube written before books had detail
         return []
     mean = lambda name: float(p[f"{name}_mean"].sum())
@@ -130,10 +157,10 @@ def book_rows(p: xr.Dataset) -> list[tuple[str, str]]:
     rows = [("Positions liquidated (mean)", f"{mean('positions_liquidated'):,.0f}")]
     if "voluntary_closed_mean" in p and mean("voluntary_closed") > 0:
         # holders' voluntary closing (`market.derisk`) next to the forced kind
-        rows.append(("Liquidated (mean, USD)", usd(total)))
-        rows.append(("Closed by holders (mean, USD)", usd(mean("voluntary_closed"))))
+        rows.append(("Liquidated (mean, USD)", fmt(total)))
+        rows.append(("Closed by holders (mean, USD)", fmt(mean("voluntary_closed"))))
     if mean("stop_notional") > 0:
-        rows.append(("Stop orders triggered (mean, USD)", usd(mean("stop_notional"))))
+        rows.append(("Stop orders triggered (mean, USD)", fmt(mean("stop_notional"))))
     if float(by_mode.sel(margin_mode="cross")) > 0:
         cross = float(by_mode.sel(margin_mode="cross")) / entry
         rows.append(("Accounts liquidated (mean)", f"{mean('accounts_liquidated'):,.0f}"))

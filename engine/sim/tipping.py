@@ -87,12 +87,15 @@ class TippingProbe:
 
 
 def summary_line(cube: xr.Dataset) -> str:
-    """One line on a run's tipping share (its range and highest point when a sweep has several
-    points), or "" when the run had the probe off."""
+    """One line, in plain words, on a run's tipping share (its range and highest point when a
+    sweep has several points), or "" when the run had the probe off."""
     if "tipping_share" not in cube:
         return ""
     share, sampled = cube["tipping_share"], int(cube["tipping_sampled"].max())
-    text = f"Tipping paths (liquidations move > {TIPPING_RTOL:.1%} if the draws move {NUDGE_ULPS:.0f} ulps): "
+    text = (
+        "Paths at a tipping point (a rounding-sized change of their random draws, like the one "
+        f"between a CPU and a GPU, moves their liquidations by more than {TIPPING_RTOL:.1%}): "
+    )
     lo, hi = float(share.min()), float(share.max())
     if lo == hi:
         return text + f"{hi:.1%} of {sampled} sampled"

@@ -173,7 +173,11 @@ def synthetic_events(jc, truth, shocks):
         (_, st), _ = objective(u, us, word64(0), pr.weight)
         st = np.asarray(st, float)
         ev = draft[name]
-        ev["outcomes"]["liquidations_usd"]["value"] = float(st[0])
+        # medians of parts can add up to more than the median of the total: a range reaching
+        # their sum keeps the event plausible (parts not above the total) and the fit's error 0
+        total = float(st[0])
+        high = max(total, float(st[2]) + float(st[3]))
+        ev["outcomes"]["liquidations_usd"] = {**fig(total, "USD"), "low": total, "high": high}
         ev["outcomes"]["long_share"]["value"] = float(st[1])
         ev["outcomes"]["by_asset_usd"] = {"BTC": fig(float(st[2]), "USD"), "SOL": fig(float(st[3]), "USD")}
         ev["price_path"]["BTC"]["fall"]["value"] = float(st[4])

@@ -18,7 +18,7 @@ def _point(mean: float, se: float, diff: float, diff_se: float) -> xr.Dataset:
 
         v[f"{name}_mean"], v[f"{name}_mc_se"] = val(mean), val(se)
         v[f"{name}_diff_mean"], v[f"{name}_diff_se"] = val(diff), val(diff_se)
-    return xr.Dataset(v, coords={"asset": ["BTC", "ETH"]})
+    return xr.Dataset(v, coords={"asset": ["BTC", "ETH"]}, attrs={"n_paths": 100})
 
 
 def test_paired_difference_uses_the_cube_and_unpaired_combines_errors():
