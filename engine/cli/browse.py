@@ -11,11 +11,12 @@ import typer.core
 from rich.table import Table
 
 from engine.cli.run import warn
-from engine.cli.shell import app, fail, out
+from engine.cli.shell import app, fail, out, warning
 from engine.config import events as E
 from engine.config import synthetic
 from engine.config.errors import ConfigError
 from engine.config.files import load_config, load_study
+from engine.fit.book_map import observables
 from engine.report import compare as R
 from engine.runs import execute, listing, rundir
 from engine.sim.distributed import EXIT_FAILED, EXIT_USAGE
@@ -106,6 +107,8 @@ def validate(
         highlight=False,
         soft_wrap=True,
     )
+    for line in study.warnings:
+        warning(line)
 
 
 @app.command("make-book")
@@ -115,25 +118,28 @@ def make_book(
         str | None, typer.Option("--config", help="Scenario whose assets, open interest and book to follow.")
     ] = None,
     positions: Annotated[int, typer.Option("--positions", help="Number of positions.")] = 100_000,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="Random seed (as run.seed).")] = 0,
     cross_share: Annotated[
         float, typer.Option("--cross-share", help="Share of the positions that are cross margin (0 to 1).")
     ] = 0.0,
     accounts: Annotated[
-        int, typer.Option("--accounts", help="Cross-margin accounts the cross positions are spread over.")
-    ] = 0,
+        int | None,
+        typer.Option("--accounts", help="Cross-margin accounts the cross positions are spread over."),
+    ] = None,
     collateral_share: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--collateral-share",
-            help="Share of the accounts posting margin in one of the scenario's collateral assets.",
+            help="Share of the accounts posting margin in one of the scenario's collateral assets "
+            f"[default: {synthetic.COLLATERAL_SHARE}].",
         ),
-    ] = 0.5,
+    ] = None,
     stop_share: Annotated[
         float, typer.Option("--stop-share", help="Share of the isolated positions with a stop price.")
     ] = 0.0,
 ) -> None:
-    """Write a synthetic positions file (for `book.positions`) following a scenario's book."""
+    """Write a synthetic positions file (for `book.positions`) following a scenario's book.
+    A request beyond the memory available is refused with the memory it needs."""
     try:
         # the scenario's own book (and its sweep) is not read: the file written may be it
         cfg = load_config(config)
@@ -142,10 +148,15 @@ def make_book(
             positions,
             seed,
             cross_share=cross_share,
-            accounts=accounts,
-            collateral_share=collateral_share,
+            accounts=accounts or 0,
+            collateral_share=synthetic.COLLATERAL_SHARE if collateral_share is None else collateral_share,
             stop_share=stop_share,
         )
+        # None: not given (an option given that cannot change the book is a warning)
+        for note in synthetic.idle_options(
+            cfg, cross_share=cross_share, accounts=accounts, collateral_share=collateral_share
+        ):
+            warning(note)
         synthetic.write_positions(table, out_file)
     except ConfigError as e:
         raise fail(str(e), EXIT_USAGE) from None
@@ -158,9 +169,20 @@ def _figure(f: E.Figure | None, fmt) -> str:
     """A figure for a table: its value, or its range where sources disagree."""
     if f is None:
         return "–"
-    if f.low is not None and f.low != f.high:
+    if f.low is not None and fmt(f.low) != fmt(f.high):
         return f"{fmt(f.low)}–{fmt(f.high)}"
     return fmt(f.central)
+
+
+def _neutral(ev: E.Event) -> str:
+    """The pre-event figures the book map takes as neutral (the event lacks them), by figure:
+    "funding_8h (ETH, SOL); ..."."""
+    _, missing = observables(ev, list(ev.pre_event.assets))
+    by_field: dict[str, list[str]] = {}
+    for item in missing:
+        asset, field = item.split(".", 1)
+        by_field.setdefault(field, []).append(asset)
+    return "; ".join(f"{field} ({', '.join(assets)})" for field, assets in by_field.items()) or "none"
 
 
 @app.command()
@@ -170,9 +192,10 @@ def events(
     ] = None,
 ) -> None:
     """List the event library (engine/events/) or check event files: date, reported
-    liquidations, long share and traders liquidated, each with its sources in the file."""
+    liquidations, long share and traders liquidated, each with its sources in the file, and
+    the pre-event figures the book map takes as neutral because the event lacks them."""
     try:
-        found = {p.stem: E.load_event(p) for p in files} if files else E.library()
+        found = {str(p): E.load_event(p) for p in files} if files else E.library()
     except ConfigError as e:
         raise fail(str(e), EXIT_USAGE) from None
     t = Table(title=f"{len(found)} event(s)")
@@ -189,3 +212,5 @@ def events(
             ", ".join(ev.pre_event.assets),
         )
     out().print(t)
+    for name, ev in found.items():
+        out().print(f"{name}: the book map takes as neutral: {_neutral(ev)}", highlight=False, soft_wrap=True)

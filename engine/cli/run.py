@@ -13,7 +13,7 @@ import typer.core
 from engine.cli.shell import ARGV, app, err, fail, out, print_version, say, warning
 from engine.config.errors import ConfigError, SimulationError
 from engine.report import compare as R
-from engine.report.progress import BarReporter, FirstChunk, LogReporter
+from engine.report.progress import BarReporter, Forecast, LogReporter
 from engine.report.summary import summary_table
 from engine.runs import execute, launch, rundir
 from engine.runs.rundir import RunDir
@@ -219,9 +219,11 @@ def _run(
     err().print(
         f"{study.name}: {plan(study.config, study.points).describe()}", highlight=False, soft_wrap=True
     )
+    for line in study.warnings:
+        warning(line)
     try:
         with Interrupts() as interrupts, reporter:
-            progress = interrupts.checked(FirstChunk(reporter, say))
+            progress = interrupts.checked(Forecast(reporter, say))
             cube = execute.execute(
                 the_run, progress=progress, shard=the_shard, leader=leader, report=write_report
             )

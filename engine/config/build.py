@@ -274,9 +274,7 @@ def build_schedule(cfg: Config) -> Schedule:
         lo, hi = min(f.start_step, steps), min(f.start_step + f.steps, steps)
         flow[lo:hi, names.index(f.asset)] += f.usd / f.steps
     depeg = depeg_schedule(cfg)
-    return Schedule(
-        shock=shock, flow=flow, depeg=depeg
-    )
+    return Schedule(shock=shock, flow=flow, depeg=depeg)
 
 
 def host_params(cfg: Config) -> Params:

@@ -30,7 +30,7 @@ from engine.config.errors import ConfigError
 from engine.config.sweep import Study
 from engine.model.outputs import OUTPUTS
 from engine.runs import cube as C
-from engine.runs.provenance import source_string
+from engine.runs.provenance import sha256_file, source_string
 from engine.runs.rundir import (
     CONFIG,
     CUBE,
@@ -42,7 +42,6 @@ from engine.runs.rundir import (
     flock,
     iso,
     locked,
-    sha256_file,
     utc_now,
 )
 from engine.sim.distributed import Leader
@@ -50,10 +49,11 @@ from engine.sim.distributed import Leader
 
 @dataclass(frozen=True)
 class RunProgress:
-    """Progress of a run: path-points (one path under one point) done of the total,
-    grid points finished, and the part that just finished (None inside a part)."""
+    """Progress of a run: path-points (paths x points: one path under one point) done of the
+    total, a chunk in progress counted by the share of its steps done (`ChunkProgress`), grid
+    points finished, and the part that just finished (None inside a part)."""
 
-    work_done: int
+    work_done: float
     work_total: int
     points_done: int
     points_total: int
@@ -187,7 +187,7 @@ def _run_parts(
     }
     total = (sum(work.values()), sum(len(p["points"]) for p in parts), len(parts))
 
-    def report(extra: int = 0, finished: int | None = None) -> None:
+    def report(extra: float = 0, finished: int | None = None) -> None:
         if progress:
             progress(
                 RunProgress(
@@ -346,6 +346,8 @@ def assemble(run: RunDir) -> xr.Dataset:
         "run_id": m["run_id"],
         "jax_backend": m["jax"]["backend"],
     }
+    if run.study.warnings:  # levers that cannot change anything, an odd book: the report repeats them
+        attrs["warnings"] = "\n".join(run.study.warnings)
     return C.assemble(run.study, parts, attrs)
 
 

@@ -49,7 +49,9 @@ def configure_host_devices(n: int | None = None) -> int | None:
     Returns the number set, or None when it was left alone (see the module docstring).
     """
     chosen = os.environ.get("JAX_NUM_CPU_DEVICES")
-    if FORCE_FLAG in os.environ.get("XLA_FLAGS", "") or (chosen is not None and chosen != os.environ.get(OURS)):
+    if FORCE_FLAG in os.environ.get("XLA_FLAGS", "") or (
+        chosen is not None and chosen != os.environ.get(OURS)
+    ):
         return None
     jax = sys.modules.get("jax")
     if jax is not None and _backend_ready(jax):

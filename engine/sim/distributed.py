@@ -196,8 +196,8 @@ class Leader:
 
 def follow(progress: Callable | None = None) -> int:
     """A process other than 0 in a multi-process run (see `Leader`): simulate each call process
-    0 sends (with `progress`, called after each chunk), write nothing, and return process 0's
-    exit code once it sends that."""
+    0 sends (with `progress`, called after each compiled call), write nothing, and return
+    process 0's exit code once it sends that."""
     while "exit" not in (message := broadcast_json()):
         simulate(message["config"], message["points"], baseline=message["baseline"], progress=progress)
     return message["exit"]
@@ -215,7 +215,8 @@ class Interrupts:
     That KeyboardInterrupt is lost when the handler runs in code whose exceptions Python ignores
     (seen: JAX's garbage-collection callback), so the block also remembers the signal
     (`terminated`), and a progress callback wrapped by `checked` raises it again at the next
-    progress report.
+    progress report. Python runs the handler only between bytecodes, not inside a compiled call,
+    so `engine.sim.simulate` makes calls of about a second each (`engine.sim.cost`).
     """
 
     def __init__(self) -> None:
@@ -235,8 +236,9 @@ class Interrupts:
         raise KeyboardInterrupt
 
     def checked(self, progress: Callable | None = None) -> Callable:
-        """A progress callback (called after every chunk) that first calls `progress`, then
-        raises KeyboardInterrupt if a SIGTERM came whose own KeyboardInterrupt was lost."""
+        """A progress callback (called after every compiled call, about a second apart) that
+        first calls `progress`, then raises KeyboardInterrupt if a SIGTERM came whose own
+        KeyboardInterrupt was lost."""
 
         def report(event) -> None:
             if progress:

@@ -12,7 +12,9 @@ across devices, and only the fan-chart histograms are summed across devices (`ps
 same code runs on host CPU devices, GPUs and, under `jax.distributed`, across processes. It
 runs the steps in segments of at most `SEGMENT_STEPS` per compiled call (`sharded_begin`,
 `sharded_advance` per segment with the carry donated, `sharded_finish`), which keeps the
-runtime's memory flat in the horizon too.
+runtime's memory flat in the horizon too. `Rollout` makes those calls one at a time, so that
+the host can wait for each (a call cannot be interrupted) and look at signals and report
+progress between them; `engine.sim.cost` sizes the segments.
 """
 
 from __future__ import annotations
@@ -282,6 +284,63 @@ def sharded_finish(carry: Carry, params: Params, static: Static, mesh: Mesh):
     )(carry, params)
 
 
+class Rollout:
+    """A chunk's compiled calls, made one at a time: `sharded_begin` and the first segment of
+    `segment_steps` steps when made, the next segment on each `advance`, `sharded_finish` in
+    `result`. Arguments as `sharded_rollout`'s. Calls are dispatched asynchronously; `wait`
+    blocks until those made are done, so that the host never waits on more than the calls it
+    made since (each about `engine.sim.cost.CALL_TARGET_S` of work)."""
+
+    def __init__(
+        self,
+        params: Params,
+        seed,
+        start,
+        n_valid,
+        static: Static,
+        n_paths: int,
+        mesh: Mesh,
+        segment_steps: int = SEGMENT_STEPS,
+        nudge=0.0,
+        offsets=None,
+        count_from=None,
+    ):
+        self.params, self.static, self.n_paths, self.mesh = params, static, n_paths, mesh
+        self.segment = min(segment_steps, static.steps)
+        self._args = (word64(seed), word64(start), n_valid)
+        self._extra = {"nudge": nudge, "offsets": offsets, "count_from": count_from}
+        self.dispatched = 0  # steps dispatched (the last segment may overrun `static.steps`)
+        self.carry = sharded_begin(params, static=static, n_paths=n_paths, mesh=mesh)
+        self.advance()
+
+    def advance(self) -> bool:
+        """Dispatch the next segment; False (and nothing dispatched) once every step is."""
+        if self.dispatched >= self.static.steps:
+            return False
+        self.carry = sharded_advance(
+            self.carry,
+            self.params,
+            *self._args,
+            self.dispatched,
+            static=self.static,
+            n_paths=self.n_paths,
+            n_steps=self.segment,
+            mesh=self.mesh,
+            **self._extra,
+        )
+        self.dispatched += self.segment
+        return True
+
+    def wait(self) -> int:
+        """Block until the calls dispatched so far are done; the steps done."""
+        jax.block_until_ready(self.carry)
+        return min(self.dispatched, self.static.steps)
+
+    def result(self):
+        """(outputs, fan) as `sharded_rollout` returns them, once every step is dispatched."""
+        return sharded_finish(self.carry, self.params, static=self.static, mesh=self.mesh)
+
+
 def sharded_rollout(
     params: Params,
     seed,
@@ -308,23 +367,9 @@ def sharded_rollout(
     In the ladder form the paths the ladder flagged (output `fallback_step`) are not complete:
     `engine.sim.fallback.complete` reruns them on the dense kernel.
     """
-    seed, start = word64(seed), word64(start)
-    n_steps = min(segment_steps, static.steps)
-    carry = sharded_begin(params, static=static, n_paths=n_paths, mesh=mesh)
-    for t0 in range(0, static.steps, n_steps):
-        carry = sharded_advance(
-            carry,
-            params,
-            seed,
-            start,
-            n_valid,
-            t0,
-            static=static,
-            n_paths=n_paths,
-            n_steps=n_steps,
-            mesh=mesh,
-            nudge=nudge,
-            offsets=offsets,
-            count_from=count_from,
-        )
-    return sharded_finish(carry, params, static=static, mesh=mesh)
+    roll = Rollout(
+        params, seed, start, n_valid, static, n_paths, mesh, segment_steps, nudge, offsets, count_from
+    )
+    while roll.advance():
+        pass
+    return roll.result()

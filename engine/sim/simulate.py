@@ -9,8 +9,12 @@ chunk is padded so that a single compiled kernel serves every chunk and every po
 is chunk-outer, point-inner so that paired differences are formed chunk by chunk.
 
 Each chunk is split over the devices of `engine.sim.devices.path_mesh()` (host CPU devices, GPUs,
-or every device of every process under `engine.sim.distributed`); the next chunk is dispatched
-before the host reduces the current one, so devices and host overlap. Under several processes
+or every device of every process under `engine.sim.distributed`) and runs as compiled calls of
+about `engine.sim.cost.CALL_TARGET_S` of work each (paths per chunk and steps per call from the
+cost model), made one at a time (`engine.sim.rollout.Rollout`): progress is reported, and
+Ctrl-C or SIGTERM honoured, after every call, within seconds even on a book whose chunk takes
+hours. The next chunk's first call is dispatched before the host reduces the current one, so
+devices and host overlap. Under several processes
 every process runs the same loop, the chunk's per-path outputs are gathered to every process
 and reduced there in the same atom order, so the statistics equal a single-process run's.
 Compiled kernels are kept in the persistent cache of `engine.sim.cache`.
@@ -34,18 +38,21 @@ from engine.config.errors import SimulationError, validated
 from engine.config.schema import Config
 from engine.model import ladder
 from engine.model import params as P
-from engine.sim import cache, devices, fallback
+from engine.sim import cache, cost, devices, fallback
 from engine.sim.dataset import to_dataset
 from engine.sim.reduce import ATOM, PointAccumulator
-from engine.sim.rollout import EXTRACT_BLOCK, dense, sharded_rollout
+from engine.sim.rollout import EXTRACT_BLOCK, Rollout, dense
 from engine.sim.tipping import NUDGE_ULPS, TippingProbe
 
 
 @dataclass(frozen=True)
 class ChunkProgress:
-    """What `simulate` reports after each chunk of each point."""
+    """What `simulate` reports after each compiled call (a few per chunk of each point).
 
-    paths_done: int  # path-points finished
+    paths_done: path-points (paths x points) done, a chunk in progress counted by the share of
+    its steps done (so not always a whole number)."""
+
+    paths_done: float
     paths_total: int
     elapsed_s: float
 
@@ -100,7 +107,8 @@ def chunk_size(cfg: Config, static: P.Static, n_devices: int = 1, per_device_bud
     device) and splits evenly over `n_devices`. The budget is for the whole
     chunk (host devices share one memory) or, with `per_device_budget` (accelerators), for
     each device's share; on host devices (no `per_device_budget`) a chunk holds at most
-    `cpu_paths_per_device` paths per device (but at least one atom).
+    `cpu_paths_per_device` paths per device. Nor more paths than one step of which takes
+    `cost.CALL_TARGET_S` (`cost.call_paths`), but at least one atom.
     """
     unit = math.lcm(ATOM, n_devices)
     if cfg.run.chunk_size:
@@ -112,6 +120,7 @@ def chunk_size(cfg: Config, static: P.Static, n_devices: int = 1, per_device_bud
             size *= n_devices
         else:
             size = min(size, cpu_paths_per_device(static) * n_devices)
+        size = min(size, cost.call_paths(static, accelerator=per_device_budget))
     size = max(unit, size // unit * unit)
     n_paths = cfg.run.n_paths
     if n_paths < unit:
@@ -123,32 +132,52 @@ def chunk_size(cfg: Config, static: P.Static, n_devices: int = 1, per_device_bud
 
 @dataclass(frozen=True)
 class Plan:
-    """How `simulate` splits each point's paths into compiled calls."""
+    """How `simulate` splits each point's paths into compiled calls, and on which kernel."""
 
     n_paths: int  # per point
-    chunk: int  # paths per compiled call (the last one padded to it)
-    chunks: int  # calls per point
-    chunk_bytes: int  # estimated device memory of one call's paths (`bytes_per_path`)
+    chunk: int  # paths per chunk (the last one padded to it)
+    chunks: int  # chunks per point
+    chunk_bytes: int  # estimated device memory of one chunk's paths (`bytes_per_path`)
+    call_steps: int  # steps per compiled call (`cost.call_steps`)
+    steps: int  # steps per path
+    kernel: str  # the kernel form, why, and what it costs (`cost.kernel_note`)
 
     def describe(self) -> str:
-        """One line for people: paths, chunks, memory per chunk."""
+        """Two lines for people: paths, chunks, calls and memory per chunk; the kernel form."""
+        mib = self.chunk_bytes / 2**20
+        memory = "under 1 MiB" if mib < 1 else f"about {mib:,.0f} MiB"
+        calls = -(-self.steps // self.call_steps)
         return (
-            f"{self.n_paths:,} paths per point in {self.chunks:,} chunk(s) of {self.chunk:,} paths; "
-            f"about {self.chunk_bytes / 2**20:,.0f} MiB of device memory per chunk"
+            f"{self.n_paths:,} paths per point in {self.chunks:,} chunk(s) of {self.chunk:,} paths, "
+            f"each in {calls:,} call(s) of {self.call_steps:,} steps; {memory} of device memory per chunk\n"
+            f"{self.kernel}"
         )
 
 
 def plan(config: Config | dict, points: Sequence[Config] | None = None) -> Plan:
-    """The chunks `simulate` will run `config` (and its `points`) in, on the devices of
+    """The chunks and calls `simulate` will run `config` (and its `points`) in, on the devices of
     `devices.path_mesh()`, for the kernel form the points allow (`build.specialise`)."""
     cfg = validated(config)
-    static = build.specialise(build.static_of(cfg), list(points) if points else [cfg])
+    pts = list(points) if points else [cfg]
+    static = build.specialise(build.static_of(cfg), pts)
     mesh = devices.path_mesh()
-    accelerator = mesh.devices.flat[0].platform != "cpu"
+    accelerator = _accelerator(mesh)
     size = chunk_size(cfg, static, mesh.size, per_device_budget=accelerator)
     itemsize = 8 if cfg.run.dtype == "float64" else 4
     n = cfg.run.n_paths
-    return Plan(n, size, math.ceil(n / size), size * bytes_per_path(static, itemsize))
+    return Plan(
+        n_paths=n,
+        chunk=size,
+        chunks=math.ceil(n / size),
+        chunk_bytes=size * bytes_per_path(static, itemsize),
+        call_steps=cost.call_steps(static, size, accelerator),
+        steps=static.steps,
+        kernel=cost.kernel_note(static, pts),
+    )
+
+
+def _accelerator(mesh) -> bool:
+    return mesh.devices.flat[0].platform != "cpu"
 
 
 def _ahead(tasks: Iterable, launch: Callable) -> Iterator[tuple]:
@@ -242,43 +271,59 @@ def _simulate_points(
     # a generator: a run of 10**10 paths has millions of chunks
     tasks = ((start, min(size, n_paths - start), i) for start in range(0, n_paths, size) for i in order)
 
+    accelerator = _accelerator(mesh)
+    t0, total, done = time.perf_counter(), n_paths * len(pts), 0
+
+    def report(work: float) -> None:
+        if progress:
+            progress(ChunkProgress(work, total, time.perf_counter() - t0))
+
+    def roll(i, start, valid, static, n, nudge, offsets=None, count_from=None) -> Rollout:
+        steps = cost.call_steps(static, n, accelerator)
+        return Rollout(built[i][0], seed, start, valid, static, n, mesh, steps, nudge, offsets, count_from)
+
     def launch(task, nudge=0.0, chunk=size):
         start, valid, i = task
-        return sharded_rollout(
-            built[i][0], seed, start, valid, static=statics[i], n_paths=chunk, mesh=mesh, nudge=nudge
-        )
+        return roll(i, start, valid, statics[i], chunk, nudge)
 
-    def collect(task, current, nudge=0.0, chunk=size):
-        """The chunk's (outputs, fan) on the host, the paths the ladder flagged rerun dense."""
+    def collect(task, current, tick=lambda _: report(total), nudge=0.0, chunk=size):
+        """The chunk's (outputs, fan) on the host, the paths the ladder flagged rerun dense;
+        tick(steps done) after each call."""
         start, valid, i = task
 
         def rerun(offsets, count_from, n):
-            return _to_host(
-                sharded_rollout(
-                    built[i][0], seed, start, n, static=dense(statics[i]), n_paths=offsets.size, mesh=mesh,
-                    nudge=nudge, offsets=offsets, count_from=count_from,
-                )
-            )  # fmt: skip
+            again = roll(i, start, n, dense(statics[i]), offsets.size, nudge, offsets, count_from)
+            return _to_host(_calls(again, lambda _: tick(static.steps)))
 
-        return fallback.complete(*_to_host(current), valid, rerun, EXTRACT_BLOCK * mesh.size, chunk)
+        return fallback.complete(
+            *_to_host(_calls(current, tick)), valid, rerun, EXTRACT_BLOCK * mesh.size, chunk
+        )
 
-    t0, done = time.perf_counter(), 0
     base_out = None
     probe = TippingProbe(min(cfg.run.tipping_paths, n_paths), len(pts))
     for (start, valid, i), current in _ahead(tasks, launch):
-        out, fan = collect((start, valid, i), current)
+        tick = lambda steps, done=done, valid=valid: report(done + valid * steps / static.steps)
+        out, fan = collect((start, valid, i), current, tick)
         probe.keep(i, start, out)
         if i == baseline:
             base_out = out
         accs[i].add(out, fan, valid, base_out)
         done += valid
-        if progress:
-            progress(ChunkProgress(done, n_paths * len(pts), time.perf_counter() - t0))
     _check_finite(accs)
     _rerun_nudged(probe, launch, collect, order, n_paths, probe.chunk(size, EXTRACT_BLOCK * mesh.size))
     price0 = [np.asarray(b[0].market.price0, float) for b in built]
     results = [a.result(p0) | probe.result(i) for i, (a, p0) in enumerate(zip(accs, price0))]
     return to_dataset(cfg, results, static)
+
+
+def _calls(roll: Rollout, tick: Callable[[int], None]):
+    """`roll`'s (outputs, fan) on its devices, made call by call: the host waits for each call
+    (so that a signal is handled between calls, not after the whole chunk) and then calls
+    `tick(steps done)`."""
+    while True:
+        tick(roll.wait())
+        if not roll.advance():
+            return roll.result()
 
 
 def _check_finite(accs: list[PointAccumulator]) -> None:
@@ -299,5 +344,5 @@ def _rerun_nudged(
     for start in probe.starts(chunk):
         for i in order:
             task = (start, min(chunk, n_paths - start), i)
-            nudged, _ = collect(task, launch(task, NUDGE_ULPS, chunk), NUDGE_ULPS, chunk)
+            nudged, _ = collect(task, launch(task, NUDGE_ULPS, chunk), nudge=NUDGE_ULPS, chunk=chunk)
             probe.compare(i, start, nudged)

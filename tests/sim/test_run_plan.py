@@ -56,12 +56,14 @@ def test_chunks_are_dispatched_one_ahead_without_listing_them():
 
 
 class _StopAfter(LogReporter):
-    """The plain reporter, interrupted (as by Ctrl-C) at its third event: after the first chunk."""
+    """The plain reporter, interrupted (as by Ctrl-C) once the work done took a fourth value:
+    after the forecast, which comes with the third (the start, then one event per compiled
+    call; the ladder's dense reruns report no new work)."""
 
     def __call__(self, ev) -> None:
         super().__call__(ev)
-        self.calls = getattr(self, "calls", 0) + 1
-        if self.calls == 3:
+        self.seen = getattr(self, "seen", set()) | {ev.work_done}
+        if len(self.seen) == 4:
             raise KeyboardInterrupt
 
 
@@ -73,9 +75,27 @@ def test_ten_billion_paths_do_not_start_silently(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli.app, argv)
     assert result.exit_code == 130, result.output
     plan = S.plan({**TINY, "run": {**TINY["run"], "n_paths": 10**10}})
-    before, after = result.output.split("first chunk:", 1)
-    assert plan.describe() in before and "MiB of device memory per chunk" in before
-    done = re.match(r" ([\d,]+) path-points in ([\d.]+) s", after)
-    assert done and int(done[1].replace(",", "")) == plan.chunk
-    left = 10**10 - plan.chunk
+    assert plan.call_steps == 8  # one call per chunk: the forecast comes after two chunks
+    before, after = result.output.split("first call:", 1)
+    assert plan.describe() in before and "of device memory per chunk" in before
+    assert "kernel: ladder" in before
+    done = re.match(r" ([\d,]+) path-points \(paths x points\) in ([\d.]+) s, compilation included; "
+                    r"the next: ([\d,]+) in ([\d.]+) s", after)  # fmt: skip
+    assert done and int(done[1].replace(",", "")) == int(done[3].replace(",", "")) == plan.chunk
+    left = 10**10 - 2 * plan.chunk
     assert f"the other {left:,} at that pace: about " in after
+
+
+def test_plan_says_calls_memory_and_kernel():
+    """Steps per call from the cost model, memory below a MiB as such, and the kernel form."""
+    plan = S.plan(TINY)
+    memory = (
+        "64 paths per point in 1 chunk(s) of 64 paths, each in 1 call(s) of 8 steps; "
+        "under 1 MiB of device memory per chunk"
+    )
+    kernel = (
+        "kernel: dense, for a small run (the ladder pays from 5,000,000,000 paths x steps x cohorts; "
+        'run.kernel = "ladder" forces it); about 0.6x the cost per path-step of the ladder '
+        "(README: Kernel forms and their cost)"
+    )
+    assert plan.describe().splitlines() == [memory, kernel]

@@ -26,6 +26,19 @@ def test_chunk_size_does_not_change_any_number():
         xr.testing.assert_identical(ds, runs[0])
 
 
+def test_calls_of_any_number_of_steps_give_the_same_numbers_and_report_each_call(monkeypatch):
+    """The run in calls of 5 steps (the last of its 5 calls overrunning the 24 steps) and in
+    calls sized by the cost model (one call of 24 here): bitwise equal Datasets; progress
+    comes after every call, counting path-points by the share of steps done."""
+    cfg = config(n_paths=256, tipping_paths=0)
+    whole = simulate(cfg)
+    events = []
+    monkeypatch.setattr(simulate_module.cost, "call_steps", lambda static, n, accelerator: 5)
+    xr.testing.assert_identical(simulate(cfg, progress=events.append), whole)
+    assert [e.paths_done for e in events] == [256 * min(t, 24) / 24 for t in (5, 10, 15, 20, 25)]
+    assert {e.paths_total for e in events} == {256}
+
+
 def test_same_seed_same_numbers_other_seed_other_numbers():
     a, b, c = (simulate(config(n_paths=256, seed=s)) for s in (5, 5, 6))
     xr.testing.assert_identical(a, b)
@@ -57,13 +70,13 @@ def test_kernel_forms_are_chosen_per_point(monkeypatch):
     """`simulate` runs `run_cascade_whole` for a point that closes whole positions and the
     general cascade for one that liquidates partially, in the same call."""
     seen = []
-    real = simulate_module.sharded_rollout
+    real = simulate_module.Rollout
 
-    def spy(*args, static, **kw):
+    def spy(params, seed, start, n_valid, static, *args):
         seen.append(static.whole_only)
-        return real(*args, static=static, **kw)
+        return real(params, seed, start, n_valid, static, *args)
 
-    monkeypatch.setattr(simulate_module, "sharded_rollout", spy)
+    monkeypatch.setattr(simulate_module, "Rollout", spy)
     cfg = config(n_paths=256)
     partial = Config.model_validate(
         small_dict(
