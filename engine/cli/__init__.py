@@ -15,7 +15,7 @@ options, prints, and maps exceptions to exit codes.
 
 With no command it runs the default scenario. Exit codes: 0 success; 2 invalid config or
 usage (one message, nothing written); 1 runtime failure (parts already written are kept for
-`--resume`); 130 interrupted (Ctrl-C or SIGTERM; also resumable): `engine.sim.distributed.EXIT_*`.
+`--resume`); 130 interrupted (Ctrl-C or SIGTERM; also resumable): `engine.sim.process.EXIT_*`.
 """
 
 from __future__ import annotations

@@ -11,15 +11,17 @@ import typer.core
 from rich.table import Table
 
 from engine.cli.run import warn
-from engine.cli.shell import app, fail, out, warning
+from engine.cli.shell import app, fail, lazy, out, warning
 from engine.config import events as E
 from engine.config import synthetic
 from engine.config.errors import ConfigError
 from engine.config.files import load_config, load_study
-from engine.fit.book_map import observables
-from engine.report import compare as R
-from engine.runs import execute, listing, rundir
-from engine.sim.distributed import EXIT_FAILED, EXIT_USAGE
+from engine.config.observables import observables
+from engine.runs import listing, rundir
+from engine.sim.process import EXIT_FAILED, EXIT_USAGE
+
+R = lazy("engine.report.compare")
+execute = lazy("engine.runs.execute")
 
 
 @app.command()

@@ -15,7 +15,7 @@ from engine.config.errors import ConfigError, SimulationError
 from engine.config.files import read_toml, resolve_config_path
 from engine.report.units import usd
 from engine.runs import rundir
-from engine.sim.distributed import EXIT_USAGE
+from engine.sim.process import EXIT_USAGE
 
 
 def _fit(

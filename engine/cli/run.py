@@ -5,21 +5,35 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import typer.core
 
-from engine.cli.shell import ARGV, app, err, fail, out, print_version, say, warning
+from engine.cli.shell import ARGV, app, err, fail, lazy, out, print_version, say, warning
 from engine.config.errors import ConfigError, SimulationError
-from engine.report import compare as R
-from engine.report.progress import BarReporter, Forecast, LogReporter
-from engine.report.summary import summary_table
-from engine.runs import execute, launch, rundir
-from engine.runs.rundir import RunDir
-from engine.sim import distributed, tipping
-from engine.sim.distributed import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Interrupts
-from engine.sim.simulate import plan
+from engine.runs import rundir
+from engine.sim.process import (
+    ENV_COORDINATOR,
+    ENV_NUM_PROCESSES,
+    ENV_PROCESS_ID,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Interrupts,
+)
+
+if TYPE_CHECKING:
+    from engine.runs.rundir import RunDir
+
+R = lazy("engine.report.compare")
+reporting = lazy("engine.report.progress")
+summary = lazy("engine.report.summary")
+execute = lazy("engine.runs.execute")
+launch = lazy("engine.runs.launch")
+distributed = lazy("engine.sim.distributed")
+tipping = lazy("engine.sim.tipping")
+simulate = lazy("engine.sim.simulate")
 
 
 def join_processes(
@@ -57,7 +71,7 @@ def show_summary(cube, run_id: str) -> None:
             )
         )
     else:
-        out().print(summary_table(cube.expand_dims("point")), end="")
+        out().print(summary.summary_table(cube.expand_dims("point")), end="")
     if tip := tipping.summary_line(cube):
         out().print(tip)
     warn(pols)
@@ -131,7 +145,7 @@ def run(
         str | None,
         typer.Option(
             "--coordinator",
-            envvar=distributed.ENV_COORDINATOR,
+            envvar=ENV_COORDINATOR,
             help="HOST:PORT of process 0 of a multi-process run (with --num-processes and --process-id); "
             "process 0 writes the run directory, the others only simulate.",
             show_default=False,
@@ -142,7 +156,7 @@ def run(
         typer.Option(
             "--num-processes",
             min=1,
-            envvar=distributed.ENV_NUM_PROCESSES,
+            envvar=ENV_NUM_PROCESSES,
             help="Processes of a multi-process run.",
             show_default=False,
         ),
@@ -152,7 +166,7 @@ def run(
         typer.Option(
             "--process-id",
             min=0,
-            envvar=distributed.ENV_PROCESS_ID,
+            envvar=ENV_PROCESS_ID,
             help="This process's index in a multi-process run (0 to --num-processes minus 1).",
             show_default=False,
         ),
@@ -215,15 +229,19 @@ def _run(
     again = f"liqstress run --resume {path}{shard_opt}"
     title = f"{study.name}: {len(study.points)} points x {study.config.run.n_paths:,} paths"
     use_bar = err().is_terminal if bar is None else bar
-    reporter = BarReporter(err(), study.name) if use_bar else LogReporter(sys.stderr, title)
+    reporter = (
+        reporting.BarReporter(err(), study.name) if use_bar else reporting.LogReporter(sys.stderr, title)
+    )
     err().print(
-        f"{study.name}: {plan(study.config, study.points).describe()}", highlight=False, soft_wrap=True
+        f"{study.name}: {simulate.plan(study.config, study.points).describe()}",
+        highlight=False,
+        soft_wrap=True,
     )
     for line in study.warnings:
         warning(line)
     try:
         with Interrupts() as interrupts, reporter:
-            progress = interrupts.checked(Forecast(reporter, say))
+            progress = interrupts.checked(reporting.Forecast(reporter, say))
             cube = execute.execute(
                 the_run, progress=progress, shard=the_shard, leader=leader, report=write_report
             )

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from importlib import metadata
+from types import ModuleType
 
 import typer
 import typer.core
 from rich.console import Console
 from rich.text import Text
 
-from engine.sim.distributed import EXIT_INTERRUPTED, Interrupts
+from engine.sim.process import EXIT_INTERRUPTED, Interrupts
 
 
 class _Group(typer.core.TyperGroup):
@@ -46,6 +48,21 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 ARGV: list[str] = []
+
+
+def lazy(name: str) -> ModuleType:
+    """Module `name`, executed on first use of one of its attributes (importlib's LazyLoader).
+    The commands' modules import what they run this way: JAX, xarray and matplotlib load for
+    the commands that use them, and `--version`, `list`, `validate` and `events` answer fast."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
 
 
 def out() -> Console:

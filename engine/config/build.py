@@ -148,7 +148,7 @@ def market_params(cfg: Config) -> MarketParams:
         tail_dof=dt(cfg.market.tail_dof),
         garch_alpha=dt(cfg.market.garch_alpha),
         garch_beta=dt(cfg.market.garch_beta),
-        jump_cdf=dt(_poisson().cdf(np.arange(JUMP_MAX), lam)),
+        jump_cdf=dt(_poisson_cdf(np.arange(JUMP_MAX), lam)),
         jump_cdf_max=dt(1.0 - jump_truncation(cfg)),
         jump_mean=dt(col(lambda a: a.jump_mean)),
         jump_std=dt(col(lambda a: a.jump_std)),
@@ -169,14 +169,22 @@ def market_params(cfg: Config) -> MarketParams:
 def jump_truncation(cfg: Config) -> float:
     """Probability mass of more than JUMP_MAX jumps in one step (counted as JUMP_MAX; the
     kernel flags the paths where it happened, `jump_truncated`)."""
-    return float(_poisson().sf(JUMP_MAX, cfg.market.jump_intensity_per_day / cfg.steps_per_day))
+    return float(_poisson_sf(JUMP_MAX, cfg.market.jump_intensity_per_day / cfg.steps_per_day))
 
 
-def _poisson():
-    """SciPy's Poisson distribution, imported when a book is built, not when a config is read."""
-    from scipy.stats import poisson
+def _poisson_cdf(k, lam):
+    """P(N <= k), N ~ Poisson(lam): SciPy's special function (what `scipy.stats.poisson.cdf`
+    computes), imported when parameters are built, not when a config is read."""
+    from scipy.special import pdtr
 
-    return poisson
+    return pdtr(k, lam)
+
+
+def _poisson_sf(k, lam):
+    """P(N > k), N ~ Poisson(lam), like `_poisson_cdf`."""
+    from scipy.special import pdtrc
+
+    return pdtrc(k, lam)
 
 
 def cohorts(cfg: Config) -> Cohorts:

@@ -3,7 +3,7 @@ event's book as functions of what was public before it, with a few parameters sh
 events (`BookMap`).
 
 The book's leverage mix and entry distribution are the least observable and the most decisive
-inputs. The map reads, per asset (`Observables`; a figure an event does not have takes the
+inputs. The map reads, per asset (`engine.config.observables`; a figure an event does not have takes the
 neutral value in brackets):
 
 - f, funding in excess of the 0.01% per 8 h baseline, in units of 0.01% [0];
@@ -30,20 +30,14 @@ gradient reaches them (`engine.fit.joint`).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from pydantic import Field
 
-from engine.config.events import Event
+from engine.config.observables import Observables
 from engine.config.strict import Strict
 from engine.model.params import BookParams
 from engine.model.sides import by_side, side_matrix
-
-# The funding rate per 8 h that counts as neutral (the common baseline), fraction.
-BASE_FUNDING_8H = 1e-4
 
 
 class BookMap(Strict):
@@ -62,36 +56,6 @@ class BookMap(Strict):
 
 
 FIELDS = tuple(BookMap.model_fields)
-
-
-class Observables(NamedTuple):
-    """Per-asset observables `[assets]` (see the module docstring)."""
-
-    funding: np.ndarray  # excess funding, units of 0.01% per 8 h
-    growth: np.ndarray  # open-interest growth over the lookback, fraction
-    log_return: np.ndarray  # log price return over the lookback
-    log_ratio: np.ndarray  # log accounts long / short
-
-
-def observables(event: Event, assets: list[str]) -> tuple[Observables, tuple[str, ...]]:
-    """The observables of `assets` from the event's pre-event figures (their central values),
-    and "ASSET.field" of each figure the event does not have (it took its neutral value)."""
-    missing: list[str] = []
-
-    def get(asset: str, name: str, neutral: float, transform) -> float:
-        fig = getattr(event.pre_event.assets[asset], name)
-        if fig is None:
-            missing.append(f"{asset}.{name}")
-            return neutral
-        return float(transform(fig.central))
-
-    cols = {
-        "funding": [get(a, "funding_8h", 0.0, lambda x: x / BASE_FUNDING_8H - 1.0) for a in assets],
-        "growth": [get(a, "open_interest_growth", 0.0, float) for a in assets],
-        "log_return": [get(a, "price_return", 0.0, np.log1p) for a in assets],
-        "log_ratio": [get(a, "long_short_ratio", 0.0, np.log) for a in assets],
-    }
-    return Observables(**{k: np.asarray(v, float) for k, v in cols.items()}), tuple(missing)
 
 
 def long_share(values: dict, obs: Observables):

@@ -22,6 +22,7 @@ import numpy as np
 
 from engine.config import build
 from engine.config.events import Event
+from engine.config.observables import Observables, observables
 from engine.config.schema import Config
 from engine.fit import book_map
 from engine.fit.common import (
@@ -108,7 +109,7 @@ class EventData(NamedTuple):
     base: P.Params
     unit_shock: jnp.ndarray
     shock0: jnp.ndarray
-    obs: book_map.Observables
+    obs: Observables
     oi: jnp.ndarray
     coverage: jnp.ndarray
     goal: jnp.ndarray
@@ -234,7 +235,7 @@ def make_problem(jc: JointConfig, name: str, event: Event, lay: Layout) -> Event
         unit = np.log if t.kind in LOG_KINDS else float
         goal[i], low[i], high[i] = unit(t.value), unit(t.low), unit(t.high)
     weight[list(index)] = [getattr(jc.weights, t.kind) for t in targets]
-    obs, missing = book_map.observables(event, assets)
+    obs, missing = observables(event, assets)
     masks = np.array([[1.0 if a is None or a == x else 0.0 for x in assets] for _, _, a in lay.slots])
     with precision(cfg.run.dtype):
         params, static = build.build(cfg)
@@ -247,7 +248,7 @@ def make_problem(jc: JointConfig, name: str, event: Event, lay: Layout) -> Event
             base=params._replace(temperature=arr(s.temperature)),
             unit_shock=build.build_schedule(unit_cfg).shock.astype(dtype),
             shock0=arr(cfg.scenario.shock),
-            obs=book_map.Observables(*(arr(x) for x in obs)),
+            obs=Observables(*(arr(x) for x in obs)),
             oi=arr([a.open_interest_usd for a in cfg.market.assets.values()]),
             coverage=arr(coverage(event)),
             goal=arr(goal),

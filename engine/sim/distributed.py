@@ -16,8 +16,8 @@ Launching:
 `liqstress run` joins with `--coordinator/--num-processes/--process-id` (or those variables)
 or `--distributed` (auto-detection). The whole lifecycle of such a run lives here: the runtime
 (`initialize`), the messages (`broadcast_json`), who decides and who follows (`Leader`,
-`leading`, `follow`, `following`), signals (`Interrupts`: SIGTERM as KeyboardInterrupt) and the
-exit codes (`EXIT_*`, `exit_code`, `abandon`).
+`leading`, `follow`, `following`) and how a process ends (`exit_code`, `abandon`); the exit
+codes, signals and environment names themselves are in `engine.sim.process`.
 
 On CPUs the cross-process collectives use gloo (TCP); on GPUs JAX uses NCCL.
 """
@@ -32,7 +32,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn, Self
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
@@ -41,17 +41,16 @@ from jax.experimental import multihost_utils
 
 from engine.config.errors import SimulationError
 from engine.config.schema import Config
+from engine.sim.process import (
+    ENV_COORDINATOR,
+    ENV_NUM_PROCESSES,
+    ENV_PROCESS_ID,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Interrupts,
+)
 from engine.sim.simulate import simulate
-
-# Exit codes of `liqstress` and of every process of a multi-process run.
-EXIT_OK = 0
-EXIT_FAILED = 1  # a runtime failure (parts already written are kept)
-EXIT_USAGE = 2  # an invalid config or usage (one message, nothing written)
-EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
-
-ENV_COORDINATOR = "LIQSTRESS_COORDINATOR"
-ENV_NUM_PROCESSES = "LIQSTRESS_NUM_PROCESSES"
-ENV_PROCESS_ID = "LIQSTRESS_PROCESS_ID"
 
 
 def _env_int(name: str) -> int | None:
@@ -206,47 +205,6 @@ def follow(progress: Callable | None = None) -> int:
 # --------------------------------------------------------------------------------------
 # Signals and exit codes
 # --------------------------------------------------------------------------------------
-
-
-class Interrupts:
-    """Inside `with Interrupts() as interrupts:` SIGTERM (e.g. from SLURM or `kill`) raises
-    KeyboardInterrupt, like Ctrl-C.
-
-    That KeyboardInterrupt is lost when the handler runs in code whose exceptions Python ignores
-    (seen: JAX's garbage-collection callback), so the block also remembers the signal
-    (`terminated`), and a progress callback wrapped by `checked` raises it again at the next
-    progress report. Python runs the handler only between bytecodes, not inside a compiled call,
-    so `engine.sim.simulate` makes calls of about a second each (`engine.sim.cost`).
-    """
-
-    def __init__(self) -> None:
-        self.terminated = False
-        self._previous: Any = None
-
-    def __enter__(self) -> Self:
-        self.terminated = False
-        self._previous = signal.signal(signal.SIGTERM, self._terminate)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-
-    def _terminate(self, signum, frame) -> None:
-        self.terminated = True
-        raise KeyboardInterrupt
-
-    def checked(self, progress: Callable | None = None) -> Callable:
-        """A progress callback (called after every compiled call, about a second apart) that
-        first calls `progress`, then raises KeyboardInterrupt if a SIGTERM came whose own
-        KeyboardInterrupt was lost."""
-
-        def report(event) -> None:
-            if progress:
-                progress(event)
-            if self.terminated:
-                raise KeyboardInterrupt
-
-        return report
 
 
 def exit_code(err: BaseException) -> tuple[int, bool]:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from engine.cli import app
 from engine.config import build
 from engine.config.events import Event
+from engine.config.observables import Observables, observables
 from engine.fit import backtest as bt
 from engine.fit import book_map, joint
 from engine.fit import event_problem as ep
@@ -106,7 +107,7 @@ def base_book(jc):
 def test_map_keeps_each_sides_open_interest_at_the_mapped_long_share():
     jc = config()
     cfg, params = base_book(jc)
-    obs = book_map.Observables(*(jnp.asarray(x) for x in ([2.0, -1.0], [0.3, 0.0], [0.2, -0.1], [0.4, -0.2])))
+    obs = Observables(*(jnp.asarray(x) for x in ([2.0, -1.0], [0.3, 0.0], [0.2, -0.1], [0.4, -0.2])))
     values = {**jc.book_map.model_dump(), "tilt_funding": 0.3, "entry_lag": 0.5}
     oi = jnp.asarray([40e9, 8e9])
     book = book_map.apply(params.book, params.market.price0, oi, obs, values, cfg.book.entry_log_std)
@@ -123,7 +124,7 @@ def test_map_leverage_and_entries_move_with_the_observables():
     oi = jnp.asarray([40e9, 8e9])
 
     def book_for(funding, ret):
-        obs = book_map.Observables(
+        obs = Observables(
             *(jnp.asarray(x) for x in ([funding] * 2, [0.0] * 2, [ret] * 2, [0.0] * 2))
         )
         return book_map.apply(params.book, params.market.price0, oi, obs, values, cfg.book.entry_log_std)
@@ -146,7 +147,7 @@ def test_map_leverage_and_entries_move_with_the_observables():
 def test_observables_take_neutral_values_and_name_what_is_missing():
     ev = event_dict(40e9, 8e9, 3e-4, 0.1, 1e9, 0.9, 0.1, 0.2)
     del ev["pre_event"]["assets"]["SOL"]["funding_8h"]
-    obs, missing = book_map.observables(Event.model_validate(ev), ["BTC", "SOL"])
+    obs, missing = observables(Event.model_validate(ev), ["BTC", "SOL"])
     np.testing.assert_allclose(obs.funding, [2.0, 0.0])
     np.testing.assert_allclose(obs.log_return, [np.log(1.1)] * 2)
     assert missing == ("SOL.funding_8h", "BTC.open_interest_growth", "SOL.open_interest_growth")
