@@ -124,9 +124,7 @@ def test_map_leverage_and_entries_move_with_the_observables():
     oi = jnp.asarray([40e9, 8e9])
 
     def book_for(funding, ret):
-        obs = Observables(
-            *(jnp.asarray(x) for x in ([funding] * 2, [0.0] * 2, [ret] * 2, [0.0] * 2))
-        )
+        obs = Observables(*(jnp.asarray(x) for x in ([funding] * 2, [0.0] * 2, [ret] * 2, [0.0] * 2)))
         return book_map.apply(params.book, params.market.price0, oi, obs, values, cfg.book.entry_log_std)
 
     def mean(book, x):
