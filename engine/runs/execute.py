@@ -30,7 +30,7 @@ from engine.config.errors import ConfigError
 from engine.config.sweep import Study
 from engine.model.outputs import OUTPUTS
 from engine.runs import cube as C
-from engine.runs.provenance import sha256_file, source_string
+from engine.runs.provenance import changed_input, sha256_file, source_string
 from engine.runs.rundir import (
     CONFIG,
     CUBE,
@@ -213,6 +213,8 @@ def _run_parts(
             base,
             progress=lambda pr: report(pr.paths_done),
         )
+        if why := changed_input(run.manifest.get("inputs", {})):  # edited while this session ran
+            raise ConfigError(f"part {p['index']} not written: {why}")
         path = run.path / p["file"]
         C.write_atomic(C.part_dataset(study, ds, p["points"]), path)
         elapsed = time.perf_counter() - t0

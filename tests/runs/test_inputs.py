@@ -149,3 +149,27 @@ def test_resume_from_another_directory_runs_the_book_of_the_run(tmp_path, book, 
     cli_run("run", "--resume", str(d), "--no-progress", "--no-report")
     assert json.loads((d / "manifest.json").read_text())["status"] == "complete"
     assert execute.load_cube(d).sizes["asset"] == 2
+
+
+def test_a_book_edited_while_a_run_goes_on_stops_it_before_the_next_part(tmp_path, book):
+    """Part 0 is written with the first book; the book is edited as part 0 finishes; part 1
+    is simulated (on the new book) but not written, and the run fails naming both hashes."""
+    sets = [f'book.liquidation_map="{book}"', "sweep.policy.leverage_cap=[25, 125]"]
+    sets += ['sweep.policy.breaker.kind=["none"]', "sweep.points_per_part=1", "run.n_paths=64"]
+    run = launch.start(QUICK, sets=sets, run_dir=tmp_path / "run")
+    first = sha(book)
+
+    def edit_after_part_0(ev) -> None:
+        if ev.part_finished == 0:
+            book.write_text(EDITED)
+
+    with pytest.raises(ConfigError) as err:
+        execute.execute(run, progress=edit_after_part_0)
+    assert str(err.value) == (
+        f"part 1 not written: book.liquidation_map = {book}: changed since the run started (sha256 "
+        f"{first[:12]} then, {sha(book)[:12]} now); the run's parts would mix two books: restore the "
+        "file, or start a new run"
+    )
+    parts = json.loads((run.path / "manifest.json").read_text())["parts"]
+    assert [p["status"] for p in parts] == ["done", "pending"]
+    assert not (run.path / parts[1]["file"]).exists()
