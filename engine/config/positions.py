@@ -205,11 +205,13 @@ def number_column(path, table: pa.Table, column: str) -> np.ndarray:
         values = [None if v is None or not v.strip() else v for v in col.to_pylist()]
         fail_first(path, table, column, np.array([not _is_number(v) for v in values]), "numbers")
         return np.array([np.nan if v is None else float(v) for v in values])
-    if pa.types.is_integer(col.type):
-        big = pc.or_(pc.greater(col, EXACT_INT), pc.less(col, -EXACT_INT)).fill_null(False)
+    if pa.types.is_integer(col.type) and col.type.bit_width == 64:  # narrower ones are exact
+        big = pc.greater(col, pa.scalar(EXACT_INT, col.type))  # compared in the column's own type
+        if pa.types.is_signed_integer(col.type):  # an unsigned column has no -2^53 to compare with
+            big = pc.or_(big, pc.less(col, -EXACT_INT))
         why = f"integers up to 2^53 = {EXACT_INT} in size (beyond it they are not exact as floats)"
-        fail_first(path, table, column, big.to_numpy(zero_copy_only=False), why)
-    elif not (pa.types.is_floating(col.type) or pa.types.is_null(col.type)):
+        fail_first(path, table, column, big.fill_null(False).to_numpy(zero_copy_only=False), why)
+    elif not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type)):
         fail_first(path, table, column, np.ones(len(table), bool), "numbers")
     return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
 

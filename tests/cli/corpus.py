@@ -1470,6 +1470,7 @@ def run_case(case: Case, root: Path, env: dict) -> Outcome:
         if outcome == "silent" and after is not None:
             results.append(execute(after, cwd, env))
             outcome, detail = classify_follow_up(case, results[-1])
+        detail = detail.replace(f"{home}/", "")  # the case's files by their own names
         return Outcome(case.name, case.expect, outcome, detail, results)
 
 
@@ -1502,7 +1503,7 @@ def classify(case: Case, r: Result, pre: Result | None, wrote: bool, home: Path)
         if len(errors) != 1 or missing or wrote:
             why = [f"{len(errors)} error lines"] * (len(errors) != 1) + [f"lacks {missing}"] * bool(missing)
             return "unclear", "; ".join(why + ["wrote files"] * wrote) + f": {_first_line(r.text, 'error:')}"
-        return "pass", errors[0].strip()
+        return "pass", _first_line(r.text, "error:")
     if r.rc != 0:
         return "wrong code", f"exit {r.rc}: {_first_line(r.text, 'error:')}"
     if case.expect == "warn":
@@ -1544,12 +1545,16 @@ def classify_follow_up(case: Case, r: Result) -> tuple[str, str]:
 
 
 def _first_line(text: str, key: str) -> str:
-    """The first line holding `key` (case-insensitive), else the last non-empty line."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    hit = [ln for ln in lines if key in ln.lower()]
-    if key == "traceback" and lines:  # the exception is the traceback's last line
-        return lines[-1][:300]
-    return (hit or lines[-1:] or [""])[0][:300]
+    """The message at the first line holding `key` (case-insensitive) with the lines that
+    continue it up to a blank one (an `error: file:` line gives the field on the next), else the
+    last non-empty line; for a traceback, its last line (the exception)."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    given = [ln for ln in lines if ln]
+    if key == "traceback" or not any(key in ln.lower() for ln in lines):
+        return (given[-1:] or [""])[0][:300]
+    start = next(i for i, ln in enumerate(lines) if key in ln.lower())
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i]), len(lines))
+    return " ".join(lines[start:end])[:300]
 
 
 # ----------------------------------------------------------------------------------------
@@ -1558,7 +1563,7 @@ def _first_line(text: str, key: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the corpus; exit 0 when every case passes, 1 otherwise."""
+    """Run the corpus; exit 0 when every case passes, 1 otherwise (2: the engine does not start)."""
     ap = argparse.ArgumentParser(prog="python -m tests.cli.corpus", description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", help="run the cases whose name matches this regular expression")
     ap.add_argument("--skip-slow", action="store_true", help="skip the cases that simulate")
@@ -1580,6 +1585,11 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         # a compilation cache of the corpus's own (removed with it), shared by its runs
         env = os.environ | {"JAX_PLATFORMS": "cpu", "LIQSTRESS_CACHE_DIR": str(root / "jax-cache")}
+        # an engine that does not import (a change half made) would fail every case alike
+        alive = execute(("--version",), root, env)
+        if alive.rc != 0:
+            print(f"the engine does not start; no case run:\n{alive.text}", file=sys.stderr)
+            return 2
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             done = list(pool.map(lambda c: _announce(run_case(c, root, env)), chosen))
     report(done, time.monotonic() - start)

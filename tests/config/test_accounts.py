@@ -192,15 +192,16 @@ def under_water_notional(acc, cfg: Config, move: float) -> float:
 @pytest.mark.parametrize("move", [-0.3, -0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3])
 def test_binning_moves_the_notional_under_water_little(synthetic_file, move):
     """The default bins (0.05) against one cohort per account, on the synthetic book of 2,000
-    accounts (1,563 cohorts for 1,998 accounts): the notional under water after a uniform price
-    move differs by at most 0.33% of the cross notional (measured, at no move; bound 0.5%)."""
+    accounts (1,178 cohorts for 1,997 accounts, every account alive at the start): the notional
+    under water after a uniform price move differs by at most 1.8% of the cross notional
+    (measured over seeds 1-3 of the book: 1.77%, 1.62%, 1.31% at worst, at +10% or -20%; bound 2.5%)."""
     exact = accounts.account_cohorts(config(synthetic_file, account_bin=0.0))
     binned = accounts.account_cohorts(config(synthetic_file))
     cfg = config(synthetic_file)
     price = np.array([a.price for a in cfg.market.assets.values()]) * (1 + move)
     total = np.sum(exact.quantity * price)
     diff = under_water_notional(binned, cfg, move) - under_water_notional(exact, cfg, move)
-    assert abs(diff) / total < 0.005
+    assert abs(diff) / total < 0.025
 
 
 def test_collateral_parameters_and_the_depeg_schedule(rows_file):

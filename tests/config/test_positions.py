@@ -180,6 +180,13 @@ def test_parquet_cells_pyarrow_cannot_hold_as_one_value_are_refused(tmp_path):
     assert msg in str(e.value), str(e.value)
 
 
+@pytest.mark.parametrize("values", [pa.array([2**63 + 5], pa.uint64()), pa.array([-(2**63)], pa.int64())])
+def test_integers_at_the_ends_of_their_type_are_refused_not_a_traceback(tmp_path, values):
+    path = parquet(tmp_path, notional_usd=values)
+    with pytest.raises(P.BookFileError, match=r"row 1, column notional_usd = .*allowed integers up to 2\^53"):
+        P.load_positions(path, ASSETS, n_tiers=5)
+
+
 def test_categorical_text_and_large_integer_ids_still_read(tmp_path):
     """A pandas categorical (dictionary) column is its values; an id beyond 2^53 is text, not a number."""
     path = parquet(tmp_path, asset=pa.array(["BTC"]).dictionary_encode(), position_id=pa.array([2**60]))

@@ -70,7 +70,9 @@ class _StopAfter(LogReporter):
 def test_ten_billion_paths_do_not_start_silently(tmp_path, monkeypatch):
     (tmp_path / "tiny.toml").write_text(tomli_w.dumps(TINY))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli.run, "LogReporter", _StopAfter)  # the module cli.run
+    monkeypatch.setattr(
+        cli.run.reporting, "LogReporter", _StopAfter
+    )  # engine.report.progress, as cli.run uses it
     argv = ["run", "tiny.toml", "--paths", "10000000000", "--no-progress", "--no-report"]
     result = CliRunner().invoke(cli.app, argv)
     assert result.exit_code == 130, result.output
