@@ -11,6 +11,8 @@ the scenario: a few are a stale snapshot, many a unit error (a BTC entry of 1.0)
 
 `underwater_warnings` counts them per asset (rows, positions, notional at `p0`, the first rows)
 and refuses the book when their notional exceeds `book.max_underwater_share` of the book's.
+`book_warnings` runs it with the other checks of a book against its scenario: a position larger
+than its asset's whole open interest is refused, entries far from the price are named.
 """
 
 from __future__ import annotations
@@ -137,3 +139,51 @@ def underwater_warnings(cfg: Config) -> list[str]:
             "entry_price (a price in the wrong unit does this) and leverage, or raise book.max_underwater_share"
         )
     return [f"{what}, within book.max_underwater_share = {allowed:g}"]
+
+
+# An entry this many times above or below the asset's starting price is more likely a price in
+# another unit (cents, thousands) than a trade: BTC has not moved 10x within a position's life.
+ENTRY_FACTOR = 10.0
+
+
+def oversized_rows(cfg: Config, pos: Positions, path: str) -> None:
+    """`BookFileError` naming the first row whose notional (at entry) exceeds its asset's whole
+    open interest (`market.assets.<A>.open_interest_usd`): one position cannot be larger than
+    the market it trades in (a notional in cents, or an extra digit)."""
+    oi = np.array([a.open_interest_usd for a in cfg.market.assets.values()])
+    notional = pos.quantity * pos.entry / pos.count
+    big = notional > oi[pos.asset]
+    if big.any():
+        row = int(np.argmax(big))
+        name = list(cfg.market.assets)[pos.asset[row]]
+        raise BookFileError(
+            f"{path}: row {row + 1}, column notional_usd = {notional[row]:g}: above {name}'s whole open "
+            f"interest ({usd(oi[pos.asset[row]])}, market.assets.{name}.open_interest_usd); allowed: at most "
+            f"the open interest per position ({int(big.sum()):,} rows are above it)"
+        )
+
+
+def far_entries(cfg: Config, pos: Positions, path: str) -> list[str]:
+    """One sentence naming the rows whose entry price lies more than `ENTRY_FACTOR` times above
+    or below their asset's starting price, per asset; none if there are none."""
+    p0 = np.array([a.price for a in cfg.market.assets.values()])[pos.asset]
+    far = np.abs(np.log(pos.entry / p0)) > np.log(ENTRY_FACTOR)
+    if not far.any():
+        return []
+    detail = per_asset(tuple(cfg.market.assets), pos.asset, far, pos.quantity * p0, positions=pos.count)
+    return [
+        f"{path}: entry prices more than {ENTRY_FACTOR:g}x away from the asset's starting price, a price "
+        f"in another unit? ({detail})"
+    ]
+
+
+def book_warnings(cfg: Config) -> list[str]:
+    """The checks of `cfg`'s positions file before a run: rows larger than their market and too
+    much of the book under water are refused (`BookFileError`); some of it under water, entries
+    far from the price are warnings. None without a positions file."""
+    if not cfg.book.positions:
+        return []
+    src = book_file.source_of(cfg)
+    pos = book_file.read_positions(src)
+    oversized_rows(cfg, pos, src.path)
+    return underwater_warnings(cfg) + far_entries(cfg, pos, src.path)

@@ -1,5 +1,5 @@
 """Levers that cannot change anything: sweep axes whose values all give the same simulation,
-and grid points that duplicate another.
+grid points that duplicate another, and settings of the scenario that move nothing.
 
 Two points simulate the same thing when their model parameters (`engine.config.build.
 host_params`, every leaf) and kernel form are equal: same paths, same numbers. A sweep axis is
@@ -57,6 +57,18 @@ def _why(axis: Axis, cfg: Config) -> str:
     if axis.path.startswith("collateral.") and build.collateral_params(cfg) is None:
         return "the book has no cross-margin accounts posting collateral"
     return "every value gives the same model parameters"
+
+
+def idle_settings(cfg: Config) -> list[str]:
+    """One sentence per setting of the scenario that cannot change anything: collateral assets
+    (and their depegs) on a book without cross-margin accounts to post them."""
+    if cfg.collateral and build.collateral_params(cfg) is None:
+        depegs = f" and its {len(cfg.scenario.depegs)} scenario.depegs" if cfg.scenario.depegs else ""
+        return [
+            f"collateral ({', '.join(cfg.collateral)}){depegs} cannot change anything: the book has no "
+            "cross-margin accounts to post collateral (a positions file with cross rows has them)"
+        ]
+    return []
 
 
 def lever_warnings(axes: Sequence[Axis], points: Sequence[Config], coords: Sequence[tuple]) -> list[str]:

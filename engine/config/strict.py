@@ -1,7 +1,8 @@
 """The base of every configuration model, and the number types the models share.
 
 `Strict` forbids unknown keys (a typo is an error naming its dotted path), rejects NaN and
-infinity, freezes values, and refuses booleans where a number is expected.
+infinity, freezes values, refuses booleans where a number is expected, and keeps every float
+within the range the model's float32 arithmetic holds (`MAGNITUDE`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+# Smallest and largest magnitude of a float setting other than 0. float32 holds 1e-38 to 3e38,
+# and the kernel multiplies settings (open interest by impact, prices by quantities): a
+# quadrillion USD or a 1e-15 fraction is beyond any market, and an overflow or underflow would
+# show only as non-finite outputs at run time.
+MAGNITUDE = (1e-15, 1e15)
 
 
 def _numbers_only(annotation: Any) -> bool:
@@ -41,6 +48,17 @@ class Strict(BaseModel):
     and numeric fields refuse booleans (Python would read `leverage_cap = true` as 1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _within_magnitude(cls, value: Any) -> Any:
+        for x in value if isinstance(value, tuple) else (value,):
+            if isinstance(x, float) and x != 0 and not MAGNITUDE[0] <= abs(x) <= MAGNITUDE[1]:
+                low, high = MAGNITUDE
+                raise ValueError(
+                    f"beyond the model's range: allowed 0 or a magnitude from {low:g} to {high:g}"
+                )
+        return value
 
     @field_validator("*", mode="before")
     @classmethod

@@ -444,6 +444,6 @@ def build_study(data: dict, source: str = "config") -> Study:
 def study_warnings(config: Config, axes: list[Axis], points: list[Config], coords: list[tuple]) -> list[str]:
     """The study's warnings (`Study.warnings`): levers that cannot change anything
     (`engine.config.levers`), and what the book's own checks find odd but allowed."""
-    warnings = levers.lever_warnings(axes, points, coords)
-    warnings += book_checks.underwater_warnings(config)  # BookFileError above book.max_underwater_share
+    warnings = levers.idle_settings(config) + levers.lever_warnings(axes, points, coords)
+    warnings += book_checks.book_warnings(config)  # BookFileError: rows above the market, under water
     return warnings

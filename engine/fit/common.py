@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from pydantic import BaseModel, ValidationError
 
-from engine.config import build
+from engine.config import book_checks, build
 from engine.config.errors import ConfigError, describe
 from engine.config.files import merge_tables, read_config_dict, read_toml, resolve_config_path
 from engine.config.schema import Config
@@ -53,7 +53,8 @@ def resolve_scenario(data: dict, p: Path) -> dict:
 def load_fit_config(path: str | Path, model: type[Model]) -> tuple[Model, Path]:
     """A validated `model` from a config file (by path or shipped name) whose `scenario` is
     read in by `resolve_scenario`, and the file's path; ConfigError naming the fields if not,
-    or if the relaxed kernel cannot run the scenario's book (`relaxable`)."""
+    or if the relaxed kernel cannot run the scenario's book (`relaxable`) or too much of it starts
+    beyond its liquidation price (`engine.config.book_checks`)."""
     p = resolve_config_path(path)
     data = resolve_scenario(read_toml(p), p)
     try:
@@ -64,6 +65,7 @@ def load_fit_config(path: str | Path, model: type[Model]) -> tuple[Model, Path]:
         relaxable(loaded.scenario)
     except ConfigError as err:
         raise ConfigError(f"{p}: scenario.{err}") from None
+    book_checks.book_warnings(loaded.scenario)  # a book refused by `validate` is refused here too
     return loaded, p
 
 

@@ -20,6 +20,15 @@ ONE = {"asset": ["BTC"], "side": ["long"], "notional_usd": [1e6], "entry_price":
 # (case id, files to create {name: text, bytes or an Arrow table}, argv, text the message must contain)
 CASES = [
     (
+        "a row above its asset's whole open interest",
+        {"c.toml": BOOK_TOML, "book.csv": BOOK_HEAD + "SOL,long,9e9,200,5\n"},
+        ["validate", "c.toml"],
+        (
+            "book.csv: row 2, column notional_usd = 9e+09: above SOL's whole open interest ($8 B, "
+            "market.assets.SOL.open_interest_usd); allowed: at most the open interest per position"
+        ),
+    ),
+    (
         "misspelt margin_mode",
         {"c.toml": BOOK_TOML, "book.csv": "asset,side,notional_usd,entry_price,leverage,marginmode\n"},
         ["run", "c.toml"],

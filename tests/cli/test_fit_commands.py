@@ -104,3 +104,19 @@ def test_backtest_dry_run_describes_the_backtest_with_its_own_seeds(tmp_path, mo
     assert f"seeds {seeds}" in out and f"{jc.backtest.n_paths:,} exact-kernel paths" in out
     assert f"seed {jc.backtest.seed}" in out and "joint calibration over" not in out
     assert not any(tmp_path.iterdir())
+
+
+def test_a_book_under_water_exits_2_at_dry_run_as_validate_does(tmp_path, capsys):
+    """The issue's BTC short entered at 1.0 (a price in the wrong unit): refused before any fit."""
+    book = tmp_path / "book.csv"
+    book.write_text(
+        "asset,side,notional_usd,entry_price,leverage\nBTC,short,1e6,1.0,10\nBTC,long,1e6,100000,10\n"
+        "SOL,long,1e5,200,5\nSOL,short,1e5,200,5\n"
+    )
+    scenario = small_dict(run=TINY_RUN)
+    scenario["book"] = {**scenario["book"], "positions": str(book)}
+    path = calibration_file(tmp_path, scenario=scenario)
+    assert run_cli(["calibrate", path, "--dry-run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{book}: " in err and "beyond its liquidation price" in err and "book.max_underwater_share" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["book.csv", "cal.toml"]

@@ -25,7 +25,8 @@ def test_a_depeg_axis_on_a_book_without_collateral_accounts_is_inert():
         collateral={"USDe": {"haircut": 0.05}},
         scenario={**small_dict()["scenario"], "depegs": [DEPEG]},
     )
-    (w,) = s.warnings
+    collateral, w = s.warnings
+    assert collateral.startswith("collateral (USDe) and its 1 scenario.depegs cannot change anything")
     assert w.startswith("sweep axis scenario.depegs.0.gap cannot change anything: the book has no cross")
     assert "its 2 values give the same simulation" in w
 
@@ -91,3 +92,15 @@ def test_validate_prints_the_warning(tmp_path, capsys):
     assert e.value.code in (0, None)
     err = " ".join(capsys.readouterr().err.split())
     assert "warning: sweep axis policy.breaker.threshold cannot change anything" in err
+
+
+def test_collateral_and_a_fixed_depeg_on_a_book_without_accounts_are_warned_about():
+    s = study(
+        {},
+        collateral={"USDe": {"haircut": 0.05}},
+        scenario={**small_dict()["scenario"], "depegs": [DEPEG]},
+    )
+    assert s.warnings == (
+        "collateral (USDe) and its 1 scenario.depegs cannot change anything: the book has no "
+        "cross-margin accounts to post collateral (a positions file with cross rows has them)",
+    )

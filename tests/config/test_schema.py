@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 
 import pytest
+from pydantic import ValidationError
 
 from engine import ConfigError, simulate
 from engine.config.errors import validated
+from engine.config.schema import Config
 from tests.conftest import small_dict
 
 
@@ -120,3 +122,29 @@ def test_every_number_refuses_a_boolean():
         while isinstance(field[-1], int):  # a list of numbers is named as a whole
             field.pop()
         assert str(err.value).startswith(f"{'.'.join(map(str, field))}: must be a number, not true or false")
+
+
+@pytest.mark.parametrize(
+    "section, field, value",
+    [
+        ("policy", "insurance_fund_usd", 1e300),
+        ("policy", "backstop_capacity_usd", 2e15),
+        ("scenario", "shock", -1e-300),
+    ],
+)
+def test_a_float_beyond_what_float32_arithmetic_holds_is_refused_at_load(section, field, value):
+    """1e300 used to pass validation and end the run with non-finite outputs naming no field."""
+    with pytest.raises(
+        ValidationError, match=rf"{field}\n.*beyond the model's range: allowed 0 or a magnitude"
+    ):
+        Config.model_validate(small_dict(**{section: {**small_dict()[section], field: value}}))
+
+
+def test_an_asset_price_or_volume_out_of_range_is_refused_naming_its_path():
+    assets = small_dict()["market"]["assets"]
+    for field, value in (("price", 1e300), ("daily_volume_usd", 1e-300)):
+        btc = {**assets["BTC"], field: value}
+        with pytest.raises(ValidationError, match=rf"assets\.BTC\.{field}\n.*beyond the model's range"):
+            Config.model_validate(
+                small_dict(market={**small_dict()["market"], "assets": {**assets, "BTC": btc}})
+            )
