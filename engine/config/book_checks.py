@@ -172,8 +172,10 @@ def far_entries(cfg: Config, pos: Positions, path: str) -> list[str]:
         return []
     detail = per_asset(tuple(cfg.market.assets), pos.asset, far, pos.quantity * p0, positions=pos.count)
     return [
-        f"{path}: entry prices more than {ENTRY_FACTOR:g}x away from the asset's starting price, a price "
-        f"in another unit? ({detail})"
+        (
+            f"{path}: entry prices more than {ENTRY_FACTOR:g}x away from the asset's starting price, a price "
+            f"in another unit? ({detail})"
+        )
     ]
 
 

@@ -65,8 +65,10 @@ def idle_settings(cfg: Config) -> list[str]:
     if cfg.collateral and build.collateral_params(cfg) is None:
         depegs = f" and its {len(cfg.scenario.depegs)} scenario.depegs" if cfg.scenario.depegs else ""
         return [
-            f"collateral ({', '.join(cfg.collateral)}){depegs} cannot change anything: the book has no "
-            "cross-margin accounts to post collateral (a positions file with cross rows has them)"
+            (
+                f"collateral ({', '.join(cfg.collateral)}){depegs} cannot change anything: the book has no "
+                "cross-margin accounts to post collateral (a positions file with cross rows has them)"
+            )
         ]
     return []
 

@@ -21,8 +21,10 @@ def test_entries_far_from_the_price_are_named_per_asset(tmp_path):
     s = study_of(tmp_path, "BTC,long,1e5,100,10\nBTC,short,1e5,2e6,10\nSOL,long,1e5,210,5\n")
     book = tmp_path / "book.csv"
     assert s.warnings == (
-        f"{book}: entry prices more than 10x away from the asset's starting price, a price in another "
-        "unit? (BTC: 2 rows, $100 M, rows 2, 3)",  # notional at the starting price
+        (
+            f"{book}: entry prices more than 10x away from the asset's starting price, a price in another "
+            "unit? (BTC: 2 rows, $100 M, rows 2, 3)"
+        ),  # notional at the starting price
     )
 
 

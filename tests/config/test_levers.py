@@ -101,6 +101,8 @@ def test_collateral_and_a_fixed_depeg_on_a_book_without_accounts_are_warned_abou
         scenario={**small_dict()["scenario"], "depegs": [DEPEG]},
     )
     assert s.warnings == (
-        "collateral (USDe) and its 1 scenario.depegs cannot change anything: the book has no "
-        "cross-margin accounts to post collateral (a positions file with cross rows has them)",
+        (
+            "collateral (USDe) and its 1 scenario.depegs cannot change anything: the book has no "
+            "cross-margin accounts to post collateral (a positions file with cross rows has them)"
+        ),
     )
