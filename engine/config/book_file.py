@@ -23,14 +23,13 @@ per side and asset.
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import numpy as np
 
 from engine.config.book import Cohorts, maintenance_amounts, tier_index
 from engine.config.layout import NO_STOP, cohorts_per_side, lay_out
-from engine.config.positions import BookFileError, Positions, load_positions
+from engine.config.positions import Positions, file_stamp, load_positions
 from engine.config.schema import Config
 
 
@@ -50,13 +49,9 @@ class Source(NamedTuple):
 def source_of(cfg: Config) -> Source:
     """The `Source` of `cfg.book.positions` as it is now."""
     path = cfg.book.positions
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise BookFileError(f"book.positions = {path!r}: no such file") from None
     return Source(
         path=path,
-        stamp=(st.st_mtime_ns, st.st_size),
+        stamp=file_stamp("book.positions", path),
         assets=tuple(cfg.market.assets),
         prices=tuple(a.price for a in cfg.market.assets.values()),
         n_tiers=len(cfg.exchange.tiers),

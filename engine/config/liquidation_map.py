@@ -29,7 +29,6 @@ of 1, which puts a long's liquidation price at 0), a `ConfigError`.
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,6 +46,7 @@ from engine.config.positions import (
     BookFileError,
     fail_first,
     fail_outside,
+    file_stamp,
     number_column,
     plain,
     read_table,
@@ -141,13 +141,9 @@ def _per_asset(cfg: Config) -> list[tuple[dict, dict]]:
     """`_grouped` of `cfg`'s map, computed once while the file is unchanged (a run builds the
     book several times: its size, then each point's parameters)."""
     path = cfg.book.liquidation_map
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise BookFileError(f"book.liquidation_map = {path!r}: no such file") from None
+    stamp = file_stamp("book.liquidation_map", path)
     prices = tuple((name, a.price) for name, a in cfg.market.assets.items())
     leverage = cfg.book.map_leverage
-    stamp = (st.st_mtime_ns, st.st_size)
     return _grouped(path, stamp, prices, map_tier(leverage, cfg.exchange.tiers), leverage)
 
 

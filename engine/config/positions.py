@@ -45,6 +45,8 @@ column, the value and what is allowed.
 from __future__ import annotations
 
 import difflib
+import os
+import stat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -112,12 +114,24 @@ class Positions(NamedTuple):
     stop: np.ndarray
 
 
+def file_stamp(field: str, path: str) -> tuple[int, int]:
+    """The version of the book file `path` named by config `field` (modification time in ns,
+    size in bytes), a cache key; `BookFileError` naming the field if it is not a readable file."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise BookFileError(f"{field} = {path!r}: {err.strerror.lower()}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BookFileError(f"{field} = {path!r}: not a file (allowed: a .csv or .parquet file)")
+    return st.st_mtime_ns, st.st_size
+
+
 def read_table(path: Path) -> pa.Table:
     """The file as an Arrow table (`.csv` or `.parquet`), every column as read (`plain` makes
     its columns text or numbers)."""
     path = Path(path)
     if not path.is_file():
-        raise BookFileError(f"{path}: no such file")
+        raise BookFileError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     try:
         if path.suffix.lower() == ".csv":
             return pcsv.read_csv(path)

@@ -36,3 +36,10 @@ def test_a_book_with_entries_near_the_price_has_no_warning(tmp_path):
 def test_a_position_larger_than_its_market_is_refused(tmp_path, row):
     with pytest.raises(BookFileError, match=r"row 2, column notional_usd = .*whole open interest"):
         study_of(tmp_path, row + "\n")
+
+
+def test_a_book_path_that_is_a_directory_says_so(tmp_path):
+    (tmp_path / "book.csv").mkdir()
+    (tmp_path / "c.toml").write_text(BOOK_TOML)
+    with pytest.raises(BookFileError, match=r"book.positions = '.*book.csv': not a file \(allowed: a .csv"):
+        load_study(tmp_path / "c.toml")
