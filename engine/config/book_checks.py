@@ -173,8 +173,8 @@ def far_entries(cfg: Config, pos: Positions, path: str) -> list[str]:
     detail = per_asset(tuple(cfg.market.assets), pos.asset, far, pos.quantity * p0, positions=pos.count)
     return [
         (
-            f"{path}: entry prices more than {ENTRY_FACTOR:g}x away from the asset's starting price, a price "
-            f"in another unit? ({detail})"
+            f"{path}: column entry_price: prices more than {ENTRY_FACTOR:g}x away from the asset's "
+            f"starting price, in another unit? ({detail})"
         )
     ]
 

@@ -457,9 +457,9 @@ def unit_cases() -> list[Case]:
         pos(
             "pos: a row above the asset's open interest",
             book("BTC,long,1e11,100000,1"),
-            "warn",
+            "refuse",
             "open_interest",
-            "row 2",
+            "row 2, column notional_usd",
         ),
         pos("pos: a row of 1e13 USD", book("BTC,long,1e13,100000,10"), r, *row2("notional_usd")),
     ]

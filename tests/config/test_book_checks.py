@@ -22,8 +22,8 @@ def test_entries_far_from_the_price_are_named_per_asset(tmp_path):
     book = tmp_path / "book.csv"
     assert s.warnings == (
         (
-            f"{book}: entry prices more than 10x away from the asset's starting price, a price in another "
-            "unit? (BTC: 2 rows, $100 M, rows 2, 3)"
+            f"{book}: column entry_price: prices more than 10x away from the asset's starting price, in "
+            "another unit? (BTC: 2 rows, $100 M, rows 2, 3)"
         ),  # notional at the starting price
     )
 
