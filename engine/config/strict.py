@@ -18,11 +18,11 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
-# Smallest and largest magnitude of a float setting other than 0. float32 holds 1e-38 to 3e38,
-# and the kernel multiplies settings (open interest by impact, prices by quantities): a
-# quadrillion USD or a 1e-15 fraction is beyond any market, and an overflow or underflow would
-# show only as non-finite outputs at run time.
-MAGNITUDE = (1e-15, 1e15)
+# Smallest and largest magnitude of a float setting other than 0. float32 holds 1e-38 to 3e38:
+# settings within 1e-30 to 1e30 leave the kernel's products (open interest by impact, prices by
+# quantities) room, and still take 1e30 as "no limit" (a depth without impact). Beyond them an
+# overflow or underflow would show only as non-finite outputs at run time.
+MAGNITUDE = (1e-30, 1e30)
 
 
 def _numbers_only(annotation: Any) -> bool:

@@ -128,7 +128,7 @@ def test_every_number_refuses_a_boolean():
     "section, field, value",
     [
         ("policy", "insurance_fund_usd", 1e300),
-        ("policy", "backstop_capacity_usd", 2e15),
+        ("policy", "backstop_capacity_usd", 2e30),
         ("scenario", "shock", -1e-300),
     ],
 )
