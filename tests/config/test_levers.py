@@ -106,3 +106,19 @@ def test_collateral_and_a_fixed_depeg_on_a_book_without_accounts_are_warned_abou
             "cross-margin accounts to post collateral (a positions file with cross rows has them)"
         ),
     )
+
+
+def test_a_run_warns_before_it_starts_and_its_report_repeats_the_warning(tmp_path, capsys):
+    import tomli_w
+
+    run = {"n_paths": 16, "steps": 12, "seed": 1, "cascade_rounds": 3, "max_window": 16, "fan_points": 4}
+    data = {**small_dict(run=run), "sweep": {"policy.breaker.threshold": [0.03, 0.05]}}
+    (tmp_path / "c.toml").write_text(tomli_w.dumps(data))
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    assert e.value.code in (0, None)
+    err = " ".join(capsys.readouterr().err.split())
+    plan, after = err.split("warning: sweep axis policy.breaker.threshold cannot change anything", 1)
+    assert "kernel:" in plan and "path-points" in after  # said before the run's progress
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Warnings\n\n- sweep axis policy.breaker.threshold cannot change anything" in report
