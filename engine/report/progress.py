@@ -148,10 +148,17 @@ class Forecast:
         (t0, _), (t1, w1), (t2, w2) = self.marks
         rate = (w2 - w1) / (t2 - t1)
         self.say(
-            f"first call: {w1 - self.marks[0][1]:,.0f} path-points (paths x points) in {t1 - t0:.1f} s, "
-            f"compilation included; the next: {w2 - w1:,.0f} in {t2 - t1:.1f} s; the other {left:,.0f} "
-            f"at that pace: about {duration(left / rate)}"
+            f"first call: {share(w1 - self.marks[0][1], ev.work_total)} of the work in {t1 - t0:.1f} s, "
+            f"compilation included; the next: {share(w2 - w1, ev.work_total)} in {t2 - t1:.1f} s; the "
+            f"other {share(left, ev.work_total)} at that pace: about {duration(left / rate)}"
         )
+
+
+def share(part: float, whole: float) -> str:
+    """`part` of `whole` as a percentage with two significant digits: `0.35%`, `50%`, `99.7%`
+    (a call may do a fraction of a path-point: one step of a few paths)."""
+    pct = 100.0 * part / whole
+    return f"{pct:.3g}%" if pct >= 99.5 else f"{pct:.2g}%"
 
 
 def duration(seconds: float) -> str:

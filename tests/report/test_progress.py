@@ -25,8 +25,8 @@ def test_forecast_after_the_second_call_at_its_pace(monkeypatch):
     assert [e.work_done for e in seen] == [0, 100, 100, 200, 300]
     assert said == [
         (
-            "first call: 100 path-points (paths x points) in 30.0 s, compilation included; "
-            "the next: 100 in 1.0 s; the other 9,800 at that pace: about 98 s"
+            "first call: 1% of the work in 30.0 s, compilation included; "
+            "the next: 1% in 1.0 s; the other 98% at that pace: about 98 s"
         )
     ]
 

@@ -16,6 +16,7 @@ import tomli_w
 from typer.testing import CliRunner
 
 from engine import cli
+from engine.report.progress import share
 from engine.sim import simulate as S  # the module, not the function `engine.simulate`
 from tests.conftest import small_dict
 
@@ -69,8 +70,8 @@ def test_a_signal_inside_a_long_chunk_stops_the_run_within_seconds(tmp_path, sig
     plan = S.plan(LONG)
     assert plan.chunks == 1 and -(-plan.steps // plan.call_steps) >= 4  # one chunk of several calls
     d, forecast, took = _interrupted_run(tmp_path, signum)
-    # the forecast counts calls, not the chunk: the first call's 256 x 667 / 12,000 path-points
-    first = f"{256 * plan.call_steps / 12_000:,.0f} path-points (paths x points) in "
+    # the forecast counts calls, not the chunk: the first call does call_steps of 12,000 steps
+    first = f"{share(plan.call_steps, 12_000)} of the work in "
     assert forecast.startswith(f"first call: {first}") and "the other " in forecast
     assert took < EXIT_WITHIN_S, f"{took:.1f} s from the signal to the end"
     # and well before the chunk would have ended
