@@ -149,7 +149,7 @@ class Plan:
         calls = -(-self.steps // self.call_steps)
         return (
             f"{self.n_paths:,} paths per point in {self.chunks:,} chunk(s) of {self.chunk:,} paths, "
-            f"each in {calls:,} call(s) of {self.call_steps:,} step{"s" * (self.call_steps > 1)}; {memory} of device memory per chunk\n"
+            f"each in {calls:,} call(s) of {self.call_steps:,} step{'s' * (self.call_steps > 1)}; {memory} of device memory per chunk\n"
             f"{self.kernel}"
         )
 
