@@ -306,13 +306,13 @@ def measure(
     """One workload in this process: compile, steady state, memory, baselines."""
     import jax
 
-    from engine.config import build
+    from engine.config import build, forms
     from engine.sim import devices
     from engine.sim.simulate import chunk_size, simulate
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     cfg, pts, _ = load_workload(name, quick, paths, steps, points, entry_points, kernel)
-    static = build.specialise(build.static_of(cfg), pts)  # the kernel forms `simulate` will use
+    static = forms.specialise(build.static_of(cfg), pts)  # the kernel forms `simulate` will use
     mesh = devices.path_mesh()
     size = chunk_size(cfg, static, mesh.size, per_device_budget=mesh.devices.flat[0].platform != "cpu")
     # tipping_paths 0: the figures are the simulation's throughput; the tipping probe (a rerun of

@@ -99,12 +99,12 @@ def test_workloads_have_the_stated_shapes():
 
 
 def test_quick_w4_runs_on_the_ladder_like_its_full_size():
-    from engine.config import build
+    from engine.config import build, forms
 
     bench = bench_module()
     full, pts, _ = bench.load_workload("W4")
     quick, qpts, _ = bench.load_workload("W4", quick=True)
     assert full.run.kernel == "auto" and quick.run.kernel == "ladder"
-    assert build.specialise(build.static_of(full), pts).ladder > 0  # "auto" picks it at full size
-    assert build.specialise(build.static_of(quick), qpts).ladder > 0
+    assert forms.specialise(build.static_of(full), pts).ladder > 0  # "auto" picks it at full size
+    assert forms.specialise(build.static_of(quick), qpts).ladder > 0
     assert quick.run.steps > quick.scenario.shock_start + quick.scenario.shock_steps  # the crash is in

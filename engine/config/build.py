@@ -34,7 +34,8 @@ from engine.model.params import (
 
 
 def static_of(cfg: Config) -> Static:
-    """The shape-deciding settings of `cfg` (exact kernel, general forms; see `specialise`)."""
+    """The shape-deciding settings of `cfg` (exact kernel, general forms; the faster forms a
+    point allows are chosen by `engine.config.forms.specialise`)."""
     run = cfg.run
     fan_points = min(run.fan_points, run.steps)
     stride = math.ceil(run.steps / fan_points)
@@ -60,70 +61,9 @@ def static_of(cfg: Config) -> Static:
     )
 
 
-# Least work (path-steps x cohorts per path) for which "auto" picks the ladder kernel. The ladder
-# is faster per path-step at every book size measured (CPU, 2 host devices, W1's book at
-# 8,192 x 288 paths; benchmarks/README.md) but compiles in 9-12 s instead of 3-6 s, which a
-# smaller run does not win back: W1 at 65,536 x 288 paths (4.8e9) takes dense 13.0 s + 3.6 s
-# compile, ladder 4.2 s + 12.6 s. Per point, so that a point's kernel depends on that point alone.
-LADDER_MIN_COHORT_STEPS = 5 * 10**9
-
-# Largest integer dof drawn loop-free (floor(n / 2) exponentials per path-step).
-LOOP_FREE_DOF = 16
-
-
-def specialise(static: Static, points: list[Config]) -> Static:
-    """`static` with the faster kernel forms that every one of `points` allows: the
-    whole-position cascade when no point liquidates partially, and then the ladder kernel
-    (`engine.model.ladder`), the loop-free chi-square when every point's dof is an integer up
-    to `LOOP_FREE_DOF`. A book with accounts or stop orders runs on the general dense cascade,
-    the only form that simulates them.
-
-    Voluntary closing (`Static.derisk`) is turned on where some point's rates are above 0 (a
-    `static` that has it on keeps it) and keeps every point off the ladder, whose levels cannot
-    shrink (`run.kernel = "ladder"` with it is a config error, `engine.config.schema.Config`).
-
-    The numbers of the whole-position cascade equal the general one's, the ladder's the dense
-    kernel's (to the rounding of their sums; paths it cannot finish exactly are rerun on the
-    dense kernel, `engine.sim.fallback`); the loop-free chi-square has the same distribution as
-    the gamma sampler's but other draws.
-    `engine.simulate` specialises each point on its own, so that a point's numbers depend only
-    on that point, not on which others share the call.
-    """
-    dofs = [p.market.tail_dof for p in points]
-    integer = all(d == int(d) and d <= LOOP_FREE_DOF for d in dofs)
-    general = bool(static.n_accounts or static.stops)
-    whole = not general and all(p.policy.partial_liquidation >= 1.0 for p in points)
-    derisk = static.derisk or derisks(points)
-    from engine.model import ladder  # imports JAX: only a simulation specialises
-
-    rungs = (
-        [ladder.layout(c.side, c.mmr) for c in map(cohorts, points)]
-        if whole and not derisk and _on_ladder(static, points)
-        else [(0, 0)]
-    )
-    return dataclasses.replace(
-        static,
-        derisk=derisk,
-        whole_only=whole,
-        dof_max=max(1, int(max(dofs))) if integer else 0,
-        ladder=max(r for r, _ in rungs),
-        ladder_cells=max(c for _, c in rungs),
-    )
-
-
 def derisks(points: list[Config]) -> bool:
     """Whether holders close positions voluntarily at some of `points` (`market.derisk`)."""
     return any(p.market.derisk.on for p in points)
-
-
-def _on_ladder(static: Static, points: list[Config]) -> bool:
-    """Whether points that close positions whole run on the ladder: `run.kernel`, and for "auto"
-    a run of at least `LADDER_MIN_COHORT_STEPS` path-steps x cohorts per path."""
-    kinds = {p.run.kernel for p in points}
-    if kinds == {"auto"}:
-        work = min(p.run.n_paths for p in points) * static.steps * static.n_assets * static.n_cohorts
-        return work >= LADDER_MIN_COHORT_STEPS
-    return kinds == {"ladder"}
 
 
 def dtype_of(cfg: Config) -> type:

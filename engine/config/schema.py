@@ -299,8 +299,9 @@ class RunSettings(Strict):
     # Number of time points kept for fan charts (per-step quantile bands).
     fan_points: Annotated[int, Field(ge=1, le=100_000)] = 96
     dtype: Literal["float32", "float64"] = "float32"
-    # The cascade's kernel form: "auto" (the ladder where every point closes positions whole and
-    # the book is large, `engine.config.build.specialise`), or "dense" / "ladder" to force one.
+    # The cascade's kernel form: "auto" (the ladder where the book and policy allow it and the
+    # run is large, `engine.config.forms`), or "dense" / "ladder" to force one ("ladder" is
+    # refused, naming the feature, where the book or policy needs the dense kernel).
     kernel: Literal["auto", "dense", "ladder"] = "auto"
     # Paths (the first ones) rerun with every random draw nudged by a rounding-sized amount to
     # measure the share of tipping paths (`engine.sim.tipping`); 0 turns the probe off.
@@ -347,12 +348,6 @@ class Config(Strict):
                     f"{where} = {start}: it covers steps {start} to {start + steps - 1}, past the last "
                     f"step {n - 1} (run.steps = {n}); allowed start steps for its {steps} step(s): {allowed}"
                 )
-        if self.run.kernel == "ladder" and self.market.derisk.on:
-            raise ValueError(
-                "run.kernel = 'ladder' cannot simulate market.derisk (holders closing part of "
-                "their positions; the ladder's levels cannot shrink): set run.kernel to 'auto' "
-                "or 'dense', or both market.derisk rates to 0"
-            )
         if self.policy.breaker.window >= self.run.max_window:
             raise ValueError(
                 f"policy.breaker.window ({self.policy.breaker.window}) must be below "

@@ -43,7 +43,7 @@ from typing import Annotated, Any
 import tomli_w
 from pydantic import Field, ValidationError
 
-from engine.config import book_checks, build, levers
+from engine.config import book_checks, build, forms, levers
 from engine.config.errors import ConfigError, describe
 from engine.config.schema import Config, Strict
 
@@ -437,6 +437,7 @@ def build_study(data: dict, source: str = "config") -> Study:
             where = ", ".join(f"{a.path} = {v!r}" for a, v in zip(axes, c))
             raise ConfigError(f"sweep point ({where}):\n{describe(err)}") from None
     baseline = coords.index(tuple(choice[a.path] for a in axes))
+    forms.check_forced(static[0], points)  # run.kernel = "ladder" where a point cannot take it
     warnings = tuple(study_warnings(config, axes, points, coords))
     return Study(config, tuple(axes), tuple(points), tuple(coords), baseline, spec.points_per_part, warnings)
 

@@ -21,9 +21,10 @@ import numpy as np
 import optax
 from pydantic import BaseModel, ValidationError
 
-from engine.config import book_checks, build
+from engine.config import book_checks
 from engine.config.errors import ConfigError, describe
 from engine.config.files import merge_tables, read_config_dict, read_toml, resolve_config_path
+from engine.config.forms import relaxable
 from engine.config.schema import Config
 from engine.model import params as P
 from engine.model.kernel import init_state, path_keys, step, step_draws
@@ -74,24 +75,6 @@ def sized(scenario: Config, n_paths: int, steps: int | None) -> Config:
     ConfigError if the relaxed kernel cannot run it (`relaxable`)."""
     run = scenario.run.model_copy(update={"n_paths": n_paths, **({"steps": steps} if steps else {})})
     return relaxable(Config.model_validate(scenario.model_copy(update={"run": run}).model_dump()))
-
-
-def relaxable(cfg: Config) -> Config:
-    """`cfg`, or a ConfigError naming the field that gives it what the relaxed kernel does not
-    simulate: cross-margin accounts, collateral, stop orders (an isolated book without stops)."""
-    why = "calibration and optimisation run the relaxed kernel, which takes isolated books without stops"
-    if cfg.book.stops:
-        raise ConfigError(f"book.stops: {why}; allowed: none (got {len(cfg.book.stops)} stop orders)")
-    if cfg.collateral:
-        raise ConfigError(f"collateral: {why} or collateral; allowed: none (got {', '.join(cfg.collateral)})")
-    static = build.static_of(cfg) if cfg.book.positions else None
-    if static and (static.n_accounts or static.stops):
-        what = "cross-margin rows" if static.n_accounts else "stop prices"
-        raise ConfigError(
-            f"book.positions = {cfg.book.positions!r}: {why}; the file has {what}; allowed: isolated rows "
-            "without stop_price"
-        )
-    return cfg
 
 
 def relaxed_static(static: P.Static) -> P.Static:

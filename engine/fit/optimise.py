@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import Field, model_validator
 
-from engine.config import build
+from engine.config import build, forms
 from engine.config.errors import ConfigError
 from engine.config.schema import Config, Strict
 from engine.fit.common import (
@@ -378,7 +378,7 @@ def exact_evaluator(oc: OptimisationConfig, cfg: Config, seed: int) -> Callable[
     params, static = build.build(ccfg)
     # the faster kernel forms the scenario allows (no lever changes partial liquidation or the
     # tail dof, so they hold at every lever value)
-    static = build.specialise(static, [ccfg])
+    static = forms.specialise(static, [ccfg])
     kind, _, out_name = oc.constraint.statistic.partition("_")
     boot = np.random.default_rng(0).integers(0, s.check_paths, size=(200, s.check_paths))
 

@@ -429,7 +429,7 @@ def run_cascade_whole(
     """`run_cascade` (exact kernel, early exit) when every liquidation closes the whole position.
 
     Arguments and result as `run_cascade`; `pol.partial_fraction` must be 1 (not checked here:
-    `engine.config.build.specialise` selects this form only then). Per round the work is one
+    `engine.config.forms.specialise` selects this form only then). Per round the work is one
     comparison, one per-side sum and one select over the cohorts; the accounting runs once
     after the rounds.
     """

@@ -112,11 +112,10 @@ LADDER = Form(
 
 
 def form(static: Static) -> Form:
-    """The kernel's stage functions for `static`: relaxed, ladder (`Static.ladder`) or dense exact."""
+    """The kernel's stage functions for `static`: relaxed, ladder (`Static.ladder`) or dense exact
+    (the choice is `engine.config.forms.specialise`'s)."""
     if static.relaxed:
         return RELAXED
-    if static.ladder and static.derisk:
-        raise ValueError("the ladder kernel does not simulate voluntary closing (Static.derisk)")
     return LADDER if static.ladder else EXACT
 
 

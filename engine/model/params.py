@@ -45,15 +45,15 @@ class Static:
     relaxed: bool = False
     # The point(s) close liquidated positions whole (partial fraction 1): the exact kernel
     # may use the faster `engine.model.cascade.run_cascade_whole`. Set by
-    # `engine.config.build.specialise`.
+    # `engine.config.forms.specialise`.
     whole_only: bool = False
     # 0, or the point(s)' Student-t dof is an integer at most this: the chi-square is drawn
-    # loop-free (`engine.model.market.draw`). Set by `engine.config.build.specialise`.
+    # loop-free (`engine.model.market.draw`). Set by `engine.config.forms.specialise`.
     dof_max: int = 0
     # 0, or the point(s) close positions whole and the kernel runs on liquidation ladders
     # (`engine.model.ladder`): the number of distinct base maintenance rates of the book (rung
     # groups per side), and the cells of each group's search grid (`engine.model.ladder.find`).
-    # Set by `engine.config.build.specialise`.
+    # Set by `engine.config.forms.specialise`.
     ladder: int = 0
     ladder_cells: int = 0
     # Cross-margin account cohorts and collateral assets (`Params.accounts`, `Params.collateral`),

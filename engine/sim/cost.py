@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from engine.config import build
+from engine.config import forms
 from engine.config.schema import Config
 from engine.model.params import Static
 from engine.sim.rollout import SEGMENT_STEPS
@@ -90,41 +90,25 @@ def call_steps(static: Static, n_paths: int, accelerator: bool = False) -> int:
     return -(-static.steps // calls)
 
 
-def dense_reasons(static: Static, points: Sequence[Config]) -> list[str]:
-    """Why `static` (specialised to `points`, `build.specialise`) runs on the dense kernel rather
-    than the ladder, in words; empty on the ladder."""
-    if static.ladder:
-        return []
-    reasons = []
-    if static.n_accounts:
-        reasons.append(f"cross-margin accounts ({static.n_accounts:,} account cohorts)")
-    if static.n_collateral:
-        reasons.append(f"collateral assets ({static.n_collateral})")
-    if static.stops:
-        reasons.append("stop orders")
-    if not static.whole_only and not (static.n_accounts or static.stops):
-        reasons.append("partial liquidation (policy.partial_liquidation below 1)")
-    if static.derisk:
-        reasons.append("voluntary closing (market.derisk)")
-    if not reasons:
-        kinds = {p.run.kernel for p in points}
-        reasons.append(
-            'run.kernel = "dense"'
-            if "dense" in kinds
-            else f"a small run (the ladder pays from {build.LADDER_MIN_COHORT_STEPS:,.0f} "
-            'paths x steps x cohorts; run.kernel = "ladder" forces it)'
+def kernel_note(statics: Sequence[Static], points: Sequence[Config]) -> str:
+    """One line for the run plan: the kernel form of the points (each point's `static` as
+    `forms.specialise` made it), and for a dense one what forced it and what it costs per
+    path-step against the ladder on the same assets (`path_step_seconds`)."""
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(statics):
+        groups.setdefault(forms.form(s), []).append(i)
+    parts = []
+    for name, idx in groups.items():
+        where = "" if len(groups) == 1 else f" at point(s) {', '.join(map(str, idx))}"
+        s = statics[idx[0]]
+        if name == "ladder":
+            parts.append(f"ladder{where} (isolated positions closed whole, the fast path)")
+            continue
+        ladder = dataclasses.replace(s, ladder=1, whole_only=True, n_accounts=0, stops=False, derisk=False)
+        ratio = path_step_seconds(s) / path_step_seconds(ladder)
+        why = "; ".join(forms.reasons(s, [points[i] for i in idx]))
+        parts.append(
+            f"{name}{where}, for {why}; about {ratio:,.1f}x the cost per path-step of the ladder "
+            "(README: Kernel forms and their cost)"
         )
-    return reasons
-
-
-def kernel_note(static: Static, points: Sequence[Config]) -> str:
-    """One line for the run plan: the kernel form, and when dense what forced it and what it
-    costs per path-step against the ladder on the same assets (`path_step_seconds`)."""
-    if static.ladder:
-        return "kernel: ladder (isolated positions closed whole, the fast path)"
-    ladder = dataclasses.replace(static, ladder=1, whole_only=True, n_accounts=0, stops=False, derisk=False)
-    ratio = path_step_seconds(static) / path_step_seconds(ladder)
-    return (
-        f"kernel: dense, for {', '.join(dense_reasons(static, points))}; about {ratio:,.1f}x the cost "
-        "per path-step of the ladder (README: Kernel forms and their cost)"
-    )
+    return "kernel: " + "; ".join(parts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from engine.config.forms import FORMS
 from engine.config.schema import Config
 from engine.model import params as P
 from engine.model.outputs import DIAGNOSTICS, OUTPUTS
@@ -41,6 +42,8 @@ FEW_PATHS_RULE = (
     "a q-quantile needs n_paths * min(q, 1 - q) >= 1 paths beyond it, ES99 needs n_paths * 0.01 >= "
     f"{MIN_ES_TAIL_PATHS} tail paths; a value flagged too_few_paths describes the paths run, not the distribution"
 )
+KERNEL_FORMS = " ".join(f.replace(" ", "_") for f in FORMS)
+KERNEL_FORMS_RULE = "chosen per point by engine.config.forms.specialise; the run plan said which and why"
 CLIPPED = "in_range clipped"
 CLIPPED_RULE = (
     "clipped: the band reads an end bin of the fan-chart histogram (the value may lie beyond it) and is NaN"
@@ -184,11 +187,20 @@ def _run_variables(results: list[dict]) -> dict:
     return data
 
 
-def to_dataset(cfg: Config, results: list[dict], static: P.Static) -> xr.Dataset:
-    """Stack per-point results into a Dataset with units and long names."""
+def to_dataset(
+    cfg: Config, results: list[dict], static: P.Static, kernel_forms: list[str] | None = None
+) -> xr.Dataset:
+    """Stack per-point results into a Dataset with units and long names; `kernel_forms`: the
+    form each point ran in (`engine.config.forms.FORMS`), as the int8 flags `kernel_form`."""
     assets = cfg.asset_names
     data = _output_variables(results) | _run_variables(results)
     data.update(_status_variables(results))
+    if kernel_forms is not None:
+        data["kernel_form"] = (
+            ("point",),
+            np.array([FORMS.index(f) for f in kernel_forms], np.int8),
+            _flags(KERNEL_FORMS, "kernel form the point ran in", KERNEL_FORMS_RULE),
+        )
     for o in OUTPUTS:
         data[o.name][2]["ancillary_variables"] = "quantile_status"
         if o.loss:

@@ -33,7 +33,7 @@ import numpy as np
 import xarray as xr
 from jax.experimental import multihost_utils
 
-from engine.config import build
+from engine.config import build, forms
 from engine.config.errors import SimulationError, validated
 from engine.config.schema import Config
 from engine.model import ladder
@@ -156,10 +156,11 @@ class Plan:
 
 def plan(config: Config | dict, points: Sequence[Config] | None = None) -> Plan:
     """The chunks and calls `simulate` will run `config` (and its `points`) in, on the devices of
-    `devices.path_mesh()`, for the kernel form the points allow (`build.specialise`)."""
+    `devices.path_mesh()`, for the kernel form the points allow (`forms.specialise`), and each
+    point's form with the reason (`Plan.kernel`)."""
     cfg = validated(config)
     pts = list(points) if points else [cfg]
-    static = build.specialise(build.static_of(cfg), pts)
+    static = forms.specialise(build.static_of(cfg), pts)
     mesh = devices.path_mesh()
     accelerator = _accelerator(mesh)
     size = chunk_size(cfg, static, mesh.size, per_device_budget=accelerator)
@@ -172,7 +173,7 @@ def plan(config: Config | dict, points: Sequence[Config] | None = None) -> Plan:
         chunk_bytes=size * bytes_per_path(static, itemsize),
         call_steps=cost.call_steps(static, size, accelerator),
         steps=static.steps,
-        kernel=cost.kernel_note(static, pts),
+        kernel=cost.kernel_note([forms.point_static(p) for p in pts], pts),
     )
 
 
@@ -261,7 +262,7 @@ def _simulate_points(
     built = [build.build(p) for p in pts]
     # each point's kernel forms depend on that point alone, so its numbers do not depend on
     # which other points share the call (a sweep's parts); most runs compile one kernel
-    statics = [build.specialise(b[1], [p]) for b, p in zip(built, pts)]
+    statics = [forms.point_static(p) for p in pts]
     static = built[0][1]
     mesh = devices.path_mesh()
     size = plan(cfg, pts).chunk
@@ -313,7 +314,7 @@ def _simulate_points(
     _rerun_nudged(probe, launch, collect, order, n_paths, probe.chunk(size, EXTRACT_BLOCK * mesh.size))
     price0 = [np.asarray(b[0].market.price0, float) for b in built]
     results = [a.result(p0) | probe.result(i) for i, (a, p0) in enumerate(zip(accs, price0))]
-    return to_dataset(cfg, results, static)
+    return to_dataset(cfg, results, static, [forms.form(s) for s in statics])
 
 
 def _calls(roll: Rollout, tick: Callable[[int], None]):

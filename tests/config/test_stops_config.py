@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.config import book, build, stops, synthetic
+from engine.config import book, build, forms, stops, synthetic
 from engine.config.errors import ConfigError
 from engine.config.layout import NO_STOP
 from engine.config.positions import BookFileError
@@ -105,10 +105,12 @@ def test_stop_prices_split_cohorts_and_no_stop_is_its_own_key(tmp_path):
     assert c.stop[1, k] == 210 and np.all(c.stop[:, k:][c.quantity[:, k:] == 0] == np.inf)
     static = build.static_of(cfg)
     assert static.stops and static.n_cohorts == 2 * k
-    fast = build.specialise(
-        static, [cfg.model_copy(update={"run": cfg.run.model_copy(update={"kernel": "ladder"})})]
-    )
+    forced = cfg.model_copy(update={"run": cfg.run.model_copy(update={"kernel": "ladder"})})
+    with pytest.raises(ConfigError, match=r"run\.kernel = 'ladder' cannot simulate stop orders"):
+        forms.specialise(static, [forced])
+    fast = forms.specialise(static, [cfg])
     assert (fast.whole_only, fast.ladder, fast.ladder_cells) == (False, 0, 0)
+    assert forms.form(fast) == "dense general"
 
 
 def test_config_stops_join_a_file_book(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from engine import cli
-from engine.config import build
+from engine.config import build, forms
 from engine.config.errors import ConfigError, validated
 from engine.fit.common import differentiable_outputs
 from engine.model import kernel, market
@@ -117,7 +117,7 @@ def test_rates_zero_are_no_table():
     zero = build.build(config({"vol_rate_per_day": 0.0, "loss_rate_per_day": 0.0}, dtype="float32"))
     none = build.build(config(None, dtype="float32"))
     assert zero[1] == none[1] and not zero[1].derisk
-    assert build.specialise(zero[1], [config({}, dtype="float32")]) == build.specialise(
+    assert forms.specialise(zero[1], [config({}, dtype="float32")]) == forms.specialise(
         none[1], [config(None)]
     )
     a = jax.device_get(rollout(zero[0], SEED, 0, 16, static=zero[1], n_paths=16)[0])
@@ -235,11 +235,14 @@ def test_cube_and_summary_report_holders_closing():
 def test_ladder_is_refused_with_holders_closing(tmp_path, monkeypatch):
     """`run.kernel = "ladder"` with voluntary closing is a ConfigError naming both fields (exit
     2 on the CLI, nothing written); "auto" keeps such points off the ladder."""
-    with pytest.raises(ConfigError, match=r"run\.kernel.*market\.derisk"):
-        validated(small_dict(run={"kernel": "ladder"}, market=SMALL["market"] | {"derisk": RATES}))
+    forced = validated(small_dict(run={"kernel": "ladder"}, market=SMALL["market"] | {"derisk": RATES}))
+    with pytest.raises(
+        ConfigError, match=r"run\.kernel = 'ladder' cannot simulate voluntary closing \(market\.derisk"
+    ):
+        forms.specialise(build.static_of(forced), [forced])
     for derisk, ladder in ((None, True), (RATES, False)):
         big = config(derisk, n_paths=10**7, dtype="float32")
-        static = build.specialise(build.build(big)[1], [big])
+        static = forms.specialise(build.build(big)[1], [big])
         assert static.whole_only and bool(static.ladder) == ladder and static.derisk == (not ladder)
     monkeypatch.chdir(tmp_path)
     argv = ["run", QUICK, "--set", "run.kernel=ladder", "--set", "market.derisk.loss_rate_per_day=1"]

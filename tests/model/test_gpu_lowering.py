@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
-from engine.config import build
+from engine.config import build, forms
 from engine.config.schema import Config
 from engine.fit.common import differentiable_outputs
 from engine.model import params as P
@@ -40,7 +40,7 @@ FORMS = {
 def built(**sections):
     cfg = Config.model_validate(small_dict(**sections))
     params, static = build.build(cfg)
-    return params, build.specialise(static, [cfg])
+    return params, forms.specialise(static, [cfg])
 
 
 def assert_runs_on_cuda(exported: export.Exported) -> None:

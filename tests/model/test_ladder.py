@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from engine.config import build
+from engine.config import build, forms
 from engine.config.schema import Config
 from engine.model import ladder
 from engine.model.ladder_kernel import FALLBACK_NEVER
@@ -37,7 +37,7 @@ def on_ladder(cfg: Config):
     """(params, ladder static, dense static) of `cfg` with the ladder kernel forced."""
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"kernel": "ladder"})})
     params, static = build.build(cfg)
-    static = build.specialise(static, [cfg])
+    static = forms.specialise(static, [cfg])
     assert static.ladder > 0
     return params, static, dense(static)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from engine.config import build
+from engine.config import build, forms
 from engine.config.schema import Config
 from engine.model import market
 from tests.conftest import small_dict
@@ -45,9 +45,9 @@ def test_specialise_picks_the_loop_free_draw_only_for_integer_dof():
         )
 
     static = build.static_of(point(4.0))
-    assert build.specialise(static, [point(4.0), point(3.0)]).dof_max == 4
-    assert build.specialise(static, [point(4.0), point(3.5)]).dof_max == 0
-    assert build.specialise(static, [point(0.0)]).dof_max == 1  # Gaussian: the chi-square is unused
-    assert build.specialise(static, [point(40.0)]).dof_max == 0  # beyond LOOP_FREE_DOF
-    assert build.specialise(static, [point(4.0)]).whole_only
-    assert not build.specialise(static, [point(4.0), point(4.0, partial=0.5)]).whole_only
+    assert forms.specialise(static, [point(4.0), point(3.0)]).dof_max == 4
+    assert forms.specialise(static, [point(4.0), point(3.5)]).dof_max == 0
+    assert forms.specialise(static, [point(0.0)]).dof_max == 1  # Gaussian: the chi-square is unused
+    assert forms.specialise(static, [point(40.0)]).dof_max == 0  # beyond LOOP_FREE_DOF
+    assert forms.specialise(static, [point(4.0)]).whole_only
+    assert not forms.specialise(static, [point(4.0), point(4.0, partial=0.5)]).whole_only

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import pytest
 
-from engine.config import build
+from engine.config import build, forms
 from engine.config.schema import Config
 from engine.model import params as P
 from engine.sim import reference
@@ -70,7 +70,7 @@ def runs(request):
     d = CONFIGS[request.param]
     cfg = Config.model_validate({**d, "run": {**d["run"], "n_paths": N_PATHS, "seed": SEED}})
     params, static = build.build(cfg)
-    static = build.specialise(static, [cfg])
+    static = forms.specialise(static, [cfg])
     out, nudged = (
         jax.device_get(rollout(params, SEED, 0, N_PATHS, static=static, n_paths=N_PATHS, nudge=n)[0])
         for n in (0.0, NUDGE_ULPS)

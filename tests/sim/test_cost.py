@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from engine.config import build
+from engine.config import forms
 from engine.config.schema import Config
 from engine.model.params import Static
 from engine.sim import cost
@@ -57,7 +57,7 @@ def test_chunks_hold_no_more_paths_than_a_call_takes():
 
 def _note(**sections) -> str:
     cfg = Config.model_validate(small_dict(**sections))
-    return cost.kernel_note(build.specialise(build.static_of(cfg), [cfg]), [cfg])
+    return cost.kernel_note([forms.point_static(cfg)], [cfg])
 
 
 def test_kernel_note_names_what_forces_the_dense_kernel():
@@ -70,12 +70,28 @@ def test_kernel_note_names_what_forces_the_dense_kernel():
         'kernel: dense, for run.kernel = "dense"; about 0.6x'
     )
     partial = _note(policy={"partial_liquidation": 0.5})
-    assert partial.startswith("kernel: dense, for partial liquidation (policy.partial_liquidation below 1); ")
+    assert partial.startswith(
+        "kernel: dense general, for partial liquidation (policy.partial_liquidation = 0.5); "
+    )
     assert "about 2.7x the cost per path-step of the ladder" in partial
     derisk = _note(market={**small_dict()["market"], "derisk": {"vol_rate_per_day": 1.0}})
-    assert "for voluntary closing (market.derisk); about 1.1x" in derisk
+    assert (
+        "kernel: dense, for voluntary closing (market.derisk rates above 0;" in derisk
+        and "about 1.1x" in derisk
+    )
     accounts = dataclasses.replace(BOOK, n_accounts=500, n_collateral=1, stops=True)
-    assert cost.kernel_note(accounts, [Config.model_validate(small_dict())]) == (
-        "kernel: dense, for cross-margin accounts (500 account cohorts), collateral assets (1), stop "
-        "orders; about 89.0x the cost per path-step of the ladder (README: Kernel forms and their cost)"
+    assert cost.kernel_note([accounts], [Config.model_validate(small_dict())]) == (
+        "kernel: dense general, for cross-margin accounts (500 account cohorts, book.positions); "
+        "collateral assets (1, [collateral]); stop orders (book.stops or stop_price in book.positions); "
+        "about 89.0x the cost per path-step of the ladder (README: Kernel forms and their cost)"
+    )
+
+
+def test_the_plan_names_each_points_form_where_they_differ():
+    cfg = Config.model_validate(small_dict(run={**small_dict()["run"], "kernel": "dense"}))
+    partial = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"partial_liquidation": 0.2})})
+    note = cost.kernel_note([forms.point_static(p) for p in (cfg, partial)], [cfg, partial])
+    assert note.startswith('kernel: dense at point(s) 0, for run.kernel = "dense"; about ')
+    assert (
+        "; dense general at point(s) 1, for partial liquidation (policy.partial_liquidation = 0.2); " in note
     )

@@ -10,7 +10,7 @@ import tomli_w
 from typer.testing import CliRunner
 
 from engine import cli
-from engine.config import build
+from engine.config import build, forms
 from engine.config.schema import Config
 from engine.report.progress import LogReporter, share
 from engine.sim import devices
@@ -23,8 +23,8 @@ TINY = small_dict(run={**small_dict()["run"], "n_paths": 64, "steps": 8, "fan_po
 def test_plan_of_ten_billion_paths():
     cfg = Config.model_validate({**TINY, "run": {**TINY["run"], "n_paths": 10**10}})
     plan = S.plan(cfg)
-    # a run this long is on the ladder kernel (`build.specialise`), which sets the chunk and memory
-    static = build.specialise(build.static_of(cfg), [cfg])
+    # a run this long is on the ladder kernel (`forms.specialise`), which sets the chunk and memory
+    static = forms.specialise(build.static_of(cfg), [cfg])
     assert static.ladder > 0
     mesh = devices.path_mesh()
     assert plan.chunk == S.chunk_size(

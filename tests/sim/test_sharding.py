@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 
 from engine import simulate
-from engine.config import build
+from engine.config import build, forms
 from engine.config.build import static_of
 from engine.config.schema import Config
 from engine.model.params import Static
@@ -85,7 +85,7 @@ def test_segments_of_steps_give_the_numbers_of_one_call():
     skipping them) against one segment of all steps: the same outputs and fan charts."""
     cfg = Config.model_validate(small_dict(run={"n_paths": 256, "steps": 24, "fan_points": 6}))
     params, static = build.build(cfg)
-    static = build.specialise(static, [cfg])
+    static = forms.specialise(static, [cfg])
     mesh = devices.path_mesh()
     run = lambda seg: jax.device_get(
         sharded_rollout(params, 3, 0, 200, static=static, n_paths=256, mesh=mesh, segment_steps=seg)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import xarray as xr
 
 from engine import simulate
-from engine.config import build
+from engine.config import build, forms
 from engine.config.schema import Config
 from engine.sim import simulate as simulate_module
 from engine.sim.rollout import rollout
@@ -85,6 +86,37 @@ def test_kernel_forms_are_chosen_per_point(monkeypatch):
     )
     simulate(cfg, [cfg, partial])
     assert seen == [True, False] * 2  # the run, then the tipping probe's rerun
+
+
+@pytest.mark.parametrize("kernel", ["auto", "ladder"])
+def test_each_point_runs_the_form_the_plan_names_and_the_cube_records(monkeypatch, kernel):
+    """The form every point ran in (seen in the compiled calls, the ladder's dense reruns of the
+    paths it hands over aside) is the one the run plan names for it and `kernel_form` records:
+    a form that changed in silence fails here."""
+    ran: dict[int, set[str]] = {}
+    real = simulate_module.Rollout
+
+    def spy(params, seed, start, n_valid, static, n, mesh, steps, nudge, offsets=None, count_from=None):
+        if offsets is None:  # not a fallback rerun
+            ran.setdefault(float(params.policy.partial_fraction), set()).add(forms.form(static))
+        return real(params, seed, start, n_valid, static, n, mesh, steps, nudge, offsets, count_from)
+
+    monkeypatch.setattr(simulate_module, "Rollout", spy)
+    run = {**RUN, "n_paths": 256, "kernel": kernel}
+    whole = Config.model_validate(small_dict(run=run, policy={"insurance_fund_usd": 2e8}))
+    points = [whole]
+    if kernel == "auto":  # a small run: dense for the whole point, the general cascade for the other
+        points.append(
+            whole.model_copy(update={"policy": whole.policy.model_copy(update={"partial_liquidation": 0.5})})
+        )
+    want = ["ladder"] if kernel == "ladder" else ["dense", "dense general"]
+    ds = simulate(whole, points)
+    assert [ran[float(p.policy.partial_liquidation)] for p in points] == [{f} for f in want]
+    flags = ds["kernel_form"].attrs["flag_meanings"].split()
+    assert [flags[int(v)].replace("_", " ") for v in ds["kernel_form"].values] == want
+    note = simulate_module.plan(whole, points).kernel
+    for i, f in enumerate(want):
+        assert (f"{f} at point(s) {i}," if len(want) > 1 else f"kernel: {f} ") in note, note
 
 
 def test_a_points_numbers_do_not_depend_on_the_other_points_of_the_call():

@@ -8,7 +8,7 @@ import xarray as xr
 from pydantic import ValidationError
 
 from engine import simulate
-from engine.config import build
+from engine.config import build, forms
 from engine.config.schema import Config
 from engine.sim import devices
 from engine.sim.rollout import sharded_rollout
@@ -94,7 +94,7 @@ def test_share_is_that_of_the_kernel_rerun_with_nudged_draws(run, points):
     mesh = devices.path_mesh()
     for i, cfg in enumerate(points):
         params, static = build.build(cfg)
-        static = build.specialise(static, [cfg])
+        static = forms.specialise(static, [cfg])
         size = chunk_size(cfg, static, mesh.size)
         out = [
             np.asarray(
