@@ -20,10 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 from engine.model import bins as B
-from engine.model.ladder_kernel import FALLBACK_NEVER
 from engine.model.outputs import OUTPUTS
 from engine.model.params import Static
-from engine.sim.fallback import FLAG
+from engine.sim.fallback import flagged
 
 ATOM = 256
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
@@ -115,8 +114,7 @@ class PointAccumulator:
         self.n += valid
         self.nonfinite += int(np.sum(np.asarray(outputs["nonfinite"])[:valid]))
         self.jump_truncated += int(np.sum(np.asarray(outputs["jump_truncated"])[:valid]))
-        if FLAG in outputs:
-            self.handed_over += int(np.sum(np.asarray(outputs[FLAG])[:valid] < FALLBACK_NEVER))
+        self.handed_over += flagged(outputs, valid).size  # 0 in the forms that hand nothing over
         for o in OUTPUTS:
             x = np.asarray(outputs[o.name])[:valid].astype(np.float64)
             if o.name not in self.counts:
