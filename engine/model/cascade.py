@@ -41,7 +41,7 @@ from engine.model import accounts as A
 from engine.model import tally as T
 from engine.model.impact import impact
 from engine.model.margin import liquidation_price
-from engine.model.params import BookParams, MarketParams, PolicyParams
+from engine.model.params import BookParams, MarketParams, Params, PolicyParams
 from engine.model.sides import by_side, side_matrix, side_sums
 
 
@@ -265,38 +265,45 @@ def until_quiet(one_round, start, busy, rounds: int):
     return jax.lax.while_loop(more, go, (jnp.zeros((), jnp.int32), start))[1]
 
 
+class CascadeInputs(NamedTuple):
+    """One path's step as its cascade takes it. quantity, bankrupt (USD), mmr: `[assets,
+    cohorts]`. flow0: exogenous flow `[assets]` (USD). x_base: log mark (relative to price0)
+    before any flow `[assets]`; lo, hi: limits on the log mark `[assets]`; sigma: per-step
+    volatility `[assets]`; active: `[assets]` bool, False for halted assets (nothing liquidates
+    there; in the relaxed kernel a weight in [0, 1], the open share of a partly halted asset).
+    backstop_left: `[]` USD."""
+
+    quantity: jnp.ndarray
+    bankrupt: jnp.ndarray
+    flow0: jnp.ndarray
+    x_base: jnp.ndarray
+    lo: jnp.ndarray
+    hi: jnp.ndarray
+    sigma: jnp.ndarray
+    mmr: jnp.ndarray
+    active: jnp.ndarray
+    backstop_left: jnp.ndarray
+
+
 def run_cascade(
-    quantity,
-    bankrupt,
-    flow0,
-    x_base,
-    lo,
-    hi,
-    sigma,
-    mmr,
-    active,
-    backstop_left,
-    book: BookParams,
-    mp: MarketParams,
-    pol: PolicyParams,
+    inp: CascadeInputs,
+    params: Params,
     rounds: int,
     early_exit: bool = True,
     shares=exact_shares,
     accounts: tuple | None = None,
 ) -> Cascade:
-    """Run `rounds` cascade rounds for one path.
+    """Run `rounds` cascade rounds for one path on `inp` (`CascadeInputs`) with the book,
+    market and policy of `params`.
 
-    quantity, bankrupt, mmr: `[assets, cohorts]`. flow0: exogenous flow `[assets]` (USD).
-    x_base: log mark (relative to price0) before any flow `[assets]`; lo, hi: limits on the
-    log mark `[assets]`; sigma: per-step volatility `[assets]`; active: `[assets]` bool,
-    False for halted assets (nothing liquidates there; in the relaxed kernel a weight in
-    [0, 1], the open share of a partly halted asset). backstop_left: `[]` USD.
     early_exit: stop after the first round without liquidations (same result, faster; off
     where reverse-mode gradients are needed).
     shares: who a round liquidates, `exact_shares` or the relaxed kernel's ramp
     (`engine.model.relaxed.liquidation_shares`), called as `exact_shares` is.
     accounts: None, or (`engine.model.accounts.AccountStep`, leg units `[accounts, assets]`).
     """
+    quantity, bankrupt, flow0, x_base, lo, hi, sigma, mmr, active, backstop_left = inp
+    book, mp, pol = params.book, params.market, params.policy
     acc, acc_q = accounts if accounts is not None else (None, None)
     tallied = T.cohort_inputs(book, pol)
     ln = None if acc is None else A.lines(acc, acc_q, active)
@@ -410,22 +417,7 @@ def _whole_accounts(st: _Step, quantity, bankrupt, p_liq, alive, end: _Hits) -> 
     )
 
 
-def run_cascade_whole(
-    quantity,
-    bankrupt,
-    flow0,
-    x_base,
-    lo,
-    hi,
-    sigma,
-    mmr,
-    active,
-    backstop_left,
-    book: BookParams,
-    mp: MarketParams,
-    pol: PolicyParams,
-    rounds: int,
-) -> Cascade:
+def run_cascade_whole(inp: CascadeInputs, params: Params, rounds: int) -> Cascade:
     """`run_cascade` (exact kernel, early exit) when every liquidation closes the whole position.
 
     Arguments and result as `run_cascade`; `pol.partial_fraction` must be 1 (not checked here:
@@ -433,6 +425,8 @@ def run_cascade_whole(
     comparison, one per-side sum and one select over the cohorts; the accounting runs once
     after the rounds.
     """
+    quantity, bankrupt, flow0, x_base, lo, hi, sigma, mmr, active, backstop_left = inp
+    book, mp, pol = params.book, params.market, params.policy
     st = _Step(book, mp, pol, mmr, active, side_matrix(book.side), x_base, lo, hi, sigma)
     p_liq = liquidation_price(book.side, bankrupt, mmr, book.maint_amount)
     alive = (active[:, None] > 0) & (quantity > 0)

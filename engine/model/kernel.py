@@ -53,9 +53,13 @@ def market_step(
     queue = jnp.where(m.halted, state.queue + flow, 0.0)
     open_ = ~m.halted
     state, flow0, closing = derisk.start(state, m, flow0, lo, hi, open_, params, static)
-    args = stages.cascade_args(state, m, flow0, lo, hi, open_, params, static)
+    inp = stages.cascade_inputs(state, m, flow0, lo, hi, open_)
     accounts = stages.account_args(state, m, params)
-    c = run_cascade_whole(*args) if static.whole_only else run_cascade(*args, accounts=accounts)
+    c = (
+        run_cascade_whole(inp, params, static.rounds)
+        if static.whole_only
+        else run_cascade(inp, params, static.rounds, accounts=accounts)
+    )
     mk = stages.move_mark(m, c, open_, lo, hi, params)
     halt_left = stages.count_halt(state, policies.halt_triggered(mk.target, m.x_ref, m.halted, pol), params)
     f = pay_from_fund(state.fund, c.fund_inflow, c.shortfall)

@@ -77,8 +77,8 @@ def market_step(
     open_ = 1.0 - w
     state, flow0, closing = derisk.start(state, m, flow0, lo, hi, open_, params, static)
     shares = partial(liquidation_shares, temperature=temperature, quantity0=state.quantity0)
-    args = stages.cascade_args(state, m, flow0, lo, hi, open_, params, static)
-    c = run_cascade(*args, early_exit=False, shares=shares)
+    inp = stages.cascade_inputs(state, m, flow0, lo, hi, open_)
+    c = run_cascade(inp, params, static.rounds, early_exit=False, shares=shares)
     mk = stages.move_mark(m, c, open_, lo, hi, params)
     beyond = jnp.abs(mk.target - m.x_ref) - pol.halt_threshold
     strength = jnp.where(m.halted, 0.0, jnp.clip(beyond / temperature + 0.5, 0.0, 1.0))

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from engine.model import accounts, collateral, market, policies
 from engine.model import tally as T
-from engine.model.cascade import Cascade
+from engine.model.cascade import Cascade, CascadeInputs
 from engine.model.impact import impact
 from engine.model.params import Params, Static
 from engine.model.waterfall import Fund, auto_deleverage
@@ -168,9 +168,9 @@ def account_args(state: SimState, m: Move, params: Params) -> tuple | None:
     return accounts.prepare(params, m.gap, m.sigma), state.accounts
 
 
-def cascade_args(state: SimState, m: Move, flow0, lo, hi, active, params: Params, static: Static) -> tuple:
-    """The positional arguments of `engine.model.cascade.run_cascade` for this step."""
-    return (
+def cascade_inputs(state: SimState, m: Move, flow0, lo, hi, active) -> CascadeInputs:
+    """What `engine.model.cascade.run_cascade` takes of this step (`CascadeInputs`)."""
+    return CascadeInputs(
         state.quantity,
         state.bankrupt,
         flow0,
@@ -181,10 +181,6 @@ def cascade_args(state: SimState, m: Move, flow0, lo, hi, active, params: Params
         m.mmr,
         active,
         state.backstop_left,
-        params.book,
-        params.market,
-        params.policy,
-        static.rounds,
     )
 
 
