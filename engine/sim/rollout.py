@@ -341,21 +341,10 @@ class Rollout:
         return sharded_finish(self.carry, self.params, static=self.static, mesh=self.mesh)
 
 
-def sharded_rollout(
-    params: Params,
-    seed,
-    start,
-    n_valid,
-    static: Static,
-    n_paths: int,
-    mesh: Mesh,
-    segment_steps: int = SEGMENT_STEPS,
-    nudge=0.0,
-    offsets=None,
-    count_from=None,
-):
+def sharded_rollout(*args, **kwargs):
     """`rollout` of global paths `start .. start + n_paths - 1` split over `mesh`'s devices, in
-    calls of at most `segment_steps` steps (dispatched asynchronously; see `SEGMENT_STEPS`).
+    calls of at most `segment_steps` steps (dispatched asynchronously; see `SEGMENT_STEPS`):
+    every call of a `Rollout` made with these arguments, then its result.
 
     n_paths must be a multiple of `mesh.size`; seed and start are integers up to 2**64 - 1
     (passed to the compiled calls as `Word64`s). Returns (outputs, fan) as `rollout` does,
@@ -367,9 +356,7 @@ def sharded_rollout(
     In the ladder form the paths the ladder flagged (output `fallback_step`) are not complete:
     `engine.sim.fallback.complete` reruns them on the dense kernel.
     """
-    roll = Rollout(
-        params, seed, start, n_valid, static, n_paths, mesh, segment_steps, nudge, offsets, count_from
-    )
+    roll = Rollout(*args, **kwargs)
     while roll.advance():
         pass
     return roll.result()
