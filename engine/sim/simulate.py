@@ -160,10 +160,9 @@ def plan(config: Config | dict, points: Sequence[Config] | None = None) -> Plan:
     point's form with the reason (`Plan.kernel`)."""
     cfg = validated(config)
     pts = list(points) if points else [cfg]
-    static = forms.specialise(build.static_of(cfg), pts)
     mesh = devices.path_mesh()
     accelerator = _accelerator(mesh)
-    size = chunk_size(cfg, static, mesh.size, per_device_budget=accelerator)
+    static, size = _chunk_of(cfg, pts, mesh)
     itemsize = 8 if cfg.run.dtype == "float64" else 4
     n = cfg.run.n_paths
     return Plan(
@@ -175,6 +174,12 @@ def plan(config: Config | dict, points: Sequence[Config] | None = None) -> Plan:
         steps=static.steps,
         kernel=cost.kernel_note([forms.point_static(p) for p in pts], pts),
     )
+
+
+def _chunk_of(cfg: Config, pts: list[Config], mesh) -> tuple[P.Static, int]:
+    """The static settings of `pts` together (`forms.specialise`) and the paths per chunk."""
+    static = forms.specialise(build.static_of(cfg), pts)
+    return static, chunk_size(cfg, static, mesh.size, per_device_budget=_accelerator(mesh))
 
 
 def _accelerator(mesh) -> bool:
@@ -265,7 +270,7 @@ def _simulate_points(
     statics = [forms.point_static(p) for p in pts]
     static = built[0][1]
     mesh = devices.path_mesh()
-    size = plan(cfg, pts).chunk
+    size = _chunk_of(cfg, pts, mesh)[1]  # the plan's chunks, without its words
     n_paths, seed = cfg.run.n_paths, cfg.run.seed
     accs = [PointAccumulator(static) for _ in pts]
     order = [baseline] + [i for i in range(len(pts)) if i != baseline]
