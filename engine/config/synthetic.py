@@ -270,7 +270,8 @@ def _surviving_entries(rng, cfg: Config, rows: Rows) -> np.ndarray:
         if not dead.any():
             return entry
         entry[dead] = draw(dead)
-    entry[~_alive(cfg, rows, entry)] = rows.price[~_alive(cfg, rows, entry)]
+    dead = ~_alive(cfg, rows, entry)
+    entry[dead] = rows.price[dead]
     return entry
 
 
