@@ -2,11 +2,12 @@
 
 The exact kernel runs in one of three forms (`form`), set in `Static` by `specialise`:
 
-- "ladder": isolated positions closed whole, sorted into liquidation ladders
-  (`engine.model.ladder`; `Static.ladder`), the fast path;
+- "ladder": positions closed whole, isolated ones sorted into liquidation ladders
+  (`engine.model.ladder`; `Static.ladder`) and cross-margin accounts with their collateral as one
+  shared table (`engine.model.account_book`), the fast path;
 - "dense": the whole-position cascade over every cohort (`Static.whole_only`);
 - "dense general": the general cascade (`engine.model.cascade`), the only form that simulates
-  partial liquidation, cross-margin accounts and stop orders.
+  partial liquidation and stop orders, and the ladder's fallback for accounts.
 
 Fits run the fourth, "relaxed" (`Static.relaxed`, `engine.fit`), on the books `relaxable`
 allows. A point goes to the ladder unless a feature of its book or policy keeps it off
@@ -44,10 +45,6 @@ def blockers(static: Static, points: Sequence[Config]) -> list[str]:
     """The features of `points` (with `static`, `build.static_of` of their shape) that keep
     them off the ladder, each in words with the setting that brings it; empty if none does."""
     out = []
-    if static.n_accounts:
-        out.append(f"cross-margin accounts ({static.n_accounts:,} account cohorts, book.positions)")
-    if static.n_collateral:
-        out.append(f"collateral assets ({static.n_collateral}, [collateral])")
     if static.stops:
         out.append("stop orders (book.stops or stop_price in book.positions)")
     partial = sorted({p.policy.partial_liquidation for p in points if p.policy.partial_liquidation < 1.0})
@@ -88,13 +85,14 @@ def specialise(static: Static, points: Sequence[Config]) -> Static:
     dofs = [p.market.tail_dof for p in points]
     integer = all(d == int(d) and d <= LOOP_FREE_DOF for d in dofs)
     general = bool(static.n_accounts or static.stops)
-    whole = not general and all(p.policy.partial_liquidation >= 1.0 for p in points)
+    closes_whole = all(p.policy.partial_liquidation >= 1.0 for p in points)
+    whole = not general and closes_whole
     derisk = static.derisk or build.derisks(list(points))
     from engine.model import ladder  # imports JAX: only a simulation specialises
 
     rungs = (
         [ladder.layout(c.side, c.mmr) for c in map(build.cohorts, points)]
-        if whole and not derisk and _on_ladder(static, points)
+        if closes_whole and not (static.stops or derisk) and _on_ladder(static, points)
         else [(0, 0)]
     )
     return dataclasses.replace(
@@ -118,7 +116,8 @@ def _on_ladder(static: Static, points: Sequence[Config]) -> bool:
     a run of at least `LADDER_MIN_COHORT_STEPS` path-steps x cohorts per path."""
     kinds = {p.run.kernel for p in points}
     if kinds == {"auto"}:
-        work = min(p.run.n_paths for p in points) * static.steps * static.n_assets * static.n_cohorts
+        book = static.n_cohorts + static.n_accounts
+        work = min(p.run.n_paths for p in points) * static.steps * static.n_assets * book
         return work >= LADDER_MIN_COHORT_STEPS
     return kinds == {"ladder"}
 

@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.model import account_book
+from engine.model.account_book import AccountTable
 from engine.model.params import BookParams, Params, PolicyParams, Static
 from engine.model.policies import cap_leverage
 
@@ -80,6 +82,8 @@ class Ladder(NamedTuple):
     a_lo: jnp.ndarray
     a_hi: jnp.ndarray
     order: jnp.ndarray
+    # the point's cross-margin account cohorts (`engine.model.account_book`), or None
+    accounts: AccountTable | None = None
 
 
 def layout(side: np.ndarray, mmr: np.ndarray) -> tuple[int, int]:
@@ -186,8 +190,12 @@ def build_ladder(book: BookParams, pol: PolicyParams, static: Static) -> Ladder:
 
 
 def prepare(params: Params, static: Static) -> Params:
-    """`params` with its ladder built (once per compiled call, outside the scan over steps)."""
-    return params._replace(ladder=build_ladder(params.book, params.policy, static))
+    """`params` with its ladder and account table built (once per compiled call, outside the
+    scan over steps)."""
+    lad = build_ladder(params.book, params.policy, static)
+    if params.accounts is not None:
+        lad = lad._replace(accounts=account_book.table(params))
+    return params._replace(ladder=lad)
 
 
 def fold(x: jnp.ndarray, op=jnp.add, identity=0) -> jnp.ndarray:

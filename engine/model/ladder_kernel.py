@@ -21,8 +21,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from engine.model import account_book, market, outputs, policies, stages
+from engine.model import accounts as A
 from engine.model import ladder as L
-from engine.model import market, outputs, policies, stages
 from engine.model import tally as T
 from engine.model.cascade import Cascade, backstop_share, until_quiet
 from engine.model.impact import impact
@@ -50,6 +51,37 @@ class _Rung(NamedTuple):
     backstop_cash: jnp.ndarray
     busy: jnp.ndarray  # [] int32 rounds with a liquidation
     overflow: jnp.ndarray  # [] bool: an equity split outran the window
+    pending: A.Pending | None = None  # the accounts hit so far, settled after the last round
+
+
+class Inputs(NamedTuple):
+    """One path's step as the ladder cascade takes it. level: `[assets, groups]` int32 ladder
+    positions liquidated so far; mmr: `[assets, groups]` rates in force; alive: `[accounts]` bool
+    account cohorts still open, gap: `[collateral]` the step's depeg gap (each None without
+    them); the others as `engine.model.cascade.CascadeInputs`."""
+
+    level: jnp.ndarray
+    flow0: jnp.ndarray
+    x_base: jnp.ndarray
+    lo: jnp.ndarray
+    hi: jnp.ndarray
+    sigma: jnp.ndarray
+    mmr: jnp.ndarray
+    active: jnp.ndarray
+    backstop_left: jnp.ndarray
+    alive: jnp.ndarray | None = None
+    gap: jnp.ndarray | None = None
+
+
+class Result(NamedTuple):
+    """`run_ladder`'s result of one path: the cascade (quantity and bankrupt None), the new
+    levels `[assets, groups]`, the accounts still open `[accounts]` (None without), and the flag
+    `[]` that an equity split or a search outran `engine.model.ladder.WINDOW`."""
+
+    cascade: Cascade
+    level: jnp.ndarray
+    alive: jnp.ndarray | None
+    flag: jnp.ndarray
 
 
 class _Step(NamedTuple):
@@ -63,6 +95,10 @@ class _Step(NamedTuple):
     hi: jnp.ndarray
     sigma: jnp.ndarray
     params: Params
+    # with accounts: what prices their equity, and those that can be liquidated this step
+    # (open, every leg's market trading) `[accounts]` bool
+    marks: account_book.Marks | None = None
+    live: jnp.ndarray | None = None
 
     def price(self, flow):
         """Mark price `[assets]` (USD) after cumulative flow `flow` (as the dense cascade's)."""
@@ -103,6 +139,9 @@ class _Hit(NamedTuple):
     short: jnp.ndarray  # [assets, groups] shortfall (exact unless `wide`)
     wide: jnp.ndarray  # [assets, groups] bool: a cohort beyond the first window may be under water
     over: jnp.ndarray  # [] bool: a search outran its window (`engine.model.ladder.find`)
+    # with accounts: the round's new hits, those caused by the depeg `[accounts]` bool, and
+    # their collateral's margin value `[accounts]` USD (`engine.model.account_book.hits`)
+    accounts: tuple | None = None
 
 
 def _head(st: _Step, c: _Rung) -> _Hit:
@@ -118,6 +157,12 @@ def _head(st: _Step, c: _Rung) -> _Hit:
     at = L.cum_at(lad, level)
     dq, dqb, dqe = jnp.unstack(L.between(at, c.at), axis=-1)
     units = _by_side(dq, s)
+    hit = None
+    if st.live is not None:
+        can = st.live & ~c.pending.hit
+        new, caused, acc_units, coll = account_book.hits(lad.accounts, st.params, st.marks, can, p_r)
+        units = units + acc_units
+        hit = (new, caused, coll)
     net, size = units[:, 0] - units[:, 1], units[:, 0] + units[:, 1]
     orders = p_r * net
     absorbed, phi = backstop_share(orders, c.backstop_left)
@@ -126,7 +171,7 @@ def _head(st: _Step, c: _Rung) -> _Hit:
     fill = phi * p_r[:, None] * (1.0 - s * d) + (1.0 - phi) * st.price(flow)[:, None]
     short, wide = L.band(lad, c.level, level, fill)
     over = _any(unsure & st.active[:, None])
-    return _Hit(p_r, level, at, dq, dqb, dqe, net, size, absorbed, phi, flow, fill, short, wide, over)
+    return _Hit(p_r, level, at, dq, dqb, dqe, net, size, absorbed, phi, flow, fill, short, wide, over, hit)
 
 
 def _split(st: _Step, c: _Rung, h: _Hit) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -141,6 +186,13 @@ def _tail(st: _Step, c: _Rung, h: _Hit, short, over) -> _Rung:
     s, d = st.lad.side, st.params.policy.backstop_discount
     dq, fill = h.dq, h.fill
     equity = s * (fill * dq - h.dqb)
+    pend = c.pending
+    if h.accounts is not None:
+        # every leg of the round's accounts fills as the round's cohorts of its asset and side
+        sides = jnp.array([1.0, -1.0], fill.dtype)
+        p_next = st.price(h.flow)[:, None]
+        acc_fill = h.phi * h.p_r[:, None] * (1.0 - sides * d) + (1.0 - h.phi) * p_next
+        pend = A.record(pend, c.busy, *h.accounts[:2], acc_fill, h.accounts[2])
     return _Rung(
         flow=h.flow,
         backstop_left=c.backstop_left - h.absorbed,
@@ -156,6 +208,7 @@ def _tail(st: _Step, c: _Rung, h: _Hit, short, over) -> _Rung:
         backstop_cash=c.backstop_cash - h.phi * L.fold(h.p_r * (h.net - d * h.size)),
         busy=c.busy + _any(h.size > 0).astype(jnp.int32),
         overflow=c.overflow | over,
+        pending=pend,
     )
 
 
@@ -165,24 +218,35 @@ def _round(st: _Step, c: _Rung) -> _Rung:
     return _tail(st, c, h, *_split(st, c, h))
 
 
-def _start(args: tuple, params: Params) -> tuple[_Step, _Rung]:
-    """The step's shared values and the rounds' first carry of one path (`run_ladder`'s args)."""
-    level, flow0, x_base, lo, hi, sigma, mmr, active, backstop_left = args
-    lad = params.ladder
-    st = _Step(lad, mmr, active, x_base, lo, hi, sigma, params)
+def _step(inp: Inputs, params: Params) -> _Step:
+    """What the rounds of one path's step share (`Inputs`)."""
+    marks = live = None
+    if inp.alive is not None:
+        marks = account_book.marks(params, inp.sigma, inp.gap, inp.active)
+        live = account_book.live(params.ladder.accounts, inp.alive, marks)
+    return _Step(params.ladder, inp.mmr, inp.active, inp.x_base, inp.lo, inp.hi, inp.sigma, params, marks, live)
+
+
+def _start(inp: Inputs, params: Params, rounds: int) -> tuple[_Step, _Rung]:
+    """The step's shared values and the rounds' first carry of one path; rounds: the most
+    rounds of a step (`Static.rounds`)."""
+    st = _step(inp, params)
+    flow0 = inp.flow0
     z = jnp.zeros((), flow0.dtype)
     side2 = jnp.zeros((flow0.shape[0], 2), flow0.dtype)
-    at = L.cum_at(lad, level)
+    at = L.cum_at(st.lad, inp.level)
+    pend = None if inp.alive is None else A.pending(st.lad.accounts.legs, rounds)
     start = _Rung(
-        flow0, backstop_left, level, at, side2, side2, z, z, z,
-        jnp.zeros_like(flow0), z, jnp.zeros((), jnp.int32), jnp.zeros((), bool),
+        flow0, inp.backstop_left, inp.level, at, side2, side2, z, z, z,
+        jnp.zeros_like(flow0), z, jnp.zeros((), jnp.int32), jnp.zeros((), bool), pend,
     )  # fmt: skip
     return st, start
 
 
-def _finish(st: _Step, end: _Rung) -> tuple:
+def _finish(st: _Step, inp: Inputs, end: _Rung) -> Result:
     """`run_ladder`'s result from the last round's carry: the cohorts still beyond their
-    liquidation price when the rounds ran out carry over (`Cascade.residual`)."""
+    liquidation price when the rounds ran out carry over (`Cascade.residual`); the accounts hit
+    in the rounds are settled (`_settle`)."""
     lad, active = st.lad, st.active
     p_end = st.price(end.flow)
     crossed, unsure = L.crossed(lad, p_end, st.mmr, end.level)
@@ -204,40 +268,46 @@ def _finish(st: _Step, end: _Rung) -> tuple:
         rounds=end.busy,
         residual=L.fold(p_end * L.fold(left)),
     )
-    return c, end.level, flag
+    if inp.alive is None:
+        return Result(c, end.level, None, flag)
+    return _settle(st, inp, end, c, p_end, flag)
 
 
-def run_ladder(
-    level,
-    flow0,
-    x_base,
-    lo,
-    hi,
-    sigma,
-    mmr,
-    active,
-    backstop_left,
-    params: Params,
-    static: Static,
-):
-    """The cascade of one path on the ladder (`engine.model.cascade.run_cascade_whole`'s numbers).
+def _settle(st: _Step, inp: Inputs, end: _Rung, c: Cascade, p_end, flag) -> Result:
+    """`_finish` with accounts: the accounts hit in the rounds closed at their fills
+    (`engine.model.accounts.settle`, the step's account tally in `Cascade.tally`), and those
+    still under water at the last marks `p_end` `[assets]` in the residual."""
+    tab, params = st.lad.accounts, st.params
+    pend = end.pending
+    r = A.settle(
+        A.prepare(params, inp.gap, inp.sigma), tab.legs, pend, T.zero(p_end.shape[0], p_end.dtype)
+    )
+    c = c._replace(
+        liquidated=c.liquidated + r.liquidated,
+        shortfall=c.shortfall + r.shortfall,
+        trader_loss=c.trader_loss + r.trader_loss,
+        counterparty=c.counterparty + r.counterparty,
+        fund_inflow=c.fund_inflow + r.fund_inflow,
+        tally=r.tally,
+        residual=c.residual + account_book.left(tab, params, st.marks, st.live & ~pend.hit, p_end),
+    )
+    return Result(c, end.level, inp.alive & ~pend.hit, flag)
 
-    level: `[assets, groups]` int32; mmr: `[assets, groups]` rates in force; other arguments as
-    `run_cascade`'s. Returns (Cascade with quantity and bankrupt None, new level, flag `[]`): the
-    flag says that an equity split or a search outran `engine.model.ladder.WINDOW` (the path
-    goes to the dense kernel).
-    """
-    args = (level, flow0, x_base, lo, hi, sigma, mmr, active, backstop_left)
-    st, start = _start(args, params)
+
+def run_ladder(inp: Inputs, params: Params, static: Static) -> Result:
+    """The cascade of one path on the ladder (`engine.model.cascade.run_cascade_whole`'s numbers,
+    and with accounts `run_cascade`'s), `Inputs` -> `Result`: the flag says that an equity split
+    or a search outran `engine.model.ladder.WINDOW` (the path goes to the dense kernel)."""
+    st, start = _start(inp, params, static.rounds)
     end = until_quiet(lambda c: _round(st, c), start, lambda c: c.busy, static.rounds)
-    return _finish(st, end)
+    return _finish(st, inp, end)
 
 
-def run_batch(args: tuple, params: Params, static: Static) -> tuple:
-    """`run_ladder` of a batch of paths (args with a leading path axis), with the same numbers
+def run_batch(args: Inputs, params: Params, static: Static) -> Result:
+    """`run_ladder` of a batch of paths (`Inputs` with a leading path axis), with the same numbers
     per path: the search for the shortfall's sure prefix (`_split`) runs only in the rounds
     where some path of the batch needs it."""
-    per_path = lambda f: jax.vmap(lambda a, *rest: f(*_start(a, params), *rest))
+    per_path = lambda f: jax.vmap(lambda a, *rest: f(*_start(a, params, static.rounds), *rest))
     begin = per_path(lambda st, c: c)(args)
     head = per_path(lambda st, _, c: _head(st, c))
     split = per_path(lambda st, _, c, h: _split(st, c, h))
@@ -256,28 +326,31 @@ def run_batch(args: tuple, params: Params, static: Static) -> tuple:
         return i + 1, jax.tree_util.tree_map(lambda n, o: jnp.where(_rows(c.busy == i, n), n, o), new, c)
 
     end = jax.lax.while_loop(more, body, (jnp.zeros((), jnp.int32), begin))[1]
-    return per_path(lambda st, _, c: _finish(st, c))(args, end)
+    return jax.vmap(lambda a, c: _finish(_step(a, params), a, c))(args, end)
 
 
 def init_state(params: Params, static: Static) -> SimState:
     """State at t0 of one path: the dense kernel's, with the book as ladder levels (nothing
     liquidated) instead of per-cohort arrays. `params` must be `prepare`d."""
     state = stages.init_state(params, static)
+    tab = params.ladder.accounts
     return state._replace(
         quantity=None,
         bankrupt=None,
         liquidated_units=None,
+        accounts=None,
         level=params.ladder.start,
         fallback=jnp.asarray(FALLBACK_NEVER, jnp.int32),
+        alive=None if tab is None else account_book.opened(tab),
     )
 
 
 class _Before(NamedTuple):
-    """Stages 1-2 of one path and the cascade's inputs (`run_ladder`'s arguments in order)."""
+    """Stages 1-2 of one path and the cascade's `Inputs`."""
 
     m: stages.Move
     queue: jnp.ndarray  # [assets] USD queued during a halt
-    args: tuple  # level, flow0, x_base, lo, hi, sigma, mmr, active, backstop_left
+    args: Inputs
 
 
 def _before(state: SimState, draws: market.Draws, t, shock, flow, params: Params, static: Static) -> _Before:
@@ -288,23 +361,31 @@ def _before(state: SimState, draws: market.Draws, t, shock, flow, params: Params
     flow0 = jnp.where(m.halted, 0.0, flow + state.queue)
     queue = jnp.where(m.halted, state.queue + flow, 0.0)
     mmr = policies.maintenance_rate(params.ladder.mmr, m.sigma, mp.sigma0, pol)
-    args = (state.level, flow0, m.x_fair + m.x_trans, lo, hi, m.sigma, mmr, ~m.halted, state.backstop_left)
+    args = Inputs(
+        state.level, flow0, m.x_fair + m.x_trans, lo, hi, m.sigma, mmr, ~m.halted, state.backstop_left,
+        state.alive, m.gap,
+    )  # fmt: skip
     return _Before(m, queue, args)
 
 
-def _after(state: SimState, draws, t, b: _Before, cascade: tuple, params: Params, static: Static) -> SimState:
-    """Stages 4-5 and the fund after the cascade (`run_ladder`'s result); flags the path at the
-    first step it needs ADL or outran a split window."""
-    c, level, overflow = cascade
-    pol, m = params.policy, b.m
-    _, _, _, lo, hi, _, _, open_, _ = b.args
-    mk = stages.move_mark(m, c, open_, lo, hi, params)
+def _after(state: SimState, draws, t, b: _Before, r: Result, params: Params, static: Static) -> SimState:
+    """Stages 4-5 and the fund after the cascade (`run_ladder`'s `Result`); flags the path at the
+    first step it needs ADL, outran a split window, or has an account leg's rate at the cap."""
+    pol, m, inp = params.policy, b.m, b.args
+    c = r.cascade
+    mk = stages.move_mark(m, c, inp.active, inp.lo, inp.hi, params)
     halt_left = stages.count_halt(state, policies.halt_triggered(mk.target, m.x_ref, m.halted, pol), params)
     f = pay_from_fund(state.fund, c.fund_inflow, c.shortfall)
     new = stages.close_step(state, draws, t, c, f, mk, (m.halted, halt_left, b.queue), params, static)
-    needs_dense = overflow | ((pol.adl_rule > 0) & jnp.any(f.deficit > 0))
+    needs_dense = r.flag | ((pol.adl_rule > 0) & jnp.any(f.deficit > 0))
+    if r.alive is not None:
+        marks = account_book.marks(params, inp.sigma, inp.gap, inp.active)
+        needs_dense = needs_dense | account_book.capped(params.ladder.accounts, marks)
     return new._replace(
-        level=level, fallback=jnp.where(needs_dense, jnp.minimum(state.fallback, t), state.fallback)
+        gap=m.gap,
+        level=r.level,
+        alive=r.alive,
+        fallback=jnp.where(needs_dense, jnp.minimum(state.fallback, t), state.fallback),
     )
 
 
@@ -313,37 +394,44 @@ def market_step(
 ) -> SimState:
     """Stages 1-5 and the fund of one path (as `engine.model.kernel.market_step`) on the ladder."""
     b = _before(state, draws, t, shock, flow, params, static)
-    return _after(state, draws, t, b, run_ladder(*b.args, params, static), params, static)
+    return _after(state, draws, t, b, run_ladder(b.args, params, static), params, static)
 
 
-def _reaches(level, flow0, x_base, lo, hi, sigma, mmr, active, backstop_left, params: Params) -> jnp.ndarray:
-    """Whether the step's first price reaches the next cohort of some group `[]` bool (else the
-    cascade does nothing: `_quiet`)."""
-    lad = params.ladder
-    st = _Step(lad, mmr, active, x_base, lo, hi, sigma, params)
+def _reaches(inp: Inputs, params: Params) -> jnp.ndarray:
+    """Whether the step's first price reaches the next cohort of some group, or some account's
+    maintenance, `[]` bool (else the cascade does nothing: `_quiet`)."""
+    st = _step(inp, params)
+    lad, level, mmr = st.lad, inp.level, inp.mmr
     s = lad.side
-    p = st.price(flow0)[:, None]
-    hit = s * (p - (-s * L.take(lad.u, level)) / (1.0 - s * mmr)) <= 0
-    return _any(hit & (level < lad.end) & active[:, None])
+    price = st.price(inp.flow0)
+    hit = s * (price[:, None] - (-s * L.take(lad.u, level)) / (1.0 - s * mmr)) <= 0
+    reach = _any(hit & (level < lad.end) & inp.active[:, None])
+    if st.live is None:
+        return reach
+    return reach | jnp.any(st.live & (account_book.excess(lad.accounts, params, st.marks, price) <= 0))
 
 
-def _quiet(args: tuple) -> tuple:
+def _quiet(args: Inputs) -> Result:
     """`run_ladder`'s result `[paths, ...]` for paths whose first price reaches no cohort."""
-    level, flow0, _, _, _, _, _, _, backstop_left = args
+    flow0, backstop_left = args.flow0, args.backstop_left
     z = jnp.zeros_like(backstop_left)
+    tally = None
+    if args.alive is not None:  # the same structure as a settled cascade's
+        zero = T.zero(flow0.shape[1], flow0.dtype)
+        tally = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, z.shape + x.shape), zero)
     c = Cascade(
         None, None, flow0, jnp.zeros(flow0.shape + (2,), flow0.dtype), jnp.zeros(flow0.shape + (2,), flow0.dtype),
-        z, z, z, backstop_left, jnp.zeros_like(flow0), z, jnp.zeros(z.shape, jnp.int32), z,
+        z, z, z, backstop_left, jnp.zeros_like(flow0), z, jnp.zeros(z.shape, jnp.int32), z, tally,
     )  # fmt: skip
-    return c, level, jnp.zeros(z.shape, bool)
+    return Result(c, args.level, args.alive, jnp.zeros(z.shape, bool))
 
 
 # Paths per batch of the cascade, as a share of the paths of a step (at least 8).
 BATCH_SHARE = 64
 
 
-def _for_some(mask, run, args: tuple, others):
-    """`run(*args)` (batched) for the paths of `mask` `[paths]`, `others` (same structure) for the
+def _for_some(mask, run, args, others):
+    """`run(args)` (batched) for the paths of `mask` `[paths]`, `others` (same structure) for the
     rest: the masked paths are gathered into batches of 1/`BATCH_SHARE` of the paths, as many as
     they fill, so a step pays for the paths that need the work (and one batch is compiled)."""
     n = mask.shape[0]
@@ -354,7 +442,7 @@ def _for_some(mask, run, args: tuple, others):
     def batch(carry):
         i, out = carry
         idx = jax.lax.dynamic_slice_in_dim(order, i, size)
-        done = run(*jax.tree_util.tree_map(lambda x: x[jnp.minimum(idx, n - 1)], args))
+        done = run(jax.tree_util.tree_map(lambda x: x[jnp.minimum(idx, n - 1)], args))
         return i + size, jax.tree_util.tree_map(lambda o, d: o.at[idx].set(d, mode="drop"), out, done)
 
     count = jnp.sum(mask)
@@ -372,8 +460,8 @@ def market_batch(states: SimState, draws, t, shock, flow, params: Params, static
     do not depend on which batch computed them."""
     per_path = (0, 0, None, None, None, None, None)
     b = jax.vmap(_before, per_path)(states, draws, t, shock, flow, params, static)
-    busy = jax.vmap(lambda *a: _reaches(*a, params))(*b.args)
-    cascade = _for_some(busy, lambda *a: run_batch(a, params, static), b.args, _quiet(b.args))
+    busy = jax.vmap(lambda a: _reaches(a, params))(b.args)
+    cascade = _for_some(busy, lambda a: run_batch(a, params, static), b.args, _quiet(b.args))
     return jax.vmap(_after, (0, 0, None, 0, 0, None, None))(states, draws, t, b, cascade, params, static)
 
 
@@ -406,8 +494,14 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     open_units = L.between(L.cum_at(lad, lad.end), at)[..., 0]
     reach, unsure = L.crossed(lad, fair, mmr, state.level)
     deferred = L.between(L.cum_at(lad, reach), at)[..., 0]
+    units, late = jnp.sum(open_units, -1), jnp.sum(fair * jnp.sum(deferred, -1))
+    if state.alive is not None:  # the open accounts' legs, and those under water at the fair price
+        tab = lad.accounts
+        marks = account_book.marks(params, jnp.sqrt(state.variance), state.gap, jnp.ones_like(units, bool))
+        units = units + jnp.sum(jnp.where(state.alive[:, None], tab.legs, 0.0), 0)
+        late = late + account_book.left(tab, params, marks, account_book.live(tab, state.alive, marks), fair)
     state = state._replace(totals=state.totals._replace(tally=_tally(state, params)))
-    out = outputs.assemble(state, params, jnp.sum(open_units, -1), jnp.sum(fair * jnp.sum(deferred, -1)))
+    out = outputs.assemble(state, params, units, late)
     # a search that could not finish (`ladder.find`) hands the last step to the dense kernel
     last = jnp.where(jnp.any(unsure), static.steps - 1, FALLBACK_NEVER)
     return out | {"fallback_step": jnp.minimum(state.fallback, last)}

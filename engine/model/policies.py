@@ -53,5 +53,9 @@ def maintenance_rate(mmr, sigma, sigma0, pol: PolicyParams) -> jnp.ndarray:
 
     mmr * (1 + dynamic_margin * max(0, sigma / sigma0 - 1)); sigma, sigma0: `[assets]`.
     """
-    excess = jnp.maximum(sigma / sigma0 - 1.0, 0.0)[:, None]
-    return jnp.minimum(mmr * (1.0 + pol.dynamic_margin * excess), MAX_MMR)
+    return jnp.minimum(mmr * margin_multiplier(sigma, sigma0, pol)[:, None], MAX_MMR)
+
+
+def margin_multiplier(sigma, sigma0, pol: PolicyParams) -> jnp.ndarray:
+    """Dynamic-margin multiplier `[assets]`: 1 + dynamic_margin * max(0, sigma / sigma0 - 1)."""
+    return 1.0 + pol.dynamic_margin * jnp.maximum(sigma / sigma0 - 1.0, 0.0)

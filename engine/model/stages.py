@@ -79,6 +79,9 @@ class SimState(NamedTuple):
     # Dense whole-position form: units liquidated so far per cohort `[assets, cohorts]`, the
     # path's tally at its end (cheaper than tallying every step).
     liquidated_units: jnp.ndarray | None = None
+    # Ladder kernel with accounts, where `accounts` is None: the account cohorts still open
+    # `[accounts]` bool (`engine.model.account_book`).
+    alive: jnp.ndarray | None = None
 
 
 def init_state(params: Params, static: Static) -> SimState:
