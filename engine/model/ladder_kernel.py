@@ -224,7 +224,9 @@ def _step(inp: Inputs, params: Params) -> _Step:
     if inp.alive is not None:
         marks = account_book.marks(params, inp.sigma, inp.gap, inp.active)
         live = account_book.live(params.ladder.accounts, inp.alive, marks)
-    return _Step(params.ladder, inp.mmr, inp.active, inp.x_base, inp.lo, inp.hi, inp.sigma, params, marks, live)
+    return _Step(
+        params.ladder, inp.mmr, inp.active, inp.x_base, inp.lo, inp.hi, inp.sigma, params, marks, live
+    )
 
 
 def _start(inp: Inputs, params: Params, rounds: int) -> tuple[_Step, _Rung]:
@@ -279,9 +281,7 @@ def _settle(st: _Step, inp: Inputs, end: _Rung, c: Cascade, p_end, flag) -> Resu
     still under water at the last marks `p_end` `[assets]` in the residual."""
     tab, params = st.lad.accounts, st.params
     pend = end.pending
-    r = A.settle(
-        A.prepare(params, inp.gap, inp.sigma), tab.legs, pend, T.zero(p_end.shape[0], p_end.dtype)
-    )
+    r = A.settle(A.prepare(params, inp.gap, inp.sigma), tab.legs, pend, T.zero(p_end.shape[0], p_end.dtype))
     c = c._replace(
         liquidated=c.liquidated + r.liquidated,
         shortfall=c.shortfall + r.shortfall,

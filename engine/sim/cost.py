@@ -51,8 +51,10 @@ DENSE_ASSET_S = 1e-6
 WHOLE_COHORT_S = 30e-9
 GENERAL_COHORT_S = 200e-9
 DERISK_COHORT_S = 40e-9
-# Per leg (account cohort x asset) of one path-step.
+# Per leg (account cohort x asset) of one path-step, dense; per account cohort on the ladder
+# (its row of the shared table, `engine.model.account_book`).
 ACCOUNT_LEG_S = 300e-9
+LADDER_ACCOUNT_S = 2e-9
 # How much faster than the CPU above an accelerator runs a call: an estimate, not measured (no
 # GPU was lent to this project; the H200 estimate of `benchmarks/README.md` puts W1 300 to
 # 1,000 times above this CPU), low so that calls stay short rather than long.
@@ -62,7 +64,7 @@ ACCELERATOR_SPEEDUP = 100.0
 def path_step_seconds(static: Static, accelerator: bool = False) -> float:
     """Estimated device seconds of one path advanced one step in `static`'s kernel form."""
     if static.ladder:
-        seconds = static.n_assets * LADDER_ASSET_S
+        seconds = static.n_assets * LADDER_ASSET_S + static.n_accounts * LADDER_ACCOUNT_S
     else:
         general = not static.whole_only or static.n_accounts or static.stops
         per_cohort = (GENERAL_COHORT_S if general else WHOLE_COHORT_S) + (
@@ -102,7 +104,8 @@ def kernel_note(statics: Sequence[Static], points: Sequence[Config]) -> str:
         where = "" if len(groups) == 1 else f" at point(s) {', '.join(map(str, idx))}"
         s = statics[idx[0]]
         if name == "ladder":
-            parts.append(f"ladder{where} (isolated positions closed whole, the fast path)")
+            held = f"; {s.n_accounts:,} account cohorts in one shared table" if s.n_accounts else ""
+            parts.append(f"ladder{where} (positions closed whole{held}, the fast path)")
             continue
         ladder = dataclasses.replace(s, ladder=1, whole_only=True, n_accounts=0, stops=False, derisk=False)
         ratio = path_step_seconds(s) / path_step_seconds(ladder)

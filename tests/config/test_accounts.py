@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from engine import cli
 from engine.config import accounts, book, book_checks, book_file, build, forms, synthetic
 from engine.config.book import maintenance_amounts, tier_index
-from engine.config.errors import ConfigError
 from engine.config.files import load_config
 from engine.config.positions import BookFileError
 from engine.config.schema import Config
@@ -234,8 +233,8 @@ def test_params_and_static_of_a_book_with_accounts(rows_file):
     assert static.n_accounts == 2 and static.n_collateral == 2 and not static.stops
     assert params.accounts.quantity.shape == (2, 2) and params.accounts.collateral.shape == (2, 2)
     assert params.collateral.price0.shape == (2,) and params.schedule.depeg.shape == (cfg.run.steps, 2)
-    with pytest.raises(ConfigError, match=r"run\.kernel = 'ladder' cannot simulate cross-margin accounts"):
-        forms.specialise(static, [cfg])  # forced, it is refused, not run dense in silence
+    forced = forms.specialise(static, [cfg])  # accounts and collateral run on the ladder
+    assert forms.form(forced) == "ladder" and not forced.whole_only
     auto = cfg.model_copy(update={"run": cfg.run.model_copy(update={"kernel": "auto"})})
     fast = forms.specialise(static, [auto])
     assert (fast.whole_only, fast.ladder, fast.ladder_cells) == (False, 0, 0)

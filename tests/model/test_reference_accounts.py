@@ -118,7 +118,7 @@ def account_params(price0, maint, rows, coll_price=None, haircut=None) -> Accoun
     n_c = 0 if coll_price is None else len(coll_price)
     out = {k: [] for k in AccountParams._fields}
     for spec, wallet, coll, weight, mmr in rows:
-        s, e, q = legs(price0, spec)
+        s, e, q = legs(price0, spec, len(price0))
         c0 = 0.0 if n_c == 0 else float(np.dot(coll, (1 - np.asarray(haircut)) * coll_price))
         out["side"].append(s)
         out["entry"].append(e)

@@ -62,10 +62,7 @@ def _note(**sections) -> str:
 
 def test_kernel_note_names_what_forces_the_dense_kernel():
     run = small_dict()["run"]
-    assert (
-        _note(run={**run, "kernel": "ladder"})
-        == "kernel: ladder (isolated positions closed whole, the fast path)"
-    )
+    assert _note(run={**run, "kernel": "ladder"}) == "kernel: ladder (positions closed whole, the fast path)"
     assert _note(run={**run, "kernel": "dense"}).startswith(
         'kernel: dense, for run.kernel = "dense"; about 0.6x'
     )
@@ -81,9 +78,12 @@ def test_kernel_note_names_what_forces_the_dense_kernel():
     )
     accounts = dataclasses.replace(BOOK, n_accounts=500, n_collateral=1, stops=True)
     assert cost.kernel_note([accounts], [Config.model_validate(small_dict())]) == (
-        "kernel: dense general, for cross-margin accounts (500 account cohorts, book.positions); "
-        "collateral assets (1, [collateral]); stop orders (book.stops or stop_price in book.positions); "
+        "kernel: dense general, for stop orders (book.stops or stop_price in book.positions); "
         "about 89.0x the cost per path-step of the ladder (README: Kernel forms and their cost)"
+    )
+    on_ladder = dataclasses.replace(BOOK, n_accounts=500, n_collateral=1, ladder=2, ladder_cells=64)
+    assert cost.kernel_note([on_ladder], [Config.model_validate(small_dict())]) == (
+        "kernel: ladder (positions closed whole; 500 account cohorts in one shared table, the fast path)"
     )
 
 

@@ -1,0 +1,176 @@
+"""Cross-margin accounts and collateral on the ladder (`engine.model.account_book`) against the
+dense general kernel on the same draws.
+
+float64, seeded random books: 4 assets of isolated cohorts, 24 account cohorts of 1 to 4 legs
+(both sides, three maintenance tiers, wallets and two collateral assets, one tracking SOL, with
+random depegs and a scheduled one), under policies that make halts, dynamic margin, the
+leverage cap both ways, the backstop, bands and both ADL rules act. Every per-path output of
+the ladder equals the dense kernel's to `PARITY_RTOL`; paths that need ADL are handed to the
+dense kernel (`engine.sim.fallback`), and each variant asserts that what it exercises acted, so
+that the parity is not vacuous. Money is conserved on every ladder path, and a path's state does
+not grow with accounts x assets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from engine.config import build
+from engine.config.schema import Config
+from engine.model import kernel, ladder
+from engine.model.ladder_kernel import FALLBACK_NEVER
+from engine.sim.rollout import rollout
+from tests.conftest import small_dict
+from tests.helpers import PARITY_RTOL, UNITLESS, assert_close, usd_scale
+from tests.model.test_reference_accounts import account_params, collateral_params
+
+N_PATHS, STEPS, N_ACCOUNTS = 16, 30, 24
+SOL = 1
+ASSETS = {
+    "ETH": {"price": 4_000.0, "vol_annual": 0.7, "impact_y": 0.5, "daily_volume_usd": 20e9},
+    "XRP": {"price": 2.5, "vol_annual": 0.9, "impact_y": 0.6, "daily_volume_usd": 5e9},
+}
+HALT = {"kind": "halt", "threshold": 0.03, "window": 4, "duration": 6}
+# name -> policy; each variant's assertion of what acted is in `ACTED`
+VARIANTS = {
+    "adl_off": {"adl_rule": "off"},
+    "halt_dynamic_margin": {"adl_rule": "off", "breaker": HALT, "dynamic_margin": 2.0},
+    "cap_add_margin_backstop": {
+        "adl_rule": "off",
+        "leverage_cap": 12.0,
+        "leverage_cap_mode": "add_margin",
+        "backstop_capacity_usd": 2e9,
+        "backstop_discount": 0.02,
+    },
+    "cap_reduce_band": {
+        "adl_rule": "off",
+        "leverage_cap": 10.0,
+        "leverage_cap_mode": "reduce_size",
+        "breaker": {"kind": "band", "band": 0.01},
+    },
+    "queue": {"adl_rule": "queue"},
+    "pro_rata": {"adl_rule": "pro_rata"},
+}
+HANDED_OVER = {"queue", "pro_rata"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def config(policy: dict, seed: int) -> Config:
+    base = small_dict()["market"]
+    assets = {
+        **base["assets"],
+        **{k: {**v, "open_interest_usd": 5e9, "long_share": 0.6} for k, v in ASSETS.items()},
+    }
+    corr = np.full((4, 4), 0.7) + 0.3 * np.eye(4)
+    return Config.model_validate(
+        small_dict(
+            run={
+                "n_paths": N_PATHS,
+                "seed": seed,
+                "steps": STEPS,
+                "cascade_rounds": 8,
+                "max_window": 16,
+                "fan_points": 6,
+                "dtype": "float64",
+            },
+            market={**base, "assets": assets, "correlation": corr.tolist()},
+            policy={"insurance_fund_usd": 3e6, **policy},
+            scenario={"shock": -0.07, "shock_start": 6, "shock_steps": 2},
+        )
+    )
+
+
+def random_accounts(rng: np.random.Generator, price0: np.ndarray, maint: np.ndarray):
+    """`N_ACCOUNTS` rows for `account_params`: 1 to 4 legs each on random assets and sides,
+    0.2-2 B USD per leg entered within 3% of the price, wallets for 3-30x, collateral on a
+    third of them."""
+    cp = collateral_params()
+    rows = []
+    for _ in range(N_ACCOUNTS):
+        assets = rng.choice(4, size=rng.integers(1, 5), replace=False)
+        spec = {
+            int(a): (
+                float(rng.choice([1.0, -1.0])),
+                float(rng.uniform(0.2e9, 2e9)),
+                float(rng.uniform(0.97, 1.03)),
+            )
+            for a in assets
+        }
+        notional = sum(usd for _, usd, _ in spec.values())
+        margin = notional / rng.uniform(3, 30)
+        coll = np.zeros(2)
+        if rng.random() < 1 / 3:
+            c = int(rng.integers(2))
+            coll[c] = 0.7 * margin / float(cp.price0[c])
+            margin *= 0.3
+        rows.append(
+            (spec, margin, coll, float(rng.integers(50, 1000)), float(rng.choice([0.005, 0.01, 0.025])))
+        )
+    return account_params(price0, maint, rows, np.asarray(cp.price0), np.asarray(cp.haircut)), cp
+
+
+def book(policy: dict, seed: int):
+    """(config, params, ladder static, dense general static) of a random book with accounts."""
+    cfg = config(policy, seed)
+    params, static = build.build(cfg)
+    rng = np.random.default_rng(seed)
+    price0 = np.asarray(params.market.price0)
+    acc, cp = random_accounts(rng, price0, float(np.asarray(params.book.maint_amount)[0, 0]))
+    depeg = np.zeros((STEPS, 2))
+    depeg[12:16, 0] = 0.4
+    params = params._replace(
+        accounts=acc, collateral=cp, schedule=params.schedule._replace(depeg=jnp.asarray(depeg))
+    )
+    dense = dataclasses.replace(static, n_accounts=N_ACCOUNTS, n_collateral=2, whole_only=False, ladder=0)
+    rates, cells = ladder.layout(np.asarray(params.book.side), np.asarray(params.book.mmr))
+    return cfg, params, dataclasses.replace(dense, ladder=rates, ladder_cells=cells), dense
+
+
+def run(params, static, seed):
+    return jax.device_get(rollout(params, seed, 0, N_PATHS, static=static, n_paths=N_PATHS)[0])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_accounts_on_the_ladder_match_the_dense_kernel(variant, seed):
+    cfg, params, lad, dense = book(VARIANTS[variant], seed)
+    out, den = run(params, lad, seed), run(params, dense, seed)
+    flagged = out.pop("fallback_step") < FALLBACK_NEVER
+    for name, value in den.items():
+        scale = 1.0 if name in UNITLESS else usd_scale(cfg) + 1e3 * N_ACCOUNTS
+        assert_close(out[name], value, PARITY_RTOL, scale, f"{variant} seed {seed}: {name}")
+    assert np.any(den["accounts_liquidated"] > 0)
+    if "add_margin" not in variant:  # margin added to the wallets outweighs the depeg there
+        assert np.any(den["collateral_liquidated"] > 0), f"{variant}: the depeg liquidated no account"
+    assert np.any(den["liquidated_entry_by_mode"][:, 0] > 0), "no isolated cohort liquidated"
+    if variant in HANDED_OVER:
+        assert flagged.any(), f"{variant}: no path needed ADL, the hand-over was not exercised"
+    else:
+        assert not flagged.any(), f"{variant}: paths handed over with ADL off"
+
+
+def test_money_is_conserved_on_every_ladder_path():
+    """trader loss = fund inflow - shortfall + counterparty gain + collateral markdown."""
+    cfg, params, lad, _ = book(VARIANTS["cap_add_margin_backstop"], 3)
+    out = run(params, lad, 3)
+    rhs = out["fund_inflow"] - out["shortfall"] + out["counterparty_gain"] + out["collateral_markdown"]
+    assert_close(out["trader_loss"], rhs, PARITY_RTOL, usd_scale(cfg))
+    assert np.all(out["trader_loss"] > 0)
+
+
+def test_a_paths_state_does_not_grow_with_accounts_times_assets():
+    _, params, lad, _ = book(VARIANTS["adl_off"], 0)
+    state = kernel.init_state(params, lad)
+    sizes = {jax.tree_util.keystr(k): np.size(v) for k, v in jax.tree_util.tree_flatten_with_path(state)[0]}
+    assert sizes[".alive"] == N_ACCOUNTS
+    assert max(sizes.values()) < N_ACCOUNTS * 4, sizes
