@@ -52,8 +52,6 @@ def blockers(static: Static, points: Sequence[Config]) -> list[str]:
         out.append(
             f"partial liquidation (policy.partial_liquidation = {', '.join(f'{x:g}' for x in partial)})"
         )
-    if static.derisk or build.derisks(list(points)):
-        out.append("voluntary closing (market.derisk rates above 0; the ladder's levels cannot shrink)")
     return out
 
 
@@ -73,7 +71,9 @@ def specialise(static: Static, points: Sequence[Config]) -> Static:
     the whole-position cascade when no point liquidates partially and the book has no accounts
     or stops, else the general one; and the loop-free chi-square when every point's dof is an
     integer up to `LOOP_FREE_DOF`. Voluntary closing (`Static.derisk`) is turned on where some
-    point's rates are above 0 (a `static` that has it on keeps it). `check_forced` first.
+    point's rates are above 0 (a `static` that has it on keeps it); every form simulates it
+    (on the ladder as the share of its t0 units each side holds, `engine.model.derisk.shrink`).
+    `check_forced` first.
 
     The numbers of the whole-position cascade equal the general one's, the ladder's the dense
     kernel's (to the rounding of their sums; paths it cannot finish exactly are rerun on the
@@ -92,7 +92,7 @@ def specialise(static: Static, points: Sequence[Config]) -> Static:
 
     rungs = (
         [ladder.layout(c.side, c.mmr) for c in map(build.cohorts, points)]
-        if closes_whole and not (static.stops or derisk) and _on_ladder(static, points)
+        if closes_whole and not static.stops and _on_ladder(static, points)
         else [(0, 0)]
     )
     return dataclasses.replace(

@@ -16,6 +16,10 @@ bankruptcy and liquidation prices unchanged. The closing orders join the step's 
 move the mark through the same impact and can liquidate others in the step's cascade. They
 fill at `p` (their notional `dq p`) and touch no part of the waterfall: holders close at the
 market with their own margin. Cross-margin account legs are not closed (not modelled).
+
+The dense kernels scale each cohort's units (`start`); the ladder kernel, whose cohorts of a
+side all keep the same share of their t0 units, carries that share per asset and side
+(`shrink`). Both take nu from `fractions` and the orders from `orders`.
 """
 
 from __future__ import annotations
@@ -30,41 +34,43 @@ from engine.model.stages import Move, SimState
 
 
 class Closing(NamedTuple):
-    """One step's voluntary closing of one path. quantity: `[assets, cohorts]` units left;
-    fraction: `[assets, cohorts]` the share nu of each cohort's units closed; flow: `[assets]`
-    USD of closing orders (+ sells); notional: `[assets, 2]` USD closed at the fill marks (long,
+    """One step's voluntary closing of one path, summed per asset. flow: `[assets]` USD of
+    closing orders (+ sells); notional: `[assets, 2]` USD closed at the fill marks (long,
     short); units: `[assets]` units closed, both sides."""
 
-    quantity: jnp.ndarray
-    fraction: jnp.ndarray
     flow: jnp.ndarray
     notional: jnp.ndarray
     units: jnp.ndarray
 
 
-def close(quantity, side, x_start, x_open, sigma, open_, mp: MarketParams) -> Closing:
-    """The closing of the module docstring.
+def fractions(x_start, sigma, open_, mp: MarketParams) -> jnp.ndarray:
+    """The share nu `[assets, 2]` (long, short) of every open cohort's units closed this step
+    (the module docstring's formula).
 
-    quantity, side: `[assets, cohorts]` units and +1/-1; x_start: `[assets]` log mark at the
-    start of the step; x_open: `[assets]` log mark the orders meet (the step's, before any
-    flow, within the breaker's limits); sigma: `[assets]` volatility per step; open_: `[assets]`
-    bool or open share in [0, 1].
+    x_start: `[assets]` log mark at the start of the step; sigma: `[assets]` volatility per
+    step; open_: `[assets]` bool or open share in [0, 1].
     """
     excess = jnp.maximum(sigma / mp.sigma0 - 1.0, 0.0)
     loss = jnp.maximum(jnp.stack([-x_start, x_start], -1), 0.0)  # [assets, 2] (long, short)
     hazard = mp.derisk_vol[:, None] * excess[:, None] + mp.derisk_loss[:, None] * loss
-    nu = -jnp.expm1(-jnp.asarray(open_, sigma.dtype)[:, None] * hazard / mp.steps_per_day)
-    fraction = jnp.where(side > 0, nu[:, :1], nu[:, 1:])
-    closed = quantity * fraction
-    units = by_side(closed, side_matrix(side))
+    return -jnp.expm1(-jnp.asarray(open_, sigma.dtype)[:, None] * hazard / mp.steps_per_day)
+
+
+def orders(units, x_open, mp: MarketParams) -> Closing:
+    """The `Closing` of `units` `[assets, 2]` (long, short) closed at the log mark `x_open`
+    `[assets]` (the step's, before any flow, within the breaker's limits)."""
     price = mp.price0 * jnp.exp(x_open)
     return Closing(
-        quantity=quantity - closed,
-        fraction=fraction,
         flow=price * (units[:, 0] - units[:, 1]),
         notional=price[:, None] * units,
         units=units[:, 0] + units[:, 1],
     )
+
+
+def open_mark(m: Move, lo, hi) -> jnp.ndarray:
+    """The log mark `[assets]` the closing orders meet: the step's before any flow, within the
+    breaker's limits `lo`, `hi` `[assets]`."""
+    return jnp.clip(m.x_fair + m.x_trans, lo, hi)
 
 
 def start(
@@ -77,10 +83,26 @@ def start(
     flow0, lo, hi, open_: the step's flow, limits and open share (`engine.model.kernel.market_step`)."""
     if not static.derisk:
         return state, flow0, None
-    x_open = jnp.clip(m.x_fair + m.x_trans, lo, hi)
-    c = close(state.quantity, params.book.side, state.x_mark, x_open, m.sigma, open_, params.market)
-    q0 = None if state.quantity0 is None else state.quantity0 - state.quantity0 * c.fraction
-    return state._replace(quantity=c.quantity, quantity0=q0), flow0 + c.flow, c
+    side = params.book.side
+    nu = fractions(state.x_mark, m.sigma, open_, params.market)
+    fraction = jnp.where(side > 0, nu[:, :1], nu[:, 1:])  # [assets, cohorts]
+    closed = state.quantity * fraction
+    c = orders(by_side(closed, side_matrix(side)), open_mark(m, lo, hi), params.market)
+    q0 = None if state.quantity0 is None else state.quantity0 - state.quantity0 * fraction
+    return state._replace(quantity=state.quantity - closed, quantity0=q0), flow0 + c.flow, c
+
+
+def shrink(held, units, x_start, x_open, sigma, open_, mp: MarketParams) -> tuple[jnp.ndarray, Closing]:
+    """The closing of a book held as a share of its t0 units per side (the ladder kernel's,
+    `engine.model.ladder_kernel`): every open cohort of a side keeps `held` of its t0 units, so
+    the units closed are nu times the side's open units.
+
+    held: `[assets, 2]` share of t0 units still held (long, short); units: `[assets, 2]` open
+    units; x_start, sigma, open_: as `fractions`; x_open: as `orders`. Returns the share
+    after the closing `[assets, 2]` and the `Closing`.
+    """
+    nu = fractions(x_start, sigma, open_, mp)
+    return held - held * nu, orders(units * nu, x_open, mp)
 
 
 def record(state: SimState, c: Closing | None) -> SimState:

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.model import account_book
+from engine.model import tally as T
 from engine.model.account_book import AccountTable
 from engine.model.params import BookParams, Params, PolicyParams, Static
 from engine.model.policies import cap_leverage
@@ -84,6 +85,25 @@ class Ladder(NamedTuple):
     order: jnp.ndarray
     # the point's cross-margin account cohorts (`engine.model.account_book`), or None
     accounts: AccountTable | None = None
+    # with voluntary closing (`Static.derisk`), what the step's tally reads, or None
+    tally: TallyTable | None = None
+
+
+class TallyTable(NamedTuple):
+    """What the tally (`engine.model.tally`) of the cohorts liquidated between two levels reads,
+    in ladder order. With voluntary closing a cohort is liquidated with the share of its t0
+    units its side still holds, so the ladder kernel tallies each step (`tallied`) instead of a
+    path's final levels.
+
+    cum: `[assets, cohorts + 1, 2 (1 + 2 buckets)]` prefix sums of the t0 units' positions,
+    notional at entry by leverage bucket (USD) and trader loss `s q (e - b)` by leverage bucket
+    (USD), high then low parts (as `Ladder.cum`). worst: `[assets, cohorts]` the largest loss of
+    one position, `s (e - b) q / positions` (USD; 0 for a cohort without positions), over the
+    group's positions up to each: closing leaves it unchanged.
+    """
+
+    cum: jnp.ndarray
+    worst: jnp.ndarray
 
 
 def layout(side: np.ndarray, mmr: np.ndarray) -> tuple[int, int]:
@@ -189,12 +209,44 @@ def build_ladder(book: BookParams, pol: PolicyParams, static: Static) -> Ladder:
     return jax.vmap(one)(book.side, book.mmr, book.maint_amount, book.entry, q, b)
 
 
+def tally_table(book: BookParams, pol: PolicyParams, lad: Ladder) -> TallyTable:
+    """The `TallyTable` of a point's ladder `lad` (the book after the leverage cap, as the dense
+    kernel tallies it: `engine.model.tally.whole`)."""
+    q, b = cap_leverage(book, pol)
+    buckets, per_unit = T.cohort_inputs(book, pol)
+    positions = per_unit * q
+    loss = book.side * q * (book.entry - b)
+    cols = jnp.concatenate(
+        [positions[..., None], (q * book.entry)[..., None] * buckets, loss[..., None] * buckets], -1
+    )
+    one = jnp.where(positions > 0, loss / jnp.where(positions > 0, positions, 1.0), 0.0)
+    return jax.vmap(_tally_one)(cols, one, lad.order, lad.end)
+
+
+def _tally_one(cols, one, order, end) -> TallyTable:
+    """The `TallyTable` of one asset: cols `[cohorts, columns]` and one `[cohorts]` per cohort in
+    the book's order, order `[cohorts]` its ladder order, end `[groups]` the groups' ends."""
+    hi, lo = _compensated_cumsum(cols[order])
+    zero = jnp.zeros((1, 2 * cols.shape[-1]), hi.dtype)
+    # each position's group (positions beyond the last group: the trailing bucket)
+    group = jnp.searchsorted(end, jnp.arange(order.shape[0]), side="right")
+
+    def running_max(a, b):
+        # groups are contiguous: a span ending in the same group as the one before it lies in it
+        return jnp.where(b[1] == a[1], jnp.maximum(a[0], b[0]), b[0]), b[1]
+
+    worst = jax.lax.associative_scan(running_max, (one[order], group))[0]
+    return TallyTable(jnp.concatenate([zero, jnp.concatenate([hi, lo], -1)]), worst)
+
+
 def prepare(params: Params, static: Static) -> Params:
     """`params` with its ladder and account table built (once per compiled call, outside the
-    scan over steps)."""
+    scan over steps), and with voluntary closing the ladder's `TallyTable`."""
     lad = build_ladder(params.book, params.policy, static)
     if params.accounts is not None:
         lad = lad._replace(accounts=account_book.table(params))
+    if static.derisk:
+        lad = lad._replace(tally=tally_table(params.book, params.policy, lad))
     return params._replace(ladder=lad)
 
 
@@ -266,16 +318,34 @@ def crossed(lad: Ladder, price, mmr, level) -> tuple[jnp.ndarray, jnp.ndarray]:
     return find(lad, hit, -lad.side * price[:, None] * den, level, lad.end)
 
 
+def _prefix(cum: jnp.ndarray, idx: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Compensated prefix sums `cum` `[assets, cohorts + 1, 2 columns]` before positions idx
+    `[assets, groups]`: (high, low) parts, `[assets, groups, columns]` each."""
+    both = jnp.take_along_axis(cum, idx[..., None], axis=1)
+    n = cum.shape[-1] // 2
+    return both[..., :n], both[..., n:]
+
+
 def cum_at(lad: Ladder, idx: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Prefix sums (q, q b, q e) before positions idx `[assets, groups]`: (high, low) parts,
     `[assets, groups, 3]` each."""
-    both = jnp.take_along_axis(lad.cum, idx[..., None], axis=1)
-    return both[..., :3], both[..., 3:]
+    return _prefix(lad.cum, idx)
 
 
 def between(upper: tuple, lower: tuple) -> jnp.ndarray:
-    """Sums (q, q b, q e) `[..., 3]` over the positions between two `cum_at` results."""
+    """Sums `[..., columns]` over the positions between two `cum_at` (or `_prefix`) results."""
     return (upper[0] - lower[0]) + (upper[1] - lower[1])
+
+
+def tallied(lad: Ladder, lower, upper) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """What the tally reads of the positions [lower, upper) `[assets, groups]` of each group, at
+    their t0 units (`TallyTable`): (sums `[assets, groups, 1 + 2 buckets]` of positions, notional
+    at entry and trader loss by bucket; the largest loss of one position `[assets, groups]` USD
+    of the group's positions before `upper`, 0 where there are none)."""
+    tab = lad.tally
+    sums = between(_prefix(tab.cum, upper), _prefix(tab.cum, lower))
+    worst = jnp.where(upper > lad.start, take(tab.worst, upper - 1), 0.0)
+    return sums, worst
 
 
 def band(lad: Ladder, start, stop, fill) -> tuple[jnp.ndarray, jnp.ndarray]:

@@ -6,6 +6,9 @@ group's grid finds the cohorts the round's price reaches, prefix sums give their
 accounts, and the fill of each round is the dense whole-position cascade's
 (`engine.model.cascade.run_cascade_whole`), so the two give the same numbers to the rounding of
 their sums. A path's book is its levels `[assets, groups]`; nothing per cohort is carried.
+With voluntary closing (`engine.model.derisk`) every open cohort of a side holds the same share
+of its t0 units (`SimState.held`, `[assets, 2]`), so a range's prefix sums are scaled by its
+side's share, and the step's liquidations are tallied as they happen (`engine.model.ladder.tallied`).
 
 What the ladder does not represent, it flags rather than approximates: from the first step
 where a path needs ADL (a deficit with an ADL rule on: ADL closes cohorts in the middle of a
@@ -21,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from engine.model import account_book, market, outputs, policies, stages
+from engine.model import account_book, derisk, market, outputs, policies, stages
 from engine.model import accounts as A
 from engine.model import ladder as L
 from engine.model import tally as T
@@ -58,7 +61,9 @@ class Inputs(NamedTuple):
     """One path's step as the ladder cascade takes it. level: `[assets, groups]` int32 ladder
     positions liquidated so far; mmr: `[assets, groups]` rates in force; alive: `[accounts]` bool
     account cohorts still open, gap: `[collateral]` the step's depeg gap (each None without
-    them); the others as `engine.model.cascade.CascadeInputs`."""
+    them); held: `[assets, groups]` the share of their t0 units the group's open cohorts hold
+    after the step's voluntary closing (None without it); the others as
+    `engine.model.cascade.CascadeInputs`."""
 
     level: jnp.ndarray
     flow0: jnp.ndarray
@@ -71,6 +76,7 @@ class Inputs(NamedTuple):
     backstop_left: jnp.ndarray
     alive: jnp.ndarray | None = None
     gap: jnp.ndarray | None = None
+    held: jnp.ndarray | None = None
 
 
 class Result(NamedTuple):
@@ -99,6 +105,7 @@ class _Step(NamedTuple):
     # (open, every leg's market trading) `[accounts]` bool
     marks: account_book.Marks | None = None
     live: jnp.ndarray | None = None
+    held: jnp.ndarray | None = None  # `Inputs.held`
 
     def price(self, flow):
         """Mark price `[assets]` (USD) after cumulative flow `flow` (as the dense cascade's)."""
@@ -114,6 +121,21 @@ def _any(x: jnp.ndarray) -> jnp.ndarray:
 def _total(x: jnp.ndarray) -> jnp.ndarray:
     """Sum `[]` of x `[assets, groups]` in a fixed order."""
     return L.fold(L.fold(x))
+
+
+def _held(held, x: jnp.ndarray) -> jnp.ndarray:
+    """x `[assets, groups, ...]`, linear in the cohorts' t0 units, at the units they still hold:
+    scaled by `held` `[assets, groups]` (`Inputs.held`); x itself without voluntary closing."""
+    if held is None:
+        return x
+    return x * held.reshape(held.shape + (1,) * (x.ndim - 2))
+
+
+def _per_group(lad: L.Ladder, held) -> jnp.ndarray | None:
+    """The share `[assets, groups]` of each group's side in `held` `[assets, 2]` (long, short)."""
+    if held is None:
+        return None
+    return jnp.where(lad.side > 0, held[:, :1], held[:, 1:])
 
 
 def _by_side(x: jnp.ndarray, side: jnp.ndarray) -> jnp.ndarray:
@@ -155,7 +177,7 @@ def _head(st: _Step, c: _Rung) -> _Hit:
     reach, unsure = L.crossed(lad, p_r, st.mmr, c.level)
     level = jnp.where(st.active[:, None], reach, c.level)
     at = L.cum_at(lad, level)
-    dq, dqb, dqe = jnp.unstack(L.between(at, c.at), axis=-1)
+    dq, dqb, dqe = jnp.unstack(_held(st.held, L.between(at, c.at)), axis=-1)
     units = _by_side(dq, s)
     hit = None
     if st.live is not None:
@@ -170,6 +192,7 @@ def _head(st: _Step, c: _Rung) -> _Hit:
     d = pol.backstop_discount
     fill = phi * p_r[:, None] * (1.0 - s * d) + (1.0 - phi) * st.price(flow)[:, None]
     short, wide = L.band(lad, c.level, level, fill)
+    short = _held(st.held, short)
     over = _any(unsure & st.active[:, None])
     return _Hit(p_r, level, at, dq, dqb, dqe, net, size, absorbed, phi, flow, fill, short, wide, over, hit)
 
@@ -178,7 +201,7 @@ def _split(st: _Step, c: _Rung, h: _Hit) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(shortfall `[assets, groups]`, over `[]`) of a round: where the first window did not cover
     every cohort that may be under water, the search's (`engine.model.ladder.shortfall`)."""
     exact, outran = L.shortfall(st.lad, c.level, h.level, c.at, h.fill)
-    return jnp.where(h.wide, exact, h.short), h.over | _any(h.wide & outran)
+    return jnp.where(h.wide, _held(st.held, exact), h.short), h.over | _any(h.wide & outran)
 
 
 def _tail(st: _Step, c: _Rung, h: _Hit, short, over) -> _Rung:
@@ -225,7 +248,17 @@ def _step(inp: Inputs, params: Params) -> _Step:
         marks = account_book.marks(params, inp.sigma, inp.gap, inp.active)
         live = account_book.live(params.ladder.accounts, inp.alive, marks)
     return _Step(
-        params.ladder, inp.mmr, inp.active, inp.x_base, inp.lo, inp.hi, inp.sigma, params, marks, live
+        params.ladder,
+        inp.mmr,
+        inp.active,
+        inp.x_base,
+        inp.lo,
+        inp.hi,
+        inp.sigma,
+        params,
+        marks,
+        live,
+        inp.held,
     )
 
 
@@ -248,12 +281,13 @@ def _start(inp: Inputs, params: Params, rounds: int) -> tuple[_Step, _Rung]:
 def _finish(st: _Step, inp: Inputs, end: _Rung) -> Result:
     """`run_ladder`'s result from the last round's carry: the cohorts still beyond their
     liquidation price when the rounds ran out carry over (`Cascade.residual`); the accounts hit
-    in the rounds are settled (`_settle`)."""
+    in the rounds are settled (`_settle`); with voluntary closing the step's liquidations are
+    tallied (`_tally_step`)."""
     lad, active = st.lad, st.active
     p_end = st.price(end.flow)
     crossed, unsure = L.crossed(lad, p_end, st.mmr, end.level)
     reach = jnp.where(active[:, None], crossed, end.level)
-    left = L.between(L.cum_at(lad, reach), end.at)[..., 0]
+    left = _held(st.held, L.between(L.cum_at(lad, reach), end.at)[..., 0])
     flag = end.overflow | _any(unsure & active[:, None])
     c = Cascade(
         quantity=None,
@@ -269,6 +303,7 @@ def _finish(st: _Step, inp: Inputs, end: _Rung) -> Result:
         backstop_cash=end.backstop_cash,
         rounds=end.busy,
         residual=L.fold(p_end * L.fold(left)),
+        tally=None if st.held is None else _tally_step(st, inp.level, end.level),
     )
     if inp.alive is None:
         return Result(c, end.level, None, flag)
@@ -281,7 +316,9 @@ def _settle(st: _Step, inp: Inputs, end: _Rung, c: Cascade, p_end, flag) -> Resu
     still under water at the last marks `p_end` `[assets]` in the residual."""
     tab, params = st.lad.accounts, st.params
     pend = end.pending
-    r = A.settle(A.prepare(params, inp.gap, inp.sigma), tab.legs, pend, T.zero(p_end.shape[0], p_end.dtype))
+    # the step's isolated tally, with voluntary closing, is the accounts' start
+    start = T.zero(p_end.shape[0], p_end.dtype) if c.tally is None else c.tally
+    r = A.settle(A.prepare(params, inp.gap, inp.sigma), tab.legs, pend, start)
     c = c._replace(
         liquidated=c.liquidated + r.liquidated,
         shortfall=c.shortfall + r.shortfall,
@@ -292,6 +329,21 @@ def _settle(st: _Step, inp: Inputs, end: _Rung, c: Cascade, p_end, flag) -> Resu
         residual=c.residual + account_book.left(tab, params, st.marks, st.live & ~pend.hit, p_end),
     )
     return Result(c, end.level, inp.alive & ~pend.hit, flag)
+
+
+def _tally_step(st: _Step, before, after) -> T.Tally:
+    """The tally (`engine.model.tally`) of the cohorts a step liquidated, ladder positions
+    [before, after) `[assets, groups]` of each group, at the units they held (`_Step.held`); its
+    `largest_loss` is that of every cohort liquidated so far (a running maximum either way)."""
+    sums, worst = L.tallied(st.lad, before, after)
+    sums = _held(st.held, sums)
+    positions = L.fold(sums[..., 0])
+    by_bucket = _total(jnp.moveaxis(sums[..., 1:], -1, 0))  # [2 buckets] entry, then loss
+    entry, loss = jnp.split(by_bucket, 2)
+    zero = T.zero(positions.shape[0], positions.dtype)
+    return T.liquidations(
+        zero, entry, loss, jnp.eye(entry.shape[0], dtype=entry.dtype), positions, worst, T.ISOLATED
+    )
 
 
 def run_ladder(inp: Inputs, params: Params, static: Static) -> Result:
@@ -342,30 +394,51 @@ def init_state(params: Params, static: Static) -> SimState:
         level=params.ladder.start,
         fallback=jnp.asarray(FALLBACK_NEVER, jnp.int32),
         alive=None if tab is None else account_book.opened(tab),
+        held=jnp.ones((static.n_assets, 2), state.x_mark.dtype) if static.derisk else None,
     )
 
 
 class _Before(NamedTuple):
-    """Stages 1-2 of one path and the cascade's `Inputs`."""
+    """Stages 1-2 of one path and the cascade's `Inputs`; with voluntary closing the share
+    `[assets, 2]` its sides hold after the step's closing, and the `engine.model.derisk.Closing`
+    (both None without)."""
 
     m: stages.Move
     queue: jnp.ndarray  # [assets] USD queued during a halt
     args: Inputs
+    held: jnp.ndarray | None = None
+    closing: derisk.Closing | None = None
 
 
 def _before(state: SimState, draws: market.Draws, t, shock, flow, params: Params, static: Static) -> _Before:
-    """Stages 1-2: the market move, the breaker limits, the flow that meets the book."""
+    """Stages 1-2: the market move, the breaker limits, the flow that meets the book, with the
+    orders of the holders' voluntary closing (`_close`) where `Static.derisk`."""
     pol, mp = params.policy, params.market
     m = stages.move_market(state, draws, t, shock, params, static)
     lo, hi = policies.mark_limits(state.x_mark, m.x_ref, m.halted, pol)
     flow0 = jnp.where(m.halted, 0.0, flow + state.queue)
     queue = jnp.where(m.halted, state.queue + flow, 0.0)
     mmr = policies.maintenance_rate(params.ladder.mmr, m.sigma, mp.sigma0, pol)
+    held = closing = None
+    if static.derisk:
+        held, closing = _close(state, m, lo, hi, params)
+        flow0 = flow0 + closing.flow
     args = Inputs(
         state.level, flow0, m.x_fair + m.x_trans, lo, hi, m.sigma, mmr, ~m.halted, state.backstop_left,
-        state.alive, m.gap,
+        state.alive, m.gap, _per_group(params.ladder, held),
     )  # fmt: skip
-    return _Before(m, queue, args)
+    return _Before(m, queue, args, held, closing)
+
+
+def _close(state: SimState, m: stages.Move, lo, hi, params: Params) -> tuple[jnp.ndarray, derisk.Closing]:
+    """The step's voluntary closing (`engine.model.derisk.shrink`) on the open cohorts, the
+    positions from each group's level to its end: the share `[assets, 2]` each side holds after
+    it, and its `Closing`. lo, hi: `[assets]` the breaker's limits."""
+    lad = params.ladder
+    t0_units = L.between(L.cum_at(lad, lad.end), L.cum_at(lad, state.level))[..., 0]
+    units = state.held * _by_side(t0_units, lad.side)
+    x_open = derisk.open_mark(m, lo, hi)
+    return derisk.shrink(state.held, units, state.x_mark, x_open, m.sigma, ~m.halted, params.market)
 
 
 def _after(state: SimState, draws, t, b: _Before, r: Result, params: Params, static: Static) -> SimState:
@@ -381,10 +454,12 @@ def _after(state: SimState, draws, t, b: _Before, r: Result, params: Params, sta
     if r.alive is not None:
         marks = account_book.marks(params, inp.sigma, inp.gap, inp.active)
         needs_dense = needs_dense | account_book.capped(params.ladder.accounts, marks)
+    new = derisk.record(new, b.closing)
     return new._replace(
         gap=m.gap,
         level=r.level,
         alive=r.alive,
+        held=b.held,
         fallback=jnp.where(needs_dense, jnp.minimum(state.fallback, t), state.fallback),
     )
 
@@ -416,7 +491,7 @@ def _quiet(args: Inputs) -> Result:
     flow0, backstop_left = args.flow0, args.backstop_left
     z = jnp.zeros_like(backstop_left)
     tally = None
-    if args.alive is not None:  # the same structure as a settled cascade's
+    if args.alive is not None or args.held is not None:  # the same structure as the cascade's
         zero = T.zero(flow0.shape[1], flow0.dtype)
         tally = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, z.shape + x.shape), zero)
     c = Cascade(
@@ -476,8 +551,9 @@ def adl_step(state: SimState, params: Params) -> SimState:
 
 
 def _tally(state: SimState, params: Params) -> T.Tally:
-    """The path's tally (`engine.model.tally`) from its final levels: the ladder liquidates
-    cohorts whole, each at most once, so the liquidated cohorts say it all."""
+    """The path's tally (`engine.model.tally`) from its final levels, without voluntary closing:
+    the ladder liquidates cohorts whole, each at most once and with its t0 units, so the
+    liquidated cohorts say it all."""
     book, pol = params.book, params.policy
     q0, b0 = policies.cap_leverage(book, pol)
     dq = jnp.where(L.liquidated(params.ladder, state.level), q0, 0.0)
@@ -490,17 +566,18 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     lad, mp = params.ladder, params.market
     fair = mp.price0 * jnp.exp(state.x_fair + state.x_trans)
     mmr = policies.maintenance_rate(lad.mmr, jnp.sqrt(state.variance), mp.sigma0, params.policy)
-    at = L.cum_at(lad, state.level)
-    open_units = L.between(L.cum_at(lad, lad.end), at)[..., 0]
+    at, held = L.cum_at(lad, state.level), _per_group(lad, state.held)
+    open_units = _held(held, L.between(L.cum_at(lad, lad.end), at)[..., 0])
     reach, unsure = L.crossed(lad, fair, mmr, state.level)
-    deferred = L.between(L.cum_at(lad, reach), at)[..., 0]
+    deferred = _held(held, L.between(L.cum_at(lad, reach), at)[..., 0])
     units, late = jnp.sum(open_units, -1), jnp.sum(fair * jnp.sum(deferred, -1))
     if state.alive is not None:  # the open accounts' legs, and those under water at the fair price
         tab = lad.accounts
         marks = account_book.marks(params, jnp.sqrt(state.variance), state.gap, jnp.ones_like(units, bool))
         units = units + jnp.sum(jnp.where(state.alive[:, None], tab.legs, 0.0), 0)
         late = late + account_book.left(tab, params, marks, account_book.live(tab, state.alive, marks), fair)
-    state = state._replace(totals=state.totals._replace(tally=_tally(state, params)))
+    if state.held is None:  # else the steps tallied their liquidations (`_tally_step`)
+        state = state._replace(totals=state.totals._replace(tally=_tally(state, params)))
     out = outputs.assemble(state, params, units, late)
     # a search that could not finish (`ladder.find`) hands the last step to the dense kernel
     last = jnp.where(jnp.any(unsure), static.steps - 1, FALLBACK_NEVER)

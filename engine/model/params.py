@@ -65,7 +65,7 @@ class Static:
     # Holders close part of their isolated positions voluntarily (`engine.model.derisk`; rates
     # `MarketParams.derisk_vol`, `derisk_loss`). False: the step does no work for it, and the
     # rates are not read. Set by `engine.config.build` where some rate is above 0; a fit of the
-    # rates from 0 sets it itself. The ladder kernel does not simulate it.
+    # rates from 0 sets it itself.
     derisk: bool = False
 
 

@@ -82,6 +82,9 @@ class SimState(NamedTuple):
     # Ladder kernel with accounts, where `accounts` is None: the account cohorts still open
     # `[accounts]` bool (`engine.model.account_book`).
     alive: jnp.ndarray | None = None
+    # Ladder kernel with voluntary closing (`Static.derisk`): the share of its t0 units every
+    # open cohort of a side still holds `[assets, 2]` (long, short; `engine.model.derisk.shrink`).
+    held: jnp.ndarray | None = None
 
 
 def init_state(params: Params, static: Static) -> SimState:

@@ -1,23 +1,20 @@
 """Voluntary closing (`engine.model.derisk`, `[market.derisk]`): parity with the NumPy reference
 in both dense cascade forms, off means bit for bit the old kernel, the analytic decay of a book
 at a fixed loss, monotonicity in the rates, gradients of the relaxed kernel, the cube's and the
-summary's figures, and the ladder's refusal."""
+summary's figures, and the kernel forms that take it (the ladder's numbers:
+tests/model/test_ladder_derisk.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from engine import cli
 from engine.config import build, forms
-from engine.config.errors import ConfigError, validated
+from engine.config.errors import validated
 from engine.fit.common import differentiable_outputs
 from engine.model import kernel, market
 from engine.report.summary import book_rows
@@ -38,7 +35,6 @@ from tests.helpers import (
 
 N_PATHS, SEED = 4, 3
 RATES = {"vol_rate_per_day": 4.0, "loss_rate_per_day": 10.0}
-QUICK = str(Path(__file__).resolve().parents[2] / "configs" / "quick.toml")
 
 
 def config(derisk: dict | None, policy: dict | None = None, n_paths: int = N_PATHS, dtype: str = "float64"):
@@ -232,21 +228,13 @@ def test_cube_and_summary_report_holders_closing():
     assert "Closed by holders (mean, USD)" in rows and "Liquidated (mean, USD)" in rows
 
 
-def test_ladder_is_refused_with_holders_closing(tmp_path, monkeypatch):
-    """`run.kernel = "ladder"` with voluntary closing is a ConfigError naming both fields (exit
-    2 on the CLI, nothing written); "auto" keeps such points off the ladder."""
+def test_the_ladder_takes_holders_closing():
+    """`run.kernel = "ladder"` with voluntary closing runs on the ladder with `Static.derisk`,
+    and "auto" puts a large run there whether holders close or not (`engine.config.forms`)."""
     forced = validated(small_dict(run={"kernel": "ladder"}, market=SMALL["market"] | {"derisk": RATES}))
-    with pytest.raises(
-        ConfigError, match=r"run\.kernel = 'ladder' cannot simulate voluntary closing \(market\.derisk"
-    ):
-        forms.specialise(build.static_of(forced), [forced])
-    for derisk, ladder in ((None, True), (RATES, False)):
+    static = forms.point_static(forced)
+    assert static.ladder and static.derisk and not forms.blockers(static, [forced])
+    for derisk in (None, RATES):
         big = config(derisk, n_paths=10**7, dtype="float32")
         static = forms.specialise(build.build(big)[1], [big])
-        assert static.whole_only and bool(static.ladder) == ladder and static.derisk == (not ladder)
-    monkeypatch.chdir(tmp_path)
-    argv = ["run", QUICK, "--set", "run.kernel=ladder", "--set", "market.derisk.loss_rate_per_day=1"]
-    result = CliRunner().invoke(cli.app, argv)
-    assert result.exit_code == 2, result.output
-    assert "run.kernel" in result.output and "market.derisk" in result.output
-    assert not os.listdir(tmp_path)
+        assert static.whole_only and static.ladder and static.derisk == (derisk is not None)

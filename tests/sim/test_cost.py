@@ -72,10 +72,8 @@ def test_kernel_note_names_what_forces_the_dense_kernel():
     )
     assert "about 2.7x the cost per path-step of the ladder" in partial
     derisk = _note(market={**small_dict()["market"], "derisk": {"vol_rate_per_day": 1.0}})
-    assert (
-        "kernel: dense, for voluntary closing (market.derisk rates above 0;" in derisk
-        and "about 1.1x" in derisk
-    )
+    # voluntary closing runs on the ladder: a small run of it is dense for its size alone
+    assert derisk.startswith("kernel: dense, for a small run") and "about 1.1x" in derisk
     accounts = dataclasses.replace(BOOK, n_accounts=500, n_collateral=1, stops=True)
     assert cost.kernel_note([accounts], [Config.model_validate(small_dict())]) == (
         "kernel: dense general, for stop orders (book.stops or stop_price in book.positions); "
