@@ -35,6 +35,10 @@ from engine.model.params import Static
 # compile, ladder 4.2 s + 12.6 s. Per point, so that a point's kernel depends on that point alone.
 LADDER_MIN_COHORT_STEPS = 5 * 10**9
 
+# An account cohort's weight in that work against an isolated cohort's: on the dense kernel one
+# costs about 300 ns per asset and path-step, an isolated cohort 30 (`engine.sim.cost`).
+ACCOUNT_WEIGHT = 10
+
 # Largest integer dof drawn loop-free (floor(n / 2) exponentials per path-step).
 LOOP_FREE_DOF = 16
 
@@ -113,10 +117,11 @@ def point_static(point: Config) -> Static:
 
 def _on_ladder(static: Static, points: Sequence[Config]) -> bool:
     """Whether points that close positions whole run on the ladder: `run.kernel`, and for "auto"
-    a run of at least `LADDER_MIN_COHORT_STEPS` path-steps x cohorts per path."""
+    a run of at least `LADDER_MIN_COHORT_STEPS` path-steps x cohorts per path (an account cohort
+    counting `ACCOUNT_WEIGHT` per asset)."""
     kinds = {p.run.kernel for p in points}
     if kinds == {"auto"}:
-        book = static.n_cohorts + static.n_accounts
+        book = static.n_cohorts + ACCOUNT_WEIGHT * static.n_accounts
         work = min(p.run.n_paths for p in points) * static.steps * static.n_assets * book
         return work >= LADDER_MIN_COHORT_STEPS
     return kinds == {"ladder"}

@@ -14,8 +14,10 @@ with `level = W + sum_a q (a - s e)` (USD; wallet and legs after the leverage ca
 dynamic_margin * max(0, sigma_a / sigma0_a - 1)` the dynamic-margin multiplier of the step,
 `U_c` the units of collateral c and `w_c = (1 - haircut_c) P_c` the margin value of one unit at
 the path's marks and depeg gap (`engine.model.collateral`). The coefficients `K` `[accounts, 2
-assets + collateral]` are built once per point (`table`); the hit test `E - M <= 0` of every
-account of a batch of paths is one matrix product, and per-path memory is `[accounts]` bools,
+assets + collateral]` are built once per point (`table`), stored transposed, and the hit test
+`E - M <= 0` of every account is `2 assets + collateral` multiply-adds per account, made in a
+fixed order (`_combine`; sums over accounts are reductions, not matrix products) so that a
+path's numbers do not depend on the batch it runs in. Per-path memory is `[accounts]` bools,
 not `[accounts, assets]` units. The sums are ordered differently from the dense kernel's, so the
 two agree to rounding (an account exactly at its threshold can tip either way).
 
@@ -30,18 +32,20 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from engine.model import accounts, collateral, policies
+from engine.model import accounts, collateral, policies, tally
 from engine.model.params import Params
 
 
 class AccountTable(NamedTuple):
     """The account cohorts of one point, shared by every path (after the leverage cap).
 
-    legs: `[accounts, assets]` units; side: `[accounts, assets]` +1/-1; holds: `[accounts,
-    assets]` 1.0 where a leg is held, else 0.0; level: `[accounts]` USD; coef: `[accounts, 2
-    assets + collateral]` the matrix `K` of the module docstring; units: `[accounts,
-    collateral]` collateral units held; top_mmr: `[assets]` the largest base rate of a held leg
-    (0 where none).
+    legs: `[accounts, assets]` units; side: `[accounts, assets]` +1/-1; holds: `[assets,
+    accounts]` 1.0 where a leg is held, else 0.0; level: `[accounts]` USD; coef: `[2 assets +
+    collateral, accounts]` the matrix `K` of the module docstring, transposed; units:
+    `[collateral, accounts]` collateral units held; top_mmr: `[assets]` the largest base rate of
+    a held leg (0 where none); by_side: `[accounts, 2 assets]` the units of long legs, then of
+    short legs; settled: the accounts as `engine.model.accounts.settle` reads them (wallet and
+    margin at t0, leverage buckets, positions per unit).
     """
 
     legs: jnp.ndarray
@@ -51,28 +55,35 @@ class AccountTable(NamedTuple):
     coef: jnp.ndarray
     units: jnp.ndarray
     top_mmr: jnp.ndarray
+    by_side: jnp.ndarray
+    settled: accounts.AccountStep
 
 
 def table(params: Params) -> AccountTable:
     """The `AccountTable` of `params` (which hold accounts), built once per compiled call."""
-    acc, pol = params.accounts, params.policy
+    acc, pol, mp = params.accounts, params.policy, params.market
     legs, wallet, _ = accounts.capped(acc, pol)
     held = legs > 0
     units = acc.collateral if params.collateral is not None else jnp.zeros((legs.shape[0], 0), legs.dtype)
+    gap = None if params.collateral is None else jnp.zeros(params.collateral.price0.shape, legs.dtype)
+    long_legs = jnp.where(acc.side > 0, legs, 0.0)
     return AccountTable(
         legs=legs,
         side=acc.side,
-        holds=held.astype(legs.dtype),
+        holds=held.T.astype(legs.dtype),
         level=wallet + jnp.sum(legs * (acc.maint_amount - acc.side * acc.entry), -1),
-        coef=jnp.concatenate([legs * acc.side, -legs * acc.mmr, units], -1),
-        units=units,
+        coef=jnp.concatenate([legs * acc.side, -legs * acc.mmr, units], -1).T,
+        units=units.T,
         top_mmr=jnp.max(jnp.where(held, acc.mmr, 0.0), 0),
+        by_side=jnp.concatenate([long_legs, legs - long_legs], -1),
+        # what settling reads does not depend on the step's volatility or gap
+        settled=accounts.prepare(params, gap, mp.sigma0),
     )
 
 
 def opened(tab: AccountTable) -> jnp.ndarray:
     """Account cohorts open at t0 `[accounts]` bool: those holding a leg."""
-    return jnp.any(tab.holds > 0, -1)
+    return jnp.any(tab.holds > 0, 0)
 
 
 def unit_values(params: Params, gap, price, par: bool = False) -> jnp.ndarray:
@@ -109,15 +120,27 @@ def capped(tab: AccountTable, m: Marks) -> jnp.ndarray:
 def excess(tab: AccountTable, params: Params, m: Marks, price) -> jnp.ndarray:
     """Equity minus maintenance `[accounts]` (USD) of every account cohort at marks `price`
     `[assets]` (USD), with the legs it held at t0."""
-    v = jnp.concatenate([price, m.mult * price, unit_values(params, m.gap, price)])
-    return tab.level + jnp.matmul(tab.coef, v, precision=jax.lax.Precision.HIGHEST)
+    return _combine(
+        tab.level, tab.coef, jnp.concatenate([price, m.mult * price, unit_values(params, m.gap, price)])
+    )
+
+
+def _combine(level, coef, v) -> jnp.ndarray:
+    """`level + K v`: level `[n]`, coef `[2 assets + collateral, n]`, v `[2 assets + collateral]`
+    or `[2 assets + collateral, n]`. The terms are added in a fixed order, elementwise, so an
+    account's sum is the same in any batch of paths (a matrix product's association can change
+    with the batch's size, and a tipping account with it)."""
+    out = level
+    for j in range(coef.shape[0]):
+        out = out + coef[j] * v[j]
+    return out
 
 
 def live(tab: AccountTable, alive, m: Marks) -> jnp.ndarray:
     """Accounts `[accounts]` bool that can be liquidated this step: open (`alive`) with every
     leg's market trading."""
     halted = (~m.open_).astype(tab.holds.dtype)
-    return alive & (jnp.matmul(tab.holds, halted, precision=jax.lax.Precision.HIGHEST) == 0)
+    return alive & (jnp.matmul(halted, tab.holds, precision=jax.lax.Precision.HIGHEST) == 0)
 
 
 def under_water(tab: AccountTable, params: Params, m: Marks, alive, price) -> jnp.ndarray:
@@ -125,24 +148,120 @@ def under_water(tab: AccountTable, params: Params, m: Marks, alive, price) -> jn
     return live(tab, alive, m) & (excess(tab, params, m, price) <= 0)
 
 
-def hits(tab: AccountTable, params: Params, m: Marks, can, price) -> tuple:
+class Hits(NamedTuple):
+    """The accounts a step's rounds liquidated so far, of one path: hit `[accounts]` bool;
+    round `[accounts]` int32, the round that hit; fills `[rounds, assets, 2]` USD, each round's
+    fill of long and short legs; prices `[rounds, assets]` USD, each round's marks. What the
+    dense kernel records per round and account (collateral value, caused by the depeg) is
+    found at `settle`, for the accounts hit only, from the marks of their round."""
+
+    hit: jnp.ndarray
+    round: jnp.ndarray
+    fills: jnp.ndarray
+    prices: jnp.ndarray
+
+
+def no_hits(tab: AccountTable, rounds: int) -> Hits:
+    """No account hit yet; rounds: the most rounds of a step."""
+    n, assets = tab.legs.shape
+    dtype = tab.legs.dtype
+    return Hits(
+        jnp.zeros(n, bool),
+        jnp.zeros(n, jnp.int32),
+        jnp.zeros((rounds, assets, 2), dtype),
+        jnp.zeros((rounds, assets), dtype),
+    )
+
+
+def hits(tab: AccountTable, params: Params, m: Marks, can, price) -> tuple[jnp.ndarray, jnp.ndarray]:
     """A round's new hits at marks `price` `[assets]` (USD) among the accounts `can` `[accounts]`
-    bool (live, not hit yet): (new `[accounts]` bool, caused by the depeg `[accounts]` bool,
-    their units per asset and side `[assets, 2]`, collateral margin value `[accounts]` USD), as
-    `engine.model.accounts.hits`."""
-    ex = excess(tab, params, m, price)
-    new = can & (ex <= 0)
-    hp = jax.lax.Precision.HIGHEST
-    coll = jnp.matmul(tab.units, unit_values(params, m.gap, price), precision=hp)
-    caused = jnp.zeros_like(new)
-    if params.collateral is not None:
-        par = jnp.matmul(tab.units, unit_values(params, m.gap, price, par=True), precision=hp)
-        caused = new & (ex - coll + par > 0)
-    return new, caused, accounts.leg_sums(jnp.where(new[:, None], tab.legs, 0.0), tab.side), coll
+    bool (live, not hit yet): (new `[accounts]` bool, their units per asset and side `[assets,
+    2]`), as `engine.model.accounts.hits`."""
+    new = can & (excess(tab, params, m, price) <= 0)
+    return new, _sides(tab, new)
+
+
+def record(h: Hits, index, new, fill, price) -> Hits:
+    """`h` with round `index`'s new hits `new` `[accounts]`, filled at `fill` `[assets, 2]`
+    (USD, long legs then short legs per asset) at marks `price` `[assets]`."""
+    return Hits(
+        hit=h.hit | new,
+        round=jnp.where(new, index, h.round),
+        fills=h.fills.at[index].set(fill),
+        prices=h.prices.at[index].set(price),
+    )
+
+
+def _sides(tab: AccountTable, mask) -> jnp.ndarray:
+    """Units `[assets, 2]` (long, short) of the legs of the accounts `mask` `[accounts]` bool."""
+    return jnp.sum(jnp.where(mask[:, None], tab.by_side, 0.0), 0).reshape(2, -1).T
 
 
 def left(tab: AccountTable, params: Params, m: Marks, can, price) -> jnp.ndarray:
     """Notional `[]` (USD) at marks `price` of the accounts `can` still under water there (the
     cascade's residual)."""
     under = can & (excess(tab, params, m, price) <= 0)
-    return jnp.sum(jnp.where(under[:, None], tab.legs * price, 0.0))
+    return jnp.sum(jnp.sum(jnp.where(under[:, None], tab.legs, 0.0), 0) * price)
+
+
+# Accounts settled at a time (`settle`): a step's cost grows with the accounts it liquidated,
+# in steps of this many, not with the book.
+SETTLE_CHUNK = 512
+
+
+def _pending(tab: AccountTable, params: Params, m: Marks, h: Hits, idx) -> accounts.Pending:
+    """`engine.model.accounts.Pending` of the accounts `idx` `[chunk]` (`n` for none): their
+    collateral value at the marks of the round that hit them, and whether the depeg caused it
+    (not under water with the collateral at par at those marks)."""
+    n = h.hit.shape[0]
+    valid = idx < n
+    k = jnp.minimum(idx, n - 1)
+    rnd = h.round[k]
+    price = h.prices[rnd]  # [chunk, assets]
+    values = jax.vmap(lambda p: unit_values(params, m.gap, p))(price)  # [chunk, collateral]
+    coll = jnp.sum(tab.units[:, k].T * values, -1)
+    caused = jnp.zeros_like(valid)
+    if params.collateral is not None:
+        v = jnp.concatenate([price, m.mult * price, values], -1)  # [chunk, 2 assets + collateral]
+        ex = _combine(tab.level[k], tab.coef[:, k], v.T)
+        par = jax.vmap(lambda p: unit_values(params, m.gap, p, par=True))(price)
+        caused = valid & (ex - coll + jnp.sum(tab.units[:, k].T * par, -1) > 0)
+    return accounts.Pending(valid, caused, rnd, coll, h.fills)
+
+
+def settle(tab: AccountTable, params: Params, m: Marks, h: Hits, t: tally.Tally) -> accounts.Settled:
+    """`engine.model.accounts.settle` of the accounts `h.hit` of one path, `SETTLE_CHUNK` of them
+    at a time (their rows gathered from the table); `quantity` is None (the legs of the accounts
+    still open are the table's)."""
+    n = h.hit.shape[0]
+    size = min(n, SETTLE_CHUNK)
+    order = jnp.nonzero(h.hit, size=n + size, fill_value=n)[0]
+    rows = lambda x, idx: x[jnp.minimum(idx, n - 1)]
+    st = tab.settled
+
+    def chunk(carry):
+        i, done = carry
+        idx = jax.lax.dynamic_slice_in_dim(order, i, size)
+        sub = st._replace(
+            acc=jax.tree_util.tree_map(lambda x: rows(x, idx), st.acc),
+            wallet=rows(st.wallet, idx),
+            margin0=rows(st.margin0, idx),
+            weights=rows(st.weights, idx),
+            per_unit=rows(st.per_unit, idx),
+        )
+        r = accounts.settle(sub, rows(tab.legs, idx), _pending(tab, params, m, h, idx), done.tally)
+        return i + size, accounts.Settled(
+            None,
+            done.liquidated + r.liquidated,
+            done.shortfall + r.shortfall,
+            done.trader_loss + r.trader_loss,
+            done.counterparty + r.counterparty,
+            done.fund_inflow + r.fund_inflow,
+            r.tally,
+        )
+
+    z = jnp.zeros((), tab.legs.dtype)
+    side2 = jnp.zeros((tab.legs.shape[1], 2), tab.legs.dtype)
+    start = accounts.Settled(None, side2, side2, z, z, z, t)
+    count = jnp.sum(h.hit)
+    return jax.lax.while_loop(lambda c: c[0] < count, chunk, (jnp.zeros((), count.dtype), start))[1]

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 
 from engine.model import account_book, derisk, market, outputs, policies, stages
-from engine.model import accounts as A
 from engine.model import ladder as L
 from engine.model import tally as T
 from engine.model.cascade import Cascade, backstop_share, until_quiet
@@ -54,7 +53,7 @@ class _Rung(NamedTuple):
     backstop_cash: jnp.ndarray
     busy: jnp.ndarray  # [] int32 rounds with a liquidation
     overflow: jnp.ndarray  # [] bool: an equity split outran the window
-    pending: A.Pending | None = None  # the accounts hit so far, settled after the last round
+    pending: account_book.Hits | None = None  # the accounts hit so far, settled after the rounds
 
 
 class Inputs(NamedTuple):
@@ -161,9 +160,8 @@ class _Hit(NamedTuple):
     short: jnp.ndarray  # [assets, groups] shortfall (exact unless `wide`)
     wide: jnp.ndarray  # [assets, groups] bool: a cohort beyond the first window may be under water
     over: jnp.ndarray  # [] bool: a search outran its window (`engine.model.ladder.find`)
-    # with accounts: the round's new hits, those caused by the depeg `[accounts]` bool, and
-    # their collateral's margin value `[accounts]` USD (`engine.model.account_book.hits`)
-    accounts: tuple | None = None
+    # with accounts: the round's new hits `[accounts]` bool (`engine.model.account_book.hits`)
+    accounts: jnp.ndarray | None = None
 
 
 def _head(st: _Step, c: _Rung) -> _Hit:
@@ -182,9 +180,9 @@ def _head(st: _Step, c: _Rung) -> _Hit:
     hit = None
     if st.live is not None:
         can = st.live & ~c.pending.hit
-        new, caused, acc_units, coll = account_book.hits(lad.accounts, st.params, st.marks, can, p_r)
+        new, acc_units = account_book.hits(lad.accounts, st.params, st.marks, can, p_r)
         units = units + acc_units
-        hit = (new, caused, coll)
+        hit = new
     net, size = units[:, 0] - units[:, 1], units[:, 0] + units[:, 1]
     orders = p_r * net
     absorbed, phi = backstop_share(orders, c.backstop_left)
@@ -215,7 +213,7 @@ def _tail(st: _Step, c: _Rung, h: _Hit, short, over) -> _Rung:
         sides = jnp.array([1.0, -1.0], fill.dtype)
         p_next = st.price(h.flow)[:, None]
         acc_fill = h.phi * h.p_r[:, None] * (1.0 - sides * d) + (1.0 - h.phi) * p_next
-        pend = A.record(pend, c.busy, *h.accounts[:2], acc_fill, h.accounts[2])
+        pend = account_book.record(pend, c.busy, h.accounts, acc_fill, h.p_r)
     return _Rung(
         flow=h.flow,
         backstop_left=c.backstop_left - h.absorbed,
@@ -270,7 +268,7 @@ def _start(inp: Inputs, params: Params, rounds: int) -> tuple[_Step, _Rung]:
     z = jnp.zeros((), flow0.dtype)
     side2 = jnp.zeros((flow0.shape[0], 2), flow0.dtype)
     at = L.cum_at(st.lad, inp.level)
-    pend = None if inp.alive is None else A.pending(st.lad.accounts.legs, rounds)
+    pend = None if inp.alive is None else account_book.no_hits(st.lad.accounts, rounds)
     start = _Rung(
         flow0, inp.backstop_left, inp.level, at, side2, side2, z, z, z,
         jnp.zeros_like(flow0), z, jnp.zeros((), jnp.int32), jnp.zeros((), bool), pend,
@@ -318,7 +316,7 @@ def _settle(st: _Step, inp: Inputs, end: _Rung, c: Cascade, p_end, flag) -> Resu
     pend = end.pending
     # the step's isolated tally, with voluntary closing, is the accounts' start
     start = T.zero(p_end.shape[0], p_end.dtype) if c.tally is None else c.tally
-    r = A.settle(A.prepare(params, inp.gap, inp.sigma), tab.legs, pend, start)
+    r = account_book.settle(tab, params, st.marks, pend, start)
     c = c._replace(
         liquidated=c.liquidated + r.liquidated,
         shortfall=c.shortfall + r.shortfall,

@@ -52,9 +52,10 @@ WHOLE_COHORT_S = 30e-9
 GENERAL_COHORT_S = 200e-9
 DERISK_COHORT_S = 40e-9
 # Per leg (account cohort x asset) of one path-step, dense; per account cohort on the ladder
-# (its row of the shared table, `engine.model.account_book`).
+# (its row of the shared table, `engine.model.account_book`; W5's 98,110 account cohorts, 32
+# paths x 288 steps with half the accounts liquidated: 2.5 ms per path-step on one device).
 ACCOUNT_LEG_S = 300e-9
-LADDER_ACCOUNT_S = 2e-9
+LADDER_ACCOUNT_S = 25e-9
 # How much faster than the CPU above an accelerator runs a call: an estimate, not measured (no
 # GPU was lent to this project; the H200 estimate of `benchmarks/README.md` puts W1 300 to
 # 1,000 times above this CPU), low so that calls stay short rather than long.

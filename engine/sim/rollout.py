@@ -5,7 +5,7 @@ from the final state. Peak memory is therefore flat in the number of steps and l
 chunk size, which `engine.sim.simulate` chooses from a memory budget.
 
 `sharded_rollout` splits a chunk's paths over the devices of a mesh with `shard_map`: each
-device runs `rollout`'s body on its contiguous slice of global path indices (keys come from the
+device runs `rollout_chunk`'s body on its contiguous slice of global path indices (keys come from the
 global index, so a path's numbers do not depend on the device count), its data-dependent
 branches (the ADL `cond`, the cascade's early exit) decide per device rather than in lock-step
 across devices, and only the fan-chart histograms are summed across devices (`psum`). The
@@ -37,9 +37,9 @@ from engine.model.kernel import (
     step_draws,
     word64,
 )
-from engine.model.ladder_kernel import FALLBACK_NEVER
 from engine.model.params import Params, Static
 from engine.model.stages import SimState
+from engine.sim import fallback
 from engine.sim.devices import PATH_AXIS
 
 EXTRACT_BLOCK = 32
@@ -66,7 +66,7 @@ def _fan_update(fan, states, valid, t, static: Static):
 
 class Carry(NamedTuple):
     """What a chunk carries from step to step: per-path `states` (leading axis: paths) and
-    the fan-chart histograms `fan` of those paths (see `_rollout`)."""
+    the fan-chart histograms `fan` of those paths (see `rollout_chunk`)."""
 
     states: SimState
     fan: dict
@@ -154,42 +154,62 @@ def dense(static: Static) -> Static:
     return dataclasses.replace(static, ladder=0, ladder_cells=0)
 
 
-def _rollout(params: Params, seed, start, n_valid, static: Static, n_paths: int, nudge=0.0):
-    """Simulate global paths `start .. start + n_paths - 1` under one parameter point, all
-    steps in one call. seed, start: `engine.model.kernel.word64(n)` for any n below 2**64 (a plain
-    int is traced as int32, so it must be below 2**31).
+def _chunk(
+    params: Params,
+    seed,
+    start,
+    n_valid,
+    static: Static,
+    n_paths: int,
+    nudge=0.0,
+    offsets=None,
+    count_from=None,
+):
+    """Simulate global paths `start .. start + n_paths - 1` (or `start + offsets`) under one
+    parameter point, all steps in one call, in the form `static` names; in the ladder form the
+    paths it flagged keep its numbers (`rollout` reruns them). seed, start:
+    `engine.model.kernel.word64(n)` for any n below 2**64 (a plain int is traced as int32, so it
+    must be below 2**31).
 
     Only the first `n_valid` paths enter the fan-chart histograms (the last chunk of a run is
-    padded to the compiled size). nudge: `[]` ulps by which every draw moves (`step_draws`).
-    In the ladder form, when some path was flagged, the whole chunk runs once more on the
-    dense kernel and the flagged paths take its numbers (from the flagged step on in the fan).
+    padded to the compiled size), each from its step `count_from` on. nudge: `[]` ulps by which
+    every draw moves (`step_draws`).
 
     Returns (outputs, fan): outputs maps each name of `engine.model.outputs.OUTPUTS` to
     `[n_paths, ...]`; fan holds int32 histograms `price` `[fan_points, assets, 640]` (log mark)
     and `liquidated` `[fan_points, assets, bins]` (cumulative USD), counted over the chunk.
     """
     carry = _begin(params, static, n_paths)
-    carry = _advance(carry, params, seed, start, n_valid, 0, static, static.steps, nudge)
-    out, fan = _finish(carry, params, static), carry.fan
+    carry = _advance(carry, params, seed, start, n_valid, 0, static, static.steps, nudge, offsets, count_from)
+    return _finish(carry, params, static), carry.fan
+
+
+rollout_chunk = jax.jit(_chunk, static_argnames=("static", "n_paths"))
+
+# The fewest paths of a dense rerun call of `rollout` (`engine.sim.fallback.rerun_size`).
+RERUN_UNIT = 8
+
+
+def rollout(
+    params: Params, seed, start, n_valid, static: Static, n_paths: int, nudge=0.0
+) -> tuple[dict, dict]:
+    """`rollout_chunk`'s (outputs, fan) on the host (NumPy), with the paths the ladder flagged
+    rerun on the dense kernel by their global index and counted in the fan from the flagged step
+    on: the one fallback mechanism of a run (`engine.sim.fallback.complete`)."""
+    out, fan = jax.device_get(
+        rollout_chunk(params, seed, start, n_valid, static=static, n_paths=n_paths, nudge=nudge)
+    )
     if not static.ladder:
         return out, fan
-    flagged = out["fallback_step"] < FALLBACK_NEVER
 
-    def redo(out_fan):
-        out, fan = out_fan
-        count_from = jnp.where(flagged, out["fallback_step"], FALLBACK_NEVER)
-        fallback = dense(static)
-        d = _begin(params, fallback, n_paths)
-        d = _advance(d, params, seed, start, n_valid, 0, fallback, static.steps, nudge, None, count_from)
-        d_out = _finish(d, params, fallback)
-        pick = lambda a, b: jnp.where(flagged.reshape((-1,) + (1,) * (a.ndim - 1)), b, a)
-        merged = {k: pick(v, d_out[k]) if k in d_out else v for k, v in out.items()}
-        return merged, jax.tree_util.tree_map(jnp.add, fan, d.fan)
+    def rerun(offsets, count_from, n):
+        again = rollout_chunk(
+            params, seed, start, n, static=dense(static), n_paths=offsets.size, nudge=nudge,
+            offsets=jnp.asarray(offsets), count_from=jnp.asarray(count_from),
+        )  # fmt: skip
+        return jax.device_get(again)
 
-    return jax.lax.cond(jnp.any(flagged & (jnp.arange(n_paths) < n_valid)), redo, lambda x: x, (out, fan))
-
-
-rollout = jax.jit(_rollout, static_argnames=("static", "n_paths"))
+    return fallback.complete(out, fan, n_valid, rerun, RERUN_UNIT, n_paths)
 
 
 # Steps per compiled call of `sharded_rollout`. XLA's CPU runtime with several host devices

@@ -19,12 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import xarray as xr
+from jax import export
 
-from engine.config import build
+from engine.config import build, forms, synthetic
 from engine.config.schema import Config
 from engine.model import kernel, ladder
 from engine.model.ladder_kernel import FALLBACK_NEVER
-from engine.sim.rollout import rollout
+from engine.sim.rollout import rollout, rollout_chunk
+from engine.sim.simulate import simulate
 from tests.conftest import small_dict
 from tests.helpers import PARITY_RTOL, UNITLESS, assert_close, usd_scale
 from tests.model.test_reference_accounts import account_params, collateral_params
@@ -168,9 +171,62 @@ def test_money_is_conserved_on_every_ladder_path():
     assert np.all(out["trader_loss"] > 0)
 
 
+def test_accounts_on_the_ladder_lower_for_cuda():
+    _, params, lad, _ = book(VARIANTS["halt_dynamic_margin"], 0)
+    exported = export.export(rollout_chunk, platforms=["cuda"])(params, 1, 0, 16, static=lad, n_paths=16)
+    assert exported.platforms == ("cuda",)
+
+
 def test_a_paths_state_does_not_grow_with_accounts_times_assets():
     _, params, lad, _ = book(VARIANTS["adl_off"], 0)
     state = kernel.init_state(params, lad)
     sizes = {jax.tree_util.keystr(k): np.size(v) for k, v in jax.tree_util.tree_flatten_with_path(state)[0]}
     assert sizes[".alive"] == N_ACCOUNTS
     assert max(sizes.values()) < N_ACCOUNTS * 4, sizes
+
+
+@pytest.fixture(scope="module")
+def book_file(tmp_path_factory):
+    """4,000 positions, 60% cross over 400 accounts, some in USDe or a token tracking BTC."""
+    path = tmp_path_factory.mktemp("accounts") / "book.parquet"
+    table = synthetic.make_positions(run_config(path), 4_000, seed=2, cross_share=0.6, accounts=400)
+    synthetic.write_positions(table, path)
+    return path
+
+
+def run_config(path, **run) -> Config:
+    collateral = {"USDe": {"haircut": 0.05}, "wBTC": {"price": 100_000.0, "tracks": "BTC", "haircut": 0.1}}
+    d = small_dict(
+        run={
+            "n_paths": 192,
+            "seed": 5,
+            "steps": 24,
+            "fan_points": 6,
+            "tipping_paths": 32,
+            "kernel": "ladder",
+            **run,
+        },
+        book={"positions": str(path), "account_bin": 0.0},
+        collateral=collateral,
+        scenario={
+            "shock": -0.08,
+            "shock_start": 4,
+            "shock_steps": 2,
+            "depegs": [{"collateral": "USDe", "gap": 0.3, "start_step": 5, "steps": 4}],
+        },
+        policy={"insurance_fund_usd": 2e7, "adl_rule": "queue"},
+    )
+    return Config.model_validate(d)
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_run_with_accounts_does_not_depend_on_chunks_or_devices(book_file, devices, monkeypatch):
+    """Bitwise: one chunk of 1,024 paths on one device, and chunks of 128 on 1 or 2 devices (the
+    ladder's batches of busy paths, 16 or 8, its hand-over of ADL paths and the devices all
+    differ)."""
+    monkeypatch.setenv("LIQSTRESS_DEVICES", "1")
+    whole = simulate(run_config(book_file))
+    monkeypatch.setenv("LIQSTRESS_DEVICES", str(devices))
+    assert forms.form(forms.point_static(run_config(book_file))) == "ladder"
+    assert float(whole["accounts_liquidated_mean"].max()) > 0
+    xr.testing.assert_identical(simulate(run_config(book_file, chunk_size=128)), whole)

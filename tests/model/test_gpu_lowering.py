@@ -22,7 +22,7 @@ from engine.config.schema import Config
 from engine.fit.common import differentiable_outputs
 from engine.model import params as P
 from engine.sim import devices
-from engine.sim.rollout import rollout, sharded_advance, sharded_begin, sharded_finish
+from engine.sim.rollout import rollout_chunk, sharded_advance, sharded_begin, sharded_finish
 from tests.conftest import small_dict
 
 FORMS = {
@@ -32,7 +32,7 @@ FORMS = {
         "market": {**small_dict()["market"], "tail_dof": 4.5},
         "policy": {"insurance_fund_usd": 2e8, "dynamic_margin": 2.0},
     },
-    # the ladder kernel (engine.model.ladder_kernel) with its dense fallback inside `rollout`
+    # the ladder kernel (engine.model.ladder_kernel; its fallback is the dense forms above)
     "ladder": {"run": {**small_dict()["run"], "kernel": "ladder"}},
 }
 
@@ -61,7 +61,7 @@ def test_the_check_rejects_library_calls_and_callbacks():
 @pytest.mark.parametrize("form", FORMS)
 def test_rollout_lowers_for_cuda(form):
     params, static = built(**FORMS[form])
-    exported = export.export(rollout, platforms=["cuda"])(params, 1, 0, 64, static=static, n_paths=64)
+    exported = export.export(rollout_chunk, platforms=["cuda"])(params, 1, 0, 64, static=static, n_paths=64)
     assert_runs_on_cuda(exported)
 
 
@@ -69,7 +69,9 @@ def test_float64_rollout_lowers_for_cuda():
     with jax.enable_x64(True):
         params, static = built(run={**small_dict()["run"], "dtype": "float64"})
         assert params.market.price0.dtype == jnp.float64
-        exported = export.export(rollout, platforms=["cuda"])(params, 1, 0, 64, static=static, n_paths=64)
+        exported = export.export(rollout_chunk, platforms=["cuda"])(
+            params, 1, 0, 64, static=static, n_paths=64
+        )
     assert_runs_on_cuda(exported)
 
 

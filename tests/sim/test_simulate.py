@@ -10,7 +10,7 @@ from engine import simulate
 from engine.config import build, forms
 from engine.config.schema import Config
 from engine.sim import simulate as simulate_module
-from engine.sim.rollout import rollout
+from engine.sim.rollout import rollout, rollout_chunk
 from tests.conftest import small_dict
 
 RUN = {"n_paths": 700, "seed": 5, "steps": 24, "cascade_rounds": 6, "max_window": 16, "fan_points": 6}
@@ -51,7 +51,7 @@ def test_other_policy_values_do_not_recompile():
     cfg = config(n_paths=256)
     params, static = build.build(cfg)
     rollout(params, 5, 0, 256, static=static, n_paths=256)
-    before = rollout._cache_size()
+    before = rollout_chunk._cache_size()
     for policy in (
         {"leverage_cap": 20.0, "leverage_cap_mode": "add_margin", "adl_rule": "pro_rata"},
         {"breaker": {"kind": "halt"}, "partial_liquidation": 0.5, "dynamic_margin": 1.0},
@@ -64,7 +64,7 @@ def test_other_policy_values_do_not_recompile():
     # a value that bypassed validation (model_copy with an int) gives the same leaf types
     unvalidated = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"leverage_cap": 20})})
     rollout(build.build(unvalidated)[0], 6, 256, 256, static=static, n_paths=256)
-    assert rollout._cache_size() == before
+    assert rollout_chunk._cache_size() == before
 
 
 def test_kernel_forms_are_chosen_per_point(monkeypatch):
