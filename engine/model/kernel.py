@@ -13,8 +13,10 @@
 6. waterfall (`engine.model.waterfall`): the fund, then ADL, then bad debt.
 
 `market_step` runs stages 1-5 and the fund, `adl_step` the rest of stage 6, so that a rollout
-can run ADL only when some path has a deficit. The relaxed, differentiable variants live in
-`engine.model.relaxed`; `form` picks the set of stage functions from `Static.relaxed`, once.
+can run ADL only when some path has a deficit. The step is written once (`engine.model.skeleton`);
+the dense book (`DENSE`), the ladder's (`engine.model.ladder_kernel.LADDER`) and the relaxed,
+differentiable one (`engine.model.relaxed.RELAXED`) plug into it; `form` picks the set of stage
+functions from `Static`, once.
 The chunk rollout is `engine.sim.rollout`. This module also holds the per-path random keys
 and draws.
 
@@ -31,11 +33,38 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry_2x32
 
-from engine.model import derisk, ladder, ladder_kernel, market, outputs, policies, relaxed, stages
-from engine.model.cascade import run_cascade, run_cascade_whole
+from engine.model import derisk, ladder, ladder_kernel, market, outputs, relaxed, skeleton, stages
+from engine.model.cascade import CascadeInputs, run_cascade, run_cascade_whole
 from engine.model.params import Params, Static
 from engine.model.stages import SimState
-from engine.model.waterfall import pay_from_fund
+
+
+class DenseInputs(NamedTuple):
+    """The dense cascade's inputs of one path: the book's (`engine.model.cascade.CascadeInputs`)
+    and its cross-margin accounts (`stages.account_args`, None without)."""
+
+    cascade: CascadeInputs
+    accounts: tuple | None
+
+
+def _inputs(
+    state: SimState, m: stages.Move, br: skeleton.Breaker, params: Params, static: Static
+) -> DenseInputs:
+    """`skeleton.BookForm.inputs` of the dense book: the cohorts' units and the step's prices."""
+    inp = stages.cascade_inputs(state, m, br.flow0, br.lo, br.hi, br.open_)
+    return DenseInputs(inp, stages.account_args(state, m, params))
+
+
+def _cascade(inp: DenseInputs, params: Params, static: Static) -> skeleton.Outcome:
+    """`skeleton.BookForm.cascade` of the dense book: the whole-position cascade where
+    `Static.whole_only`, else the general one (with accounts)."""
+    if static.whole_only:
+        return skeleton.Outcome(run_cascade_whole(inp.cascade, params, static.rounds))
+    return skeleton.Outcome(run_cascade(inp.cascade, params, static.rounds, accounts=inp.accounts))
+
+
+# The dense exact book: cohorts' units per path, closed by `engine.model.derisk.start`.
+DENSE = skeleton.BookForm(derisk.start, _inputs, _cascade)
 
 
 def market_step(
@@ -45,26 +74,7 @@ def market_step(
 
     t: `[]` int step; shock: `[assets]` scheduled log shock; flow: `[assets]` USD.
     """
-    pol = params.policy
-    m = stages.move_market(state, draws, t, shock, params, static)
-    state = state._replace(gap=m.gap)
-    lo, hi = policies.mark_limits(state.x_mark, m.x_ref, m.halted, pol)
-    flow0 = jnp.where(m.halted, 0.0, flow + state.queue)
-    queue = jnp.where(m.halted, state.queue + flow, 0.0)
-    open_ = ~m.halted
-    state, flow0, closing = derisk.start(state, m, flow0, lo, hi, open_, params, static)
-    inp = stages.cascade_inputs(state, m, flow0, lo, hi, open_)
-    accounts = stages.account_args(state, m, params)
-    c = (
-        run_cascade_whole(inp, params, static.rounds)
-        if static.whole_only
-        else run_cascade(inp, params, static.rounds, accounts=accounts)
-    )
-    mk = stages.move_mark(m, c, open_, lo, hi, params)
-    halt_left = stages.count_halt(state, policies.halt_triggered(mk.target, m.x_ref, m.halted, pol), params)
-    f = pay_from_fund(state.fund, c.fund_inflow, c.shortfall)
-    new = stages.close_step(state, draws, t, c, f, mk, (m.halted, halt_left, queue), params, static)
-    return derisk.record(new, closing)
+    return skeleton.market_step(DENSE, state, draws, t, shock, flow, params, static)
 
 
 def adl_step(state: SimState, params: Params) -> SimState:

@@ -1,14 +1,15 @@
 """The ladder kernel: the exact kernel's step with the book held as liquidation ladders.
 
-Stages 1-2 and 4-6 are those of `engine.model.kernel` (shared in `engine.model.stages`); the
-cascade (stage 3) works on the rung groups of `engine.model.ladder`: per round a search of each
-group's grid finds the cohorts the round's price reaches, prefix sums give their units and
-accounts, and the fill of each round is the dense whole-position cascade's
-(`engine.model.cascade.run_cascade_whole`), so the two give the same numbers to the rounding of
-their sums. A path's book is its levels `[assets, groups]`; nothing per cohort is carried.
-With voluntary closing (`engine.model.derisk`) every open cohort of a side holds the same share
-of its t0 units (`SimState.held`, `[assets, 2]`), so a range's prefix sums are scaled by its
-side's share, and the step's liquidations are tallied as they happen (`engine.model.ladder.tallied`).
+Stages 1-2 and 4-6 are those of `engine.model.kernel` (the step's skeleton,
+`engine.model.skeleton`, with this module's book form `LADDER`); the cascade (stage 3) works on
+the rung groups of `engine.model.ladder`: per round a search of each group's grid finds the
+cohorts the round's price reaches, prefix sums give their units and accounts, and the fill of
+each round is the dense whole-position cascade's (`engine.model.cascade.run_cascade_whole`), so
+the two give the same numbers to the rounding of their sums. A path's book is its levels
+`[assets, groups]`; nothing per cohort is carried. With voluntary closing
+(`engine.model.derisk`) every open cohort of a side holds the same share of its t0 units
+(`SimState.held`, `[assets, 2]`), so a range's prefix sums are scaled by its side's share, and
+the step's liquidations are tallied as they happen (`engine.model.ladder.tallied`).
 
 What the ladder does not represent, it flags rather than approximates: from the first step
 where a path needs ADL (a deficit with an ADL rule on: ADL closes cohorts in the middle of a
@@ -19,19 +20,20 @@ group), or where an equity split's uncertain band or a search outruns
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from engine.model import account_book, derisk, market, outputs, policies, stages
+from engine.model import account_book, derisk, market, outputs, policies, skeleton, stages
 from engine.model import ladder as L
 from engine.model import tally as T
 from engine.model.cascade import Cascade, backstop_share, until_quiet
 from engine.model.impact import impact
 from engine.model.params import Params, Static
 from engine.model.stages import SimState
-from engine.model.waterfall import pay_from_fund
+from engine.model.waterfall import Fund
 
 # `SimState.fallback` of a path the ladder computed exactly to the end.
 FALLBACK_NEVER = 2**30
@@ -396,78 +398,60 @@ def init_state(params: Params, static: Static) -> SimState:
     )
 
 
-class _Before(NamedTuple):
-    """Stages 1-2 of one path and the cascade's `Inputs`; with voluntary closing the share
-    `[assets, 2]` its sides hold after the step's closing, and the `engine.model.derisk.Closing`
-    (both None without)."""
-
-    m: stages.Move
-    queue: jnp.ndarray  # [assets] USD queued during a halt
-    args: Inputs
-    held: jnp.ndarray | None = None
-    closing: derisk.Closing | None = None
-
-
-def _before(state: SimState, draws: market.Draws, t, shock, flow, params: Params, static: Static) -> _Before:
-    """Stages 1-2: the market move, the breaker limits, the flow that meets the book, with the
-    orders of the holders' voluntary closing (`_close`) where `Static.derisk`."""
-    pol, mp = params.policy, params.market
-    m = stages.move_market(state, draws, t, shock, params, static)
-    lo, hi = policies.mark_limits(state.x_mark, m.x_ref, m.halted, pol)
-    flow0 = jnp.where(m.halted, 0.0, flow + state.queue)
-    queue = jnp.where(m.halted, state.queue + flow, 0.0)
-    mmr = policies.maintenance_rate(params.ladder.mmr, m.sigma, mp.sigma0, pol)
-    held = closing = None
-    if static.derisk:
-        held, closing = _close(state, m, lo, hi, params)
-        flow0 = flow0 + closing.flow
-    args = Inputs(
-        state.level, flow0, m.x_fair + m.x_trans, lo, hi, m.sigma, mmr, ~m.halted, state.backstop_left,
-        state.alive, m.gap, _per_group(params.ladder, held),
-    )  # fmt: skip
-    return _Before(m, queue, args, held, closing)
-
-
-def _close(state: SimState, m: stages.Move, lo, hi, params: Params) -> tuple[jnp.ndarray, derisk.Closing]:
-    """The step's voluntary closing (`engine.model.derisk.shrink`) on the open cohorts, the
-    positions from each group's level to its end: the share `[assets, 2]` each side holds after
-    it, and its `Closing`. lo, hi: `[assets]` the breaker's limits."""
+def _close(
+    state: SimState, m: stages.Move, flow0, lo, hi, open_, params: Params, static: Static
+) -> tuple[SimState, jnp.ndarray, derisk.Closing | None]:
+    """`engine.model.skeleton.BookForm.close` of the ladder: the step's voluntary closing
+    (`engine.model.derisk.shrink`) on the open cohorts, the positions from each group's level to
+    its end, where `Static.derisk`. Returns the state with the share `[assets, 2]` each side holds
+    after it (`SimState.held`), the flow `[assets]` (USD) with its orders, and its `Closing`
+    (the state, flow0 and None without). lo, hi: `[assets]` the breaker's limits."""
+    if not static.derisk:
+        return state, flow0, None
     lad = params.ladder
     t0_units = L.between(L.cum_at(lad, lad.end), L.cum_at(lad, state.level))[..., 0]
     units = state.held * _by_side(t0_units, lad.side)
     x_open = derisk.open_mark(m, lo, hi)
-    return derisk.shrink(state.held, units, state.x_mark, x_open, m.sigma, ~m.halted, params.market)
+    held, closing = derisk.shrink(state.held, units, state.x_mark, x_open, m.sigma, open_, params.market)
+    return state._replace(held=held), flow0 + closing.flow, closing
 
 
-def _after(state: SimState, draws, t, b: _Before, r: Result, params: Params, static: Static) -> SimState:
-    """Stages 4-5 and the fund after the cascade (`run_ladder`'s `Result`); flags the path at the
-    first step it needs ADL, outran a split window, or has an account leg's rate at the cap."""
-    pol, m, inp = params.policy, b.m, b.args
-    c = r.cascade
-    mk = stages.move_mark(m, c, inp.active, inp.lo, inp.hi, params)
-    halt_left = stages.count_halt(state, policies.halt_triggered(mk.target, m.x_ref, m.halted, pol), params)
-    f = pay_from_fund(state.fund, c.fund_inflow, c.shortfall)
-    new = stages.close_step(state, draws, t, c, f, mk, (m.halted, halt_left, b.queue), params, static)
+def _inputs(state: SimState, m: stages.Move, br: skeleton.Breaker, params: Params, static: Static) -> Inputs:
+    """`engine.model.skeleton.BookForm.inputs` of the ladder: the levels, the rates in force on
+    the rung groups, the accounts still open and the sides' held shares (after the closing)."""
+    pol, mp = params.policy, params.market
+    mmr = policies.maintenance_rate(params.ladder.mmr, m.sigma, mp.sigma0, pol)
+    return Inputs(
+        state.level, br.flow0, m.x_fair + m.x_trans, br.lo, br.hi, m.sigma, mmr, br.open_, state.backstop_left,
+        state.alive, m.gap, _per_group(params.ladder, state.held),
+    )  # fmt: skip
+
+
+def _flag(new: SimState, b: skeleton.Before, r: Result, f: Fund, t, params: Params) -> SimState:
+    """`engine.model.skeleton.BookForm.finish` of the ladder: the new levels and open accounts;
+    flags the path at the first step it needs ADL, outran a split window, or has an account leg's
+    rate at the cap."""
+    pol, inp = params.policy, b.inputs
     needs_dense = r.flag | ((pol.adl_rule > 0) & jnp.any(f.deficit > 0))
     if r.alive is not None:
         marks = account_book.marks(params, inp.sigma, inp.gap, inp.active)
         needs_dense = needs_dense | account_book.capped(params.ladder.accounts, marks)
-    new = derisk.record(new, b.closing)
     return new._replace(
-        gap=m.gap,
         level=r.level,
         alive=r.alive,
-        held=b.held,
-        fallback=jnp.where(needs_dense, jnp.minimum(state.fallback, t), state.fallback),
+        fallback=jnp.where(needs_dense, jnp.minimum(new.fallback, t), new.fallback),
     )
+
+
+# The ladder book: levels per rung group, the sides' held shares, the open accounts.
+LADDER = skeleton.BookForm(_close, _inputs, run_ladder, finish=_flag)
 
 
 def market_step(
     state: SimState, draws: market.Draws, t, shock, flow, params: Params, static: Static
 ) -> SimState:
     """Stages 1-5 and the fund of one path (as `engine.model.kernel.market_step`) on the ladder."""
-    b = _before(state, draws, t, shock, flow, params, static)
-    return _after(state, draws, t, b, run_ladder(b.args, params, static), params, static)
+    return skeleton.market_step(LADDER, state, draws, t, shock, flow, params, static)
 
 
 def _reaches(inp: Inputs, params: Params) -> jnp.ndarray:
@@ -532,10 +516,11 @@ def market_batch(states: SimState, draws, t, shock, flow, params: Params, static
     the paths whose price reaches a cohort this step (W1: 3-7% of path-steps). A path's numbers
     do not depend on which batch computed them."""
     per_path = (0, 0, None, None, None, None, None)
-    b = jax.vmap(_before, per_path)(states, draws, t, shock, flow, params, static)
-    busy = jax.vmap(lambda a: _reaches(a, params))(b.args)
-    cascade = _for_some(busy, lambda a: run_batch(a, params, static), b.args, _quiet(b.args))
-    return jax.vmap(_after, (0, 0, None, 0, 0, None, None))(states, draws, t, b, cascade, params, static)
+    b = jax.vmap(partial(skeleton.before, LADDER), per_path)(states, draws, t, shock, flow, params, static)
+    busy = jax.vmap(lambda a: _reaches(a, params))(b.inputs)
+    cascade = _for_some(busy, lambda a: run_batch(a, params, static), b.inputs, _quiet(b.inputs))
+    after = partial(skeleton.after, LADDER)
+    return jax.vmap(after, (0, None, 0, 0, None, None))(draws, t, b, cascade, params, static)
 
 
 def adl_step(state: SimState, params: Params) -> SimState:

@@ -22,14 +22,14 @@ rounds without early exit, which reverse-mode differentiation needs.
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from engine.model import derisk, market, policies, stages
-from engine.model.cascade import Shares, run_cascade
+from engine.model import derisk, market, policies, skeleton, stages
+from engine.model.cascade import CascadeInputs, Shares, run_cascade
 from engine.model.params import MarketParams, Params, PolicyParams, Static
 from engine.model.stages import SimState
-from engine.model.waterfall import pay_from_fund
 
 # Smallest width (USD) of the soft minimum: negligible, and keeps a / width finite when both
 # arguments are zero.
@@ -63,32 +63,65 @@ def init_state(params: Params, static: Static) -> SimState:
     return state._replace(halt_weight=jnp.zeros_like(state.x_mark), quantity0=state.quantity)
 
 
+def _limits(state: SimState, m: stages.Move, flow, params: Params) -> skeleton.Breaker:
+    """The relaxed breaker (stage 2): a halt of strength w (`SimState.halt_weight`) mixes a halted
+    (weight w) and an open market, in the limits, the flow into the book and the queue."""
+    w = jnp.where(m.halted, state.halt_weight, 0.0)
+    lo_open, hi_open = policies.mark_limits(state.x_mark, m.x_ref, jnp.zeros_like(m.halted), params.policy)
+    lo, hi = w * state.x_mark + (1 - w) * lo_open, w * state.x_mark + (1 - w) * hi_open
+    flow0, queue = (1 - w) * (flow + state.queue), w * (state.queue + flow)
+    return skeleton.Breaker(lo, hi, flow0, queue, 1.0 - w, w)
+
+
+def _halt(
+    state: SimState, m: stages.Move, mk: stages.Mark, params: Params
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The relaxed breaker after the impact (stage 4): halt steps left `[assets]` (int) and the new
+    halt strength `[assets]`, a ramp of width `temperature` past the threshold (0 or 1 as the
+    temperature goes to 0)."""
+    pol = params.policy
+    beyond = jnp.abs(mk.target - m.x_ref) - pol.halt_threshold
+    strength = jnp.where(m.halted, 0.0, jnp.clip(beyond / params.temperature + 0.5, 0.0, 1.0))
+    triggered = strength > 0
+    return stages.count_halt(state, triggered, params), jnp.where(triggered, strength, state.halt_weight)
+
+
+def _minimum(params: Params):
+    """The soft minimum (`soft_minimum`) at the parameters' temperature."""
+    return partial(soft_minimum, temperature=params.temperature)
+
+
+class Inputs(NamedTuple):
+    """The relaxed cascade's inputs of one path: the exact one's and the cohorts' sizes
+    `[assets, cohorts]` after the cap and the step's voluntary closing (`SimState.quantity0`)."""
+
+    cascade: CascadeInputs
+    quantity0: jnp.ndarray
+
+
+def _inputs(state: SimState, m: stages.Move, br: skeleton.Breaker, params: Params, static: Static) -> Inputs:
+    """`engine.model.skeleton.BookForm.inputs` of the relaxed book."""
+    return Inputs(stages.cascade_inputs(state, m, br.flow0, br.lo, br.hi, br.open_), state.quantity0)
+
+
+def _cascade(inp: Inputs, params: Params, static: Static) -> skeleton.Outcome:
+    """The relaxed cascade: the ramp's shares (`liquidation_shares`), no early exit."""
+    shares = partial(liquidation_shares, temperature=params.temperature, quantity0=inp.quantity0)
+    return skeleton.Outcome(run_cascade(inp.cascade, params, static.rounds, early_exit=False, shares=shares))
+
+
+# The relaxed book: the dense cohorts with the soft breaker and fund.
+RELAXED = skeleton.BookForm(derisk.start, _inputs, _cascade, limits=_limits, halt=_halt, minimum=_minimum)
+
+
 def market_step(
     state: SimState, draws: market.Draws, t, shock, flow, params: Params, static: Static
 ) -> SimState:
     """`engine.model.kernel.market_step` relaxed: a halt of strength w mixes a halted (weight w)
     and an open market; w is 0 or 1 as the temperature goes to 0."""
-    pol, temperature = params.policy, params.temperature
-    m = stages.move_market(state, draws, t, shock, params, static)
-    w = jnp.where(m.halted, state.halt_weight, 0.0)
-    lo_open, hi_open = policies.mark_limits(state.x_mark, m.x_ref, jnp.zeros_like(m.halted), pol)
-    lo, hi = w * state.x_mark + (1 - w) * lo_open, w * state.x_mark + (1 - w) * hi_open
-    flow0, queue = (1 - w) * (flow + state.queue), w * (state.queue + flow)
-    open_ = 1.0 - w
-    state, flow0, closing = derisk.start(state, m, flow0, lo, hi, open_, params, static)
-    shares = partial(liquidation_shares, temperature=temperature, quantity0=state.quantity0)
-    inp = stages.cascade_inputs(state, m, flow0, lo, hi, open_)
-    c = run_cascade(inp, params, static.rounds, early_exit=False, shares=shares)
-    mk = stages.move_mark(m, c, open_, lo, hi, params)
-    beyond = jnp.abs(mk.target - m.x_ref) - pol.halt_threshold
-    strength = jnp.where(m.halted, 0.0, jnp.clip(beyond / temperature + 0.5, 0.0, 1.0))
-    triggered = strength > 0
-    halt_left = stages.count_halt(state, triggered, params)
-    f = pay_from_fund(state.fund, c.fund_inflow, c.shortfall, partial(soft_minimum, temperature=temperature))
-    new = stages.close_step(state, draws, t, c, f, mk, (w, halt_left, queue), params, static)
-    return derisk.record(new, closing)._replace(halt_weight=jnp.where(triggered, strength, state.halt_weight))
+    return skeleton.market_step(RELAXED, state, draws, t, shock, flow, params, static)
 
 
 def adl_step(state: SimState, params: Params) -> SimState:
     """`engine.model.kernel.adl_step` with the soft minimum."""
-    return stages.deleverage(state, params, partial(soft_minimum, temperature=params.temperature))
+    return stages.deleverage(state, params, _minimum(params))

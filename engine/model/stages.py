@@ -1,7 +1,7 @@
-"""Path state and the stages of a step that the exact and the relaxed kernel share.
+"""Path state and the stages of a step that every form of the kernel shares.
 
-`engine.model.kernel` composes them into the exact step, `engine.model.relaxed` into the
-relaxed one; the stage numbers are those of `engine.model.kernel`.
+`engine.model.skeleton` composes them into the step, once for all forms (dense, ladder,
+relaxed); the stage numbers are those of `engine.model.kernel`.
 """
 
 from __future__ import annotations
