@@ -82,10 +82,12 @@ def bytes_per_path(static: P.Static, itemsize: int) -> int:
 # by hand (2 host devices, 16,384 or 8,192 paths x 288 steps; path-steps/s by paths per
 # device): W1 book (256 cohorts) 256 → 1.54 M, 512 → 1.64 M, 1,024 → 1.40 M; W1 book with 1,024
 # cohorts 128 → 0.44 M, 256 → 0.43 M, 512 → 0.31 M; W2 (8,192 cohorts per path, 1,024 paths,
-# first point) 32 → 15.7 k, 64 → 22.6 k, 128 → 23.4 k, 256 → 19.3 k.
+# first point) 32 → 15.7 k, 64 → 22.6 k, 128 → 23.4 k, 256 → 19.3 k; the default scenario
+# (4 assets x 180 cohorts, a crash whose cascade runs for many rounds; CPU seconds of
+# simulating 10,000 paths, idle and loaded cores alike) 128 → 17 s, 256 → 23 s, 384 → 31 s.
 CPU_PATHS_PER_DEVICE = 512
 CPU_MIN_PATHS_PER_DEVICE = 128
-CPU_COHORTS_PER_DEVICE = 2**18
+CPU_COHORTS_PER_DEVICE = 2**17
 # The ladder kernel's per-path state does not grow with the book and its cascade runs on the
 # few paths that liquidate (`engine.model.ladder_kernel.market_batch`), which pays more the
 # more paths a batch holds.

@@ -56,7 +56,7 @@ def test_chunk_splits_evenly_over_devices():
 
 
 def test_cpu_chunk_holds_a_bounded_number_of_path_cohorts():
-    """`cpu_paths_per_device`: 2^18 path-cohorts, but 128 to 512 paths; never above the
+    """`cpu_paths_per_device`: 2^17 path-cohorts, but 128 to 512 paths; never above the
     memory budget."""
 
     def static(assets, cohorts):
@@ -64,7 +64,7 @@ def test_cpu_chunk_holds_a_bounded_number_of_path_cohorts():
             n_assets=assets, n_cohorts=cohorts, steps=48, rounds=6, max_window=16, fan_stride=1, fan_points=48
         )
 
-    per_device = {(1, 256): 512, (1, 1024): 256, (1, 2048): 128, (4, 2048): 128, (1, 64): 512}
+    per_device = {(1, 256): 512, (1, 1024): 128, (1, 2048): 128, (4, 2048): 128, (1, 64): 512}
     assert {k: cpu_paths_per_device(static(*k)) for k in per_device} == per_device
     huge = Config.model_validate(small_dict(run={"n_paths": 100_000, "memory_budget_mb": 64}))
     big_book = static(2, 100_000)
