@@ -110,7 +110,8 @@ def chunk_size(cfg: Config, static: P.Static, n_devices: int = 1, per_device_bud
     chunk (host devices share one memory) or, with `per_device_budget` (accelerators), for
     each device's share; on host devices (no `per_device_budget`) a chunk holds at most
     `cpu_paths_per_device` paths per device. Nor more paths than one step of which takes
-    `cost.CALL_TARGET_S` (`cost.call_paths`), but at least one atom.
+    `cost.CALL_TARGET_S` (`cost.call_paths`), but at least one atom. The chunks a run needs
+    at that size are made as even as whole atoms allow (the last one is padded to the size).
     """
     unit = math.lcm(ATOM, n_devices)
     if cfg.run.chunk_size:
@@ -129,7 +130,10 @@ def chunk_size(cfg: Config, static: P.Static, n_devices: int = 1, per_device_bud
         # a single chunk smaller than an atom (the reductions pad it to one): only whole
         # extraction blocks per device, so a run of 100 paths computes 128, not 256
         unit = EXTRACT_BLOCK * n_devices
-    return min(size, math.ceil(n_paths / unit) * unit)
+    # as many chunks as that size needs, evened out: 10,000 paths in chunks of at most 8,192
+    # run as two of 5,120, not as 8,192 and a last one padded from 1,808 to 8,192
+    chunks = math.ceil(n_paths / size)
+    return min(size, math.ceil(n_paths / chunks / unit) * unit)
 
 
 @dataclass(frozen=True)
