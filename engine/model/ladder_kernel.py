@@ -16,6 +16,12 @@ where a path needs ADL (a deficit with an ADL rule on: ADL closes cohorts in the
 group), or where an equity split's uncertain band or a search outruns
 `engine.model.ladder.WINDOW`, `SimState.fallback` holds that step and the path's numbers are taken from the dense kernel
 (`engine.sim.fallback`). With ADL off the deficit is bad debt, as in the dense kernel.
+Cross-margin accounts join each round's orders from their shared table
+(`engine.model.account_book`); a path carries which account cohorts are still open.
+
+The module stays whole: one path's rounds (`run_ladder`) and a batch's (`run_batch`, where only
+busy paths run the cascade) share the rounds' private carry and stages (`_Rung`, `_Hit`,
+`_head`, `_split`, `_tail`), which would otherwise be imported across modules.
 """
 
 from __future__ import annotations

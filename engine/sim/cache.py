@@ -8,7 +8,8 @@ Compiled kernels are stored under a user cache directory:
 A kernel is keyed by JAX on its program, shapes, devices and compiler flags, so a new
 configuration shape, device count or JAX version compiles (and stores) a new entry. The
 minimum compile time and entry size are set to zero so that small kernels (tests, `--quick`
-benchmarks) are cached too. `enable()` is idempotent and leaves a cache directory that the
+benchmarks) are cached too; the cache keeps at most `CACHE_MAX_BYTES`, and reads and writes hold
+a file lock, so that processes sharing it (shards, test workers) never read an entry half-written. `enable()` is idempotent and leaves a cache directory that the
 user set with `jax.config.update("jax_compilation_cache_dir", ...)` alone.
 """
 
@@ -18,6 +19,9 @@ import os
 from pathlib import Path
 
 import jax
+
+# Most bytes the cache keeps; the least recently used entries go first.
+CACHE_MAX_BYTES = 8 * 2**30
 
 _enabled: Path | None = None
 _done = False
@@ -52,5 +56,9 @@ def enable() -> Path | None:
     jax.config.update("jax_compilation_cache_dir", str(d))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # A size limit turns on JAX's file lock around every read and write of an entry: without
+    # it an entry is written in place, and another process (a shard, a test worker) reading it
+    # half-written crashes in deserialisation (seen: a segfault in `get_executable_and_time`).
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     _enabled = d
     return d
