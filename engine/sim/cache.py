@@ -3,7 +3,9 @@
 Compiled kernels are stored under a user cache directory:
 
 - `LIQSTRESS_CACHE_DIR` when set (an empty value or `off` disables the cache),
-- else `$XDG_CACHE_HOME/liqstress/jax`, else `~/.cache/liqstress/jax`.
+- else `$XDG_CACHE_HOME/liqstress/jax-lru`, else `~/.cache/liqstress/jax-lru` (a directory of
+  its own: entries written without the lock below, which liqstress up to 0.1 kept in
+  `liqstress/jax`, lack the access times the size limit needs).
 
 A kernel is keyed by JAX on its program, shapes, devices and compiler flags, so a new
 configuration shape, device count or JAX version compiles (and stores) a new entry. The
@@ -33,7 +35,7 @@ def cache_dir() -> Path | None:
     if env is not None:
         return None if env.strip() in ("", "off", "0", "none") else Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "liqstress" / "jax"
+    return Path(base) / "liqstress" / "jax-lru"
 
 
 def enable() -> Path | None:
