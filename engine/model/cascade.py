@@ -335,16 +335,21 @@ def _settle_accounts(acc: A.AccountStep, ln: A.Lines, legs, end: Cascade, p_end)
     last marks `p_end` `[assets]` (USD) in the residual."""
     r = A.settle(acc, legs, end.pending, end.tally)
     left = ln.live & ~end.pending.hit & (A.excess(acc, ln, legs, p_end) <= 0)
-    return end._replace(
-        accounts=r.quantity,
-        liquidated=end.liquidated + r.liquidated,
-        shortfall=end.shortfall + r.shortfall,
-        trader_loss=end.trader_loss + r.trader_loss,
-        counterparty=end.counterparty + r.counterparty,
-        fund_inflow=end.fund_inflow + r.fund_inflow,
+    late = jnp.sum(jnp.where(left[:, None], legs * p_end, 0.0))
+    return with_settled(end, r, late)._replace(accounts=r.quantity, pending=None)
+
+
+def with_settled(c: Cascade, r: A.Settled, late) -> Cascade:
+    """`c` with a step's settled account liquidations `r` added (its tally replaces `c`'s, which
+    it started from) and `late` (USD) of accounts still under water added to the residual."""
+    return c._replace(
+        liquidated=c.liquidated + r.liquidated,
+        shortfall=c.shortfall + r.shortfall,
+        trader_loss=c.trader_loss + r.trader_loss,
+        counterparty=c.counterparty + r.counterparty,
+        fund_inflow=c.fund_inflow + r.fund_inflow,
         tally=r.tally,
-        residual=end.residual + jnp.sum(jnp.where(left[:, None], legs * p_end, 0.0)),
-        pending=None,
+        residual=c.residual + late,
     )
 
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from engine.model import account_book, derisk, market, outputs, policies, skeleton, stages
 from engine.model import ladder as L
 from engine.model import tally as T
-from engine.model.cascade import Cascade, backstop_share, until_quiet
+from engine.model.cascade import Cascade, CascadeInputs, backstop_share, until_quiet, with_settled
 from engine.model.impact import impact
 from engine.model.params import Params, Static
 from engine.model.stages import SimState
@@ -65,22 +65,16 @@ class _Rung(NamedTuple):
 
 
 class Inputs(NamedTuple):
-    """One path's step as the ladder cascade takes it. level: `[assets, groups]` int32 ladder
-    positions liquidated so far; mmr: `[assets, groups]` rates in force; alive: `[accounts]` bool
-    account cohorts still open, gap: `[collateral]` the step's depeg gap (each None without
-    them); held: `[assets, groups]` the share of their t0 units the group's open cohorts hold
-    after the step's voluntary closing (None without it); the others as
-    `engine.model.cascade.CascadeInputs`."""
+    """One path's step as the ladder cascade takes it. market: the step as the dense cascade
+    takes it (`engine.model.cascade.CascadeInputs`), without the cohorts' quantity and bankruptcy
+    price, with `mmr` the rates in force on the rung groups `[assets, groups]`; level: `[assets,
+    groups]` int32 ladder positions liquidated so far; alive: `[accounts]` bool account cohorts
+    still open, gap: `[collateral]` the step's depeg gap (each None without them); held:
+    `[assets, groups]` the share of their t0 units the group's open cohorts hold after the
+    step's voluntary closing (None without it)."""
 
+    market: CascadeInputs
     level: jnp.ndarray
-    flow0: jnp.ndarray
-    x_base: jnp.ndarray
-    lo: jnp.ndarray
-    hi: jnp.ndarray
-    sigma: jnp.ndarray
-    mmr: jnp.ndarray
-    active: jnp.ndarray
-    backstop_left: jnp.ndarray
     alive: jnp.ndarray | None = None
     gap: jnp.ndarray | None = None
     held: jnp.ndarray | None = None
@@ -251,16 +245,16 @@ def _step(inp: Inputs, params: Params) -> _Step:
     """What the rounds of one path's step share (`Inputs`)."""
     marks = live = None
     if inp.alive is not None:
-        marks = account_book.marks(params, inp.sigma, inp.gap, inp.active)
+        marks = account_book.marks(params, inp.market.sigma, inp.gap, inp.market.active)
         live = account_book.live(params.ladder.accounts, inp.alive, marks)
     return _Step(
         params.ladder,
-        inp.mmr,
-        inp.active,
-        inp.x_base,
-        inp.lo,
-        inp.hi,
-        inp.sigma,
+        inp.market.mmr,
+        inp.market.active,
+        inp.market.x_base,
+        inp.market.lo,
+        inp.market.hi,
+        inp.market.sigma,
         params,
         marks,
         live,
@@ -272,13 +266,13 @@ def _start(inp: Inputs, params: Params, rounds: int) -> tuple[_Step, _Rung]:
     """The step's shared values and the rounds' first carry of one path; rounds: the most
     rounds of a step (`Static.rounds`)."""
     st = _step(inp, params)
-    flow0 = inp.flow0
+    flow0 = inp.market.flow0
     z = jnp.zeros((), flow0.dtype)
     side2 = jnp.zeros((flow0.shape[0], 2), flow0.dtype)
     at = L.cum_at(st.lad, inp.level)
     pend = None if inp.alive is None else account_book.no_hits(st.lad.accounts, rounds)
     start = _Rung(
-        flow0, inp.backstop_left, inp.level, at, side2, side2, z, z, z,
+        flow0, inp.market.backstop_left, inp.level, at, side2, side2, z, z, z,
         jnp.zeros_like(flow0), z, jnp.zeros((), jnp.int32), jnp.zeros((), bool), pend,
     )  # fmt: skip
     return st, start
@@ -325,16 +319,8 @@ def _settle(st: _Step, inp: Inputs, end: _Rung, c: Cascade, p_end, flag) -> Resu
     # the step's isolated tally, with voluntary closing, is the accounts' start
     start = T.zero(p_end.shape[0], p_end.dtype) if c.tally is None else c.tally
     r = account_book.settle(tab, params, st.marks, pend, start)
-    c = c._replace(
-        liquidated=c.liquidated + r.liquidated,
-        shortfall=c.shortfall + r.shortfall,
-        trader_loss=c.trader_loss + r.trader_loss,
-        counterparty=c.counterparty + r.counterparty,
-        fund_inflow=c.fund_inflow + r.fund_inflow,
-        tally=r.tally,
-        residual=c.residual + account_book.left(tab, params, st.marks, st.live & ~pend.hit, p_end),
-    )
-    return Result(c, end.level, inp.alive & ~pend.hit, flag)
+    late = account_book.left(tab, params, st.marks, st.live & ~pend.hit, p_end)
+    return Result(with_settled(c, r, late), end.level, inp.alive & ~pend.hit, flag)
 
 
 def _tally_step(st: _Step, before, after) -> T.Tally:
@@ -427,10 +413,8 @@ def _inputs(state: SimState, m: stages.Move, br: skeleton.Breaker, params: Param
     the rung groups, the accounts still open and the sides' held shares (after the closing)."""
     pol, mp = params.policy, params.market
     mmr = policies.maintenance_rate(params.ladder.mmr, m.sigma, mp.sigma0, pol)
-    return Inputs(
-        state.level, br.flow0, m.x_fair + m.x_trans, br.lo, br.hi, m.sigma, mmr, br.open_, state.backstop_left,
-        state.alive, m.gap, _per_group(params.ladder, state.held),
-    )  # fmt: skip
+    market = stages.cascade_inputs(state, m, br.flow0, br.lo, br.hi, br.open_)._replace(mmr=mmr)
+    return Inputs(market, state.level, state.alive, m.gap, _per_group(params.ladder, state.held))
 
 
 def _flag(new: SimState, b: skeleton.Before, r: Result, f: Fund, t, params: Params) -> SimState:
@@ -440,7 +424,7 @@ def _flag(new: SimState, b: skeleton.Before, r: Result, f: Fund, t, params: Para
     pol, inp = params.policy, b.inputs
     needs_dense = r.flag | ((pol.adl_rule > 0) & jnp.any(f.deficit > 0))
     if r.alive is not None:
-        marks = account_book.marks(params, inp.sigma, inp.gap, inp.active)
+        marks = account_book.marks(params, inp.market.sigma, inp.gap, inp.market.active)
         needs_dense = needs_dense | account_book.capped(params.ladder.accounts, marks)
     return new._replace(
         level=r.level,
@@ -464,11 +448,11 @@ def _reaches(inp: Inputs, params: Params) -> jnp.ndarray:
     """Whether the step's first price reaches the next cohort of some group, or some account's
     maintenance, `[]` bool (else the cascade does nothing: `_quiet`)."""
     st = _step(inp, params)
-    lad, level, mmr = st.lad, inp.level, inp.mmr
+    lad, level, mmr = st.lad, inp.level, inp.market.mmr
     s = lad.side
-    price = st.price(inp.flow0)
+    price = st.price(inp.market.flow0)
     hit = s * (price[:, None] - (-s * L.take(lad.u, level)) / (1.0 - s * mmr)) <= 0
-    reach = _any(hit & (level < lad.end) & inp.active[:, None])
+    reach = _any(hit & (level < lad.end) & inp.market.active[:, None])
     if st.live is None:
         return reach
     return reach | jnp.any(st.live & (account_book.excess(lad.accounts, params, st.marks, price) <= 0))
@@ -476,7 +460,7 @@ def _reaches(inp: Inputs, params: Params) -> jnp.ndarray:
 
 def _quiet(args: Inputs) -> Result:
     """`run_ladder`'s result `[paths, ...]` for paths whose first price reaches no cohort."""
-    flow0, backstop_left = args.flow0, args.backstop_left
+    flow0, backstop_left = args.market.flow0, args.market.backstop_left
     z = jnp.zeros_like(backstop_left)
     tally = None
     if args.alive is not None or args.held is not None:  # the same structure as the cascade's

@@ -40,7 +40,7 @@ from engine.model.kernel import (
 from engine.model.params import Params, Static
 from engine.model.stages import SimState
 from engine.sim import fallback
-from engine.sim.devices import PATH_AXIS
+from engine.sim.devices import PATH_AXIS, path_mesh
 
 EXTRACT_BLOCK = 32
 
@@ -154,33 +154,21 @@ def dense(static: Static) -> Static:
     return dataclasses.replace(static, ladder=0, ladder_cells=0)
 
 
-def _chunk(
-    params: Params,
-    seed,
-    start,
-    n_valid,
-    static: Static,
-    n_paths: int,
-    nudge=0.0,
-    offsets=None,
-    count_from=None,
-):
-    """Simulate global paths `start .. start + n_paths - 1` (or `start + offsets`) under one
-    parameter point, all steps in one call, in the form `static` names; in the ladder form the
+def _chunk(params: Params, seed, start, n_valid, static: Static, n_paths: int, nudge=0.0):
+    """Simulate global paths `start .. start + n_paths - 1` under one parameter point, all steps in one call, in the form `static` names; in the ladder form the
     paths it flagged keep its numbers (`rollout` reruns them). seed, start:
     `engine.model.kernel.word64(n)` for any n below 2**64 (a plain int is traced as int32, so it
     must be below 2**31).
 
     Only the first `n_valid` paths enter the fan-chart histograms (the last chunk of a run is
-    padded to the compiled size), each from its step `count_from` on. nudge: `[]` ulps by which
-    every draw moves (`step_draws`).
+    padded to the compiled size). nudge: `[]` ulps by which every draw moves (`step_draws`).
 
     Returns (outputs, fan): outputs maps each name of `engine.model.outputs.OUTPUTS` to
     `[n_paths, ...]`; fan holds int32 histograms `price` `[fan_points, assets, 640]` (log mark)
     and `liquidated` `[fan_points, assets, bins]` (cumulative USD), counted over the chunk.
     """
     carry = _begin(params, static, n_paths)
-    carry = _advance(carry, params, seed, start, n_valid, 0, static, static.steps, nudge, offsets, count_from)
+    carry = _advance(carry, params, seed, start, n_valid, 0, static, static.steps, nudge)
     return _finish(carry, params, static), carry.fan
 
 
@@ -195,17 +183,19 @@ def rollout(
 ) -> tuple[dict, dict]:
     """`rollout_chunk`'s (outputs, fan) on the host (NumPy), with the paths the ladder flagged
     rerun on the dense kernel by their global index and counted in the fan from the flagged step
-    on: the one fallback mechanism of a run (`engine.sim.fallback.complete`)."""
+    on, on one device, as a run reruns them (`engine.sim.fallback.complete`, `sharded_rollout`)."""
     out, fan = jax.device_get(
         rollout_chunk(params, seed, start, n_valid, static=static, n_paths=n_paths, nudge=nudge)
     )
     if not static.ladder:
         return out, fan
 
+    one = path_mesh(jax.devices()[:1])
+
     def rerun(offsets, count_from, n):
-        again = rollout_chunk(
-            params, seed, start, n, static=dense(static), n_paths=offsets.size, nudge=nudge,
-            offsets=jnp.asarray(offsets), count_from=jnp.asarray(count_from),
+        again = sharded_rollout(
+            params, seed, start, n, dense(static), offsets.size, one,
+            nudge=nudge, offsets=jnp.asarray(offsets), count_from=jnp.asarray(count_from),
         )  # fmt: skip
         return jax.device_get(again)
 
