@@ -7,6 +7,10 @@ import copy
 import pytest
 
 from engine.config.schema import Config
+from engine.sim import cache
+
+# the workers compile in their own memory; the CLI processes the tests start share the cache
+cache.keep_off()
 
 SMALL = {
     "name": "small",
