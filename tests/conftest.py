@@ -7,10 +7,19 @@ import copy
 import pytest
 
 from engine.config.schema import Config
-from engine.sim import cache
+from engine.sim import cache, code_space
 
 # the workers compile in their own memory; the CLI processes the tests start share the cache
 cache.keep_off()
+
+
+@pytest.fixture(autouse=True)
+def _room_for_compiled_code():
+    """A worker compiles hundreds of kernels: past half the process's cap on memory mappings
+    their code is let go (`engine.sim.code_space`), before LLVM aborts the worker."""
+    yield
+    code_space.release_if_crowded()
+
 
 SMALL = {
     "name": "small",

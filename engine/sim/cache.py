@@ -68,8 +68,9 @@ def enable() -> Path | None:
 
 def keep_off() -> None:
     """Keep this process off the persistent cache (`enable` then does nothing), leaving the
-    processes it starts to theirs. The test suite's workers do so: with several processes
-    reading and writing one directory, JAX 0.10.2 has crashed in a worker while deserialising
-    an entry (`get_executable_and_time`), file lock or not."""
+    processes it starts to theirs. The test suite's workers do so, each compiling in its own
+    memory. (A worker that crashed while deserialising an entry, `get_executable_and_time`,
+    had most likely run out of memory mappings for compiled code, as later ones did while
+    compiling: `engine.sim.code_space`.)"""
     global _enabled, _done
     _enabled, _done = None, True

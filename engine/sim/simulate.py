@@ -38,7 +38,7 @@ from engine.config.errors import SimulationError, validated
 from engine.config.schema import Config
 from engine.model import ladder
 from engine.model import params as P
-from engine.sim import cache, cost, devices, fallback
+from engine.sim import cache, code_space, cost, devices, fallback
 from engine.sim.dataset import to_dataset
 from engine.sim.reduce import ATOM, PointAccumulator
 from engine.sim.rollout import EXTRACT_BLOCK, Rollout, dense
@@ -269,6 +269,7 @@ def _simulate_points(
 ) -> xr.Dataset:
     """`simulate` of validated points (within the run's precision)."""
     cache.enable()
+    code_space.release_if_crowded()
 
     built = [build.build(p) for p in pts]
     # each point's kernel forms depend on that point alone, so its numbers do not depend on
