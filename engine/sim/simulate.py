@@ -291,9 +291,12 @@ def _simulate_points(
         if progress:
             progress(ChunkProgress(work, total, time.perf_counter() - t0))
 
-    def roll(i, start, valid, static, n, nudge, offsets=None, count_from=None) -> Rollout:
-        steps = cost.call_steps(static, n, accelerator)
-        return Rollout(built[i][0], seed, start, valid, static, n, mesh, steps, nudge, offsets, count_from)
+    # a rerun of one extraction block runs on one device, the others go on with the next chunk
+    one = devices.path_mesh(mesh.devices.flat[:1])
+
+    def roll(i, start, valid, static, n, nudge, offsets=None, count_from=None, on=mesh) -> Rollout:
+        steps = cost.call_steps(static, n // on.size * mesh.size, accelerator)
+        return Rollout(built[i][0], seed, start, valid, static, n, on, steps, nudge, offsets, count_from)
 
     def launch(task, nudge=0.0, chunk=size):
         start, valid, i = task
@@ -305,12 +308,14 @@ def _simulate_points(
         start, valid, i = task
 
         def rerun(offsets, count_from, n):
-            again = roll(i, start, n, dense(statics[i]), offsets.size, nudge, offsets, count_from)
+            on = one if offsets.size == EXTRACT_BLOCK else mesh
+            again = roll(i, start, n, dense(statics[i]), offsets.size, nudge, offsets, count_from, on)
             return _to_host(_calls(again, lambda _: tick(static.steps)))
 
-        return fallback.complete(
-            *_to_host(_calls(current, tick)), valid, rerun, EXTRACT_BLOCK * mesh.size, chunk
-        )
+        out, fan = _to_host(_calls(current, tick))
+        # up to one block flagged: rerun on one device; else whole blocks on every device
+        few = fallback.flagged(out, valid).size <= EXTRACT_BLOCK
+        return fallback.complete(out, fan, valid, rerun, EXTRACT_BLOCK * (1 if few else mesh.size), chunk)
 
     base_out = None
     probe = TippingProbe(min(cfg.run.tipping_paths, n_paths), len(pts))

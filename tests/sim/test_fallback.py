@@ -81,14 +81,14 @@ def test_ladder_runs_do_not_depend_on_the_chunk_size(chunk):
 
 def test_a_rerun_path_does_not_depend_on_how_many_share_its_call():
     """A dense rerun holds whole extraction blocks per device (`EXTRACT_BLOCK`), so path 5
-    rerun alone (a call of one block per device) or with 54 others (calls of 2 and 4 blocks per
-    device) gives the same numbers, bit for bit. (Calls of 8 paths per device do not: XLA
-    reduces a batch that small in another order.)"""
+    rerun alone (one block on one device, as a run reruns up to one block of flagged paths) or
+    with 54 others (1, 2 and 4 blocks per device) gives the same numbers, bit for bit. (Calls
+    of 8 paths per device do not: XLA reduces a batch that small in another order.)"""
     params, static = build(config("dense"))
     mesh = devices.path_mesh()
     size = EXTRACT_BLOCK * mesh.size
 
-    def rerun(slots: dict, n: int) -> dict:
+    def rerun(slots: dict, n: int, mesh=mesh) -> dict:
         offsets = np.zeros(n, np.uint32)
         for slot, path in slots.items():
             offsets[slot] = path
@@ -98,8 +98,8 @@ def test_a_rerun_path_does_not_depend_on_how_many_share_its_call():
         )  # fmt: skip
         return jax.device_get(out)
 
-    alone = rerun({5: 5}, size)
-    for n in (2 * size, 4 * size):
+    alone = rerun({5: 5}, EXTRACT_BLOCK, devices.path_mesh(jax.devices()[:1]))
+    for n in (size, 2 * size, 4 * size):
         shared = rerun({5: 5, 1: 3, **{slot: 100 + slot for slot in range(6, 60)}}, n)
         for name, values in alone.items():
             np.testing.assert_array_equal(values[5], shared[name][5], err_msg=f"{name}, {n} paths")
