@@ -20,10 +20,11 @@ from engine.report.progress import share
 from engine.sim import simulate as S  # the module, not the function `engine.simulate`
 from tests.conftest import small_dict
 
-# One chunk of 256 paths x 12,000 steps: about 1.5 ms per step by the cost model, so 18 calls
-# of 667 steps (`cost.call_steps`), each well under a second on 2 cores (the model is cautious).
+# One chunk of 1,024 paths x 12,000 steps: 63 calls of 191 steps by the cost model
+# (`cost.call_steps`), each well under a second on 2 cores (the model is cautious), so that the
+# rest of the chunk outlasts the exit even where a warm cache makes the first call fast.
 LONG = small_dict(
-    run={**small_dict()["run"], "n_paths": 256, "steps": 12_000, "fan_points": 4, "tipping_paths": 0}
+    run={**small_dict()["run"], "n_paths": 1024, "steps": 12_000, "fan_points": 4, "tipping_paths": 0}
 )
 # From the signal to the process's end: the call in flight and the next chunk's first call
 # (about a second each, more on a busy machine), then the manifest and Python's exit.
