@@ -26,7 +26,7 @@ Prices are carried as log marks relative to `price0` (`x`), cohorts in USD.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -79,8 +79,9 @@ def market_step(
     return skeleton.market_step(DENSE, state, draws, t, shock, flow, params, static)
 
 
-def adl_step(state: SimState, params: Params) -> SimState:
-    """Stage 6 after the fund: ADL the step's deficit, the rest is bad debt."""
+def adl_step(state: SimState, t, params: Params) -> SimState:
+    """Stage 6 after the fund: ADL the step's deficit, the rest is bad debt (t: `[]` int step,
+    unused here)."""
     return stages.deleverage(state, params)
 
 
@@ -88,15 +89,16 @@ class Form(NamedTuple):
     """The stage functions of one form of the kernel, signatures as this module's. `prepare`
     adds what the form derives from the parameters once per compiled call (the ladder form's
     sorted book); the other functions take prepared parameters. `extract`: the per-path
-    outputs of a final state (`engine.model.outputs`). `market_batch`: `market_step` of a
-    batch of paths (leading axis; the rollout calls this one)."""
+    outputs of a final state (`engine.model.outputs`). `market_batch`, `adl_batch`: `market_step`,
+    `adl_step` of a batch of paths (leading axis; the rollout calls these)."""
 
     init_state: Callable[[Params, Static], SimState]
     market_step: Callable[..., SimState]
-    adl_step: Callable[[SimState, Params], SimState]
+    adl_step: Callable[[SimState, Any, Params], SimState]
     prepare: Callable[[Params, Static], Params]
     extract: Callable[[SimState, Params, Static], dict]
     market_batch: Callable[..., SimState]
+    adl_batch: Callable[[SimState, Any, Params], SimState]
 
 
 def _as_is(params: Params, static: Static) -> Params:
@@ -108,7 +110,20 @@ def _batched(market_step: Callable) -> Callable:
     return jax.vmap(market_step, in_axes=(0, 0, None, None, None, None, None))
 
 
-EXACT = Form(stages.init_state, market_step, adl_step, _as_is, outputs.extract, _batched(market_step))
+def _batched_adl(adl_step: Callable) -> Callable:
+    """`adl_step` over a leading path axis of the state."""
+    return jax.vmap(adl_step, in_axes=(0, None, None))
+
+
+EXACT = Form(
+    stages.init_state,
+    market_step,
+    adl_step,
+    _as_is,
+    outputs.extract,
+    _batched(market_step),
+    _batched_adl(adl_step),
+)
 RELAXED = Form(
     relaxed.init_state,
     relaxed.market_step,
@@ -116,6 +131,7 @@ RELAXED = Form(
     _as_is,
     outputs.extract,
     _batched(relaxed.market_step),
+    _batched_adl(relaxed.adl_step),
 )
 LADDER = Form(
     ladder_kernel.init_state,
@@ -124,6 +140,7 @@ LADDER = Form(
     ladder.prepare,
     ladder_kernel.extract,
     ladder_kernel.market_batch,
+    ladder_kernel.adl_batch,
 )
 
 
@@ -145,7 +162,7 @@ def step(state: SimState, draws: market.Draws, t, shock, flow, params: Params, s
     """One full step of one path (all six stages), in the form `static` selects."""
     f = form(static)
     params = f.prepare(params, static)
-    return f.adl_step(f.market_step(state, draws, t, shock, flow, params, static), params)
+    return f.adl_step(f.market_step(state, draws, t, shock, flow, params, static), t, params)
 
 
 class Word64(NamedTuple):

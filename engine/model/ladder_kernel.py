@@ -11,11 +11,12 @@ the two give the same numbers to the rounding of their sums. A path's book is it
 (`SimState.held`, `[assets, 2]`), so a range's prefix sums are scaled by its side's share, and
 the step's liquidations are tallied as they happen (`engine.model.ladder.tallied`).
 
-What the ladder does not represent, it flags rather than approximates: from the first step
-where a path needs ADL (a deficit with an ADL rule on: ADL closes cohorts in the middle of a
-group), or where an equity split's uncertain band or a search outruns
-`engine.model.ladder.WINDOW`, `SimState.fallback` holds that step and the path's numbers are taken from the dense kernel
-(`engine.sim.fallback`). With ADL off the deficit is bad debt, as in the dense kernel.
+The queue's ADL runs on the ladder (`engine.model.ladder_adl`: a path records each event's
+threshold, not the cohorts it closed). What the ladder does not represent, it flags rather than
+approximates: from the first step where a path needs ADL it cannot hold (pro rata, accounts),
+whose cascade reaches a cohort ADL closed, or where an equity split's uncertain band or a search
+outruns `engine.model.ladder.WINDOW`, `SimState.fallback` holds that step and the path's
+numbers are taken from the dense kernel (`engine.sim.fallback`).
 Cross-margin accounts join each round's orders from their shared table
 (`engine.model.account_book`); a path carries which account cohorts are still open.
 
@@ -32,7 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from engine.model import account_book, derisk, market, outputs, policies, skeleton, stages
+from engine.model import account_book, derisk, ladder_adl, market, outputs, policies, skeleton, stages
 from engine.model import ladder as L
 from engine.model import tally as T
 from engine.model.cascade import Cascade, CascadeInputs, backstop_share, until_quiet, with_settled
@@ -71,13 +72,15 @@ class Inputs(NamedTuple):
     groups]` int32 ladder positions liquidated so far; alive: `[accounts]` bool account cohorts
     still open, gap: `[collateral]` the step's depeg gap (each None without them); held:
     `[assets, groups]` the share of their t0 units the group's open cohorts hold after the
-    step's voluntary closing (None without it)."""
+    step's voluntary closing (None without it); adl: the path's ADL record
+    (`engine.model.ladder_adl.Record`)."""
 
     market: CascadeInputs
     level: jnp.ndarray
     alive: jnp.ndarray | None = None
     gap: jnp.ndarray | None = None
     held: jnp.ndarray | None = None
+    adl: ladder_adl.Record | None = None
 
 
 class Result(NamedTuple):
@@ -288,7 +291,8 @@ def _finish(st: _Step, inp: Inputs, end: _Rung) -> Result:
     crossed, unsure = L.crossed(lad, p_end, st.mmr, end.level)
     reach = jnp.where(active[:, None], crossed, end.level)
     left = _held(st.held, L.between(L.cum_at(lad, reach), end.at)[..., 0])
-    flag = end.overflow | _any(unsure & active[:, None])
+    # a cohort closed by ADL within the reach would count in the prefix sums: the dense kernel's
+    flag = end.overflow | _any(unsure & active[:, None]) | ladder_adl.reached(inp.adl, reach)
     c = Cascade(
         quantity=None,
         bankrupt=None,
@@ -387,6 +391,7 @@ def init_state(params: Params, static: Static) -> SimState:
         fallback=jnp.asarray(FALLBACK_NEVER, jnp.int32),
         alive=None if tab is None else account_book.opened(tab),
         held=jnp.ones((static.n_assets, 2), state.x_mark.dtype) if static.derisk else None,
+        adl=ladder_adl.none(params.ladder),
     )
 
 
@@ -402,6 +407,7 @@ def _close(
         return state, flow0, None
     lad = params.ladder
     t0_units = L.between(L.cum_at(lad, lad.end), L.cum_at(lad, state.level))[..., 0]
+    t0_units = t0_units - state.adl.units  # every cohort closed by ADL is still beyond the level
     units = state.held * _by_side(t0_units, lad.side)
     x_open = derisk.open_mark(m, lo, hi)
     held, closing = derisk.shrink(state.held, units, state.x_mark, x_open, m.sigma, open_, params.market)
@@ -414,15 +420,16 @@ def _inputs(state: SimState, m: stages.Move, br: skeleton.Breaker, params: Param
     pol, mp = params.policy, params.market
     mmr = policies.maintenance_rate(params.ladder.mmr, m.sigma, mp.sigma0, pol)
     market = stages.cascade_inputs(state, m, br.flow0, br.lo, br.hi, br.open_)._replace(mmr=mmr)
-    return Inputs(market, state.level, state.alive, m.gap, _per_group(params.ladder, state.held))
+    held = _per_group(params.ladder, state.held)
+    return Inputs(market, state.level, state.alive, m.gap, held, state.adl)
 
 
 def _flag(new: SimState, b: skeleton.Before, r: Result, f: Fund, t, params: Params) -> SimState:
     """`engine.model.skeleton.BookForm.finish` of the ladder: the new levels and open accounts;
-    flags the path at the first step it needs ADL, outran a split window, or has an account leg's
-    rate at the cap."""
-    pol, inp = params.policy, b.inputs
-    needs_dense = r.flag | ((pol.adl_rule > 0) & jnp.any(f.deficit > 0))
+    flags the path at the first step its cascade could not be computed exactly (`Result.flag`)
+    or it has an account leg's rate at the cap. (ADL flags its own: `adl_step`.)"""
+    inp = b.inputs
+    needs_dense = r.flag
     if r.alive is not None:
         marks = account_book.marks(params, inp.market.sigma, inp.gap, inp.market.active)
         needs_dense = needs_dense | account_book.capped(params.ladder.accounts, marks)
@@ -513,14 +520,15 @@ def market_batch(states: SimState, draws, t, shock, flow, params: Params, static
     return jax.vmap(after, (0, None, 0, 0, None, None))(draws, t, b, cascade, params, static)
 
 
-def adl_step(state: SimState, params: Params) -> SimState:
-    """Stage 6 after the fund with ADL off: the deficit is bad debt. (With an ADL rule on, a
-    path with a deficit was flagged by `market_step`; its numbers come from the dense kernel.)"""
-    tot = state.totals
-    bad = jnp.where(params.policy.adl_rule == 0, jnp.sum(state.deficit), 0.0)
-    return state._replace(
-        deficit=jnp.zeros_like(state.deficit), totals=tot._replace(bad_debt=tot.bad_debt + bad)
-    )
+def adl_step(state: SimState, t, params: Params) -> SimState:
+    """Stage 6 after the fund of one path (`engine.model.ladder_adl.deleverage`); t: `[]` int."""
+    return ladder_adl.deleverage(state, t, params)
+
+
+def adl_batch(states: SimState, t, params: Params) -> SimState:
+    """`adl_step` of a batch of paths (leading axis): only the paths with a deficit run it."""
+    needs = jnp.any(states.deficit > 0, axis=(1, 2))
+    return _for_some(needs, jax.vmap(lambda s: adl_step(s, t, params)), states, states)
 
 
 def _tally(state: SimState, params: Params) -> T.Tally:
@@ -540,7 +548,7 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     fair = mp.price0 * jnp.exp(state.x_fair + state.x_trans)
     mmr = policies.maintenance_rate(lad.mmr, jnp.sqrt(state.variance), mp.sigma0, params.policy)
     at, held = L.cum_at(lad, state.level), _per_group(lad, state.held)
-    open_units = _held(held, L.between(L.cum_at(lad, lad.end), at)[..., 0])
+    open_units = _held(held, L.between(L.cum_at(lad, lad.end), at)[..., 0] - state.adl.units)
     reach, unsure = L.crossed(lad, fair, mmr, state.level)
     deferred = _held(held, L.between(L.cum_at(lad, reach), at)[..., 0])
     units, late = jnp.sum(open_units, -1), jnp.sum(fair * jnp.sum(deferred, -1))
@@ -553,5 +561,6 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
         state = state._replace(totals=state.totals._replace(tally=_tally(state, params)))
     out = outputs.assemble(state, params, units, late)
     # a search that could not finish (`ladder.find`) hands the last step to the dense kernel
-    last = jnp.where(jnp.any(unsure), static.steps - 1, FALLBACK_NEVER)
+    # and so does a cohort closed by ADL among the deferred (`engine.model.ladder_adl.reached`)
+    last = jnp.where(jnp.any(unsure) | ladder_adl.reached(state.adl, reach), static.steps - 1, FALLBACK_NEVER)
     return out | {"fallback_step": jnp.minimum(state.fallback, last)}

@@ -122,6 +122,6 @@ def market_step(
     return skeleton.market_step(RELAXED, state, draws, t, shock, flow, params, static)
 
 
-def adl_step(state: SimState, params: Params) -> SimState:
-    """`engine.model.kernel.adl_step` with the soft minimum."""
+def adl_step(state: SimState, t, params: Params) -> SimState:
+    """`engine.model.kernel.adl_step` with the soft minimum (t unused)."""
     return stages.deleverage(state, params, _minimum(params))

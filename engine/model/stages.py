@@ -6,7 +6,7 @@ relaxed); the stage numbers are those of `engine.model.kernel`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
@@ -85,6 +85,8 @@ class SimState(NamedTuple):
     # Ladder kernel with voluntary closing (`Static.derisk`): the share of its t0 units every
     # open cohort of a side still holds `[assets, 2]` (long, short; `engine.model.derisk.shrink`).
     held: jnp.ndarray | None = None
+    # Ladder kernel: the ADL events the path has seen (`engine.model.ladder_adl.Record`).
+    adl: Any = None
 
 
 def init_state(params: Params, static: Static) -> SimState:

@@ -41,13 +41,16 @@ class Fund(NamedTuple):
 
 class Adl(NamedTuple):
     """quantity: `[assets, cohorts]` after ADL; absorbed: `[]` USD of profit given up by
-    ADL'd positions; notional: `[]` USD closed by ADL; bad_debt: `[]` USD; accounts: leg units
-    `[accounts, assets]` after ADL, or None."""
+    ADL'd positions; notional: `[]` USD closed by ADL; bad_debt: `[]` USD; threshold: `[assets,
+    2]` the queue's least log score closed, per asset and side of the positions giving up profit
+    (`queue_closed`; +inf with the other rules); accounts: leg units `[accounts, assets]` after
+    ADL, or None."""
 
     quantity: jnp.ndarray
     absorbed: jnp.ndarray
     notional: jnp.ndarray
     bad_debt: jnp.ndarray
+    threshold: jnp.ndarray
     accounts: jnp.ndarray | None = None
 
 
@@ -81,17 +84,29 @@ def pay_from_fund(fund, inflow, shortfall, minimum=jnp.minimum) -> Fund:
     return Fund(fund=fund - draw, draw=draw, deficit=shortfall * unpaid)
 
 
-def _adl_queue(parts: list[Opposite], need) -> list[tuple]:
+def _log_score(p: Opposite) -> jnp.ndarray:
+    """The queue's log score of each position of `p` (profitless positions far below any
+    threshold)."""
+    return jnp.log(jnp.where(p.profit > 0, p.score, 1e-30))
+
+
+def queue_closed(p: Opposite, threshold) -> jnp.ndarray:
+    """Whether the queue closes each position of `p` (bool, `p`'s shape) at `threshold`
+    `[assets, 2]` (`Adl.threshold`): profitable, with a log score at or above its side's."""
+    return (_log_score(p) >= _pick(threshold, p.side)) & (p.profit > 0)
+
+
+def _adl_queue(parts: list[Opposite], need) -> tuple[list[tuple], jnp.ndarray]:
     """Whole-position closure in descending score order, over all `parts`, until profit covers
     `need` `[assets, 2]` (USD to be covered by the longs, column 0, and the shorts, column 1).
-    Returns per part (absorbed USD, closed 0/1) per position.
+    Returns (per part (absorbed USD, closed 0/1) per position, the threshold `[assets, 2]`).
 
     Instead of sorting (slow on CPU), bisection in log score finds, per asset and side, the
     highest threshold whose positions at or above it hold enough profit. Positions strictly
     above the final bracket give up all their profit; those inside it (ties, to 1e-6 in log
     score) share the rest in proportion to profit. Every position in the bracket is closed.
     """
-    logs = [jnp.log(jnp.where(p.profit > 0, p.score, 1e-30)) for p in parts]
+    logs = [_log_score(p) for p in parts]
 
     def held(t):
         return sum(p.sums(jnp.where(ls >= _pick(t, p.side), p.profit, 0.0)) for p, ls in zip(parts, logs))
@@ -110,10 +125,11 @@ def _adl_queue(parts: list[Opposite], need) -> list[tuple]:
     out = []
     for p, ls in zip(parts, logs):
         above = ls >= _pick(hi, p.side)
+        # every closed position is profitable, so the closed set is `queue_closed`'s at lo
         inside = (ls >= _pick(lo, p.side)) & ~above & (p.profit > 0)
         absorbed = jnp.where(above, p.profit, jnp.where(inside, _pick(share, p.side) * p.profit, 0.0))
         out.append((absorbed, (above | inside).astype(p.profit.dtype)))
-    return out
+    return out, lo
 
 
 def _adl_pro_rata(parts: list[Opposite], need) -> list[tuple]:
@@ -123,7 +139,7 @@ def _adl_pro_rata(parts: list[Opposite], need) -> list[tuple]:
     return [(_pick(share, p.side) * p.profit, _pick(share, p.side) * (p.profit > 0)) for p in parts]
 
 
-def _isolated(quantity, bankrupt, p, book: BookParams) -> Opposite:
+def isolated(quantity, bankrupt, p, book: BookParams) -> Opposite:
     """The isolated cohorts as ADL sees them (`p`: marks `[assets, 1]` USD)."""
     s, e = book.side, book.entry
     profit = jnp.maximum(s * quantity * (p - e), 0.0)
@@ -154,19 +170,25 @@ def auto_deleverage(
     (`engine.model.accounts.adl_legs`), or None.
     """
     p = price[:, None]
-    parts = [_isolated(quantity, bankrupt, p, book)] + ([] if legs is None else [legs])
+    parts = [isolated(quantity, bankrupt, p, book)] + ([] if legs is None else [legs])
     # longs (column 0) cover deficits of short liquidations and vice versa
     need = deficit[:, ::-1]
 
     rule = pol.adl_rule
+
     # only the point's rule runs (the rule is the same for every path of a point, so under
     # vmap this stays a branch, not a select of all three)
-    shares = jax.lax.switch(
+    def queue():
+        out, lo = _adl_queue(parts, need)
+        return [closed for _, closed in out], lo
+
+    none = jnp.full_like(need, jnp.inf)
+    shares, threshold = jax.lax.switch(
         rule,
         [
-            lambda: [jnp.zeros_like(x.profit) for x in parts],
-            lambda: [closed for _, closed in _adl_queue(parts, need)],
-            lambda: [closed for _, closed in _adl_pro_rata(parts, need)],
+            lambda: ([jnp.zeros_like(x.profit) for x in parts], none),
+            queue,
+            lambda: ([closed for _, closed in _adl_pro_rata(parts, need)], none),
         ],
     )
     # per asset and side both rules cover min(need, available profit); summing that instead of
@@ -180,5 +202,6 @@ def auto_deleverage(
         absorbed=jnp.sum(covered),
         notional=notional + (0.0 if legs is None else jnp.sum(shares[1] * legs.units * p)),
         bad_debt=jnp.sum(need - covered),
+        threshold=threshold,
         accounts=None if legs is None else ((1.0 - shares[1]) * legs.units).T,
     )

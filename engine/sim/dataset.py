@@ -175,7 +175,7 @@ def _run_variables(results: list[dict]) -> dict:
         np.stack([r["n_dense_fallback"] for r in results]),
         {
             "units": "1",
-            "long_name": "paths the ladder kernel handed to the dense kernel (ADL; engine/sim/fallback.py)",
+            "long_name": "paths the ladder kernel handed to the dense kernel (engine/sim/fallback.py)",
         },
     )
     for name, long_name in DIAGNOSTICS.items():

@@ -109,14 +109,13 @@ def _advance(
     kernel = form(static)
     params = kernel.prepare(params, static)
     move = kernel.market_batch
-    deleverage = jax.vmap(kernel.adl_step, in_axes=(0, None))
 
     def one_step(carry: Carry, t) -> Carry:
         states, fan = carry
         shock, flow = params.schedule.shock[t], params.schedule.flow[t]
         states = move(states, step_draws(keys, t, params, static, nudge), t, shock, flow, params, static)
         states = jax.lax.cond(
-            jnp.any(states.deficit > 0), lambda s: deleverage(s, params), lambda s: s, states
+            jnp.any(states.deficit > 0), lambda s: kernel.adl_batch(s, t, params), lambda s: s, states
         )
         counted = valid & (t >= first)
         if states.fallback is not None:

@@ -4,8 +4,9 @@ and the NumPy reference on the same draws.
 float64: every per-path output equals the dense whole-position kernel's and the reference's to
 `PARITY_RTOL`, on every policy variant of tests/model/test_reference.py that closes positions
 whole, and on seeded random books (several assets and tiers, both sides, thousands of cohorts,
-exact ties in liquidation price). Paths the ladder hands to the dense kernel (ADL) are counted
-and their numbers checked too. float32: the distributions of the two forms agree within Monte
+exact ties in liquidation price). The queue's ADL runs on the ladder (`engine.model.ladder_adl`);
+paths the ladder hands to the dense kernel (pro-rata ADL) are counted and their numbers checked
+too. float32: the distributions of the two forms agree within Monte
 Carlo error, and money is conserved on every path.
 """
 
@@ -29,8 +30,10 @@ from tests.model.test_reference import VARIANTS, parity_config
 
 N_PATHS, SEED = 16, 3
 WHOLE = [v for v in VARIANTS if "partial_liquidation" not in VARIANTS[v][0]]
-# variants whose ADL must act on some path: the ladder hands those paths to the dense kernel
-HANDED_OVER = {"base_queue", "queue_small_fund", "pro_rata"}
+# variants whose ADL must act on some path: the queue's on the ladder, pro rata's handed to the
+# dense kernel
+QUEUE_ON_LADDER = {"base_queue", "queue_small_fund"}
+HANDED_OVER = {"pro_rata"}
 
 
 def on_ladder(cfg: Config):
@@ -70,6 +73,9 @@ def test_ladder_matches_dense_and_reference(variant):
     assert not np.any(flagged & ~deficit), f"{variant}: paths handed over without a deficit"
     if variant in HANDED_OVER:
         assert flagged.any(), f"{variant}: no path needed ADL, the fallback was not exercised"
+    if variant in QUEUE_ON_LADDER:
+        assert np.any(den["adl_notional"] > 0), f"{variant}: ADL closed nothing"
+        assert not flagged.any(), f"{variant}: the queue's ADL was handed to the dense kernel"
     assert np.any(out["liquidated_total"] > 0)
 
 

@@ -150,7 +150,8 @@ def queue(profit, score, need, side):
     """The kernel's ADL queue over one set of cohorts `[assets, cohorts]`: (absorbed, closed)."""
     sides = side_matrix(jnp.asarray(side))
     part = waterfall.Opposite(profit, score, side, profit, lambda x: by_side(x, sides))
-    return waterfall._adl_queue([part], need)[0]
+    out, _ = waterfall._adl_queue([part], need)
+    return out[0]
 
 
 def test_adl_queue_closes_by_score_and_ties_together():

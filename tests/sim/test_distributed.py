@@ -152,11 +152,12 @@ def single(tmp_path_factory) -> Path:
     return d
 
 
-# The ladder kernel with ADL paths handed to the dense kernel (`engine.sim.fallback`) across processes.
+# The ladder kernel with paths handed to the dense kernel (`engine.sim.fallback`: pro-rata ADL)
+# across processes.
 LADDER_CFG = {
     **CFG,
     "run": {**CFG["run"], "kernel": "ladder"},
-    "policy": {**CFG["policy"], "insurance_fund_usd": 2e7, "adl_rule": "queue"},
+    "policy": {**CFG["policy"], "insurance_fund_usd": 2e7, "adl_rule": "pro_rata"},
 }
 
 

@@ -1,0 +1,175 @@
+"""ADL on the ladder: the queue's closures kept as their thresholds, not as cohorts.
+
+The queue rule (`engine.model.waterfall`) closes whole positions, best ranked first, ranked by
+profit and leverage rather than by liquidation price: a closed cohort sits in the middle of its
+rung group and is not a change of level, and one event may close hundreds of cohorts (W4: ties
+over sizes and tiers). What an event closes is a threshold, though: the open, profitable
+cohorts whose log score at the event's mark reaches the queue's bracket
+(`waterfall.queue_closed`). A ladder path therefore keeps, per ADL event and at most
+`EVENTS` of them, the mark `[assets]`, the threshold `[assets, 2]` and the sides' held shares
+`[assets, 2]` (which set the units the score was computed on), and per rung group the first
+closed position and the closed t0 units (`Record`). Nothing per cohort:
+
+- at a step with a deficit, the queue runs on the path's open book, rebuilt in the book's order
+  from its levels and record (`open_quantity`: a cohort is closed if some past event's
+  threshold closes it, recomputed from the same numbers), with the dense kernel's own
+  function (`engine.model.waterfall.auto_deleverage`): the same cohorts close and the same sums
+  result;
+- the stages that sum open units (the voluntary closing's orders, the outputs' open interest)
+  subtract the closed units of each group (`Record.units`): every closed cohort lies beyond its
+  group's level, since
+- a cascade that reaches a closed cohort (its level passes `Record.first`) flags the path
+  (`reached`: the round's prefix sums would count it), and so does a path with more than
+  `EVENTS` events, pro-rata ADL (a share of every position) or ADL that may take cross-margin
+  accounts' legs. A flagged path's numbers come from the dense kernel (`engine.sim.fallback`).
+
+The cost is that of the dense queue, `[assets, cohorts]` per bisection, paid only by the paths
+with a deficit and only at those steps (`engine.model.ladder_kernel.adl_batch`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from engine.model import ladder as L
+from engine.model import policies
+from engine.model.params import ADL_RULES, Params
+from engine.model.waterfall import auto_deleverage, isolated, queue_closed
+
+# ADL events one ladder path records before it goes to the dense kernel.
+EVENTS = 16
+
+
+class Record(NamedTuple):
+    """The ADL a ladder path has seen. mark: `[EVENTS, assets]` USD at each event; threshold:
+    `[EVENTS, assets, 2]` the queue's (`engine.model.waterfall.Adl.threshold`; +inf unused);
+    held: `[EVENTS, assets, 2]` the sides' held shares then (1 without voluntary closing);
+    events: `[]` int32 recorded; first: `[assets, groups]` int32 the first closed ladder
+    position of each group (the cohort count if none); units: `[assets, groups]` the closed
+    cohorts' t0 units."""
+
+    mark: jnp.ndarray
+    threshold: jnp.ndarray
+    held: jnp.ndarray
+    events: jnp.ndarray
+    first: jnp.ndarray
+    units: jnp.ndarray
+
+
+def none(lad: L.Ladder) -> Record:
+    """The record of a path at t0: no event."""
+    n_assets, n_cohorts = lad.u.shape
+    dtype = lad.u.dtype
+    return Record(
+        mark=jnp.ones((EVENTS, n_assets), dtype),
+        threshold=jnp.full((EVENTS, n_assets, 2), jnp.inf, dtype),
+        held=jnp.ones((EVENTS, n_assets, 2), dtype),
+        events=jnp.zeros((), jnp.int32),
+        first=jnp.full(lad.start.shape, n_cohorts, jnp.int32),
+        units=jnp.zeros(lad.start.shape, dtype),
+    )
+
+
+def reached(rec: Record, upper) -> jnp.ndarray:
+    """`[]` bool: a group's level `upper` `[assets, groups]` passes one of its closed cohorts."""
+    return L.fold((upper > rec.first).reshape(-1), jnp.logical_or, False)
+
+
+def _per_cohort(held, side) -> jnp.ndarray:
+    """The held share `held` `[assets, 2]` of each cohort's side, side `[assets, cohorts]`."""
+    return jnp.where(side > 0, held[:, :1], held[:, 1:])
+
+
+def open_quantity(params: Params, q0, b0, level, rec: Record, held) -> jnp.ndarray:
+    """The path's units per cohort `[assets, cohorts]` in the book's order, as the dense kernel
+    holds them: `q0` (after the leverage cap) times its side's held share `held` `[assets, 2]`
+    (None: 1) where open (beyond its group's level `level`, not closed by a recorded event),
+    else 0. b0: the bankruptcy prices `[assets, cohorts]` (USD)."""
+    lad, book = params.ladder, params.book
+    pos = jnp.arange(lad.u.shape[1])[None, :, None]
+    beyond = jnp.any((pos >= level[:, None, :]) & (pos < lad.end[:, None, :]), -1)
+    beyond = jax.vmap(lambda o, order: jnp.zeros_like(o).at[order].set(o))(beyond, lad.order)
+
+    def closed_by(j, shut):
+        # the event's units, mark and threshold: the same numbers as when it closed them
+        q = jnp.where(beyond, q0 * _per_cohort(rec.held[j], book.side), 0.0)
+        opposite = isolated(q, b0, rec.mark[j][:, None], book)
+        return shut | queue_closed(opposite, rec.threshold[j])
+
+    shut = jax.lax.fori_loop(0, rec.events, closed_by, jnp.zeros_like(beyond))
+    q = jnp.where(beyond & ~shut, q0, 0.0)
+    return q if held is None else q * _per_cohort(held, book.side)
+
+
+def _groups(lad: L.Ladder, shut) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(first position, t0 units) `[assets, groups]` of the cohorts `shut` `[assets, cohorts]`
+    (bool, ladder order) in each group, summed in a fixed order."""
+    pos = jnp.arange(lad.u.shape[1])
+    member = (pos >= lad.start[..., None]) & (pos < lad.end[..., None]) & shut[:, None, :]
+    first = jnp.min(jnp.where(member, pos, lad.u.shape[1]), -1).astype(jnp.int32)
+    units = L.fold(jnp.where(member, lad.rows[:, None, :, 1], 0.0))
+    return first, units
+
+
+def _queue(state, t, params: Params):
+    """`deleverage` with the queue rule and no accounts."""
+    lad, pol, mp, book = params.ladder, params.policy, params.market, params.book
+    rec = state.adl
+    q0, b0 = policies.cap_leverage(book, pol)
+    quantity = open_quantity(params, q0, b0, state.level, rec, state.held)
+    price = mp.price0 * jnp.exp(state.x_mark)
+    r = auto_deleverage(quantity, b0, price, state.deficit, book, pol)
+    shut = jnp.take_along_axis((quantity > 0) & (r.quantity == 0), lad.order, axis=1)
+    first, units = _groups(lad, shut)
+    closes = jnp.any(shut)
+    j = jnp.minimum(rec.events, EVENTS - 1)
+    held = jnp.ones_like(r.threshold) if state.held is None else state.held
+    put = lambda a, v: jnp.where(closes, a.at[j].set(v), a)
+    new = Record(
+        mark=put(rec.mark, price),
+        threshold=put(rec.threshold, r.threshold),
+        held=put(rec.held, held),
+        events=rec.events + closes.astype(jnp.int32),
+        first=jnp.minimum(rec.first, first),
+        units=rec.units + units,
+    )
+    tot = state.totals
+    return state._replace(
+        adl=new,
+        deficit=jnp.zeros_like(state.deficit),
+        fallback=jnp.where(new.events <= EVENTS, state.fallback, jnp.minimum(state.fallback, t)),
+        totals=tot._replace(
+            adl_absorbed=tot.adl_absorbed + r.absorbed,
+            adl_notional=tot.adl_notional + r.notional,
+            bad_debt=tot.bad_debt + r.bad_debt,
+        ),
+    )
+
+
+def _off_or_flag(state, t, params: Params):
+    """`deleverage` with ADL off (the deficit is bad debt) or a rule the ladder does not hold
+    (the path is flagged at step t if it has a deficit)."""
+    tot = state.totals
+    off = params.policy.adl_rule == ADL_RULES["off"]
+    needs = ~off & jnp.any(state.deficit > 0)
+    return state._replace(
+        deficit=jnp.zeros_like(state.deficit),
+        fallback=jnp.where(needs, jnp.minimum(state.fallback, t), state.fallback),
+        totals=tot._replace(bad_debt=tot.bad_debt + jnp.where(off, jnp.sum(state.deficit), 0.0)),
+    )
+
+
+def deleverage(state, t, params: Params):
+    """Stage 6 after the fund of one ladder path (`engine.model.stages.SimState`): with the
+    queue rule and no accounts, ADL on its open book (`open_quantity`), the event recorded in
+    `SimState.adl`, the rest bad debt; with ADL off, the deficit is bad debt. Where the ladder
+    cannot hold the result (module docstring) the path is flagged at step t (`[]` int) and its
+    numbers here do not matter."""
+    if params.accounts is not None:
+        return _off_or_flag(state, t, params)
+    # the rule is the point's, the same for every path: a branch, not a select, under vmap
+    queue = params.policy.adl_rule == ADL_RULES["queue"]
+    return jax.lax.cond(queue, _queue, _off_or_flag, state, t, params)
