@@ -482,14 +482,17 @@ def _quiet(args: Inputs) -> Result:
 
 # Paths per batch of the cascade, as a share of the paths of a step (at least 8).
 BATCH_SHARE = 64
+# Paths per batch of the ladder's ADL (`adl_batch`).
+ADL_BATCH = 2
 
 
-def _for_some(mask, run, args, others):
+def _for_some(mask, run, args, others, size: int | None = None):
     """`run(args)` (batched) for the paths of `mask` `[paths]`, `others` (same structure) for the
-    rest: the masked paths are gathered into batches of 1/`BATCH_SHARE` of the paths, as many as
-    they fill, so a step pays for the paths that need the work (and one batch is compiled)."""
+    rest: the masked paths are gathered into batches of `size` paths (default 1/`BATCH_SHARE` of
+    the paths, at least 8), as many as they fill, so a step pays for the paths that need the
+    work (and one batch is compiled)."""
     n = mask.shape[0]
-    size = min(n, max(8, n // BATCH_SHARE))
+    size = min(n, max(8, n // BATCH_SHARE) if size is None else size)
     # the masked paths' indices first, then n (no path) as padding for the last batch
     order = jnp.nonzero(mask, size=n + size, fill_value=n)[0]
 
@@ -526,9 +529,11 @@ def adl_step(state: SimState, t, params: Params) -> SimState:
 
 
 def adl_batch(states: SimState, t, params: Params) -> SimState:
-    """`adl_step` of a batch of paths (leading axis): only the paths with a deficit run it."""
+    """`adl_step` of a batch of paths (leading axis): only the paths with a deficit run it, in
+    batches of `ADL_BATCH` (a step rarely has more, and the queue costs a pass over the book per
+    path; a fixed size also keeps a path's sums independent of the chunk)."""
     needs = jnp.any(states.deficit > 0, axis=(1, 2))
-    return _for_some(needs, jax.vmap(lambda s: adl_step(s, t, params)), states, states)
+    return _for_some(needs, jax.vmap(lambda s: adl_step(s, t, params)), states, states, ADL_BATCH)
 
 
 def _tally(state: SimState, params: Params) -> T.Tally:
