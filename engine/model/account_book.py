@@ -1,11 +1,11 @@
 """Cross-margin accounts on the ladder: what every path shares is stored once per point, and a
 path carries only which account cohorts are still open.
 
-Until ADL cuts a leg (the ladder hands such a path to the dense kernel, `engine.sim.fallback`),
-an account's legs change only when it is liquidated, and then all at once
-(`engine.model.accounts`). A path's account book is therefore one bool per account cohort, and
-the equity over maintenance of every account at marks `p` `[assets]` is linear in a short
-per-path vector `v`:
+An account's legs change only when it is liquidated, and then all at once
+(`engine.model.accounts`), or when ADL's queue closes a profitable leg whole. A path's account
+book is therefore one bool per account cohort (open) and one small integer whose bits say which
+of its legs ADL closed (`cut`, `engine.model.ladder_adl`), and the equity over maintenance of
+every account at marks `p` `[assets]` is linear in a short per-path vector `v`:
 
     E - M = level + sum_a q s p_a - sum_a q m g_a p_a + sum_c U_c w_c  =  level + K v
     v     = (p, g p, w)                                   [2 assets + collateral]
@@ -17,8 +17,9 @@ the path's marks and depeg gap (`engine.model.collateral`). The coefficients `K`
 assets + collateral]` are built once per point (`table`), stored transposed, and the hit test
 `E - M <= 0` of every account is `2 assets + collateral` multiply-adds per account, made in a
 fixed order (`_combine`; sums over accounts are reductions, not matrix products) so that a
-path's numbers do not depend on the batch it runs in. Per-path memory is `[accounts]` bools,
-not `[accounts, assets]` units. The sums are ordered differently from the dense kernel's, so the
+path's numbers do not depend on the batch it runs in. A leg ADL closed drops its own terms
+(`leg_level`, and its columns of `K`) from its account's sum (`_cut_terms`). Per-path memory is
+`[accounts]` bools and bit sets, not `[accounts, assets]` units. The sums are ordered differently from the dense kernel's, so the
 two agree to rounding (an account exactly at its threshold can tip either way).
 
 The dense kernel caps a rate in force at `engine.model.policies.MAX_MMR`; a path whose
@@ -40,7 +41,8 @@ class AccountTable(NamedTuple):
     """The account cohorts of one point, shared by every path (after the leverage cap).
 
     legs: `[accounts, assets]` units; side: `[accounts, assets]` +1/-1; holds: `[assets,
-    accounts]` 1.0 where a leg is held, else 0.0; level: `[accounts]` USD; coef: `[2 assets +
+    accounts]` 1.0 where a leg is held, else 0.0; level: `[accounts]` USD; leg_level: `[assets,
+    accounts]` each leg's part of it, `q (a - s e)` (USD); coef: `[2 assets +
     collateral, accounts]` the matrix `K` of the module docstring, transposed; units:
     `[collateral, accounts]` collateral units held; top_mmr: `[assets]` the largest base rate of
     a held leg (0 where none); by_side: `[accounts, 2 assets]` the units of long legs, then of
@@ -52,6 +54,7 @@ class AccountTable(NamedTuple):
     side: jnp.ndarray
     holds: jnp.ndarray
     level: jnp.ndarray
+    leg_level: jnp.ndarray
     coef: jnp.ndarray
     units: jnp.ndarray
     top_mmr: jnp.ndarray
@@ -67,11 +70,13 @@ def table(params: Params) -> AccountTable:
     units = acc.collateral if params.collateral is not None else jnp.zeros((legs.shape[0], 0), legs.dtype)
     gap = None if params.collateral is None else jnp.zeros(params.collateral.price0.shape, legs.dtype)
     long_legs = jnp.where(acc.side > 0, legs, 0.0)
+    leg_level = legs * (acc.maint_amount - acc.side * acc.entry)
     return AccountTable(
         legs=legs,
         side=acc.side,
         holds=held.T.astype(legs.dtype),
-        level=wallet + jnp.sum(legs * (acc.maint_amount - acc.side * acc.entry), -1),
+        level=wallet + jnp.sum(leg_level, -1),
+        leg_level=leg_level.T,
         coef=jnp.concatenate([legs * acc.side, -legs * acc.mmr, units], -1).T,
         units=units.T,
         top_mmr=jnp.max(jnp.where(held, acc.mmr, 0.0), 0),
@@ -111,18 +116,53 @@ def marks(params: Params, sigma, gap, open_) -> Marks:
     return Marks(policies.margin_multiplier(sigma, params.market.sigma0, params.policy), gap, open_)
 
 
+def no_cuts(tab: AccountTable) -> jnp.ndarray:
+    """`[accounts]` unsigned integers, bit `a` set where ADL closed the leg of asset `a`: none."""
+    return jnp.zeros(tab.legs.shape[0], cut_dtype(tab.legs.shape[1]))
+
+
+def cut_dtype(n_assets: int):
+    """The unsigned integer type of a bit set over `n_assets` legs (at most 32)."""
+    return jnp.uint8 if n_assets <= 8 else jnp.uint16 if n_assets <= 16 else jnp.uint32
+
+
+def is_cut(cut, n_assets: int) -> jnp.ndarray:
+    """`cut.shape + [assets]` bool: the legs of the bit sets `cut` that ADL closed."""
+    bits = jnp.arange(n_assets, dtype=cut.dtype)
+    return ((cut[..., None] >> bits) & 1) > 0
+
+
+def held_legs(tab: AccountTable, cut) -> jnp.ndarray:
+    """The legs `[accounts, assets]` (units) each account still holds: the table's less those ADL
+    closed (`cut` `[accounts]`; None: none)."""
+    return tab.legs if cut is None else jnp.where(is_cut(cut, tab.legs.shape[1]), 0.0, tab.legs)
+
+
+def _cut_terms(leg_level, coef, v, cut) -> jnp.ndarray:
+    """The terms `[n]` of the legs ADL closed in `level + K v` (`_combine`'s arguments for `n`
+    accounts, leg_level `[assets, n]`, cut `[n]`), summed in a fixed order."""
+    n_assets = leg_level.shape[0]
+    gone = is_cut(cut, n_assets)
+    out = jnp.zeros_like(leg_level[0])
+    for a in range(n_assets):
+        term = leg_level[a] + coef[a] * v[a] + coef[n_assets + a] * v[n_assets + a]
+        out = out + jnp.where(gone[..., a], term, 0.0)
+    return out
+
+
 def capped(tab: AccountTable, m: Marks) -> jnp.ndarray:
     """`[]` bool: the multiplier takes some held leg's rate beyond `policies.MAX_MMR`, where the
     dense kernel caps it and `excess` would not (the path goes to the dense kernel)."""
     return jnp.any(tab.top_mmr * m.mult > policies.MAX_MMR)
 
 
-def excess(tab: AccountTable, params: Params, m: Marks, price) -> jnp.ndarray:
+def excess(tab: AccountTable, params: Params, m: Marks, price, cut=None) -> jnp.ndarray:
     """Equity minus maintenance `[accounts]` (USD) of every account cohort at marks `price`
-    `[assets]` (USD), with the legs it held at t0."""
-    return _combine(
-        tab.level, tab.coef, jnp.concatenate([price, m.mult * price, unit_values(params, m.gap, price)])
-    )
+    `[assets]` (USD), with the legs it held at t0 less those ADL closed (`cut` `[accounts]`;
+    None: none)."""
+    v = jnp.concatenate([price, m.mult * price, unit_values(params, m.gap, price)])
+    out = _combine(tab.level, tab.coef, v)
+    return out if cut is None else out - _cut_terms(tab.leg_level, tab.coef, v, cut)
 
 
 def _combine(level, coef, v) -> jnp.ndarray:
@@ -136,16 +176,12 @@ def _combine(level, coef, v) -> jnp.ndarray:
     return out
 
 
-def live(tab: AccountTable, alive, m: Marks) -> jnp.ndarray:
+def live(tab: AccountTable, alive, m: Marks, cut=None) -> jnp.ndarray:
     """Accounts `[accounts]` bool that can be liquidated this step: open (`alive`) with every
-    leg's market trading."""
+    leg it holds (less those ADL closed, `cut`) in a trading market."""
     halted = (~m.open_).astype(tab.holds.dtype)
-    return alive & (jnp.matmul(halted, tab.holds, precision=jax.lax.Precision.HIGHEST) == 0)
-
-
-def under_water(tab: AccountTable, params: Params, m: Marks, alive, price) -> jnp.ndarray:
-    """Accounts `[accounts]` bool, `live`, at or below maintenance at marks `price` `[assets]`."""
-    return live(tab, alive, m) & (excess(tab, params, m, price) <= 0)
+    holds = tab.holds if cut is None else jnp.where(is_cut(cut, tab.legs.shape[1]).T, 0.0, tab.holds)
+    return alive & (jnp.matmul(halted, holds, precision=jax.lax.Precision.HIGHEST) == 0)
 
 
 class Hits(NamedTuple):
@@ -173,12 +209,12 @@ def no_hits(tab: AccountTable, rounds: int) -> Hits:
     )
 
 
-def hits(tab: AccountTable, params: Params, m: Marks, can, price) -> tuple[jnp.ndarray, jnp.ndarray]:
+def hits(tab: AccountTable, params: Params, m: Marks, can, price, cut=None) -> tuple[jnp.ndarray, jnp.ndarray]:
     """A round's new hits at marks `price` `[assets]` (USD) among the accounts `can` `[accounts]`
     bool (live, not hit yet): (new `[accounts]` bool, their units per asset and side `[assets,
-    2]`), as `engine.model.accounts.hits`."""
-    new = can & (excess(tab, params, m, price) <= 0)
-    return new, _sides(tab, new)
+    2]`), as `engine.model.accounts.hits`. cut: as `excess`."""
+    new = can & (excess(tab, params, m, price, cut) <= 0)
+    return new, _sides(tab, new, cut)
 
 
 def record(h: Hits, index, new, fill, price) -> Hits:
@@ -192,16 +228,20 @@ def record(h: Hits, index, new, fill, price) -> Hits:
     )
 
 
-def _sides(tab: AccountTable, mask) -> jnp.ndarray:
-    """Units `[assets, 2]` (long, short) of the legs of the accounts `mask` `[accounts]` bool."""
-    return jnp.sum(jnp.where(mask[:, None], tab.by_side, 0.0), 0).reshape(2, -1).T
+def _sides(tab: AccountTable, mask, cut=None) -> jnp.ndarray:
+    """Units `[assets, 2]` (long, short) of the legs of the accounts `mask` `[accounts]` bool
+    (less those ADL closed, `cut`)."""
+    by_side = tab.by_side
+    if cut is not None:
+        by_side = jnp.where(jnp.tile(is_cut(cut, tab.legs.shape[1]), 2), 0.0, by_side)
+    return jnp.sum(jnp.where(mask[:, None], by_side, 0.0), 0).reshape(2, -1).T
 
 
-def left(tab: AccountTable, params: Params, m: Marks, can, price) -> jnp.ndarray:
+def left(tab: AccountTable, params: Params, m: Marks, can, price, cut=None) -> jnp.ndarray:
     """Notional `[]` (USD) at marks `price` of the accounts `can` still under water there (the
-    cascade's residual)."""
-    under = can & (excess(tab, params, m, price) <= 0)
-    return jnp.sum(jnp.sum(jnp.where(under[:, None], tab.legs, 0.0), 0) * price)
+    cascade's residual). cut: as `excess`."""
+    under = can & (excess(tab, params, m, price, cut) <= 0)
+    return jnp.sum(jnp.sum(jnp.where(under[:, None], held_legs(tab, cut), 0.0), 0) * price)
 
 
 # Accounts settled at a time (`settle`): a step's cost grows with the accounts it liquidated,
@@ -209,10 +249,10 @@ def left(tab: AccountTable, params: Params, m: Marks, can, price) -> jnp.ndarray
 SETTLE_CHUNK = 512
 
 
-def _pending(tab: AccountTable, params: Params, m: Marks, h: Hits, idx) -> accounts.Pending:
+def _pending(tab: AccountTable, params: Params, m: Marks, h: Hits, idx, cut) -> accounts.Pending:
     """`engine.model.accounts.Pending` of the accounts `idx` `[chunk]` (`n` for none): their
     collateral value at the marks of the round that hit them, and whether the depeg caused it
-    (not under water with the collateral at par at those marks)."""
+    (not under water with the collateral at par at those marks). cut: as `excess` (or None)."""
     n = h.hit.shape[0]
     valid = idx < n
     k = jnp.minimum(idx, n - 1)
@@ -224,15 +264,17 @@ def _pending(tab: AccountTable, params: Params, m: Marks, h: Hits, idx) -> accou
     if params.collateral is not None:
         v = jnp.concatenate([price, m.mult * price, values], -1)  # [chunk, 2 assets + collateral]
         ex = _combine(tab.level[k], tab.coef[:, k], v.T)
+        if cut is not None:
+            ex = ex - _cut_terms(tab.leg_level[:, k], tab.coef[:, k], v.T, cut[k])
         par = jax.vmap(lambda p: unit_values(params, m.gap, p, par=True))(price)
         caused = valid & (ex - coll + jnp.sum(tab.units[:, k].T * par, -1) > 0)
     return accounts.Pending(valid, caused, rnd, coll, h.fills)
 
 
-def settle(tab: AccountTable, params: Params, m: Marks, h: Hits, t: tally.Tally) -> accounts.Settled:
+def settle(tab: AccountTable, params: Params, m: Marks, h: Hits, t: tally.Tally, cut=None) -> accounts.Settled:
     """`engine.model.accounts.settle` of the accounts `h.hit` of one path, `SETTLE_CHUNK` of them
-    at a time (their rows gathered from the table); `quantity` is None (the legs of the accounts
-    still open are the table's)."""
+    at a time (their rows gathered from the table, less the legs ADL closed, `cut`); `quantity`
+    is None (the legs of the accounts still open are the table's)."""
     n = h.hit.shape[0]
     size = min(n, SETTLE_CHUNK)
     order = jnp.nonzero(h.hit, size=n + size, fill_value=n)[0]
@@ -249,7 +291,10 @@ def settle(tab: AccountTable, params: Params, m: Marks, h: Hits, t: tally.Tally)
             weights=rows(st.weights, idx),
             per_unit=rows(st.per_unit, idx),
         )
-        r = accounts.settle(sub, rows(tab.legs, idx), _pending(tab, params, m, h, idx), done.tally)
+        legs = rows(tab.legs, idx)
+        if cut is not None:
+            legs = jnp.where(is_cut(rows(cut, idx), legs.shape[1]), 0.0, legs)
+        r = accounts.settle(sub, legs, _pending(tab, params, m, h, idx, cut), done.tally)
         return i + size, accounts.Settled(
             None,
             done.liquidated + r.liquidated,

@@ -8,7 +8,10 @@ cohorts whose log score at the event's mark reaches the queue's bracket
 (`waterfall.queue_closed`). A ladder path therefore keeps, per ADL event and at most
 `EVENTS` of them, the mark `[assets]`, the threshold `[assets, 2]` and the sides' held shares
 `[assets, 2]` (which set the units the score was computed on), and per rung group the first
-closed position and the closed t0 units (`Record`). Nothing per cohort:
+closed position and the closed t0 units (`Record`). Nothing per cohort. Cross-margin accounts'
+legs stand in the same queue; an account's closed legs are a bit set per account cohort
+(`Record.cut`, as `SimState.alive` is a bool), and the account table drops their terms
+(`engine.model.account_book`).
 
 - at a step with a deficit, the queue runs on the path's open book, rebuilt in the book's order
   from its levels and record (`open_quantity`: a cohort is closed if some past event's
@@ -20,8 +23,8 @@ closed position and the closed t0 units (`Record`). Nothing per cohort:
   group's level, since
 - a cascade that reaches a closed cohort (its level passes `Record.first`) flags the path
   (`reached`: the round's prefix sums would count it), and so does a path with more than
-  `EVENTS` events, pro-rata ADL (a share of every position) or ADL that may take cross-margin
-  accounts' legs. A flagged path's numbers come from the dense kernel (`engine.sim.fallback`).
+  `EVENTS` events, or pro-rata ADL (a share of every position). A flagged path's numbers come
+  from the dense kernel (`engine.sim.fallback`).
 
 The cost is that of the dense queue, `[assets, cohorts]` per bisection, paid only by the paths
 with a deficit and only at those steps (`engine.model.ladder_kernel.adl_batch`).
@@ -34,8 +37,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from engine.model import account_book, accounts, policies
 from engine.model import ladder as L
-from engine.model import policies
 from engine.model.params import ADL_RULES, Params
 from engine.model.waterfall import auto_deleverage, isolated, queue_closed
 
@@ -49,7 +52,8 @@ class Record(NamedTuple):
     held: `[EVENTS, assets, 2]` the sides' held shares then (1 without voluntary closing);
     events: `[]` int32 recorded; first: `[assets, groups]` int32 the first closed ladder
     position of each group (the cohort count if none); units: `[assets, groups]` the closed
-    cohorts' t0 units."""
+    cohorts' t0 units; cut: `[accounts]` with accounts, the bit sets of the legs closed
+    (`engine.model.account_book.is_cut`), else None."""
 
     mark: jnp.ndarray
     threshold: jnp.ndarray
@@ -57,6 +61,7 @@ class Record(NamedTuple):
     events: jnp.ndarray
     first: jnp.ndarray
     units: jnp.ndarray
+    cut: jnp.ndarray | None = None
 
 
 def none(lad: L.Ladder) -> Record:
@@ -70,6 +75,7 @@ def none(lad: L.Ladder) -> Record:
         events=jnp.zeros((), jnp.int32),
         first=jnp.full(lad.start.shape, n_cohorts, jnp.int32),
         units=jnp.zeros(lad.start.shape, dtype),
+        cut=None if lad.accounts is None else account_book.no_cuts(lad.accounts),
     )
 
 
@@ -114,14 +120,34 @@ def _groups(lad: L.Ladder, shut) -> tuple[jnp.ndarray, jnp.ndarray]:
     return first, units
 
 
+def _legs(state, params: Params, price):
+    """(the open accounts' legs `[accounts, assets]` (units) as the dense kernel holds them, and
+    as ADL sees them at marks `price`: `engine.model.accounts.adl_legs`), or (None, None)."""
+    tab = params.ladder.accounts
+    if tab is None:
+        return None, None
+    q = jnp.where(state.alive[:, None], account_book.held_legs(tab, state.adl.cut), 0.0)
+    st = accounts.prepare(params, state.gap, jnp.sqrt(state.variance))
+    return q, accounts.adl_legs(st, q, price)
+
+
+def _cut(rec: Record, q, after) -> jnp.ndarray | None:
+    """`rec.cut` with the legs ADL closed (held `q`, `after` ADL `[accounts, assets]` units)."""
+    if q is None:
+        return None
+    closed = ((q > 0) & (after == 0)).astype(rec.cut.dtype)
+    return rec.cut | jnp.sum(closed << jnp.arange(q.shape[1], dtype=rec.cut.dtype), -1).astype(rec.cut.dtype)
+
+
 def _queue(state, t, params: Params):
-    """`deleverage` with the queue rule and no accounts."""
+    """`deleverage` with the queue rule."""
     lad, pol, mp, book = params.ladder, params.policy, params.market, params.book
     rec = state.adl
     q0, b0 = policies.cap_leverage(book, pol)
     quantity = open_quantity(params, q0, b0, state.level, rec, state.held)
     price = mp.price0 * jnp.exp(state.x_mark)
-    r = auto_deleverage(quantity, b0, price, state.deficit, book, pol)
+    q_legs, legs = _legs(state, params, price)
+    r = auto_deleverage(quantity, b0, price, state.deficit, book, pol, legs=legs)
     shut = jnp.take_along_axis((quantity > 0) & (r.quantity == 0), lad.order, axis=1)
     first, units = _groups(lad, shut)
     closes = jnp.any(shut)
@@ -135,6 +161,7 @@ def _queue(state, t, params: Params):
         events=rec.events + closes.astype(jnp.int32),
         first=jnp.minimum(rec.first, first),
         units=rec.units + units,
+        cut=_cut(rec, q_legs, r.accounts),
     )
     tot = state.totals
     return state._replace(
@@ -164,11 +191,11 @@ def _off_or_flag(state, t, params: Params):
 
 def deleverage(state, t, params: Params):
     """Stage 6 after the fund of one ladder path (`engine.model.stages.SimState`): with the
-    queue rule and no accounts, ADL on its open book (`open_quantity`), the event recorded in
-    `SimState.adl`, the rest bad debt; with ADL off, the deficit is bad debt. Where the ladder
-    cannot hold the result (module docstring) the path is flagged at step t (`[]` int) and its
-    numbers here do not matter."""
-    if params.accounts is not None:
+    queue rule, ADL on its open book (`open_quantity`, and the accounts' legs), the event
+    recorded in `SimState.adl`, the rest bad debt; with ADL off, the deficit is bad debt. Where
+    the ladder cannot hold the result (module docstring) the path is flagged at step t (`[]`
+    int) and its numbers here do not matter."""
+    if params.accounts is not None and params.accounts.side.shape[1] > 32:  # beyond a bit set
         return _off_or_flag(state, t, params)
     # the rule is the point's, the same for every path: a branch, not a select, under vmap
     queue = params.policy.adl_rule == ADL_RULES["queue"]

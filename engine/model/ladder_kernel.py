@@ -110,6 +110,7 @@ class _Step(NamedTuple):
     marks: account_book.Marks | None = None
     live: jnp.ndarray | None = None
     held: jnp.ndarray | None = None  # `Inputs.held`
+    cut: jnp.ndarray | None = None  # with accounts: the legs ADL closed (`ladder_adl.Record.cut`)
 
     def price(self, flow):
         """Mark price `[assets]` (USD) after cumulative flow `flow` (as the dense cascade's)."""
@@ -185,7 +186,7 @@ def _head(st: _Step, c: _Rung) -> _Hit:
     hit = None
     if st.live is not None:
         can = st.live & ~c.pending.hit
-        new, acc_units = account_book.hits(lad.accounts, st.params, st.marks, can, p_r)
+        new, acc_units = account_book.hits(lad.accounts, st.params, st.marks, can, p_r, st.cut)
         units = units + acc_units
         hit = new
     net, size = units[:, 0] - units[:, 1], units[:, 0] + units[:, 1]
@@ -246,10 +247,11 @@ def _round(st: _Step, c: _Rung) -> _Rung:
 
 def _step(inp: Inputs, params: Params) -> _Step:
     """What the rounds of one path's step share (`Inputs`)."""
-    marks = live = None
+    marks = live = cut = None
     if inp.alive is not None:
+        cut = inp.adl.cut
         marks = account_book.marks(params, inp.market.sigma, inp.gap, inp.market.active)
-        live = account_book.live(params.ladder.accounts, inp.alive, marks)
+        live = account_book.live(params.ladder.accounts, inp.alive, marks, cut)
     return _Step(
         params.ladder,
         inp.market.mmr,
@@ -262,6 +264,7 @@ def _step(inp: Inputs, params: Params) -> _Step:
         marks,
         live,
         inp.held,
+        cut,
     )
 
 
@@ -322,8 +325,8 @@ def _settle(st: _Step, inp: Inputs, end: _Rung, c: Cascade, p_end, flag) -> Resu
     pend = end.pending
     # the step's isolated tally, with voluntary closing, is the accounts' start
     start = T.zero(p_end.shape[0], p_end.dtype) if c.tally is None else c.tally
-    r = account_book.settle(tab, params, st.marks, pend, start)
-    late = account_book.left(tab, params, st.marks, st.live & ~pend.hit, p_end)
+    r = account_book.settle(tab, params, st.marks, pend, start, st.cut)
+    late = account_book.left(tab, params, st.marks, st.live & ~pend.hit, p_end, st.cut)
     return Result(with_settled(c, r, late), end.level, inp.alive & ~pend.hit, flag)
 
 
@@ -462,7 +465,8 @@ def _reaches(inp: Inputs, params: Params) -> jnp.ndarray:
     reach = _any(hit & (level < lad.end) & inp.market.active[:, None])
     if st.live is None:
         return reach
-    return reach | jnp.any(st.live & (account_book.excess(lad.accounts, params, st.marks, price) <= 0))
+    under = account_book.excess(lad.accounts, params, st.marks, price, st.cut) <= 0
+    return reach | jnp.any(st.live & under)
 
 
 def _quiet(args: Inputs) -> Result:
@@ -560,8 +564,10 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     if state.alive is not None:  # the open accounts' legs, and those under water at the fair price
         tab = lad.accounts
         marks = account_book.marks(params, jnp.sqrt(state.variance), state.gap, jnp.ones_like(units, bool))
-        units = units + jnp.sum(jnp.where(state.alive[:, None], tab.legs, 0.0), 0)
-        late = late + account_book.left(tab, params, marks, account_book.live(tab, state.alive, marks), fair)
+        cut = state.adl.cut
+        units = units + jnp.sum(jnp.where(state.alive[:, None], account_book.held_legs(tab, cut), 0.0), 0)
+        can = account_book.live(tab, state.alive, marks, cut)
+        late = late + account_book.left(tab, params, marks, can, fair, cut)
     if state.held is None:  # else the steps tallied their liquidations (`_tally_step`)
         state = state._replace(totals=state.totals._replace(tally=_tally(state, params)))
     out = outputs.assemble(state, params, units, late)

@@ -5,9 +5,11 @@ float64, seeded random books: 4 assets of isolated cohorts, 24 account cohorts o
 (both sides, three maintenance tiers, wallets and two collateral assets, one tracking SOL, with
 random depegs and a scheduled one), under policies that make halts, dynamic margin, the
 leverage cap both ways, the backstop, bands and both ADL rules act. Every per-path output of
-the ladder equals the dense kernel's to `PARITY_RTOL`; paths that need ADL are handed to the
-dense kernel (`engine.sim.fallback`), and each variant asserts that what it exercises acted, so
-that the parity is not vacuous. Money is conserved on every ladder path, and a path's state does
+the ladder equals the dense kernel's to `PARITY_RTOL`. The queue's ADL, accounts' legs
+included, runs on the ladder (`engine.model.ladder_adl`); paths that need pro-rata ADL, or
+whose cascade later reaches an isolated cohort the queue closed, are handed to the dense kernel
+(`engine.sim.fallback`). Each variant asserts that what it exercises acted, so that the parity
+is not vacuous. Money is conserved on every ladder path, and a path's state does
 not grow with accounts x assets.
 """
 
@@ -59,7 +61,8 @@ VARIANTS = {
     "queue": {"adl_rule": "queue"},
     "pro_rata": {"adl_rule": "pro_rata"},
 }
-HANDED_OVER = {"queue", "pro_rata"}
+HANDED_OVER = {"pro_rata"}
+QUEUE_ON_LADDER = {"queue"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -156,8 +159,13 @@ def test_accounts_on_the_ladder_match_the_dense_kernel(variant, seed):
     if "add_margin" not in variant:  # margin added to the wallets outweighs the depeg there
         assert np.any(den["collateral_liquidated"] > 0), f"{variant}: the depeg liquidated no account"
     assert np.any(den["liquidated_entry_by_mode"][:, 0] > 0), "no isolated cohort liquidated"
+    adl = den["adl_notional"] > 0
     if variant in HANDED_OVER:
         assert flagged.any(), f"{variant}: no path needed ADL, the hand-over was not exercised"
+    elif variant in QUEUE_ON_LADDER:
+        assert np.any(adl & ~flagged), f"{variant}: no path's ADL ran on the ladder"
+        # the ladder's ADL closed account legs on some path it computed to the end
+        assert np.any(den["adl_notional"][~flagged] > 0)
     else:
         assert not flagged.any(), f"{variant}: paths handed over with ADL off"
 
@@ -182,7 +190,9 @@ def test_a_paths_state_does_not_grow_with_accounts_times_assets():
     state = kernel.init_state(params, lad)
     sizes = {jax.tree_util.keystr(k): np.size(v) for k, v in jax.tree_util.tree_flatten_with_path(state)[0]}
     assert sizes[".alive"] == N_ACCOUNTS
-    assert max(sizes.values()) < N_ACCOUNTS * 4, sizes
+    # the legs ADL closed: one byte of bits per account cohort, not a leg per asset
+    assert sizes[".adl.cut"] == N_ACCOUNTS and state.adl.cut.dtype.itemsize == 1
+    assert all(size != N_ACCOUNTS * 4 for size in sizes.values()), sizes
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ A ladder path keeps each event's mark, threshold and held shares instead of the 
 closed. After every event of a sequence (several marks, both sides in deficit, held shares below
 1, random levels), the open book the ladder rebuilds from its record equals the dense kernel's
 units cohort by cohort, and the totals are the dense kernel's. A path with more events than the
-record holds, and a level that passes a closed cohort, are flagged for the dense kernel.
+record holds, and a level that passes a closed cohort, are flagged for the dense kernel. With
+cross-margin accounts, the legs the queue closes are the dense kernel's too.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from engine.model import account_book, ladder_adl, ladder_kernel, policies, stages
 from engine.model import ladder as L
-from engine.model import ladder_adl, ladder_kernel, policies, stages
 from engine.model.ladder_kernel import FALLBACK_NEVER
 from tests.helpers import EXACT_RTOL, assert_close
+from tests.model.test_account_book import VARIANTS
+from tests.model.test_account_book import book as account_book_case
 from tests.model.test_ladder import on_ladder, random_book
 
 
@@ -122,3 +125,40 @@ def test_pro_rata_and_accounts_are_flagged_not_taken():
     out = jax.jit(ladder_adl.deleverage)(state._replace(deficit=deficit), 7, off)
     assert int(out.fallback) == FALLBACK_NEVER
     assert_close(out.totals.bad_debt, float(jnp.sum(deficit)), EXACT_RTOL)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_account_legs_the_queue_closes_are_the_dense_kernels(seed):
+    """A book with isolated cohorts and cross-margin accounts (tests/model/test_account_book.py):
+    after each of several events, the legs the ladder's record says are held equal the dense
+    kernel's, and so do the isolated units and the totals."""
+    _, params, static, _ = account_book_case(VARIANTS["queue"], seed)
+    params = L.prepare(params, static)
+    state = ladder_kernel.init_state(params, static)
+    tab, rng = params.ladder.accounts, np.random.default_rng(seed)
+    _, b0 = policies.cap_leverage(params.book, params.policy)
+    open_interest = float(jnp.sum(jnp.sum(tab.legs, 0) * params.market.price0))
+    dense_step, ladder_step = jax.jit(stages.deleverage), jax.jit(ladder_adl.deleverage)
+    cut_legs = 0
+    for t in range(4):
+        alive = state.alive & jnp.asarray(rng.random(state.alive.shape) < 0.95)
+        x_mark = jnp.asarray(rng.normal(0.0, 0.04, static.n_assets))
+        deficit = jnp.asarray(rng.uniform(0, 0.01, (static.n_assets, 2)) * open_interest)
+        state = state._replace(alive=alive, x_mark=x_mark, deficit=deficit)
+        legs = jnp.where(alive[:, None], account_book.held_legs(tab, state.adl.cut), 0.0)
+        dense = stages.init_state(params, static)._replace(
+            quantity=_open(params, state), bankrupt=b0, accounts=legs, x_mark=x_mark, deficit=deficit,
+            variance=state.variance, gap=state.gap,
+        )  # fmt: skip
+        want = dense_step(dense, params)
+        totals = state.totals
+        state = ladder_step(state, t, params)
+        got = jnp.where(alive[:, None], account_book.held_legs(tab, state.adl.cut), 0.0)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want.accounts), f"event {t}: legs")
+        np.testing.assert_array_equal(np.asarray(_open(params, state)), np.asarray(want.quantity))
+        for name in ("adl_absorbed", "adl_notional", "bad_debt"):
+            step = getattr(state.totals, name) - getattr(totals, name)
+            assert_close(step, getattr(want.totals, name), EXACT_RTOL, open_interest, name)
+        cut_legs += int(np.sum((np.asarray(legs) > 0) & (np.asarray(got) == 0)))
+    assert cut_legs > 0, "the queue closed no account leg"
+    assert int(state.fallback) == FALLBACK_NEVER
