@@ -209,7 +209,9 @@ def no_hits(tab: AccountTable, rounds: int) -> Hits:
     )
 
 
-def hits(tab: AccountTable, params: Params, m: Marks, can, price, cut=None) -> tuple[jnp.ndarray, jnp.ndarray]:
+def hits(
+    tab: AccountTable, params: Params, m: Marks, can, price, cut=None
+) -> tuple[jnp.ndarray, jnp.ndarray]:
     """A round's new hits at marks `price` `[assets]` (USD) among the accounts `can` `[accounts]`
     bool (live, not hit yet): (new `[accounts]` bool, their units per asset and side `[assets,
     2]`), as `engine.model.accounts.hits`. cut: as `excess`."""
@@ -271,7 +273,9 @@ def _pending(tab: AccountTable, params: Params, m: Marks, h: Hits, idx, cut) -> 
     return accounts.Pending(valid, caused, rnd, coll, h.fills)
 
 
-def settle(tab: AccountTable, params: Params, m: Marks, h: Hits, t: tally.Tally, cut=None) -> accounts.Settled:
+def settle(
+    tab: AccountTable, params: Params, m: Marks, h: Hits, t: tally.Tally, cut=None
+) -> accounts.Settled:
     """`engine.model.accounts.settle` of the accounts `h.hit` of one path, `SETTLE_CHUNK` of them
     at a time (their rows gathered from the table, less the legs ADL closed, `cut`); `quantity`
     is None (the legs of the accounts still open are the table's)."""

@@ -13,12 +13,13 @@ the step's liquidations are tallied as they happen (`engine.model.ladder.tallied
 
 The queue's ADL runs on the ladder (`engine.model.ladder_adl`: a path records each event's
 threshold, not the cohorts it closed). What the ladder does not represent, it flags rather than
-approximates: from the first step where a path needs ADL it cannot hold (pro rata, accounts),
+approximates: from the first step where a path needs ADL it cannot hold (pro rata),
 whose cascade reaches a cohort ADL closed, or where an equity split's uncertain band or a search
 outruns `engine.model.ladder.WINDOW`, `SimState.fallback` holds that step and the path's
 numbers are taken from the dense kernel (`engine.sim.fallback`).
 Cross-margin accounts join each round's orders from their shared table
-(`engine.model.account_book`); a path carries which account cohorts are still open.
+(`engine.model.account_book`); a path carries which account cohorts are still open and which
+of their legs ADL closed.
 
 The module stays whole: one path's rounds (`run_ladder`) and a batch's (`run_batch`, where only
 busy paths run the cascade) share the rounds' private carry and stages (`_Rung`, `_Hit`,
