@@ -96,7 +96,8 @@ def call_steps(static: Static, n_paths: int, accelerator: bool = False) -> int:
 def kernel_note(statics: Sequence[Static], points: Sequence[Config]) -> str:
     """One line for the run plan: the kernel form of the points (each point's `static` as
     `forms.specialise` made it), and for a dense one what forced it and what it costs per
-    path-step against the ladder on the same assets (`path_step_seconds`)."""
+    path-step against the ladder on the same assets (`path_step_seconds`); for a ladder one, the
+    rule that would hand paths to the dense kernel (pro-rata ADL, `engine.model.ladder_adl`)."""
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(statics):
         groups.setdefault(forms.form(s), []).append(i)
@@ -106,7 +107,10 @@ def kernel_note(statics: Sequence[Static], points: Sequence[Config]) -> str:
         s = statics[idx[0]]
         if name == "ladder":
             held = f"; {s.n_accounts:,} account cohorts in one shared table" if s.n_accounts else ""
-            parts.append(f"ladder{where} (positions closed whole{held}, the fast path)")
+            rerun = ""
+            if any(points[i].policy.adl_rule == "pro_rata" for i in idx):
+                rerun = "; a path that needs pro-rata ADL is rerun on the dense kernel"
+            parts.append(f"ladder{where} (positions closed whole{held}, the fast path{rerun})")
             continue
         ladder = dataclasses.replace(s, ladder=1, whole_only=True, n_accounts=0, stops=False, derisk=False)
         ratio = path_step_seconds(s) / path_step_seconds(ladder)

@@ -64,6 +64,12 @@ def _note(**sections) -> str:
 def test_kernel_note_names_what_forces_the_dense_kernel():
     run = small_dict()["run"]
     assert _note(run={**run, "kernel": "ladder"}) == "kernel: ladder (positions closed whole, the fast path)"
+    # the queue's ADL runs on the ladder; pro rata's paths go to the dense kernel, and the plan says so
+    pro_rata = _note(run={**run, "kernel": "ladder"}, policy={"adl_rule": "pro_rata"})
+    assert pro_rata == (
+        "kernel: ladder (positions closed whole, the fast path; a path that needs pro-rata ADL is "
+        "rerun on the dense kernel)"
+    )
     assert _note(run={**run, "kernel": "dense"}).startswith(
         'kernel: dense, for run.kernel = "dense"; about 0.6x'
     )
