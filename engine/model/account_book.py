@@ -132,10 +132,15 @@ def is_cut(cut, n_assets: int) -> jnp.ndarray:
     return ((cut[..., None] >> bits) & 1) > 0
 
 
+def _kept(legs, cut) -> jnp.ndarray:
+    """legs `[n, assets]` (units) with those ADL closed (`cut` `[n]`) set to 0."""
+    return jnp.where(is_cut(cut, legs.shape[1]), 0.0, legs)
+
+
 def held_legs(tab: AccountTable, cut) -> jnp.ndarray:
     """The legs `[accounts, assets]` (units) each account still holds: the table's less those ADL
     closed (`cut` `[accounts]`; None: none)."""
-    return tab.legs if cut is None else jnp.where(is_cut(cut, tab.legs.shape[1]), 0.0, tab.legs)
+    return tab.legs if cut is None else _kept(tab.legs, cut)
 
 
 def _cut_terms(leg_level, coef, v, cut) -> jnp.ndarray:
@@ -295,9 +300,7 @@ def settle(
             weights=rows(st.weights, idx),
             per_unit=rows(st.per_unit, idx),
         )
-        legs = rows(tab.legs, idx)
-        if cut is not None:
-            legs = jnp.where(is_cut(rows(cut, idx), legs.shape[1]), 0.0, legs)
+        legs = rows(tab.legs, idx) if cut is None else _kept(rows(tab.legs, idx), rows(cut, idx))
         r = accounts.settle(sub, legs, _pending(tab, params, m, h, idx, cut), done.tally)
         return i + size, accounts.Settled(
             None,
