@@ -2,12 +2,12 @@
 
 The exact kernel runs in one of three forms (`form`), set in `Static` by `specialise`:
 
-- "ladder": positions closed whole, isolated ones sorted into liquidation ladders
-  (`engine.model.ladder`; `Static.ladder`) and cross-margin accounts with their collateral as one
-  shared table (`engine.model.account_book`), the fast path;
+- "ladder": positions closed whole, isolated ones and the stop orders of `book.stops` sorted
+  into rung groups (`engine.model.ladder`; `Static.ladder`) and cross-margin accounts with their
+  collateral as one shared table (`engine.model.account_book`), the fast path;
 - "dense": the whole-position cascade over every cohort (`Static.whole_only`);
 - "dense general": the general cascade (`engine.model.cascade`), the only form that simulates
-  partial liquidation and stop orders, and the ladder's fallback for accounts.
+  partial liquidation and stop prices on positions, and the ladder's fallback.
 
 Fits run the fourth, "relaxed" (`Static.relaxed`, `engine.fit`), on the books `relaxable`
 allows. A point goes to the ladder unless a feature of its book or policy keeps it off
@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from engine.config import build
+from engine.config import book_file, build
 from engine.config.errors import ConfigError
 from engine.config.schema import Config
 from engine.model.params import Static
@@ -49,8 +49,8 @@ def blockers(static: Static, points: Sequence[Config]) -> list[str]:
     """The features of `points` (with `static`, `build.static_of` of their shape) that keep
     them off the ladder, each in words with the setting that brings it; empty if none does."""
     out = []
-    if static.stops:
-        out.append("stop orders (book.stops or stop_price in book.positions)")
+    if static.stops and any(p.book.positions and book_file.has_stops(p) for p in points):
+        out.append("stop prices on positions (stop_price in book.positions)")
     partial = sorted({p.policy.partial_liquidation for p in points if p.policy.partial_liquidation < 1.0})
     if partial:
         out.append(
@@ -95,8 +95,8 @@ def specialise(static: Static, points: Sequence[Config]) -> Static:
     from engine.model import ladder  # imports JAX: only a simulation specialises
 
     rungs = (
-        [ladder.layout(c.side, c.mmr) for c in map(build.cohorts, points)]
-        if closes_whole and not static.stops and _on_ladder(static, points)
+        [ladder.layout(c.side, c.mmr, c.stop) for c in map(build.cohorts, points)]
+        if not blockers(static, points) and _on_ladder(static, points)
         else [(0, 0)]
     )
     return dataclasses.replace(

@@ -24,6 +24,10 @@ ascending (a long with a higher `k`, a short with a lower one, dies first). On e
   per unit), and the band between is summed cohort by cohort in a window of `WINDOW` positions.
   A band wider than the window is flagged (the path is handed to the dense kernel,
   `engine.sim.fallback`).
+- a stop order (`engine.config.stops`) is a rung of its own group, one per side, ordered by its
+  trigger price: its key is `u = -s stop` and its group's rate 0, so the same search finds the
+  stops a price reaches (`s (p - stop) <= 0`, the dense kernel's test). Their units join the
+  round's orders, with no margin and no waterfall (`engine.model.ladder_kernel`).
 
 The tables are built inside the compiled call from the point's traced parameters (the leverage
 cap moves bankruptcy prices), once per call, and shared by every path: per-path memory does not
@@ -58,7 +62,8 @@ GRID_PER_RUNG = 8
 class Ladder(NamedTuple):
     """The book of one point in ladder order, `[assets, cohorts]` unless stated.
 
-    Groups are `[longs by base rate..., shorts by base rate...]`, `2 * Static.ladder` of them.
+    Groups are `[longs by base rate..., shorts by base rate...]`, `2 * Static.ladder` of them,
+    then with stop orders (`Static.stops`) the long stops and the short stops (`n_groups`).
     u: `-s k` (USD), ascending within each group. grid: `[assets, groups * (cells + 2)]` int32,
     per group (`cells = Static.ladder_cells`) the first position with `u >= u_lo + j / per_usd`
     for j = 0..cells, then the group's end. u_lo: `[assets, groups]` the group's least u (USD).
@@ -87,6 +92,10 @@ class Ladder(NamedTuple):
     accounts: AccountTable | None = None
     # with voluntary closing (`Static.derisk`), what the step's tally reads, or None
     tally: TallyTable | None = None
+    # with stop orders (`Static.stops`): `[assets, groups]` bool, the groups that hold them, and
+    # the base maintenance rate of their cohorts (0 elsewhere); else None
+    stop: jnp.ndarray | None = None
+    stop_rate: jnp.ndarray | None = None
 
 
 class TallyTable(NamedTuple):
@@ -106,19 +115,32 @@ class TallyTable(NamedTuple):
     worst: jnp.ndarray
 
 
-def layout(side: np.ndarray, mmr: np.ndarray) -> tuple[int, int]:
+def layout(side: np.ndarray, mmr: np.ndarray, stop: np.ndarray | None = None) -> tuple[int, int]:
     """(base rates, grid cells) of a book on the host: the number of distinct maintenance rates
     (groups per side), and the search grid's cells per group, the power of two at or above
-    `GRID_PER_RUNG` times the largest group.
+    `GRID_PER_RUNG` times the largest group (the stop orders' groups included).
 
-    side, mmr: `[assets, cohorts]` (NumPy)."""
+    side, mmr: `[assets, cohorts]`; stop: `[assets, cohorts]` trigger prices (`stop_orders`), or
+    None (NumPy)."""
     rates = max(len(np.unique(row)) for row in mmr)
+    is_stop = np.zeros(side.shape, bool) if stop is None else stop_orders(stop)
     largest = 1
-    for s_row, m_row in zip(side, mmr):
+    for s_row, m_row, o_row in zip(side, mmr, is_stop):
         for s in (1.0, -1.0):
-            _, counts = np.unique(m_row[s_row == s], return_counts=True)
-            largest = max([largest, *counts.tolist()])
+            _, counts = np.unique(m_row[(s_row == s) & ~o_row], return_counts=True)
+            largest = max([largest, *counts.tolist(), int(np.sum((s_row == s) & o_row))])
     return rates, 2 ** math.ceil(math.log2(GRID_PER_RUNG * largest))
+
+
+def stop_orders(stop):
+    """Which cohorts `[assets, cohorts]` are stop orders: a trigger price `stop` (USD) above 0 and
+    finite (a cohort without one has 0 if long, +inf if short; NumPy or JAX arrays)."""
+    return (stop > 0) & (stop < np.inf)
+
+
+def n_groups(static: Static) -> int:
+    """Rung groups per asset: two per base rate, and with stop orders two more."""
+    return 2 * static.ladder + 2 * static.stops
 
 
 def _two_sum(a, b):
@@ -139,18 +161,31 @@ def _compensated_cumsum(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     return jax.lax.associative_scan(add, (x, jnp.zeros_like(x)), axis=0)
 
 
-def _one_asset(side, mmr, maint, entry, q, b, static: Static):
-    """The ladder arrays of one asset's cohorts `[cohorts]` (see `Ladder`)."""
+def _one_asset(side, mmr, maint, entry, q, b, stop, static: Static):
+    """The ladder arrays of one asset's cohorts `[cohorts]` (see `Ladder`); stop: the cohorts'
+    trigger prices (`stop_orders`), or None without stop orders."""
     n_rates = static.ladder
     n_groups = 2 * n_rates
     rates = jnp.unique(mmr, size=n_rates)
     # cohorts without quantity (dropped by the book as liquidated at the start) never liquidate:
     # a trailing bucket beyond every group keeps them out of the searches and windows
-    group = jnp.where(q > 0, jnp.where(side > 0, 0, n_rates) + jnp.searchsorted(rates, mmr), n_groups)
+    group = jnp.where(side > 0, 0, n_rates) + jnp.searchsorted(rates, mmr)
     u = -side * (b - side * maint)
+    ids = jnp.arange(n_groups)
+    group_side = jnp.where(ids < n_rates, 1.0, -1.0).astype(u.dtype)
+    group_mmr = jnp.concatenate([rates, rates])
+    if stop is not None:
+        # a stop's key is its trigger price, at rate 0: the hit test is `s (p - stop) <= 0`
+        is_stop = stop_orders(stop)
+        group = jnp.where(is_stop, n_groups + (side < 0), group)
+        u = jnp.where(is_stop, -side * stop, u)
+        n_groups += 2
+        ids = jnp.arange(n_groups)
+        group_side = jnp.concatenate([group_side, jnp.array([1.0, -1.0], u.dtype)])
+        group_mmr = jnp.concatenate([group_mmr, jnp.zeros(2, u.dtype)])
+    group = jnp.where(q > 0, group, n_groups)
     order = jnp.lexsort((u, group))
     g_sorted = group[order]
-    ids = jnp.arange(n_groups)
     start = jnp.searchsorted(g_sorted, ids, side="left").astype(jnp.int32)
     end = jnp.searchsorted(g_sorted, ids, side="right").astype(jnp.int32)
     q_s, b_s, e_s = q[order], b[order], entry[order]
@@ -161,7 +196,7 @@ def _one_asset(side, mmr, maint, entry, q, b, static: Static):
     a_hi = jax.ops.segment_max(maint, group, num_segments=n_groups + 1)[:n_groups]
     u_s = u[order]
     grid, u_lo, per_usd = _grid(u_s, start, end, static.ladder_cells)
-    return Ladder(
+    lad = Ladder(
         u=u_s,
         grid=grid,
         u_lo=u_lo,
@@ -170,12 +205,17 @@ def _one_asset(side, mmr, maint, entry, q, b, static: Static):
         cum=jnp.concatenate([zero, jnp.concatenate([hi, lo], -1)]),
         start=start,
         end=end,
-        side=jnp.where(ids < n_rates, 1.0, -1.0).astype(u.dtype),
-        mmr=jnp.concatenate([rates, rates]),
+        side=group_side,
+        mmr=group_mmr,
         a_lo=jnp.where(empty, 0.0, a_lo),
         a_hi=jnp.where(empty, 0.0, a_hi),
         order=order.astype(jnp.int32),
     )
+    if stop is None:
+        return lad
+    # the stops' own base rate (tier 0's), for the test that one is liquidated before it triggers
+    held_rate = jax.ops.segment_max(jnp.where(is_stop, mmr, 0.0), group, num_segments=n_groups + 1)[:n_groups]
+    return lad._replace(stop=ids >= 2 * n_rates, stop_rate=jnp.where(empty, 0.0, held_rate))
 
 
 def _grid(u, start, end, cells: int):
@@ -205,8 +245,9 @@ def _grid(u, start, end, cells: int):
 def build_ladder(book: BookParams, pol: PolicyParams, static: Static) -> Ladder:
     """The ladder of one point: the book after the leverage cap, sorted into rung groups."""
     q, b = cap_leverage(book, pol)
-    one = lambda s, m, a, e, q, b: _one_asset(s, m, a, e, q, b, static)
-    return jax.vmap(one)(book.side, book.mmr, book.maint_amount, book.entry, q, b)
+    stop = book.stop if static.stops else None
+    one = lambda s, m, a, e, q, b, o: _one_asset(s, m, a, e, q, b, o, static)
+    return jax.vmap(one)(book.side, book.mmr, book.maint_amount, book.entry, q, b, stop)
 
 
 def tally_table(book: BookParams, pol: PolicyParams, lad: Ladder) -> TallyTable:
@@ -220,6 +261,9 @@ def tally_table(book: BookParams, pol: PolicyParams, lad: Ladder) -> TallyTable:
         [positions[..., None], (q * book.entry)[..., None] * buckets, loss[..., None] * buckets], -1
     )
     one = jnp.where(positions > 0, loss / jnp.where(positions > 0, positions, 1.0), 0.0)
+    if lad.stop is not None:  # a triggered stop order is not a liquidation
+        liquidates = ~stop_orders(book.stop)
+        cols, one = jnp.where(liquidates[..., None], cols, 0.0), jnp.where(liquidates, one, 0.0)
     return jax.vmap(_tally_one)(cols, one, lad.order, lad.end)
 
 
@@ -378,7 +422,9 @@ def shortfall(lad: Ladder, i0, i1, at0: tuple, fill) -> tuple[jnp.ndarray, jnp.n
 
 def liquidated(lad: Ladder, level: jnp.ndarray) -> jnp.ndarray:
     """Cohorts liquidated at `level` `[assets, groups]`, in the book's order: `[assets,
-    cohorts]` bool (each group's positions from its start up to its level)."""
+    cohorts]` bool (each group's positions from its start up to its level; stop orders, which
+    trigger rather than liquidate, are not)."""
+    level = level if lad.stop is None else jnp.where(lad.stop, lad.start, level)
     pos = jnp.arange(lad.u.shape[-1])[None, :, None]
     done = jnp.any((pos >= lad.start[:, None, :]) & (pos < level[:, None, :]), -1)
     return jax.vmap(lambda d, o: jnp.zeros_like(d).at[o].set(d))(done, lad.order)

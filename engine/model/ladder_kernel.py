@@ -20,6 +20,8 @@ numbers are taken from the dense kernel (`engine.sim.fallback`).
 Cross-margin accounts join each round's orders from their shared table
 (`engine.model.account_book`); a path carries which account cohorts are still open and which
 of their legs ADL closed.
+Stop orders are rung groups of their own, whose units join the orders and close with no
+margin and no waterfall (`engine.model.ladder_stops`).
 
 The module stays whole: one path's rounds (`run_ladder`) and a batch's (`run_batch`, where only
 busy paths run the cascade) share the rounds' private carry and stages (`_Rung`, `_Hit`,
@@ -39,6 +41,7 @@ from engine.model import ladder as L
 from engine.model import tally as T
 from engine.model.cascade import Cascade, CascadeInputs, backstop_share, until_quiet, with_settled
 from engine.model.impact import impact
+from engine.model.ladder_stops import liquidating, stop_dies, stop_rates, with_stop_notional
 from engine.model.params import Params, Static
 from engine.model.stages import SimState
 from engine.model.waterfall import Fund
@@ -64,6 +67,7 @@ class _Rung(NamedTuple):
     busy: jnp.ndarray  # [] int32 rounds with a liquidation
     overflow: jnp.ndarray  # [] bool: an equity split outran the window
     pending: account_book.Hits | None = None  # the accounts hit so far, settled after the rounds
+    stops: jnp.ndarray | None = None  # [assets, 2] with stop orders: their notional at fill
 
 
 class Inputs(NamedTuple):
@@ -112,6 +116,8 @@ class _Step(NamedTuple):
     live: jnp.ndarray | None = None
     held: jnp.ndarray | None = None  # `Inputs.held`
     cut: jnp.ndarray | None = None  # with accounts: the legs ADL closed (`ladder_adl.Record.cut`)
+    # with stop orders: the rate in force on their cohorts `[assets, groups]` (`stop_rates`)
+    stop_mmr: jnp.ndarray | None = None
 
     def price(self, flow):
         """Mark price `[assets]` (USD) after cumulative flow `flow` (as the dense cascade's)."""
@@ -197,8 +203,8 @@ def _head(st: _Step, c: _Rung) -> _Hit:
     d = pol.backstop_discount
     fill = phi * p_r[:, None] * (1.0 - s * d) + (1.0 - phi) * st.price(flow)[:, None]
     short, wide = L.band(lad, c.level, level, fill)
-    short = _held(st.held, short)
-    over = _any(unsure & st.active[:, None])
+    short, wide = _held(st.held, liquidating(lad, short)), liquidating(lad, wide)
+    over = _any(unsure & st.active[:, None]) | stop_dies(lad, st.stop_mmr, p_r, c.level, st.active)
     return _Hit(p_r, level, at, dq, dqb, dqe, net, size, absorbed, phi, flow, fill, short, wide, over, hit)
 
 
@@ -211,8 +217,8 @@ def _split(st: _Step, c: _Rung, h: _Hit) -> tuple[jnp.ndarray, jnp.ndarray]:
 
 def _tail(st: _Step, c: _Rung, h: _Hit, short, over) -> _Rung:
     """The round's accounts from its hits and its shortfall `[assets, groups]`."""
-    s, d = st.lad.side, st.params.policy.backstop_discount
-    dq, fill = h.dq, h.fill
+    lad, d = st.lad, st.params.policy.backstop_discount
+    s, dq, fill = lad.side, h.dq, h.fill
     equity = s * (fill * dq - h.dqb)
     pend = c.pending
     if h.accounts is not None:
@@ -226,17 +232,19 @@ def _tail(st: _Step, c: _Rung, h: _Hit, short, over) -> _Rung:
         backstop_left=c.backstop_left - h.absorbed,
         level=h.level,
         at=h.at,
-        liquidated=c.liquidated + _by_side(fill * dq, s),
+        liquidated=c.liquidated + _by_side(liquidating(lad, fill * dq), s),
         shortfall=c.shortfall + _by_side(short, s),
-        trader_loss=c.trader_loss + _total(s * (h.dqe - h.dqb)),  # the traders lose the margin
-        counterparty=c.counterparty + _total(s * (h.dqe - fill * dq)),
-        fund_inflow=c.fund_inflow + _total(equity + short),
+        # the traders lose the margin (a stop order closes with no margin and no waterfall)
+        trader_loss=c.trader_loss + _total(liquidating(lad, s * (h.dqe - h.dqb))),
+        counterparty=c.counterparty + _total(liquidating(lad, s * (h.dqe - fill * dq))),
+        fund_inflow=c.fund_inflow + _total(liquidating(lad, equity + short)),
         backstop_qty=c.backstop_qty + h.phi * h.net,
         # the backstop pays p_r (1 - s d) per unit: sum of s dq p_r (1 - s d)
         backstop_cash=c.backstop_cash - h.phi * L.fold(h.p_r * (h.net - d * h.size)),
         busy=c.busy + _any(h.size > 0).astype(jnp.int32),
         overflow=c.overflow | over,
         pending=pend,
+        stops=None if c.stops is None else c.stops + _by_side(jnp.where(lad.stop, fill * dq, 0.0), s),
     )
 
 
@@ -266,6 +274,7 @@ def _step(inp: Inputs, params: Params) -> _Step:
         live,
         inp.held,
         cut,
+        stop_rates(params, inp.market.sigma),
     )
 
 
@@ -278,9 +287,10 @@ def _start(inp: Inputs, params: Params, rounds: int) -> tuple[_Step, _Rung]:
     side2 = jnp.zeros((flow0.shape[0], 2), flow0.dtype)
     at = L.cum_at(st.lad, inp.level)
     pend = None if inp.alive is None else account_book.no_hits(st.lad.accounts, rounds)
+    stops = None if st.lad.stop is None else side2
     start = _Rung(
         flow0, inp.market.backstop_left, inp.level, at, side2, side2, z, z, z,
-        jnp.zeros_like(flow0), z, jnp.zeros((), jnp.int32), jnp.zeros((), bool), pend,
+        jnp.zeros_like(flow0), z, jnp.zeros((), jnp.int32), jnp.zeros((), bool), pend, stops,
     )  # fmt: skip
     return st, start
 
@@ -294,9 +304,10 @@ def _finish(st: _Step, inp: Inputs, end: _Rung) -> Result:
     p_end = st.price(end.flow)
     crossed, unsure = L.crossed(lad, p_end, st.mmr, end.level)
     reach = jnp.where(active[:, None], crossed, end.level)
-    left = _held(st.held, L.between(L.cum_at(lad, reach), end.at)[..., 0])
+    left = _held(st.held, liquidating(lad, L.between(L.cum_at(lad, reach), end.at)[..., 0]))
     # a cohort closed by ADL within the reach would count in the prefix sums: the dense kernel's
     flag = end.overflow | _any(unsure & active[:, None]) | ladder_adl.reached(inp.adl, reach)
+    flag = flag | stop_dies(lad, st.stop_mmr, p_end, end.level, active)
     c = Cascade(
         quantity=None,
         bankrupt=None,
@@ -311,7 +322,9 @@ def _finish(st: _Step, inp: Inputs, end: _Rung) -> Result:
         backstop_cash=end.backstop_cash,
         rounds=end.busy,
         residual=L.fold(p_end * L.fold(left)),
-        tally=None if st.held is None else _tally_step(st, inp.level, end.level),
+        tally=with_stop_notional(
+            None if st.held is None else _tally_step(st, inp.level, end.level), end.stops
+        ),
     )
     if inp.alive is None:
         return Result(c, end.level, None, flag)
@@ -470,12 +483,13 @@ def _reaches(inp: Inputs, params: Params) -> jnp.ndarray:
     return reach | jnp.any(st.live & under)
 
 
-def _quiet(args: Inputs) -> Result:
+def _quiet(args: Inputs, params: Params) -> Result:
     """`run_ladder`'s result `[paths, ...]` for paths whose first price reaches no cohort."""
     flow0, backstop_left = args.market.flow0, args.market.backstop_left
     z = jnp.zeros_like(backstop_left)
     tally = None
-    if args.alive is not None or args.held is not None:  # the same structure as the cascade's
+    # the same structure as the cascade's
+    if args.alive is not None or args.held is not None or params.ladder.stop is not None:
         zero = T.zero(flow0.shape[1], flow0.dtype)
         tally = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, z.shape + x.shape), zero)
     c = Cascade(
@@ -525,7 +539,7 @@ def market_batch(states: SimState, draws, t, shock, flow, params: Params, static
 
     def cascade_of(inputs: Inputs) -> Result:
         busy = jax.vmap(lambda a: _reaches(a, params))(inputs)
-        return _for_some(busy, lambda a: run_batch(a, params, static), inputs, _quiet(inputs))
+        return _for_some(busy, lambda a: run_batch(a, params, static), inputs, _quiet(inputs, params))
 
     cut = None if b.inputs.alive is None else b.inputs.adl.cut
     if cut is None:
@@ -567,11 +581,12 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     `[]` int32 (`FALLBACK_NEVER` if the ladder computed the path exactly)."""
     lad, mp = params.ladder, params.market
     fair = mp.price0 * jnp.exp(state.x_fair + state.x_trans)
-    mmr = policies.maintenance_rate(lad.mmr, jnp.sqrt(state.variance), mp.sigma0, params.policy)
+    sigma = jnp.sqrt(state.variance)
+    mmr = policies.maintenance_rate(lad.mmr, sigma, mp.sigma0, params.policy)
     at, held = L.cum_at(lad, state.level), _per_group(lad, state.held)
     open_units = _held(held, L.between(L.cum_at(lad, lad.end), at)[..., 0] - state.adl.units)
     reach, unsure = L.crossed(lad, fair, mmr, state.level)
-    deferred = _held(held, L.between(L.cum_at(lad, reach), at)[..., 0])
+    deferred = _held(held, liquidating(lad, L.between(L.cum_at(lad, reach), at)[..., 0]))
     units, late = jnp.sum(open_units, -1), jnp.sum(fair * jnp.sum(deferred, -1))
     if state.alive is not None:  # the open accounts' legs, and those under water at the fair price
         tab = lad.accounts
@@ -585,5 +600,8 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     out = outputs.assemble(state, params, units, late)
     # a search that could not finish (`ladder.find`) hands the last step to the dense kernel
     # and so does a cohort closed by ADL among the deferred (`engine.model.ladder_adl.reached`)
-    last = jnp.where(jnp.any(unsure) | ladder_adl.reached(state.adl, reach), static.steps - 1, FALLBACK_NEVER)
+    # and a stop order beyond its liquidation price (`stop_dies`)
+    dies = stop_dies(lad, stop_rates(params, sigma), fair, state.level, jnp.ones(fair.shape, bool))
+    handed = jnp.any(unsure) | ladder_adl.reached(state.adl, reach) | dies
+    last = jnp.where(handed, static.steps - 1, FALLBACK_NEVER)
     return out | {"fallback_step": jnp.minimum(state.fallback, last)}

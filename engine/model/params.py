@@ -58,7 +58,8 @@ class Static:
     ladder_cells: int = 0
     # Cross-margin account cohorts and collateral assets (`Params.accounts`, `Params.collateral`),
     # and whether cohorts carry stop orders (`BookParams.stop`); 0/False: none, and the kernel
-    # does no work for them. Any of them runs the dense general cascade.
+    # does no work for them. The dense kernel runs them on its general cascade; the ladder holds
+    # the accounts in a shared table and the stop orders in rung groups of their own.
     n_accounts: int = 0
     n_collateral: int = 0
     stops: bool = False

@@ -106,7 +106,8 @@ def kernel_note(statics: Sequence[Static], points: Sequence[Config]) -> str:
         where = "" if len(groups) == 1 else f" at point(s) {', '.join(map(str, idx))}"
         s = statics[idx[0]]
         if name == "ladder":
-            held = f"; {s.n_accounts:,} account cohorts in one shared table" if s.n_accounts else ""
+            held = "; stop orders in rung groups of their own" if s.stops else ""
+            held += f"; {s.n_accounts:,} account cohorts in one shared table" if s.n_accounts else ""
             rerun = ""
             if any(points[i].policy.adl_rule == "pro_rata" for i in idx):
                 rerun = "; a path that needs pro-rata ADL is rerun on the dense kernel"

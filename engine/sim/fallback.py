@@ -2,7 +2,8 @@
 
 The ladder kernel (`engine.model.ladder_kernel`) flags a path at the first step it cannot
 compute exactly (pro-rata ADL, a cascade that reaches a cohort the queue closed, an equity
-split wider than its window, a dynamic-margin rate at the cap) and reports that
+split wider than its window, a dynamic-margin rate at the cap, a short stop order carried past
+its liquidation price) and reports that
 step as the output `fallback_step`. `complete` reruns exactly those paths, by their global
 index, on the dense kernel (the same draws: keys come from the index), takes all their outputs
 from the rerun, and adds their fan-chart rows from the flagged step on (the ladder counted the

@@ -62,14 +62,14 @@ def bytes_per_path(static: P.Static, itemsize: int) -> int:
 
     Dense: the cohort state and the cascade's temporaries (about 16 arrays of `[assets,
     cohorts]`), the mark ring buffer, outputs. Ladder (`Static.ladder`): no per-cohort state;
-    per rung group (`2 * ladder` per asset) the level and the cascade's windows and search
+    per rung group (`engine.model.ladder.n_groups` per asset) the level and the cascade's windows and search
     temporaries (about 8 values per window position and 64 more), the ring buffer, outputs.
     The ladder's tables (`[assets, cohorts]`, shared by all paths) are not per path. Cross
     accounts (dense only): the leg units and the rounds' temporaries, about 16 arrays of
     `[accounts, assets]`."""
     fixed = static.n_assets * static.max_window + 256 + 16 * static.n_accounts * static.n_assets
     if static.ladder:
-        groups = static.n_assets * 2 * static.ladder
+        groups = static.n_assets * ladder.n_groups(static)
         return itemsize * (groups * (8 * ladder.WINDOW + 64) + fixed)
     return itemsize * (16 * static.n_assets * static.n_cohorts + fixed)
 

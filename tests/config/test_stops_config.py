@@ -106,7 +106,8 @@ def test_stop_prices_split_cohorts_and_no_stop_is_its_own_key(tmp_path):
     static = build.static_of(cfg)
     assert static.stops and static.n_cohorts == 2 * k
     forced = cfg.model_copy(update={"run": cfg.run.model_copy(update={"kernel": "ladder"})})
-    with pytest.raises(ConfigError, match=r"run\.kernel = 'ladder' cannot simulate stop orders"):
+    refused = r"run\.kernel = 'ladder' cannot simulate stop prices on positions \(stop_price"
+    with pytest.raises(ConfigError, match=refused):
         forms.specialise(static, [forced])
     fast = forms.specialise(static, [cfg])
     assert (fast.whole_only, fast.ladder, fast.ladder_cells) == (False, 0, 0)

@@ -140,7 +140,7 @@ def test_random_books_match_the_dense_kernel(seed):
 def test_ladder_groups_are_sorted_and_hold_every_live_cohort():
     cfg = random_book(1)
     params, static, _ = on_ladder(cfg)
-    lad = jax.device_get(ladder.build_ladder(params.book, params.policy, static))
+    lad = jax.device_get(jax.jit(ladder.build_ladder, static_argnums=2)(params.book, params.policy, static))
     q = np.asarray(cap_leverage(params.book, params.policy)[0])
     for a in range(static.n_assets):
         assert np.all(np.diff(lad.u[a][lad.start[a, 0] : lad.end[a, 0]]) >= 0)

@@ -37,7 +37,7 @@ def _setup(seed):
     cfg = random_book(seed)
     cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"adl_rule": "queue"})})
     params, static, _ = on_ladder(cfg)
-    params = L.prepare(params, static)
+    params = jax.jit(L.prepare, static_argnums=1)(params, static)
     return params, static, ladder_kernel.init_state(params, static), np.random.default_rng(seed)
 
 
@@ -133,7 +133,7 @@ def test_account_legs_the_queue_closes_are_the_dense_kernels(seed):
     after each of several events, the legs the ladder's record says are held equal the dense
     kernel's, and so do the isolated units and the totals."""
     _, params, static, _ = account_book_case(VARIANTS["queue"], seed)
-    params = L.prepare(params, static)
+    params = jax.jit(L.prepare, static_argnums=1)(params, static)
     state = ladder_kernel.init_state(params, static)
     tab, rng = params.ladder.accounts, np.random.default_rng(seed)
     _, b0 = policies.cap_leverage(params.book, params.policy)

@@ -134,7 +134,7 @@ def test_accounts_beside_closing_match_the_dense_kernel():
 
 def test_a_paths_state_holds_a_share_per_side_not_per_cohort():
     params, static, _ = on_ladder(closing_book(0, CASES["halt_dynamic_margin_reduce"][1]))
-    state = kernel.init_state(params, static)
+    state = jax.jit(kernel.init_state, static_argnums=1)(params, static)
     np.testing.assert_array_equal(state.held, np.ones((static.n_assets, 2)))
     sizes = [np.size(v) for v in jax.tree_util.tree_leaves(state)]
     assert state.quantity is None and max(sizes) < static.n_cohorts, sizes

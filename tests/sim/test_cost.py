@@ -81,14 +81,21 @@ def test_kernel_note_names_what_forces_the_dense_kernel():
     derisk = _note(market={**small_dict()["market"], "derisk": {"vol_rate_per_day": 1.0}})
     # voluntary closing runs on the ladder: a small run of it is dense for its size alone
     assert derisk.startswith("kernel: dense, for a small run") and "about 1.1x" in derisk
+    # stop orders (book.stops) run on the ladder: only the run's size keeps this one off it
     accounts = dataclasses.replace(BOOK, n_accounts=500, n_collateral=1, stops=True)
     assert cost.kernel_note([accounts], [Config.model_validate(small_dict())]) == (
-        "kernel: dense general, for stop orders (book.stops or stop_price in book.positions); "
-        "about 89.0x the cost per path-step of the ladder (README: Kernel forms and their cost)"
+        "kernel: dense general, for a small run (the ladder pays from 5,000,000,000 paths x steps x cohorts; "
+        'run.kernel = "ladder" forces it); about 89.0x the cost per path-step of the ladder '
+        "(README: Kernel forms and their cost)"
     )
     on_ladder = dataclasses.replace(BOOK, n_accounts=500, n_collateral=1, ladder=2, ladder_cells=64)
     assert cost.kernel_note([on_ladder], [Config.model_validate(small_dict())]) == (
         "kernel: ladder (positions closed whole; 500 account cohorts in one shared table, the fast path)"
+    )
+    with_stops = dataclasses.replace(on_ladder, stops=True)
+    assert cost.kernel_note([with_stops], [Config.model_validate(small_dict())]) == (
+        "kernel: ladder (positions closed whole; stop orders in rung groups of their own; 500 account "
+        "cohorts in one shared table, the fast path)"
     )
 
 
