@@ -233,12 +233,11 @@ def run_config(path, **run) -> Config:
 
 
 def test_a_run_with_accounts_does_not_depend_on_chunks_or_devices(book_file, monkeypatch):
-    """Bitwise: one chunk of 192 paths on one device, and chunks of 128 on 1 and on 2 devices
-    (the ladder's batches of busy paths, its ADL batches and the devices all differ)."""
+    """Bitwise: one chunk of 192 paths on one device, and chunks of 128 on 2 devices (the
+    ladder's batches of busy paths, its ADL batches and the devices all differ)."""
     monkeypatch.setenv("LIQSTRESS_DEVICES", "1")
     whole = simulate(run_config(book_file))
     assert forms.form(forms.point_static(run_config(book_file))) == "ladder"
     assert float(whole["accounts_liquidated_mean"].max()) > 0
-    for devices in (1, 2):
-        monkeypatch.setenv("LIQSTRESS_DEVICES", str(devices))
-        xr.testing.assert_identical(simulate(run_config(book_file, chunk_size=128)), whole)
+    monkeypatch.setenv("LIQSTRESS_DEVICES", "2")
+    xr.testing.assert_identical(simulate(run_config(book_file, chunk_size=128)), whole)

@@ -44,7 +44,6 @@ STOPS = [
 # name -> (random book seed, headline shock, [market.derisk] or None)
 CASES = {
     "crash": (0, -0.1, None),
-    "rally": (1, 0.1, None),
     "closing_rally": (3, 0.08, {"vol_rate_per_day": 3.0, "loss_rate_per_day": 20.0}),
 }
 
