@@ -151,7 +151,7 @@ def test_ladder_groups_are_sorted_and_hold_every_live_cohort():
 
 
 def test_float32_distributions_agree_and_money_is_conserved():
-    base = small_dict(run={"n_paths": 2048, "seed": 5, "steps": 48, "fan_points": 12, "tipping_paths": 0})
+    base = small_dict(run={"n_paths": 1024, "seed": 5, "steps": 48, "fan_points": 12, "tipping_paths": 0})
     base["book"]["entry_points"] = 24
     with jax.enable_x64(False):
         runs = {
