@@ -468,6 +468,8 @@ def update_readme() -> None:
     blocks = []
     for f in sorted(RESULTS.glob("*.json")):
         doc = json.loads(f.read_text())
+        if "records" not in doc:  # another script's measurements (e.g. stop_orders.py)
+            continue
         m = doc["machine"]
         recs = [{**r, "_file": f.stem} for r in doc["records"]]
         blocks.append(
