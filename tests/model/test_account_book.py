@@ -9,8 +9,8 @@ the ladder equals the dense kernel's to `PARITY_RTOL`. The queue's ADL, accounts
 included, runs on the ladder (`engine.model.ladder_adl`); paths that need pro-rata ADL, or
 whose cascade later reaches an isolated cohort the queue closed, are handed to the dense kernel
 (`engine.sim.fallback`). Each variant asserts that what it exercises acted, so that the parity
-is not vacuous. Money is conserved on every ladder path, and a path's state does
-not grow with accounts x assets.
+is not vacuous. Stop orders (`book.stops`) stand beside the accounts in the parity test. Money
+is conserved on every ladder path, and a path's state does not grow with accounts x assets.
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ VARIANTS = {
 }
 HANDED_OVER = {"pro_rata"}
 QUEUE_ON_LADDER = {"queue"}
+# stop orders beside the accounts in the parity test (`book.stops`; on the ladder, rung groups of
+# their own): BTC starts at 100,000, SOL at 200 (tests/conftest.py)
+STOPS = (
+    {"asset": "BTC", "side": "long", "price": 97_000.0, "notional_usd": 4e8},
+    {"asset": "BTC", "side": "long", "price": 95_000.0, "notional_usd": 2e8},
+    {"asset": "BTC", "side": "short", "price": 104_000.0, "notional_usd": 3e8},
+    {"asset": "SOL", "side": "long", "price": 192.0, "notional_usd": 8e7},
+    {"asset": "SOL", "side": "short", "price": 205.0, "notional_usd": 5e7},
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -152,7 +161,7 @@ def run(params, static, seed):
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_accounts_on_the_ladder_match_the_dense_kernel(variant, seed):
-    cfg, params, lad, dense = book(VARIANTS[variant], seed)
+    cfg, params, lad, dense = book(VARIANTS[variant], seed, STOPS)
     out, den = run(params, lad, seed), run(params, dense, seed)
     flagged = out.pop("fallback_step") < FALLBACK_NEVER
     for name, value in den.items():
@@ -162,6 +171,7 @@ def test_accounts_on_the_ladder_match_the_dense_kernel(variant, seed):
     if "add_margin" not in variant:  # margin added to the wallets outweighs the depeg there
         assert np.any(den["collateral_liquidated"] > 0), f"{variant}: the depeg liquidated no account"
     assert np.any(den["liquidated_entry_by_mode"][:, 0] > 0), "no isolated cohort liquidated"
+    assert np.any(den["stop_notional"] > 0), "no stop order triggered"
     adl = den["adl_notional"] > 0
     if variant in HANDED_OVER:
         assert flagged.any(), f"{variant}: no path needed ADL, the hand-over was not exercised"

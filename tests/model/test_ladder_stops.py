@@ -4,7 +4,7 @@ draws, float64.
 
 Seeded random books (tests/model/test_ladder.py: several tiers, both sides, ties, breakers, both
 ADL settings) with stop orders of both sides on both assets, in a crash and in a rally, with
-voluntary closing and with accounts: every per-path output equals the dense kernel's to
+voluntary closing (accounts beside stops: tests/model/test_account_book.py): every per-path output equals the dense kernel's to
 `PARITY_RTOL` on the paths the ladder does not hand over, stops trigger on both sides, and money
 is conserved. A short stop that a jump carries past its own liquidation price is liquidated by
 the dense kernel, not triggered: the ladder hands that path over, and the run's numbers are the
@@ -26,7 +26,6 @@ from engine.sim.rollout import rollout
 from engine.sim.simulate import simulate
 from tests.conftest import small_dict
 from tests.helpers import PARITY_RTOL, UNITLESS, assert_close, engine_draws, usd_scale
-from tests.model import test_account_book as accounts
 from tests.model.test_ladder import on_ladder, random_book
 
 # BTC starts at 100,000 and SOL at 200 (tests/conftest.py); ties at 95,000
@@ -100,15 +99,6 @@ def test_stop_orders_on_the_ladder_match_the_dense_kernel_and_the_reference(case
         usd_scale(cfg),
         f"{case}: trader loss = counterparty gain + fund inflow - shortfall",
     )
-
-
-def test_stop_orders_beside_accounts_match_the_dense_kernel():
-    """Stops beside cross-margin accounts with collateral (tests/model/test_account_book.py)."""
-    cfg, params, lad, dense = accounts.book(accounts.VARIANTS["queue"], 0, tuple(STOPS))
-    assert lad.stops and lad.n_accounts
-    out, den = accounts.run(params, lad, 0), accounts.run(params, dense, 0)
-    flagged = compare_unflagged(out, den, cfg, "accounts and stops")
-    assert np.any(den["stop_notional"][~flagged] > 0) and np.any(den["accounts_liquidated"][~flagged] > 0)
 
 
 def test_a_short_stop_jumped_past_its_liquidation_price_is_handed_to_the_dense_kernel():
