@@ -34,6 +34,16 @@ FORMS = {
     },
     # the ladder kernel (engine.model.ladder_kernel; its fallback is the dense forms above)
     "ladder": {"run": {**small_dict()["run"], "kernel": "ladder"}},
+    "ladder with stop orders": {
+        "run": {**small_dict()["run"], "kernel": "ladder"},
+        "book": {
+            **small_dict()["book"],
+            "stops": [
+                {"asset": "BTC", "side": "long", "price": 95_000.0, "notional_usd": 2e8},
+                {"asset": "SOL", "side": "short", "price": 210.0, "notional_usd": 5e7},
+            ],
+        },
+    },
 }
 
 
