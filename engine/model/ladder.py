@@ -214,8 +214,8 @@ def _one_asset(side, mmr, maint, entry, q, b, stop, static: Static):
     if stop is None:
         return lad
     # the stops' own base rate (tier 0's), for the test that one is liquidated before it triggers
-    held_rate = jax.ops.segment_max(jnp.where(is_stop, mmr, 0.0), group, num_segments=n_groups + 1)[:n_groups]
-    return lad._replace(stop=ids >= 2 * n_rates, stop_rate=jnp.where(empty, 0.0, held_rate))
+    stop_rate = jax.ops.segment_max(jnp.where(is_stop, mmr, 0.0), group, num_segments=n_groups + 1)[:n_groups]
+    return lad._replace(stop=ids >= 2 * n_rates, stop_rate=jnp.where(empty, 0.0, stop_rate))
 
 
 def _grid(u, start, end, cells: int):

@@ -590,7 +590,7 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     units, late = jnp.sum(open_units, -1), jnp.sum(fair * jnp.sum(deferred, -1))
     if state.alive is not None:  # the open accounts' legs, and those under water at the fair price
         tab = lad.accounts
-        marks = account_book.marks(params, jnp.sqrt(state.variance), state.gap, jnp.ones_like(units, bool))
+        marks = account_book.marks(params, sigma, state.gap, jnp.ones_like(units, bool))
         cut = state.adl.cut
         units = units + jnp.sum(jnp.where(state.alive[:, None], account_book.held_legs(tab, cut), 0.0), 0)
         can = account_book.live(tab, state.alive, marks, cut)
