@@ -58,7 +58,7 @@ class Cascade(NamedTuple):
     assets]` leg units after liquidations, or None without accounts; pending: the accounts hit
     so far during the rounds (`engine.model.accounts.Pending`), settled after the last.
     liquidated_units: `[assets, cohorts]` units liquidated in the step, in the whole-position
-    form, which leaves its tally to the path's end (`engine.model.outputs.extract`); else None.
+    form, which leaves its tally to the path's end (`engine.model.skeleton.dense_tally`); else None.
     """
 
     quantity: jnp.ndarray

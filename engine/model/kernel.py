@@ -15,8 +15,8 @@
 `market_step` runs stages 1-5 and the fund, `adl_step` the rest of stage 6, so that a rollout
 can run ADL only when some path has a deficit. The step is written once (`engine.model.skeleton`);
 the dense book (`DENSE`), the ladder's (`engine.model.ladder_kernel.LADDER`) and the relaxed,
-differentiable one (`engine.model.relaxed.RELAXED`) plug into it; `form` picks the set of stage
-functions from `Static`, once.
+differentiable one (`engine.model.relaxed.RELAXED`) are its book forms
+(`engine.model.skeleton.BookForm`), and `form` picks one from `Static`, once.
 The chunk rollout is `engine.sim.rollout`. This module also holds the per-path random keys
 and draws.
 
@@ -25,15 +25,14 @@ Prices are carried as log marks relative to `price0` (`x`), cohorts in USD.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry_2x32
 
-from engine.model import derisk, ladder, ladder_kernel, market, outputs, relaxed, skeleton, stages, threefry
+from engine.model import derisk, ladder_kernel, market, relaxed, skeleton, stages, threefry
 from engine.model.cascade import CascadeInputs, run_cascade, run_cascade_whole
 from engine.model.params import Params, Static
 from engine.model.stages import SimState
@@ -66,7 +65,7 @@ def _cascade(inp: DenseInputs, params: Params, static: Static) -> skeleton.Outco
 
 
 # The dense exact book: cohorts' units per path, closed by `engine.model.derisk.start`.
-DENSE = skeleton.BookForm(derisk.start, _inputs, _cascade)
+DENSE = skeleton.BookForm("dense", stages.init_state, derisk.start, _inputs, _cascade)
 
 
 def market_step(
@@ -76,80 +75,22 @@ def market_step(
 
     t: `[]` int step; shock: `[assets]` scheduled log shock; flow: `[assets]` USD.
     """
-    return skeleton.market_step(DENSE, state, draws, t, shock, flow, params, static)
+    return DENSE.market_step(state, draws, t, shock, flow, params, static)
 
 
 def adl_step(state: SimState, t, params: Params) -> SimState:
     """Stage 6 after the fund: ADL the step's deficit, the rest is bad debt (t: `[]` int step,
     unused here)."""
-    return stages.deleverage(state, params)
+    return DENSE.adl_step(state, t, params)
 
 
-class Form(NamedTuple):
-    """The stage functions of one form of the kernel, signatures as this module's. `prepare`
-    adds what the form derives from the parameters once per compiled call (the ladder form's
-    sorted book); the other functions take prepared parameters. `extract`: the per-path
-    outputs of a final state (`engine.model.outputs`). `market_batch`, `adl_batch`: `market_step`,
-    `adl_step` of a batch of paths (leading axis; the rollout calls these)."""
-
-    init_state: Callable[[Params, Static], SimState]
-    market_step: Callable[..., SimState]
-    adl_step: Callable[[SimState, Any, Params], SimState]
-    prepare: Callable[[Params, Static], Params]
-    extract: Callable[[SimState, Params, Static], dict]
-    market_batch: Callable[..., SimState]
-    adl_batch: Callable[[SimState, Any, Params], SimState]
-
-
-def _as_is(params: Params, static: Static) -> Params:
-    return params
-
-
-def _batched(market_step: Callable) -> Callable:
-    """`market_step` over a leading path axis of the state and the draws."""
-    return jax.vmap(market_step, in_axes=(0, 0, None, None, None, None, None))
-
-
-def _batched_adl(adl_step: Callable) -> Callable:
-    """`adl_step` over a leading path axis of the state."""
-    return jax.vmap(adl_step, in_axes=(0, None, None))
-
-
-EXACT = Form(
-    stages.init_state,
-    market_step,
-    adl_step,
-    _as_is,
-    outputs.extract,
-    _batched(market_step),
-    _batched_adl(adl_step),
-)
-RELAXED = Form(
-    relaxed.init_state,
-    relaxed.market_step,
-    relaxed.adl_step,
-    _as_is,
-    outputs.extract,
-    _batched(relaxed.market_step),
-    _batched_adl(relaxed.adl_step),
-)
-LADDER = Form(
-    ladder_kernel.init_state,
-    ladder_kernel.market_step,
-    ladder_kernel.adl_step,
-    ladder.prepare,
-    ladder_kernel.extract,
-    ladder_kernel.market_batch,
-    ladder_kernel.adl_batch,
-)
-
-
-def form(static: Static) -> Form:
-    """The kernel's stage functions for `static`: relaxed, ladder (`Static.ladder`) or dense exact
-    (the choice is `engine.config.forms.specialise`'s)."""
+def form(static: Static) -> skeleton.BookForm:
+    """The kernel's book form for `static`: relaxed (`engine.model.relaxed.RELAXED`), ladder
+    (`Static.ladder`, `engine.model.ladder_kernel.LADDER`) or dense exact (`DENSE`; the choice
+    is `engine.config.forms.specialise`'s)."""
     if static.relaxed:
-        return RELAXED
-    return LADDER if static.ladder else EXACT
+        return relaxed.RELAXED
+    return ladder_kernel.LADDER if static.ladder else DENSE
 
 
 def init_state(params: Params, static: Static) -> SimState:

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from engine.model import account_book, derisk, ladder_adl, market, outputs, policies, skeleton, stages
+from engine.model import account_book, derisk, ladder_adl, outputs, policies, skeleton, stages
 from engine.model import ladder as L
 from engine.model import tally as T
 from engine.model.cascade import Cascade, CascadeInputs, backstop_share, until_quiet, with_settled
@@ -457,17 +457,6 @@ def _flag(new: SimState, b: skeleton.Before, r: Result, f: Fund, t, params: Para
     )
 
 
-# The ladder book: levels per rung group, the sides' held shares, the open accounts.
-LADDER = skeleton.BookForm(_close, _inputs, run_ladder, finish=_flag)
-
-
-def market_step(
-    state: SimState, draws: market.Draws, t, shock, flow, params: Params, static: Static
-) -> SimState:
-    """Stages 1-5 and the fund of one path (as `engine.model.kernel.market_step`) on the ladder."""
-    return skeleton.market_step(LADDER, state, draws, t, shock, flow, params, static)
-
-
 def _reaches(inp: Inputs, params: Params) -> jnp.ndarray:
     """Whether the step's first price reaches the next cohort of some group, or some account's
     maintenance, `[]` bool (else the cascade does nothing: `_quiet`)."""
@@ -531,7 +520,7 @@ def _rows(mask, x):
 
 
 def market_batch(states: SimState, draws, t, shock, flow, params: Params, static: Static) -> SimState:
-    """`market_step` of a batch of paths (leading axis). The cascade (`run_batch`) runs only for
+    """`LADDER.market_step` of a batch of paths (leading axis). The cascade (`run_batch`) runs only for
     the paths whose price reaches a cohort this step (W1: 3-7% of path-steps). A path's numbers
     do not depend on which batch computed them."""
     per_path = (0, 0, None, None, None, None, None)
@@ -566,19 +555,24 @@ def adl_batch(states: SimState, t, params: Params) -> SimState:
     return _for_some(needs, jax.vmap(lambda s: adl_step(s, t, params)), states, states, ADL_BATCH)
 
 
-def _tally(state: SimState, params: Params) -> T.Tally:
-    """The path's tally (`engine.model.tally`) from its final levels, without voluntary closing:
-    the ladder liquidates cohorts whole, each at most once and with its t0 units, so the
-    liquidated cohorts say it all."""
+def _tally(state: SimState, params: Params) -> SimState:
+    """`engine.model.skeleton.BookForm.tally` of the ladder: without voluntary closing, the
+    path's liquidations from its final levels (the ladder liquidates cohorts whole, each at most
+    once and with its t0 units, so the liquidated cohorts say it all); with it, the steps
+    tallied their own (`_tally_step`)."""
+    if state.held is not None:
+        return state
     book, pol = params.book, params.policy
     q0, b0 = policies.cap_leverage(book, pol)
     dq = jnp.where(L.liquidated(params.ladder, state.level), q0, 0.0)
-    return T.whole(book, pol, state.totals.tally, dq, b0)
+    t = T.whole(book, pol, state.totals.tally, dq, b0)
+    return state._replace(totals=state.totals._replace(tally=t))
 
 
-def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.ndarray]:
-    """Per-path outputs of a final ladder state (`engine.model.outputs`), and `fallback_step`
-    `[]` int32 (`FALLBACK_NEVER` if the ladder computed the path exactly)."""
+def _outputs(state: SimState, params: Params, static: Static) -> dict[str, jnp.ndarray]:
+    """`engine.model.skeleton.BookForm.outputs` of the ladder: per-path outputs of a tallied
+    final state (`engine.model.outputs`), and `fallback_step` `[]` int32 (`FALLBACK_NEVER` if
+    the ladder computed the path exactly)."""
     lad, mp = params.ladder, params.market
     fair = mp.price0 * jnp.exp(state.x_fair + state.x_trans)
     sigma = jnp.sqrt(state.variance)
@@ -595,8 +589,6 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
         units = units + jnp.sum(jnp.where(state.alive[:, None], account_book.held_legs(tab, cut), 0.0), 0)
         can = account_book.live(tab, state.alive, marks, cut)
         late = late + account_book.left(tab, params, marks, can, fair, cut)
-    if state.held is None:  # else the steps tallied their liquidations (`_tally_step`)
-        state = state._replace(totals=state.totals._replace(tally=_tally(state, params)))
     out = outputs.assemble(state, params, units, late)
     # a search that could not finish (`ladder.find`) hands the last step to the dense kernel
     # and so does a cohort closed by ADL among the deferred (`engine.model.ladder_adl.reached`)
@@ -605,3 +597,21 @@ def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.nd
     handed = jnp.any(unsure) | ladder_adl.reached(state.adl, reach) | dies
     last = jnp.where(handed, static.steps - 1, FALLBACK_NEVER)
     return out | {"fallback_step": jnp.minimum(state.fallback, last)}
+
+
+# The ladder book: levels per rung group, the sides' held shares, the open accounts, the ADL
+# record; the cascade batched over the paths that liquidate.
+LADDER = skeleton.BookForm(
+    "ladder",
+    init_state,
+    _close,
+    _inputs,
+    run_ladder,
+    finish=_flag,
+    adl=adl_step,
+    tally=_tally,
+    outputs=_outputs,
+    prepare=L.prepare,
+    batch=market_batch,
+    batch_adl=adl_batch,
+)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from engine.model import accounts, tally
+from engine.model import accounts
 from engine.model import bins as B
 from engine.model.margin import liquidation_price
 from engine.model.params import JUMP_MAX, Params, Static
@@ -188,16 +188,14 @@ DIAGNOSTICS = {
 
 
 def extract(state: SimState, params: Params, static: Static) -> dict[str, jnp.ndarray]:
-    """Per-path outputs of one path's final state (shapes as in `OUTPUTS`), dense book."""
+    """Per-path outputs of one path's final state (shapes as in `OUTPUTS`), dense book, its
+    liquidations tallied (`engine.model.skeleton.BookForm.tally`)."""
     mp, book = params.market, params.book
     fair = (mp.price0 * jnp.exp(state.x_fair + state.x_trans))[:, None]
     # at the maintenance rate in force for the next step (dynamic margin included)
     mmr = maintenance_rate(book.mmr, jnp.sqrt(state.variance), mp.sigma0, params.policy)
     p_liq = liquidation_price(book.side, state.bankrupt, mmr, book.maint_amount)
     deferred = (state.quantity > 0) & (book.side * (fair - p_liq) <= 0)
-    if state.liquidated_units is not None:  # the whole-position form tallies at the end
-        t = tally.whole(book, params.policy, state.totals.tally, state.liquidated_units, state.bankrupt)
-        state = state._replace(totals=state.totals._replace(tally=t))
     units = jnp.sum(state.quantity, -1)
     late = jnp.sum(jnp.where(deferred, state.quantity * fair, 0.0))
     if params.accounts is not None:

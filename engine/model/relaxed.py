@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from engine.model import derisk, market, policies, skeleton, stages
+from engine.model import derisk, policies, skeleton, stages
 from engine.model.cascade import CascadeInputs, Shares, run_cascade
 from engine.model.params import MarketParams, Params, PolicyParams, Static
 from engine.model.stages import SimState
@@ -110,18 +110,21 @@ def _cascade(inp: Inputs, params: Params, static: Static) -> skeleton.Outcome:
     return skeleton.Outcome(run_cascade(inp.cascade, params, static.rounds, early_exit=False, shares=shares))
 
 
-# The relaxed book: the dense cohorts with the soft breaker and fund.
-RELAXED = skeleton.BookForm(derisk.start, _inputs, _cascade, limits=_limits, halt=_halt, minimum=_minimum)
-
-
-def market_step(
-    state: SimState, draws: market.Draws, t, shock, flow, params: Params, static: Static
-) -> SimState:
-    """`engine.model.kernel.market_step` relaxed: a halt of strength w mixes a halted (weight w)
-    and an open market; w is 0 or 1 as the temperature goes to 0."""
-    return skeleton.market_step(RELAXED, state, draws, t, shock, flow, params, static)
-
-
 def adl_step(state: SimState, t, params: Params) -> SimState:
     """`engine.model.kernel.adl_step` with the soft minimum (t unused)."""
     return stages.deleverage(state, params, _minimum(params))
+
+
+# The relaxed book: the dense cohorts with the soft breaker and fund (a halt of strength w mixes
+# a halted (weight w) and an open market; w is 0 or 1 as the temperature goes to 0).
+RELAXED = skeleton.BookForm(
+    "relaxed",
+    init_state,
+    derisk.start,
+    _inputs,
+    _cascade,
+    adl=adl_step,
+    limits=_limits,
+    halt=_halt,
+    minimum=_minimum,
+)

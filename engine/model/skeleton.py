@@ -6,7 +6,9 @@ into it.
 and the form's voluntary closing, and gives the form's cascade inputs; the form's cascade runs
 on them; `after` runs stages 4-5 and the fund and lets the form record its new book state.
 `market_step` is the three in a row; a form that batches its cascade over paths (the ladder's
-`engine.model.ladder_kernel.market_batch`) calls `before` and `after` itself.
+`engine.model.ladder_kernel.market_batch`) calls `before` and `after` itself. A form also gives
+its state at t0, its stage 6 (ADL), its tally at the path's end and its outputs, so that a
+rollout (`engine.sim.rollout`) runs any form through `BookForm`'s methods alone.
 
 The breaker (`BookForm.limits`, `BookForm.halt`) and the fund's minimum (`BookForm.minimum`) are
 the exact kernel's unless a form replaces them (the relaxed kernel's soft halt and fund,
@@ -15,11 +17,14 @@ the exact kernel's unless a form replaces them (the relaxed kernel's soft halt a
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 
-from engine.model import derisk, market, policies, stages
+from engine.model import derisk, market, outputs, policies, stages
+from engine.model import tally as T
 from engine.model.cascade import Cascade
 from engine.model.params import Params, Static
 from engine.model.stages import Mark, Move, SimState
@@ -72,10 +77,37 @@ def _as_is(new: SimState, b: Before, r, f: Fund, t, params: Params) -> SimState:
     return new
 
 
-class BookForm(NamedTuple):
-    """A form of the kernel's book, as the step takes it (signatures below; `Move`, `Breaker`
-    and `Before` of this module).
+def _unprepared(params: Params, static: Static) -> Params:
+    """`BookForm.prepare` of a form that derives nothing from the parameters."""
+    return params
 
+
+def dense_tally(state: SimState, params: Params) -> SimState:
+    """`BookForm.tally` of the dense cohorts: the whole-position cascade leaves its liquidations
+    (`SimState.liquidated_units`, cohorts closed whole at their bankruptcy price) to the path's
+    end; the general one tallied them round by round (the state as it is)."""
+    if state.liquidated_units is None:
+        return state
+    t = T.whole(params.book, params.policy, state.totals.tally, state.liquidated_units, state.bankrupt)
+    return state._replace(totals=state.totals._replace(tally=t))
+
+
+def exact_adl(state: SimState, t, params: Params) -> SimState:
+    """Stage 6 after the fund (`engine.model.stages.deleverage`; t: `[]` int step, unused)."""
+    return stages.deleverage(state, params)
+
+
+# `jax.vmap` axes of `market_step`'s arguments after the form: paths on the state and draws
+_PER_PATH = (0, 0, None, None, None, None, None)
+
+
+class BookForm(NamedTuple):
+    """A form of the kernel's book: what it keeps per path and how its stages run (signatures
+    below; `Move`, `Breaker` and `Before` of this module).
+
+    name: the form's name (`engine.config.forms.FORMS`);
+    init_state: `(params, static) -> SimState`, the state at t0 with the form's book (prepared
+        parameters);
     close: the step's voluntary closing (`engine.model.derisk`), `(state, m, flow0, lo, hi,
         open_, params, static) -> (state, flow0, Closing | None)`: the state with the form's
         book after it, the flow into the cascade with its orders (as `derisk.start`);
@@ -84,18 +116,61 @@ class BookForm(NamedTuple):
         `engine.model.cascade.Cascade` (its book, when the form carries it there: the dense one);
     finish: `(new, Before, R, Fund, t, params) -> SimState`, the state after stage 5 with the
         form's new book state and flags;
+    adl: `(state, t, params) -> SimState`, stage 6 after the fund (ADL, then bad debt);
+    tally: `(state, params) -> SimState`, a final state with the liquidations its form left to
+        the path's end added to `Totals.tally` (`engine.model.tally`);
+    outputs: `(state, params, static) -> dict`, the per-path outputs of a tallied final state
+        (`engine.model.outputs`);
+    prepare: `(params, static) -> Params`, what the form derives from the parameters once per
+        compiled call (the ladder's sorted book); the other functions take prepared parameters;
+    batch, batch_adl: the form's own `market_batch`, `adl_batch` (None: the one-path step
+        under `jax.vmap`);
     limits, halt: the breaker (as `exact_limits`, `exact_halt`), and minimum: `params ->` the
         fund's minimum (`engine.model.waterfall.pay_from_fund`), the exact kernel's unless the
         form has its own.
     """
 
+    name: str
+    init_state: Callable[[Params, Static], SimState]
     close: Callable[..., tuple]
     inputs: Callable[..., Any]
     cascade: Callable[..., Any]
     finish: Callable[..., SimState] = _as_is
+    adl: Callable[[SimState, Any, Params], SimState] = exact_adl
+    tally: Callable[[SimState, Params], SimState] = dense_tally
+    outputs: Callable[[SimState, Params, Static], dict] = outputs.extract
+    prepare: Callable[[Params, Static], Params] = _unprepared
+    batch: Callable[..., SimState] | None = None
+    batch_adl: Callable[[SimState, Any, Params], SimState] | None = None
     limits: Callable[..., Breaker] = exact_limits
     halt: Callable[..., tuple] = exact_halt
     minimum: Callable[[Params], Callable] = exact_minimum
+
+    def market_step(
+        self, state: SimState, draws: market.Draws, t, shock, flow, params: Params, static: Static
+    ):
+        """Stages 1-5 and the fund of one path (`market_step`)."""
+        return market_step(self, state, draws, t, shock, flow, params, static)
+
+    def market_batch(self, states: SimState, draws, t, shock, flow, params: Params, static: Static):
+        """`market_step` of a batch of paths (leading axis of the states and draws)."""
+        if self.batch is not None:
+            return self.batch(states, draws, t, shock, flow, params, static)
+        return jax.vmap(partial(market_step, self), _PER_PATH)(states, draws, t, shock, flow, params, static)
+
+    def adl_step(self, state: SimState, t, params: Params) -> SimState:
+        """Stage 6 after the fund of one path (t: `[]` int step)."""
+        return self.adl(state, t, params)
+
+    def adl_batch(self, states: SimState, t, params: Params) -> SimState:
+        """`adl_step` of a batch of paths (leading axis)."""
+        if self.batch_adl is not None:
+            return self.batch_adl(states, t, params)
+        return jax.vmap(self.adl, (0, None, None))(states, t, params)
+
+    def extract(self, state: SimState, params: Params, static: Static) -> dict:
+        """Per-path outputs of one path's final state: its `tally`, then its `outputs`."""
+        return self.outputs(self.tally(state, params), params, static)
 
 
 class Before(NamedTuple):

@@ -28,8 +28,8 @@ def test_exact_stages_take_no_temperature():
 
 def test_form_is_chosen_by_static():
     params, static = build.build(Config.model_validate(small_dict()))
-    assert kernel.form(static) is kernel.EXACT
-    assert kernel.form(dataclasses.replace(static, relaxed=True)) is kernel.RELAXED
+    assert kernel.form(static) is kernel.DENSE
+    assert kernel.form(dataclasses.replace(static, relaxed=True)) is relaxed.RELAXED
     exact = kernel.init_state(params, static)
     assert exact.halt_weight is None and exact.quantity0 is None
     soft = kernel.init_state(params, dataclasses.replace(static, relaxed=True))
