@@ -246,8 +246,8 @@ def test_a_run_with_accounts_does_not_depend_on_chunks_or_devices(book_file, mon
     """Bitwise: one chunk of 192 paths on one device, and chunks of 128 on 2 devices (the
     ladder's batches of busy paths, its ADL batches and the devices all differ)."""
     monkeypatch.setenv("LIQSTRESS_DEVICES", "1")
-    whole = simulate(run_config(book_file))
+    whole = simulate(run_config(book_file, tipping_paths=0))
     assert forms.form(forms.point_static(run_config(book_file))) == "ladder"
     assert float(whole["accounts_liquidated_mean"].max()) > 0
     monkeypatch.setenv("LIQSTRESS_DEVICES", "2")
-    xr.testing.assert_identical(simulate(run_config(book_file, chunk_size=128)), whole)
+    xr.testing.assert_identical(simulate(run_config(book_file, chunk_size=128, tipping_paths=0)), whole)

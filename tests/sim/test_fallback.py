@@ -49,7 +49,7 @@ def config(kernel: str, adl_rule: str = "queue", **run) -> Config:
             "seed": 11,
             "steps": 32,
             "fan_points": 8,
-            "tipping_paths": 64,
+            "tipping_paths": 0,
             "kernel": kernel,
             **run,
         },
