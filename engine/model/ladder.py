@@ -294,6 +294,21 @@ def prepare(params: Params, static: Static) -> Params:
     return params._replace(ladder=lad)
 
 
+def without(lad: Ladder, gone: jnp.ndarray) -> Ladder:
+    """`lad` with the cohorts `gone` `[assets, cohorts]` (bool, ladder order) holding no units:
+    their rows' quantity 0 and the prefix sums rebuilt as `build_ladder` builds them. Their keys
+    stay, so a search still passes them, and what it sums of them is 0 (a path's open book once
+    ADL closed some of its cohorts: `engine.model.ladder_kernel`)."""
+    rows = lad.rows.at[..., 1].set(jnp.where(gone, 0.0, lad.rows[..., 1]))
+    q, b, e = rows[..., 1], rows[..., 2], rows[..., 3]
+
+    def cum(q, b, e):
+        hi, lo = _compensated_cumsum(jnp.stack([q, q * b, q * e], -1))
+        return jnp.concatenate([jnp.zeros((1, 6), hi.dtype), jnp.concatenate([hi, lo], -1)])
+
+    return lad._replace(rows=rows, cum=jax.vmap(cum)(q, b, e))
+
+
 def fold(x: jnp.ndarray, op=jnp.add, identity=0) -> jnp.ndarray:
     """Reduce the last axis of x by halving it (`op` of its two halves, padded with `identity`
     to a power of two): elementwise operations only. XLA's CPU backend runs a reduction over a

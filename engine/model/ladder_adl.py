@@ -6,9 +6,10 @@ rung group and is not a change of level, and one event may close hundreds of coh
 over sizes and tiers). What an event closes is a threshold, though: the open, profitable
 cohorts whose log score at the event's mark reaches the queue's bracket
 (`waterfall.queue_closed`). A ladder path therefore keeps, per ADL event and at most
-`EVENTS` of them, the mark `[assets]`, the threshold `[assets, 2]` and the sides' held shares
-`[assets, 2]` (which set the units the score was computed on), and per rung group the first
-closed position and the closed t0 units (`Record`). Nothing per cohort. Cross-margin accounts'
+`EVENTS` of them, the mark `[assets]`, the threshold `[assets, 2]`, the sides' held shares
+`[assets, 2]` and the levels `[assets, groups]` (which set the units the score was computed on
+and the cohorts open then), and per rung group the first closed position and the closed t0
+units beyond the level (`Record`). Nothing per cohort. Cross-margin accounts'
 legs stand in the same queue; an account's closed legs are a bit set per account cohort
 (`Record.cut`, as `SimState.alive` is a bool), and the account table drops their terms
 (`engine.model.account_book`).
@@ -19,12 +20,16 @@ legs stand in the same queue; an account's closed legs are a bit set per account
   function (`engine.model.waterfall.auto_deleverage`): the same cohorts close and the same sums
   result;
 - the stages that sum open units (the voluntary closing's orders, the outputs' open interest)
-  subtract the closed units of each group (`Record.units`): every closed cohort lies beyond its
-  group's level, since
-- a cascade that reaches a closed cohort (its level passes `Record.first`) flags the path
-  (`reached`: the round's prefix sums would count it), and so does a path with more than
-  `EVENTS` events, or pro-rata ADL (a share of every position). A flagged path's numbers come
-  from the dense kernel (`engine.sim.fallback`).
+  subtract the closed units beyond each group's level (`Record.units`);
+- a cascade that reaches a closed cohort (its level passes `Record.first`: `reached`, the
+  round's prefix sums would count it) runs that step again on the path's open book, a ladder
+  without the closed cohorts (`engine.model.ladder.without`, from `closed`: each event
+  recomputed on the cohorts open then, beyond the levels it recorded); `beyond_level` then
+  gives the record's closed cohorts beyond the new levels, and the path's tally at its end leaves
+  out the closed cohorts its levels passed (`engine.model.ladder_kernel`). With voluntary
+  closing such a path is flagged instead, and so is a path with more than `EVENTS` events, or
+  with pro-rata ADL (a share of every position). A flagged path's numbers come from the dense
+  kernel (`engine.sim.fallback`).
 
 The cost is that of the dense queue, `[assets, cohorts]` per bisection, paid only by the paths
 with a deficit and only at those steps (`engine.model.ladder_kernel.adl_batch`).
@@ -51,8 +56,9 @@ class Record(NamedTuple):
     `[EVENTS, assets, 2]` the queue's (`engine.model.waterfall.Adl.threshold`; +inf unused);
     held: `[EVENTS, assets, 2]` the sides' held shares then (1 without voluntary closing);
     events: `[]` int32 recorded; first: `[assets, groups]` int32 the first closed ladder
-    position of each group (the cohort count if none); units: `[assets, groups]` the closed
-    cohorts' t0 units; cut: `[accounts]` with accounts, the bit sets of the legs closed
+    position beyond each group's level (the cohort count if none); units: `[assets, groups]`
+    the t0 units of the closed cohorts beyond the level; level: `[EVENTS, assets, groups]` int32
+    the path's levels at each event (which cohorts were open then); cut: `[accounts]` with accounts, the bit sets of the legs closed
     (`engine.model.account_book.is_cut`), else None."""
 
     mark: jnp.ndarray
@@ -61,6 +67,7 @@ class Record(NamedTuple):
     events: jnp.ndarray
     first: jnp.ndarray
     units: jnp.ndarray
+    level: jnp.ndarray
     cut: jnp.ndarray | None = None
 
 
@@ -75,6 +82,7 @@ def none(lad: L.Ladder) -> Record:
         events=jnp.zeros((), jnp.int32),
         first=jnp.full(lad.start.shape, n_cohorts, jnp.int32),
         units=jnp.zeros(lad.start.shape, dtype),
+        level=jnp.broadcast_to(lad.end, (EVENTS,) + lad.end.shape),
         cut=None if lad.accounts is None else account_book.no_cuts(lad.accounts),
     )
 
@@ -89,35 +97,81 @@ def _per_cohort(held, side) -> jnp.ndarray:
     return jnp.where(side > 0, held[:, :1], held[:, 1:])
 
 
-def open_quantity(params: Params, q0, b0, level, rec: Record, held) -> jnp.ndarray:
-    """The path's units per cohort `[assets, cohorts]` in the book's order, as the dense kernel
-    holds them: `q0` (after the leverage cap) times its side's held share `held` `[assets, 2]`
-    (None: 1) where open (beyond its group's level `level`, not closed by a recorded event),
-    else 0. b0: the bankruptcy prices `[assets, cohorts]` (USD)."""
-    lad, book = params.ladder, params.book
+def _beyond(lad: L.Ladder, level) -> jnp.ndarray:
+    """`[assets, cohorts]` bool in the book's order: the cohorts beyond their group's level
+    `level` `[assets, groups]` (not yet liquidated)."""
     pos = jnp.arange(lad.u.shape[1])[None, :, None]
     beyond = jnp.any((pos >= level[:, None, :]) & (pos < lad.end[:, None, :]), -1)
-    beyond = jax.vmap(lambda o, order: jnp.zeros_like(o).at[order].set(o))(beyond, lad.order)
+    return jax.vmap(lambda o, order: jnp.zeros_like(o).at[order].set(o))(beyond, lad.order)
+
+
+def closed(params: Params, q0, b0, rec: Record) -> jnp.ndarray:
+    """`[assets, cohorts]` bool in the book's order: the cohorts a recorded event closed, each
+    event recomputed on the cohorts open then (beyond its recorded levels) with the same
+    numbers as when it closed them. q0, b0: units and bankruptcy prices `[assets, cohorts]`
+    after the leverage cap (units, USD)."""
+    lad, book = params.ladder, params.book
 
     def closed_by(j, shut):
-        # the event's units, mark and threshold: the same numbers as when it closed them
-        q = jnp.where(beyond, q0 * _per_cohort(rec.held[j], book.side), 0.0)
+        q = jnp.where(_beyond(lad, rec.level[j]), q0 * _per_cohort(rec.held[j], book.side), 0.0)
         opposite = isolated(q, b0, rec.mark[j][:, None], book)
         return shut | queue_closed(opposite, rec.threshold[j])
 
-    shut = jax.lax.fori_loop(0, rec.events, closed_by, jnp.zeros_like(beyond))
-    q = jnp.where(beyond & ~shut, q0, 0.0)
-    return q if held is None else q * _per_cohort(held, book.side)
+    return jax.lax.fori_loop(0, rec.events, closed_by, jnp.zeros(q0.shape, bool))
 
 
-def _groups(lad: L.Ladder, shut) -> tuple[jnp.ndarray, jnp.ndarray]:
+def open_quantity(params: Params, q0, b0, level, rec: Record, held) -> jnp.ndarray:
+    """The path's units per cohort `[assets, cohorts]` in the book's order, as the dense kernel
+    holds them: `q0` (after the leverage cap) times its side's held share `held` `[assets, 2]`
+    (None: 1) where open (beyond its group's level `level`, not `closed`), else 0. b0: the
+    bankruptcy prices `[assets, cohorts]` (USD)."""
+    shut = closed(params, q0, b0, rec)
+    q = jnp.where(_beyond(params.ladder, level) & ~shut, q0, 0.0)
+    return q if held is None else q * _per_cohort(held, params.book.side)
+
+
+def in_ladder_order(lad: L.Ladder, x) -> jnp.ndarray:
+    """x `[assets, cohorts]` (book order) in ladder order."""
+    return jnp.take_along_axis(x, lad.order, axis=1)
+
+
+def _groups(lad: L.Ladder, shut, level=None) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(first position, t0 units) `[assets, groups]` of the cohorts `shut` `[assets, cohorts]`
-    (bool, ladder order) in each group, summed in a fixed order."""
+    (bool, ladder order) in each group (at or beyond `level` `[assets, groups]`, if given),
+    summed in a fixed order."""
     pos = jnp.arange(lad.u.shape[1])
-    member = (pos >= lad.start[..., None]) & (pos < lad.end[..., None]) & shut[:, None, :]
+    lower = lad.start if level is None else level
+    member = (pos >= lower[..., None]) & (pos < lad.end[..., None]) & shut[:, None, :]
     first = jnp.min(jnp.where(member, pos, lad.u.shape[1]), -1).astype(jnp.int32)
     units = L.fold(jnp.where(member, lad.rows[:, None, :, 1], 0.0))
     return first, units
+
+
+def beyond_level(lad: L.Ladder, shut, level) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """`Record.first` and `Record.units` `[assets, groups]` of the closed cohorts `shut`
+    (`closed` in ladder order) once the path's levels are `level` `[assets, groups]`."""
+    return _groups(lad, shut, level)
+
+
+def closed_between(lad: L.Ladder, shut, lower, upper) -> jnp.ndarray:
+    """t0 units `[assets, groups]` of the closed cohorts `shut` (`closed` in ladder order) at
+    positions [lower, upper) `[assets, groups]` of each group, in one pass over the positions."""
+    pos = jnp.arange(lad.u.shape[1])
+
+    def one(sh, rows, start, end, lo, hi):
+        group = jnp.searchsorted(end, pos, side="right")  # beyond the last group: the trailing bucket
+        g = jnp.minimum(group, end.shape[0] - 1)
+        inside = (group < end.shape[0]) & (pos >= lo[g]) & (pos < hi[g]) & sh
+        units = jnp.where(inside, rows[:, 1], 0.0)
+        return jax.ops.segment_sum(units, group, num_segments=end.shape[0] + 1)[:-1]
+
+    return jax.vmap(one)(shut, lad.rows, lad.start, lad.end, lower, upper)
+
+
+def nothing_closed(rec: Record) -> Record:
+    """`rec` as a ladder whose closed cohorts hold no units sees it: no closed cohort in the
+    way of a cascade (`reached` is False)."""
+    return rec._replace(first=jnp.full_like(rec.first, jnp.iinfo(jnp.int32).max))
 
 
 def _legs(state, params: Params, price):
@@ -148,7 +202,7 @@ def _queue(state, t, params: Params):
     price = mp.price0 * jnp.exp(state.x_mark)
     q_legs, legs = _legs(state, params, price)
     r = auto_deleverage(quantity, b0, price, state.deficit, book, pol, legs=legs)
-    shut = jnp.take_along_axis((quantity > 0) & (r.quantity == 0), lad.order, axis=1)
+    shut = in_ladder_order(lad, (quantity > 0) & (r.quantity == 0))
     first, units = _groups(lad, shut)
     closes = jnp.any(shut)
     j = jnp.minimum(rec.events, EVENTS - 1)
@@ -161,6 +215,7 @@ def _queue(state, t, params: Params):
         events=rec.events + closes.astype(jnp.int32),
         first=jnp.minimum(rec.first, first),
         units=rec.units + units,
+        level=put(rec.level, state.level),
         cut=_cut(rec, q_legs, r.accounts),
     )
     tot = state.totals

@@ -13,10 +13,12 @@ the step's liquidations are tallied as they happen (`engine.model.ladder.tallied
 
 The queue's ADL runs on the ladder (`engine.model.ladder_adl`: a path records each event's
 threshold, not the cohorts it closed). What the ladder does not represent, it flags rather than
-approximates: from the first step where a path needs ADL it cannot hold (pro rata),
-whose cascade reaches a cohort ADL closed, or where an equity split's uncertain band or a search
-outruns `engine.model.ladder.WINDOW`, `SimState.fallback` holds that step and the path's
-numbers are taken from the dense kernel (`engine.sim.fallback`).
+approximates: from the first step where a path needs ADL it cannot hold (pro rata), where an
+equity split's uncertain band or a search outruns `engine.model.ladder.WINDOW`, or (with
+voluntary closing) whose cascade reaches a cohort ADL closed, `SimState.fallback` holds that step
+and the path's numbers are taken from the dense kernel (`engine.sim.fallback`). Without voluntary
+closing, a step whose cascade reaches a closed cohort runs again on the path's open book
+(`_past_closed`).
 Cross-margin accounts join each round's orders from their shared table
 (`engine.model.account_book`); a path carries which account cohorts are still open and which
 of their legs ADL closed.
@@ -90,13 +92,19 @@ class Inputs(NamedTuple):
 
 class Result(NamedTuple):
     """`run_ladder`'s result of one path: the cascade (quantity and bankrupt None), the new
-    levels `[assets, groups]`, the accounts still open `[accounts]` (None without), and the flag
-    `[]` that an equity split or a search outran `engine.model.ladder.WINDOW`."""
+    levels `[assets, groups]`, the accounts still open `[accounts]` (None without), the flag
+    `[]` that an equity split or a search outran `engine.model.ladder.WINDOW`, whether the
+    cascade reached a cohort ADL closed `[]` (then `market_batch` runs the step again on the
+    path's open book, `_past_closed`), and the ADL record's `first` and `units` `[assets,
+    groups]` after the step (`engine.model.ladder_adl.Record`)."""
 
     cascade: Cascade
     level: jnp.ndarray
     alive: jnp.ndarray | None
     flag: jnp.ndarray
+    reached: jnp.ndarray
+    first: jnp.ndarray
+    units: jnp.ndarray
 
 
 class _Step(NamedTuple):
@@ -305,9 +313,15 @@ def _finish(st: _Step, inp: Inputs, end: _Rung) -> Result:
     crossed, unsure = L.crossed(lad, p_end, st.mmr, end.level)
     reach = jnp.where(active[:, None], crossed, end.level)
     left = _held(st.held, liquidating(lad, L.between(L.cum_at(lad, reach), end.at)[..., 0]))
-    # a cohort closed by ADL within the reach would count in the prefix sums: the dense kernel's
-    flag = end.overflow | _any(unsure & active[:, None]) | ladder_adl.reached(inp.adl, reach)
-    flag = flag | stop_dies(lad, st.stop_mmr, p_end, end.level, active)
+    flag = (
+        end.overflow | _any(unsure & active[:, None]) | stop_dies(lad, st.stop_mmr, p_end, end.level, active)
+    )
+    # a cohort closed by ADL within the reach counts in the prefix sums: the step is run again on
+    # the open book (`_past_closed`); with voluntary closing the path goes to the dense kernel
+    reached = ladder_adl.reached(inp.adl, reach)
+    if st.held is not None:
+        flag, reached = flag | reached, jnp.zeros_like(reached)
+    done = (reached, inp.adl.first, inp.adl.units)
     c = Cascade(
         quantity=None,
         bankrupt=None,
@@ -327,11 +341,11 @@ def _finish(st: _Step, inp: Inputs, end: _Rung) -> Result:
         ),
     )
     if inp.alive is None:
-        return Result(c, end.level, None, flag)
-    return _settle(st, inp, end, c, p_end, flag)
+        return Result(c, end.level, None, flag, *done)
+    return _settle(st, inp, end, c, p_end, flag, done)
 
 
-def _settle(st: _Step, inp: Inputs, end: _Rung, c: Cascade, p_end, flag) -> Result:
+def _settle(st: _Step, inp: Inputs, end: _Rung, c: Cascade, p_end, flag, done: tuple) -> Result:
     """`_finish` with accounts: the accounts hit in the rounds closed at their fills
     (`engine.model.accounts.settle`, the step's account tally in `Cascade.tally`), and those
     still under water at the last marks `p_end` `[assets]` in the residual."""
@@ -341,7 +355,7 @@ def _settle(st: _Step, inp: Inputs, end: _Rung, c: Cascade, p_end, flag) -> Resu
     start = T.zero(p_end.shape[0], p_end.dtype) if c.tally is None else c.tally
     r = account_book.settle(tab, params, st.marks, pend, start, st.cut)
     late = account_book.left(tab, params, st.marks, st.live & ~pend.hit, p_end, st.cut)
-    return Result(with_settled(c, r, late), end.level, inp.alive & ~pend.hit, flag)
+    return Result(with_settled(c, r, late), end.level, inp.alive & ~pend.hit, flag, *done)
 
 
 def _tally_step(st: _Step, before, after) -> T.Tally:
@@ -453,6 +467,7 @@ def _flag(new: SimState, b: skeleton.Before, r: Result, f: Fund, t, params: Para
     return new._replace(
         level=r.level,
         alive=r.alive,
+        adl=new.adl._replace(first=r.first, units=r.units),
         fallback=jnp.where(needs_dense, jnp.minimum(new.fallback, t), new.fallback),
     )
 
@@ -485,7 +500,8 @@ def _quiet(args: Inputs, params: Params) -> Result:
         None, None, flow0, jnp.zeros(flow0.shape + (2,), flow0.dtype), jnp.zeros(flow0.shape + (2,), flow0.dtype),
         z, z, z, backstop_left, jnp.zeros_like(flow0), z, jnp.zeros(z.shape, jnp.int32), z, tally,
     )  # fmt: skip
-    return Result(c, args.level, args.alive, jnp.zeros(z.shape, bool))
+    no = jnp.zeros(z.shape, bool)
+    return Result(c, args.level, args.alive, no, no, args.adl.first, args.adl.units)
 
 
 # Paths per batch of the cascade, as a share of the paths of a step (at least 8).
@@ -514,15 +530,33 @@ def _for_some(mask, run, args, others, size: int | None = None):
     return jax.lax.while_loop(lambda c: c[0] < count, batch, (jnp.zeros((), count.dtype), others))[1]
 
 
+def _past_closed(inp: Inputs, params: Params, static: Static) -> Result:
+    """`run_ladder` of one path whose cascade reached a cohort ADL closed (`Result.reached`),
+    without voluntary closing: the step again on the path's open book, a ladder whose closed
+    cohorts hold no units (`engine.model.ladder.without`; its rows and prefix sums for this path
+    only, from the closed set the record gives, O(cohorts x ADL events)), and the record's closed
+    cohorts beyond the new levels (`engine.model.ladder_adl.beyond_level`). Paths need it rarely
+    (14 path-steps of 4,096 x 288 in `oct10_2025_collateral`), so they run in batches of
+    `ADL_BATCH`."""
+    lad = params.ladder
+    q0, b0 = policies.cap_leverage(params.book, params.policy)
+    shut = ladder_adl.in_ladder_order(lad, ladder_adl.closed(params, q0, b0, inp.adl))
+    on_open = params._replace(ladder=L.without(lad, shut))
+    r = run_ladder(inp._replace(adl=ladder_adl.nothing_closed(inp.adl)), on_open, static)
+    first, units = ladder_adl.beyond_level(lad, shut, r.level)
+    return r._replace(first=first, units=units)
+
+
 def _rows(mask, x):
     """mask `[paths]` broadcast against x `[paths, ...]`."""
     return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
 
 
 def market_batch(states: SimState, draws, t, shock, flow, params: Params, static: Static) -> SimState:
-    """`LADDER.market_step` of a batch of paths (leading axis). The cascade (`run_batch`) runs only for
-    the paths whose price reaches a cohort this step (W1: 3-7% of path-steps). A path's numbers
-    do not depend on which batch computed them."""
+    """`LADDER.market_step` of a batch of paths (leading axis). The cascade (`run_batch`) runs
+    only for the paths whose price reaches a cohort this step (W1: 3-7% of path-steps), and again
+    on the path's open book for those whose cascade reached a cohort ADL closed (`_past_closed`).
+    A path's numbers do not depend on which batch computed them."""
     per_path = (0, 0, None, None, None, None, None)
     b = jax.vmap(partial(skeleton.before, LADDER), per_path)(states, draws, t, shock, flow, params, static)
 
@@ -538,6 +572,9 @@ def market_batch(states: SimState, draws, t, shock, flow, params: Params, static
         # legs' terms (all zero then: the same numbers either way, at a lower cost)
         uncut = b.inputs._replace(adl=b.inputs.adl._replace(cut=None))
         cascade = jax.lax.cond(jnp.any(cut != 0), lambda: cascade_of(b.inputs), lambda: cascade_of(uncut))
+    if not static.derisk:  # (with voluntary closing such a path is flagged: `_finish`)
+        past = jax.vmap(lambda a: _past_closed(a, params, static))
+        cascade = _for_some(cascade.reached, past, b.inputs, cascade, ADL_BATCH)
     after = partial(skeleton.after, LADDER)
     return jax.vmap(after, (0, None, 0, 0, None, None))(draws, t, b, cascade, params, static)
 
@@ -564,7 +601,9 @@ def _tally(state: SimState, params: Params) -> SimState:
         return state
     book, pol = params.book, params.policy
     q0, b0 = policies.cap_leverage(book, pol)
-    dq = jnp.where(L.liquidated(params.ladder, state.level), q0, 0.0)
+    # a level may have passed cohorts ADL closed (`_past_closed`): they were not liquidated
+    shut = ladder_adl.closed(params, q0, b0, state.adl)
+    dq = jnp.where(L.liquidated(params.ladder, state.level) & ~shut, q0, 0.0)
     t = T.whole(book, pol, state.totals.tally, dq, b0)
     return state._replace(totals=state.totals._replace(tally=t))
 
@@ -580,7 +619,12 @@ def _outputs(state: SimState, params: Params, static: Static) -> dict[str, jnp.n
     at, held = L.cum_at(lad, state.level), _per_group(lad, state.held)
     open_units = _held(held, L.between(L.cum_at(lad, lad.end), at)[..., 0] - state.adl.units)
     reach, unsure = L.crossed(lad, fair, mmr, state.level)
-    deferred = _held(held, liquidating(lad, L.between(L.cum_at(lad, reach), at)[..., 0]))
+    beyond = L.between(L.cum_at(lad, reach), at)[..., 0]
+    if state.held is None:  # without the cohorts ADL closed among them (`_past_closed`)
+        q0, b0 = policies.cap_leverage(params.book, params.policy)
+        shut = ladder_adl.in_ladder_order(lad, ladder_adl.closed(params, q0, b0, state.adl))
+        beyond = beyond - ladder_adl.closed_between(lad, shut, state.level, reach)
+    deferred = _held(held, liquidating(lad, beyond))
     units, late = jnp.sum(open_units, -1), jnp.sum(fair * jnp.sum(deferred, -1))
     if state.alive is not None:  # the open accounts' legs, and those under water at the fair price
         tab = lad.accounts
@@ -591,10 +635,12 @@ def _outputs(state: SimState, params: Params, static: Static) -> dict[str, jnp.n
         late = late + account_book.left(tab, params, marks, can, fair, cut)
     out = outputs.assemble(state, params, units, late)
     # a search that could not finish (`ladder.find`) hands the last step to the dense kernel
-    # and so does a cohort closed by ADL among the deferred (`engine.model.ladder_adl.reached`)
-    # and a stop order beyond its liquidation price (`stop_dies`)
+    # and so does a stop order beyond its liquidation price (`stop_dies`), and with voluntary
+    # closing a cohort closed by ADL among the deferred (`engine.model.ladder_adl.reached`)
     dies = stop_dies(lad, stop_rates(params, sigma), fair, state.level, jnp.ones(fair.shape, bool))
-    handed = jnp.any(unsure) | ladder_adl.reached(state.adl, reach) | dies
+    handed = jnp.any(unsure) | dies
+    if state.held is not None:
+        handed = handed | ladder_adl.reached(state.adl, reach)
     last = jnp.where(handed, static.steps - 1, FALLBACK_NEVER)
     return out | {"fallback_step": jnp.minimum(state.fallback, last)}
 

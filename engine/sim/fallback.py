@@ -1,8 +1,8 @@
 """The dense kernel as the ladder's fallback: rerun the paths the ladder flagged.
 
 The ladder kernel (`engine.model.ladder_kernel`) flags a path at the first step it cannot
-compute exactly (pro-rata ADL, a cascade that reaches a cohort the queue closed, an equity
-split wider than its window, a dynamic-margin rate at the cap, a short stop order carried past
+compute exactly (pro-rata ADL, with voluntary closing a cascade that reaches a cohort the
+queue closed, an equity split wider than its window, a dynamic-margin rate at the cap, a short stop order carried past
 its liquidation price) and reports that
 step as the output `fallback_step`. `complete` reruns exactly those paths, by their global
 index, on the dense kernel (the same draws: keys come from the index), takes all their outputs

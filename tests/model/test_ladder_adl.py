@@ -115,6 +115,45 @@ def test_a_level_that_passes_a_closed_cohort_is_reached():
     assert not bool(ladder_adl.reached(state.adl, lad.end))  # nothing closed yet
 
 
+def test_the_open_book_past_closed_cohorts_sums_only_the_open_ones():
+    """What a step whose cascade passes cohorts ADL closed runs on (`ladder_kernel._past_closed`):
+    the ladder without them sums the open cohorts only, the closed ones between two levels are
+    the rest, and the record's closed cohorts beyond a level are those `_queue` recorded."""
+    params, static, state, rng = _setup(0)
+    lad = params.ladder
+    q0, b0 = policies.cap_leverage(params.book, params.policy)
+    step = jax.jit(ladder_adl.deleverage)
+    open_interest = float(jnp.sum(jnp.sum(params.book.quantity, -1) * params.market.price0))
+    for t in range(4):
+        x_mark = jnp.asarray(rng.normal(0.0, 0.06, static.n_assets))
+        deficit = jnp.asarray(rng.uniform(0, 0.02, (static.n_assets, 2)) * open_interest / static.n_assets)
+        state = step(state._replace(x_mark=x_mark, deficit=deficit), t, params)
+    shut = ladder_adl.in_ladder_order(lad, jax.jit(ladder_adl.closed)(params, q0, b0, state.adl))
+    open_q = np.asarray(ladder_adl.in_ladder_order(lad, _open(params, state)))
+    q = np.asarray(lad.rows[..., 1])
+    assert np.any(shut), "no cohort closed"
+    lower, upper = state.level, lad.end
+    on_open = L.without(lad, shut)
+    got = np.asarray(L.between(L.cum_at(on_open, upper), L.cum_at(on_open, lower))[..., 0])
+    got_closed = np.asarray(ladder_adl.closed_between(lad, shut, lower, upper))
+    want = np.zeros_like(got)
+    want_closed = np.zeros_like(got)
+    for a in range(static.n_assets):
+        for g in range(lad.start.shape[1]):
+            span = slice(int(lower[a, g]), int(upper[a, g]))
+            want[a, g] = open_q[a, span].sum()
+            want_closed[a, g] = np.where(np.asarray(shut)[a, span], q[a, span], 0.0).sum()
+    assert_close(got, want, 1e-12, float(q.max()), "open units on the open book")
+    assert_close(got_closed, want_closed, 1e-12, float(q.max()), "closed units between the levels")
+    whole = np.asarray(L.between(L.cum_at(lad, upper), L.cum_at(lad, lower))[..., 0])
+    assert_close(got + got_closed, whole, 1e-12, float(q.max()), "open and closed make the book")
+    first, units = ladder_adl.beyond_level(lad, shut, lower)
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(state.adl.first))
+    assert_close(units, state.adl.units, 1e-12, float(q.max()), "closed units beyond the level")
+    first, units = ladder_adl.beyond_level(lad, shut, upper)  # a level past every closed cohort
+    assert np.all(np.asarray(first) == lad.u.shape[1]) and np.all(np.asarray(units) == 0)
+
+
 def test_pro_rata_and_accounts_are_flagged_not_taken():
     params, static, state, _ = _setup(2)
     deficit = jnp.ones((static.n_assets, 2)) * 1e6
