@@ -189,8 +189,6 @@ def _one_asset(side, mmr, maint, entry, q, b, stop, static: Static):
     start = jnp.searchsorted(g_sorted, ids, side="left").astype(jnp.int32)
     end = jnp.searchsorted(g_sorted, ids, side="right").astype(jnp.int32)
     q_s, b_s, e_s = q[order], b[order], entry[order]
-    hi, lo = _compensated_cumsum(jnp.stack([q_s, q_s * b_s, q_s * e_s], -1))
-    zero = jnp.zeros((1, 6), hi.dtype)
     empty = end <= start
     a_lo = jax.ops.segment_min(maint, group, num_segments=n_groups + 1)[:n_groups]
     a_hi = jax.ops.segment_max(maint, group, num_segments=n_groups + 1)[:n_groups]
@@ -202,7 +200,7 @@ def _one_asset(side, mmr, maint, entry, q, b, stop, static: Static):
         u_lo=u_lo,
         per_usd=per_usd,
         rows=jnp.stack([u_s, q_s, b_s, e_s], -1),
-        cum=jnp.concatenate([zero, jnp.concatenate([hi, lo], -1)]),
+        cum=_unit_sums(q_s, b_s, e_s),
         start=start,
         end=end,
         side=group_side,
@@ -216,6 +214,19 @@ def _one_asset(side, mmr, maint, entry, q, b, stop, static: Static):
     # the stops' own base rate (tier 0's), for the test that one is liquidated before it triggers
     stop_rate = jax.ops.segment_max(jnp.where(is_stop, mmr, 0.0), group, num_segments=n_groups + 1)[:n_groups]
     return lad._replace(stop=ids >= 2 * n_rates, stop_rate=jnp.where(empty, 0.0, stop_rate))
+
+
+def _prefix_sums(x: jnp.ndarray) -> jnp.ndarray:
+    """Prefix sums `[n + 1, 2 columns]` of x `[n, columns]` along axis 0 from 0, compensated:
+    the high parts, then the low parts (`Ladder.cum`, `TallyTable.cum`)."""
+    hi, lo = _compensated_cumsum(x)
+    return jnp.concatenate([jnp.zeros((1, 2 * x.shape[-1]), hi.dtype), jnp.concatenate([hi, lo], -1)])
+
+
+def _unit_sums(q, b, e) -> jnp.ndarray:
+    """`Ladder.cum` of one asset from its rows in ladder order, q, b, e `[cohorts]`: the prefix
+    sums of (q, q b, q e)."""
+    return _prefix_sums(jnp.stack([q, q * b, q * e], -1))
 
 
 def _grid(u, start, end, cells: int):
@@ -270,8 +281,6 @@ def tally_table(book: BookParams, pol: PolicyParams, lad: Ladder) -> TallyTable:
 def _tally_one(cols, one, order, end) -> TallyTable:
     """The `TallyTable` of one asset: cols `[cohorts, columns]` and one `[cohorts]` per cohort in
     the book's order, order `[cohorts]` its ladder order, end `[groups]` the groups' ends."""
-    hi, lo = _compensated_cumsum(cols[order])
-    zero = jnp.zeros((1, 2 * cols.shape[-1]), hi.dtype)
     # each position's group (positions beyond the last group: the trailing bucket)
     group = jnp.searchsorted(end, jnp.arange(order.shape[0]), side="right")
 
@@ -280,7 +289,7 @@ def _tally_one(cols, one, order, end) -> TallyTable:
         return jnp.where(b[1] == a[1], jnp.maximum(a[0], b[0]), b[0]), b[1]
 
     worst = jax.lax.associative_scan(running_max, (one[order], group))[0]
-    return TallyTable(jnp.concatenate([zero, jnp.concatenate([hi, lo], -1)]), worst)
+    return TallyTable(_prefix_sums(cols[order]), worst)
 
 
 def prepare(params: Params, static: Static) -> Params:
@@ -300,13 +309,7 @@ def without(lad: Ladder, gone: jnp.ndarray) -> Ladder:
     stay, so a search still passes them, and what it sums of them is 0 (a path's open book once
     ADL closed some of its cohorts: `engine.model.ladder_kernel`)."""
     rows = lad.rows.at[..., 1].set(jnp.where(gone, 0.0, lad.rows[..., 1]))
-    q, b, e = rows[..., 1], rows[..., 2], rows[..., 3]
-
-    def cum(q, b, e):
-        hi, lo = _compensated_cumsum(jnp.stack([q, q * b, q * e], -1))
-        return jnp.concatenate([jnp.zeros((1, 6), hi.dtype), jnp.concatenate([hi, lo], -1)])
-
-    return lad._replace(rows=rows, cum=jax.vmap(cum)(q, b, e))
+    return lad._replace(rows=rows, cum=jax.vmap(_unit_sums)(rows[..., 1], rows[..., 2], rows[..., 3]))
 
 
 def fold(x: jnp.ndarray, op=jnp.add, identity=0) -> jnp.ndarray:

@@ -135,22 +135,15 @@ def in_ladder_order(lad: L.Ladder, x) -> jnp.ndarray:
     return jnp.take_along_axis(x, lad.order, axis=1)
 
 
-def _groups(lad: L.Ladder, shut, level=None) -> tuple[jnp.ndarray, jnp.ndarray]:
+def beyond_level(lad: L.Ladder, shut, level) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(first position, t0 units) `[assets, groups]` of the cohorts `shut` `[assets, cohorts]`
-    (bool, ladder order) in each group (at or beyond `level` `[assets, groups]`, if given),
-    summed in a fixed order."""
+    (bool, ladder order) at or beyond each group's level `level` `[assets, groups]`, summed in a
+    fixed order: `Record.first` and `Record.units` of closed cohorts."""
     pos = jnp.arange(lad.u.shape[1])
-    lower = lad.start if level is None else level
-    member = (pos >= lower[..., None]) & (pos < lad.end[..., None]) & shut[:, None, :]
+    member = (pos >= level[..., None]) & (pos < lad.end[..., None]) & shut[:, None, :]
     first = jnp.min(jnp.where(member, pos, lad.u.shape[1]), -1).astype(jnp.int32)
     units = L.fold(jnp.where(member, lad.rows[:, None, :, 1], 0.0))
     return first, units
-
-
-def beyond_level(lad: L.Ladder, shut, level) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """`Record.first` and `Record.units` `[assets, groups]` of the closed cohorts `shut`
-    (`closed` in ladder order) once the path's levels are `level` `[assets, groups]`."""
-    return _groups(lad, shut, level)
 
 
 def closed_between(lad: L.Ladder, shut, lower, upper) -> jnp.ndarray:
@@ -203,7 +196,7 @@ def _queue(state, t, params: Params):
     q_legs, legs = _legs(state, params, price)
     r = auto_deleverage(quantity, b0, price, state.deficit, book, pol, legs=legs)
     shut = in_ladder_order(lad, (quantity > 0) & (r.quantity == 0))
-    first, units = _groups(lad, shut)
+    first, units = beyond_level(lad, shut, lad.start)
     closes = jnp.any(shut)
     j = jnp.minimum(rec.events, EVENTS - 1)
     held = jnp.ones_like(r.threshold) if state.held is None else state.held
