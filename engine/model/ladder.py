@@ -90,7 +90,7 @@ class Ladder(NamedTuple):
     order: jnp.ndarray
     # the point's cross-margin account cohorts (`engine.model.account_book`), or None
     accounts: AccountTable | None = None
-    # with voluntary closing (`Static.derisk`), what the step's tally reads, or None
+    # what the tally reads (`TallyTable`; built by `prepare`)
     tally: TallyTable | None = None
     # with stop orders (`Static.stops`): `[assets, groups]` bool, the groups that hold them, and
     # the base maintenance rate of their cohorts (0 elsewhere); else None
@@ -100,9 +100,9 @@ class Ladder(NamedTuple):
 
 class TallyTable(NamedTuple):
     """What the tally (`engine.model.tally`) of the cohorts liquidated between two levels reads,
-    in ladder order. With voluntary closing a cohort is liquidated with the share of its t0
-    units its side still holds, so the ladder kernel tallies each step (`tallied`) instead of a
-    path's final levels.
+    in ladder order: a path's liquidations from each group's start to its final level, or with
+    voluntary closing a step's (a cohort is then liquidated with the share of its t0 units its
+    side still holds, so the ladder kernel tallies each step).
 
     cum: `[assets, cohorts + 1, 2 (1 + 2 buckets)]` prefix sums of the t0 units' positions,
     notional at entry by leverage bucket (USD) and trader loss `s q (e - b)` by leverage bucket
@@ -293,14 +293,12 @@ def _tally_one(cols, one, order, end) -> TallyTable:
 
 
 def prepare(params: Params, static: Static) -> Params:
-    """`params` with its ladder and account table built (once per compiled call, outside the
-    scan over steps), and with voluntary closing the ladder's `TallyTable`."""
+    """`params` with its ladder, its `TallyTable` and its account table built (once per compiled
+    call, outside the scan over steps)."""
     lad = build_ladder(params.book, params.policy, static)
     if params.accounts is not None:
         lad = lad._replace(accounts=account_book.table(params))
-    if static.derisk:
-        lad = lad._replace(tally=tally_table(params.book, params.policy, lad))
-    return params._replace(ladder=lad)
+    return params._replace(ladder=lad._replace(tally=tally_table(params.book, params.policy, lad)))
 
 
 def without(lad: Ladder, gone: jnp.ndarray) -> Ladder:

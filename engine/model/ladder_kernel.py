@@ -337,7 +337,7 @@ def _finish(st: _Step, inp: Inputs, end: _Rung) -> Result:
         rounds=end.busy,
         residual=L.fold(p_end * L.fold(left)),
         tally=with_stop_notional(
-            None if st.held is None else _tally_step(st, inp.level, end.level), end.stops
+            None if st.held is None else _tally_step(st.lad, st.held, inp.level, end.level), end.stops
         ),
     )
     if inp.alive is None:
@@ -358,12 +358,13 @@ def _settle(st: _Step, inp: Inputs, end: _Rung, c: Cascade, p_end, flag, done: t
     return Result(with_settled(c, r, late), end.level, inp.alive & ~pend.hit, flag, *done)
 
 
-def _tally_step(st: _Step, before, after) -> T.Tally:
-    """The tally (`engine.model.tally`) of the cohorts a step liquidated, ladder positions
-    [before, after) `[assets, groups]` of each group, at the units they held (`_Step.held`); its
-    `largest_loss` is that of every cohort liquidated so far (a running maximum either way)."""
-    sums, worst = L.tallied(st.lad, before, after)
-    sums = _held(st.held, sums)
+def _tally_step(lad: L.Ladder, held, before, after) -> T.Tally:
+    """The tally (`engine.model.tally`) of the cohorts liquidated at ladder positions [before,
+    after) `[assets, groups]` of each group (a step's, or a path's from each group's start), at
+    the units they held (`Inputs.held`, None: their t0 units); its `largest_loss` is that of
+    every cohort liquidated before `after` (a running maximum either way)."""
+    sums, worst = L.tallied(lad, before, after)
+    sums = _held(held, sums)
     positions = L.fold(sums[..., 0])
     by_bucket = _total(jnp.moveaxis(sums[..., 1:], -1, 0))  # [2 buckets] entry, then loss
     entry, loss = jnp.split(by_bucket, 2)
@@ -595,10 +596,27 @@ def adl_batch(states: SimState, t, params: Params) -> SimState:
 def _tally(state: SimState, params: Params) -> SimState:
     """`engine.model.skeleton.BookForm.tally` of the ladder: without voluntary closing, the
     path's liquidations from its final levels (the ladder liquidates cohorts whole, each at most
-    once and with its t0 units, so the liquidated cohorts say it all); with it, the steps
-    tallied their own (`_tally_step`)."""
+    once and with its t0 units, so the liquidated cohorts say it all: `_tally_open`, or
+    `_tally_past_closed` for a path with an ADL event); with it, the steps tallied their own
+    (`_tally_step`)."""
     if state.held is not None:
         return state
+    return jax.lax.cond(state.adl.events > 0, _tally_past_closed, _tally_open, state, params)
+
+
+def _tally_open(state: SimState, params: Params) -> SimState:
+    """`_tally` of a path no ADL event touched: the liquidated cohorts are each group's positions
+    from its start to its level, so their tally is a difference of prefix sums
+    (`engine.model.ladder.tallied`), O(groups) per path."""
+    lad = params.ladder
+    t = T.add(state.totals.tally, _tally_step(lad, None, lad.start, state.level))
+    return state._replace(totals=state.totals._replace(tally=t))
+
+
+def _tally_past_closed(state: SimState, params: Params) -> SimState:
+    """`_tally` of a path with an ADL event: its levels may have passed cohorts ADL closed
+    (`_past_closed`), which were not liquidated, so the liquidated cohorts are summed one by one
+    (`engine.model.tally.whole`, the dense kernel's), O(cohorts x events) per path."""
     book, pol = params.book, params.policy
     q0, b0 = policies.cap_leverage(book, pol)
     # a level may have passed cohorts ADL closed (`_past_closed`): they were not liquidated
@@ -608,10 +626,13 @@ def _tally(state: SimState, params: Params) -> SimState:
     return state._replace(totals=state.totals._replace(tally=t))
 
 
-def _outputs(state: SimState, params: Params, static: Static) -> dict[str, jnp.ndarray]:
+def _outputs(
+    state: SimState, params: Params, static: Static, past_closed: bool = True
+) -> dict[str, jnp.ndarray]:
     """`engine.model.skeleton.BookForm.outputs` of the ladder: per-path outputs of a tallied
     final state (`engine.model.outputs`), and `fallback_step` `[]` int32 (`FALLBACK_NEVER` if
-    the ladder computed the path exactly)."""
+    the ladder computed the path exactly). past_closed: False for a path no ADL event touched
+    (the same numbers without the pass over the cohorts that finds the closed ones)."""
     lad, mp = params.ladder, params.market
     fair = mp.price0 * jnp.exp(state.x_fair + state.x_trans)
     sigma = jnp.sqrt(state.variance)
@@ -620,7 +641,7 @@ def _outputs(state: SimState, params: Params, static: Static) -> dict[str, jnp.n
     open_units = _held(held, L.between(L.cum_at(lad, lad.end), at)[..., 0] - state.adl.units)
     reach, unsure = L.crossed(lad, fair, mmr, state.level)
     beyond = L.between(L.cum_at(lad, reach), at)[..., 0]
-    if state.held is None:  # without the cohorts ADL closed among them (`_past_closed`)
+    if state.held is None and past_closed:  # without the cohorts ADL closed among them (`_past_closed`)
         q0, b0 = policies.cap_leverage(params.book, params.policy)
         shut = ladder_adl.in_ladder_order(lad, ladder_adl.closed(params, q0, b0, state.adl))
         beyond = beyond - ladder_adl.closed_between(lad, shut, state.level, reach)
@@ -645,6 +666,20 @@ def _outputs(state: SimState, params: Params, static: Static) -> dict[str, jnp.n
     return out | {"fallback_step": jnp.minimum(state.fallback, last)}
 
 
+def _extract_batch(states: SimState, params: Params, static: Static, block: int) -> dict:
+    """`engine.model.skeleton.BookForm.extract_batch` of the ladder: without voluntary closing,
+    the paths no ADL event touched are extracted in O(groups) each (`_tally_open`, `_outputs`
+    without the closed cohorts), in blocks of `block` paths, and only those with an event pass
+    over the cohorts, in batches of `ADL_BATCH` (a path's numbers are its `extract`'s)."""
+    one = lambda s: LADDER.extract(s, params, static)
+    if states.held is not None:
+        return jax.lax.map(one, states, batch_size=block)
+    plain = jax.lax.map(
+        lambda s: _outputs(_tally_open(s, params), params, static, False), states, batch_size=block
+    )
+    return _for_some(states.adl.events > 0, jax.vmap(one), states, plain, ADL_BATCH)
+
+
 # The ladder book: levels per rung group, the sides' held shares, the open accounts, the ADL
 # record; the cascade batched over the paths that liquidate.
 LADDER = skeleton.BookForm(
@@ -660,4 +695,5 @@ LADDER = skeleton.BookForm(
     prepare=L.prepare,
     batch=market_batch,
     batch_adl=adl_batch,
+    batch_extract=_extract_batch,
 )

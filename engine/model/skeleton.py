@@ -123,8 +123,8 @@ class BookForm(NamedTuple):
         (`engine.model.outputs`);
     prepare: `(params, static) -> Params`, what the form derives from the parameters once per
         compiled call (the ladder's sorted book); the other functions take prepared parameters;
-    batch, batch_adl: the form's own `market_batch`, `adl_batch` (None: the one-path step
-        under `jax.vmap`);
+    batch, batch_adl, batch_extract: the form's own `market_batch`, `adl_batch`,
+        `extract_batch` (None: the one-path function under `jax.vmap`, or `jax.lax.map`);
     limits, halt: the breaker (as `exact_limits`, `exact_halt`), and minimum: `params ->` the
         fund's minimum (`engine.model.waterfall.pay_from_fund`), the exact kernel's unless the
         form has its own.
@@ -142,6 +142,7 @@ class BookForm(NamedTuple):
     prepare: Callable[[Params, Static], Params] = _unprepared
     batch: Callable[..., SimState] | None = None
     batch_adl: Callable[[SimState, Any, Params], SimState] | None = None
+    batch_extract: Callable[..., dict] | None = None
     limits: Callable[..., Breaker] = exact_limits
     halt: Callable[..., tuple] = exact_halt
     minimum: Callable[[Params], Callable] = exact_minimum
@@ -171,6 +172,15 @@ class BookForm(NamedTuple):
     def extract(self, state: SimState, params: Params, static: Static) -> dict:
         """Per-path outputs of one path's final state: its `tally`, then its `outputs`."""
         return self.outputs(self.tally(state, params), params, static)
+
+    def extract_batch(self, states: SimState, params: Params, static: Static, block: int) -> dict:
+        """`extract` of a batch of paths (leading axis), `{name: [paths, ...]}`: `jax.lax.map` in
+        blocks of `block` paths (XLA's reductions over cohorts may associate differently for
+        different batch sizes, and a path's outputs must not depend on how many paths a device
+        holds), unless the form has its own."""
+        if self.batch_extract is not None:
+            return self.batch_extract(states, params, static, block)
+        return jax.lax.map(lambda s: self.extract(s, params, static), states, batch_size=block)
 
 
 class Before(NamedTuple):

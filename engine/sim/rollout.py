@@ -139,13 +139,9 @@ def _finish(carry: Carry, params: Params, static: Static):
     """Per-path outputs `{name: [paths, ...]}` of the final states."""
     states = carry.states
     n_paths = states.x_mark.shape[0]
-    # Blocks of a fixed number of paths: XLA's reductions over cohorts may associate
-    # differently for different batch sizes, and the outputs must not depend on how many
-    # paths a device holds (chunk size, device count).
-    block = math.gcd(n_paths, EXTRACT_BLOCK)
     kernel = form(static)
     params = kernel.prepare(params, static)
-    return jax.lax.map(lambda s: kernel.extract(s, params, static), states, batch_size=block)
+    return kernel.extract_batch(states, params, static, math.gcd(n_paths, EXTRACT_BLOCK))
 
 
 def dense(static: Static) -> Static:
