@@ -38,6 +38,7 @@ that a range's sum keeps the precision of the range rather than of the whole boo
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -292,6 +293,7 @@ def _tally_one(cols, one, order, end) -> TallyTable:
     return TallyTable(_prefix_sums(cols[order]), worst)
 
 
+@partial(jax.jit, static_argnums=1)
 def prepare(params: Params, static: Static) -> Params:
     """`params` with its ladder, its `TallyTable` and its account table built (once per compiled
     call, outside the scan over steps)."""

@@ -185,6 +185,7 @@ class _Hit(NamedTuple):
     accounts: jnp.ndarray | None = None
 
 
+@jax.jit
 def _head(st: _Step, c: _Rung) -> _Hit:
     """A round up to the equity split: how far the round's price reaches into each group (a
     search, `engine.model.ladder.crossed`), the units and accounts of the newly hit cohorts
@@ -216,6 +217,7 @@ def _head(st: _Step, c: _Rung) -> _Hit:
     return _Hit(p_r, level, at, dq, dqb, dqe, net, size, absorbed, phi, flow, fill, short, wide, over, hit)
 
 
+@jax.jit
 def _split(st: _Step, c: _Rung, h: _Hit) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(shortfall `[assets, groups]`, over `[]`) of a round: where the first window did not cover
     every cohort that may be under water, the search's (`engine.model.ladder.shortfall`)."""
@@ -223,6 +225,7 @@ def _split(st: _Step, c: _Rung, h: _Hit) -> tuple[jnp.ndarray, jnp.ndarray]:
     return jnp.where(h.wide, _held(st.held, exact), h.short), h.over | _any(h.wide & outran)
 
 
+@jax.jit
 def _tail(st: _Step, c: _Rung, h: _Hit, short, over) -> _Rung:
     """The round's accounts from its hits and its shortfall `[assets, groups]`."""
     lad, d = st.lad, st.params.policy.backstop_discount
@@ -262,6 +265,7 @@ def _round(st: _Step, c: _Rung) -> _Rung:
     return _tail(st, c, h, *_split(st, c, h))
 
 
+@jax.jit
 def _step(inp: Inputs, params: Params) -> _Step:
     """What the rounds of one path's step share (`Inputs`)."""
     marks = live = cut = None
@@ -286,6 +290,7 @@ def _step(inp: Inputs, params: Params) -> _Step:
     )
 
 
+@partial(jax.jit, static_argnums=2)
 def _start(inp: Inputs, params: Params, rounds: int) -> tuple[_Step, _Rung]:
     """The step's shared values and the rounds' first carry of one path; rounds: the most
     rounds of a step (`Static.rounds`)."""
@@ -303,6 +308,7 @@ def _start(inp: Inputs, params: Params, rounds: int) -> tuple[_Step, _Rung]:
     return st, start
 
 
+@jax.jit
 def _finish(st: _Step, inp: Inputs, end: _Rung) -> Result:
     """`run_ladder`'s result from the last round's carry: the cohorts still beyond their
     liquidation price when the rounds ran out carry over (`Cascade.residual`); the accounts hit
@@ -409,6 +415,7 @@ def run_batch(args: Inputs, params: Params, static: Static) -> Result:
     return jax.vmap(lambda a, c: _finish(_step(a, params), a, c))(args, end)
 
 
+@partial(jax.jit, static_argnums=1)
 def init_state(params: Params, static: Static) -> SimState:
     """State at t0 of one path: the dense kernel's, with the book as ladder levels (nothing
     liquidated) instead of per-cohort arrays. `params` must be `prepare`d."""
