@@ -27,7 +27,10 @@ margin and no waterfall (`engine.model.ladder_stops`).
 
 The module stays whole: one path's rounds (`run_ladder`) and a batch's (`run_batch`, where only
 busy paths run the cascade) share the rounds' private carry and stages (`_Rung`, `_Hit`,
-`_head`, `_split`, `_tail`), which would otherwise be imported across modules.
+`_head`, `_split`, `_tail`), which would otherwise be imported across modules. Those one-path
+stages, the step's start and end and the state at t0 are `jax.jit` functions: a run traces a
+kernel per chunk size (its chunks', the tipping probe's) and the cascade twice (`_past_closed`),
+and each reuses their traces (XLA inlines them: the numbers are the same).
 """
 
 from __future__ import annotations
