@@ -135,6 +135,13 @@ def in_ladder_order(lad: L.Ladder, x) -> jnp.ndarray:
     return jnp.take_along_axis(x, lad.order, axis=1)
 
 
+def closed_in_ladder_order(params: Params, rec: Record) -> jnp.ndarray:
+    """`closed` of the record `rec` on the point's book after its leverage cap, `[assets,
+    cohorts]` bool in ladder order."""
+    q0, b0 = policies.cap_leverage(params.book, params.policy)
+    return in_ladder_order(params.ladder, closed(params, q0, b0, rec))
+
+
 def beyond_level(lad: L.Ladder, shut, level) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(first position, t0 units) `[assets, groups]` of the cohorts `shut` `[assets, cohorts]`
     (bool, ladder order) at or beyond each group's level `level` `[assets, groups]`, summed in a

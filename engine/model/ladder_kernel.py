@@ -550,8 +550,7 @@ def _past_closed(inp: Inputs, params: Params, static: Static) -> Result:
     (14 path-steps of 4,096 x 288 in `oct10_2025_collateral`), so they run in batches of
     `ADL_BATCH`."""
     lad = params.ladder
-    q0, b0 = policies.cap_leverage(params.book, params.policy)
-    shut = ladder_adl.in_ladder_order(lad, ladder_adl.closed(params, q0, b0, inp.adl))
+    shut = ladder_adl.closed_in_ladder_order(params, inp.adl)
     on_open = params._replace(ladder=L.without(lad, shut))
     r = run_ladder(inp._replace(adl=ladder_adl.nothing_closed(inp.adl)), on_open, static)
     first, units = ladder_adl.beyond_level(lad, shut, r.level)
@@ -652,8 +651,7 @@ def _outputs(
     reach, unsure = L.crossed(lad, fair, mmr, state.level)
     beyond = L.between(L.cum_at(lad, reach), at)[..., 0]
     if state.held is None and past_closed:  # without the cohorts ADL closed among them (`_past_closed`)
-        q0, b0 = policies.cap_leverage(params.book, params.policy)
-        shut = ladder_adl.in_ladder_order(lad, ladder_adl.closed(params, q0, b0, state.adl))
+        shut = ladder_adl.closed_in_ladder_order(params, state.adl)
         beyond = beyond - ladder_adl.closed_between(lad, shut, state.level, reach)
     deferred = _held(held, liquidating(lad, beyond))
     units, late = jnp.sum(open_units, -1), jnp.sum(fair * jnp.sum(deferred, -1))
